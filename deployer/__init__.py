@@ -1,0 +1,3 @@
+"""deployer: symlink-release deploys, verified parallel rollbacks and rollback drills over SSH."""
+
+__version__ = "0.1.0"

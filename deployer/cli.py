@@ -1,0 +1,161 @@
+"""Glue between the invoke tasks and the operations: resolve inputs, render, map errors to exit codes.
+
+User errors end as one clear line on stderr and an exit status (see `deployer.errors`), never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from invoke.exceptions import Exit
+
+from deployer import operations
+from deployer.errors import EXIT_HOSTS_FAILED, DeployerError, InputError
+from deployer.inventory import Inventory, load_inventory
+from deployer.localfleet import FleetError, LocalFleet
+from deployer.operations import Options
+from deployer.release import pack_directory
+from deployer.report import OperationReport, Progress, render_json, render_text
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_FLEET_DIR = str(REPO_ROOT / ".fleet")
+SAMPLE_APP = REPO_ROOT / "sample-app"
+
+
+def resolve_inventory(path: str | None) -> Inventory:
+    chosen = path or os.environ.get("DEPLOYER_INVENTORY")
+    if not chosen:
+        raise InputError("no inventory given: pass --inventory FILE or set DEPLOYER_INVENTORY")
+    return load_inventory(chosen)
+
+
+def guarded(action: Callable[[], int]) -> None:
+    """Run `action`; turn its status and any user-facing error into invoke's Exit."""
+    try:
+        code = action()
+    except DeployerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise Exit(code=error.exit_code) from None
+    except FleetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise Exit(code=EXIT_HOSTS_FAILED) from None
+    except KeyboardInterrupt:
+        print("interrupted: run `inv status` to see each host's state", file=sys.stderr)
+        raise Exit(code=130) from None
+    if code:
+        raise Exit(code=code)
+
+
+def _emit(report: OperationReport, as_json: bool) -> int:
+    if as_json:
+        render_json(report)
+    else:
+        render_text(report)
+    return report.exit_code
+
+
+def deploy(inventory: str | None, artifact: str | None, release: str | None, options: Options, as_json: bool) -> int:
+    if not artifact:
+        raise InputError("no artifact given: pass --artifact PATH (a .tar.gz or a folder)")
+    report = operations.deploy(resolve_inventory(inventory), artifact, release, options)
+    return _emit(report, as_json)
+
+
+def rollback(inventory: str | None, to: str | None, options: Options, as_json: bool) -> int:
+    report = operations.rollback(resolve_inventory(inventory), to, options)
+    return _emit(report, as_json)
+
+
+def drill(inventory: str | None, artifact: str | None, options: Options, as_json: bool) -> int:
+    if not artifact:
+        raise InputError("no artifact given: pass --artifact PATH (the new version to drill with)")
+    report = operations.drill(resolve_inventory(inventory), artifact, options)
+    return _emit(report, as_json)
+
+
+def status(inventory: str | None, options: Options, as_json: bool) -> int:
+    result = operations.status(resolve_inventory(inventory), options)
+    data = result.to_dict()
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return result.exit_code
+    width = max(len(host["host"]) for host in data["hosts"])
+    print(f"deploy_to: {data['deploy_to']}")
+    for host in data["hosts"]:
+        name = f"{host['host']:<{width}}"
+        if not host["reachable"]:
+            print(f"  {name}  UNREACHABLE  {host['error']}")
+            continue
+        releases = len(host["releases"])
+        line = f"  {name}  current={host['current'] or '-'}  previous={host['previous_version'] or '-'}  releases={releases}"
+        for problem in host["problems"]:
+            line += f"  PROBLEM: {problem}"
+        print(line)
+    if data["consistent"]:
+        print(f"fleet consistent on {data['currents'][0]}")
+    else:
+        print(f"fleet NOT consistent: {', '.join(data['currents'])}")
+    return result.exit_code
+
+
+def fleet_up(hosts: int, state_dir: str | None, subnet: str, port: int) -> int:
+    fleet = LocalFleet(state_dir or DEFAULT_FLEET_DIR)
+    started = fleet.up(hosts, subnet=subnet, port=port)
+    for host in started:
+        print(f"  {host.name}  {host.address}:{host.port}  /srv -> {host.srv}")
+    print(f"{len(started)} host(s) up; inventory: {fleet.inventory_path}")
+    return 0
+
+
+def fleet_down(state_dir: str | None) -> int:
+    stopped = LocalFleet(state_dir or DEFAULT_FLEET_DIR).down()
+    print(f"stopped {len(stopped)} host(s){': ' + ', '.join(stopped) if stopped else ''}")
+    return 0
+
+
+def build_sample(version: str, out: str) -> str:
+    """Pack the sample app with VERSION set to `version` into the .tar.gz `out`."""
+    if not version or any(ch in version for ch in "\n\0/"):
+        raise InputError(f"sample version {version!r} is not usable")
+    with tempfile.TemporaryDirectory(prefix="deployer-sample-") as workdir:
+        tree = os.path.join(workdir, "app")
+        shutil.copytree(SAMPLE_APP, tree)
+        Path(tree, "VERSION").write_text(version + "\n")
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        pack_directory(tree, out)
+    return out
+
+
+def demo() -> int:
+    """The main job on the 3-host local fleet of inventories/local.yml: v1, v2, rollback, drill, status."""
+    fleet = LocalFleet(DEFAULT_FLEET_DIR)
+    print("== starting a local fleet of 3 sshd hosts (inventories/local.yml)")
+    fleet.up(3)
+    artifacts = os.path.join(fleet.state_dir, "artifacts")
+    v1 = build_sample("v1", os.path.join(artifacts, "app-v1.tar.gz"))
+    v2 = build_sample("v2", os.path.join(artifacts, "app-v2.tar.gz"))
+    inventory = str(REPO_ROOT / "inventories" / "local.yml")
+    options = Options()
+    steps: list[tuple[str, Callable[[], int]]] = [
+        ("deploy v1", lambda: deploy(inventory, v1, None, options, False)),
+        ("deploy v2", lambda: deploy(inventory, v2, None, options, False)),
+        ("rollback (back to v1)", lambda: rollback(inventory, None, options, False)),
+        ("rollback drill with v2", lambda: drill(inventory, v2, options, False)),
+        ("status", lambda: status(inventory, options, False)),
+    ]
+    for title, step in steps:
+        print(f"\n== {title}")
+        code = step()
+        if code:
+            print(f"demo stopped: step '{title}' exited {code}", file=sys.stderr)
+            return code
+    print(f"\nEach host's /srv is under {fleet.state_dir}/hosts/*/srv; stop the fleet with `inv fleet-down`.")
+    return 0
+

@@ -1,0 +1,82 @@
+"""The deployer's error hierarchy: every failure a user can see is one of these.
+
+Paramiko, socket and invoke exceptions are translated into it in one place
+(`deployer.fleet.classify_connect_error`), so the rest of the code and the reporter
+only ever deal with these types.
+"""
+
+from __future__ import annotations
+
+# Process exit statuses, documented in README.md ("Exit status").
+EXIT_OK = 0
+EXIT_HOSTS_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_REFUSED = 3
+
+
+class DeployerError(Exception):
+    """Base class; `str(error)` is a complete message for the operator."""
+
+    exit_code = EXIT_HOSTS_FAILED
+
+
+class InputError(DeployerError):
+    """Bad input from the user (inventory, artifact, arguments): nothing was contacted or changed."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class InventoryError(InputError):
+    """A malformed inventory, naming the file and the key."""
+
+    def __init__(self, path: str, key: str, problem: str) -> None:
+        self.path = path
+        self.key = key
+        self.problem = problem
+        where = f"{path}: {key}" if key else path
+        super().__init__(f"{where}: {problem}")
+
+
+class ArtifactError(InputError):
+    """An artifact that cannot be deployed (unreadable, unsafe member, wrong format)."""
+
+
+class PlanRefused(DeployerError):
+    """The plan refuses the operation as a whole (nothing to roll back to, drift, ...)."""
+
+    exit_code = EXIT_REFUSED
+
+
+class HostError(DeployerError):
+    """A failure on one host; `reason` is the short text shown in the per-host summary."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        self.host = host
+        self.reason = reason
+        super().__init__(f"{host}: {reason}")
+
+
+class HostUnreachable(HostError):
+    """TCP connect failed, timed out, or the SSH handshake did not complete."""
+
+
+class HostKeyRejected(HostError):
+    """The host's key is unknown to, or differs from, the configured known_hosts."""
+
+
+class AuthFailed(HostError):
+    """The SSH server refused our credentials."""
+
+
+class CommandTimeout(HostError):
+    """A remote step did not finish within its time limit."""
+
+
+class StepFailed(HostError):
+    """A remote step exited non-zero; carries its exit code and output."""
+
+    def __init__(self, host: str, step: str, exit_code: int, message: str, output: str = "") -> None:
+        self.step = step
+        self.exit_status = exit_code
+        self.output = output
+        super().__init__(host, f"{step} failed (exit {exit_code}): {message}")

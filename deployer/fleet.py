@@ -1,0 +1,278 @@
+"""Fleet execution: one SSH connection per host for a whole operation, a bounded worker pool,
+and one exec session per remote script.
+
+Fabric's `Connection` is used to build and open the paramiko client, but its defaults are
+corrected here: host keys are checked against the inventory's known_hosts (parsed once for the
+fleet) and unknown or changed keys are refused; every host gets its own connect arguments; all
+waits have explicit timeouts. Paramiko/socket errors are mapped to `deployer.errors` here only.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import paramiko
+from fabric import Config, Connection
+
+from deployer.errors import (
+    AuthFailed,
+    CommandTimeout,
+    HostError,
+    HostKeyRejected,
+    HostUnreachable,
+)
+from deployer.inventory import Host, Inventory
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+UPLOAD_CHUNK = 256 * 1024
+KEEPALIVE_SECONDS = 15
+
+
+class UnknownHostKey(paramiko.SSHException):
+    def __init__(self, hostname: str, key: paramiko.PKey) -> None:
+        self.hostname = hostname
+        self.key = key
+        super().__init__(hostname)
+
+
+class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
+    """Called only for hosts absent from known_hosts: refuse, or (opt-in) add like accept-new."""
+
+    def __init__(self, path: str, accept_new: bool, lock: threading.Lock) -> None:
+        self.path = path
+        self.accept_new = accept_new
+        self.lock = lock
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        if not self.accept_new:
+            raise UnknownHostKey(hostname, key)
+        with self.lock, open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        log.warning("added new host key for %s (%s %s) to %s", hostname, key.get_name(), _fingerprint(key), self.path)
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    return str(key.fingerprint) if hasattr(key, "fingerprint") else key.get_base64()[:16]
+
+
+def classify_connect_error(host: Host, exc: BaseException, timeout: float) -> HostError:
+    """Map whatever connecting raised to the deployer's error types."""
+    where = f"{host.address}:{host.port}"
+    if isinstance(exc, UnknownHostKey):
+        return HostKeyRejected(
+            host.name,
+            f"host key for {exc.hostname} is not in known_hosts ({exc.key.get_name()} {_fingerprint(exc.key)}); "
+            "refusing to connect (add it, or use --accept-new-host-keys)",
+        )
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return HostKeyRejected(
+            host.name,
+            f"HOST KEY CHANGED for {where}: known_hosts has {_fingerprint(exc.expected_key)}, "
+            f"the server offered {_fingerprint(exc.key)}; refusing to connect",
+        )
+    if isinstance(exc, paramiko.AuthenticationException):
+        return AuthFailed(host.name, f"authentication failed for {host.user}@{where}: {exc}")
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return HostUnreachable(host.name, f"connection to {where} timed out after {timeout:g}s")
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        return HostUnreachable(host.name, f"connection to {where} refused")
+    if isinstance(exc, ConnectionRefusedError):
+        return HostUnreachable(host.name, f"connection to {where} refused")
+    if isinstance(exc, (paramiko.SSHException, EOFError)):
+        return HostUnreachable(host.name, f"SSH handshake with {where} failed: {exc or type(exc).__name__}")
+    if isinstance(exc, OSError):
+        return HostUnreachable(host.name, f"cannot reach {where}: {exc.strerror or exc}")
+    return HostError(host.name, f"unexpected error while connecting to {where}: {type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_status: int
+    output: str
+    seconds: float
+
+
+class HostConnection:
+    """One open SSH connection to one host; runs scripts as exec sessions on it."""
+
+    def __init__(self, host: Host, connection: Connection, inventory: Inventory) -> None:
+        self.host = host
+        self.connection = connection
+        self.timeouts = inventory.timeouts
+        self.sessions = 0
+
+    def run(self, command: str, timeout: float | None = None, upload: memoryview | None = None) -> ExecResult:
+        """Run `command` in one exec session, optionally streaming `upload` to its stdin.
+
+        stdout and stderr are combined; the whole call is bounded by `timeout` seconds.
+        """
+        limit = timeout if timeout is not None else self.timeouts.command
+        started = time.monotonic()
+        deadline = started + limit
+        transport = self.connection.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise HostUnreachable(self.host.name, "the SSH connection was lost")
+        try:
+            channel = transport.open_session(timeout=min(limit, self.timeouts.connect))
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise HostUnreachable(self.host.name, f"cannot open a session: {exc}") from None
+        self.sessions += 1
+        chunks: list[bytes] = []
+        try:
+            channel.set_combine_stderr(True)
+            channel.settimeout(limit)
+            channel.exec_command(command)
+            if upload is not None:
+                self._send(channel, upload, deadline)
+            channel.shutdown_write()
+            while True:
+                channel.settimeout(max(0.01, deadline - time.monotonic()))
+                data = channel.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+            if not channel.status_event.wait(max(0.01, deadline - time.monotonic())):
+                raise socket.timeout()
+            status = channel.exit_status
+        except socket.timeout:
+            raise CommandTimeout(self.host.name, f"remote step did not finish within {limit:g}s") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise HostUnreachable(self.host.name, f"connection lost during a remote step: {exc}") from None
+        finally:
+            channel.close()
+        output = b"".join(chunks).decode("utf-8", errors="replace")
+        return ExecResult(status, output, time.monotonic() - started)
+
+    def _send(self, channel: paramiko.Channel, data: memoryview, deadline: float) -> None:
+        """Stream `data` to the channel; stop quietly if the remote side exits early."""
+        try:
+            for offset in range(0, len(data), UPLOAD_CHUNK):
+                channel.settimeout(max(0.01, deadline - time.monotonic()))
+                channel.sendall(data[offset : offset + UPLOAD_CHUNK])
+        except socket.timeout:
+            raise
+        except (OSError, EOFError, paramiko.SSHException):
+            log.debug("%s: remote side closed stdin early", self.host.name)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class Fleet:
+    """The open connections of one operation, and a bounded pool to work on them in parallel."""
+
+    def __init__(self, inventory: Inventory, accept_new_host_keys: bool = False, parallel: int | None = None) -> None:
+        self.inventory = inventory
+        self.parallel = max(1, parallel or inventory.parallel)
+        self.known_hosts = paramiko.HostKeys(inventory.known_hosts)
+        self.policy = KnownHostsPolicy(inventory.known_hosts, accept_new_host_keys, threading.Lock())
+        self.connections: dict[str, HostConnection] = {}
+        self.connections_opened = 0
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="deployer")
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _new_connection(self, host: Host) -> Connection:
+        timeouts = self.inventory.timeouts
+        config = Config(lazy=True, ssh_config=paramiko.SSHConfig())
+        connect_kwargs: dict[str, Any] = {
+            "key_filename": [self.inventory.identity_file],
+            "allow_agent": False,
+            "look_for_keys": False,
+            "banner_timeout": timeouts.connect,
+            "auth_timeout": timeouts.connect,
+            "channel_timeout": timeouts.connect,
+        }
+        connection = Connection(
+            host.address,
+            user=host.user or self.inventory.user,
+            port=host.port,
+            config=config,
+            connect_timeout=max(1, int(timeouts.connect)),
+            connect_kwargs=connect_kwargs,
+        )
+        client = connection.client
+        client.set_missing_host_key_policy(self.policy)
+        lookup_name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+        known = self.known_hosts.lookup(lookup_name)
+        if known is not None:
+            for key_type in known.keys():
+                client.get_host_keys().add(lookup_name, key_type, known[key_type])
+        return connection
+
+    def connect(self, host: Host) -> HostConnection:
+        """The open connection to `host`, opening it on first use."""
+        existing = self.connections.get(host.name)
+        if existing is not None:
+            return existing
+        connection = self._new_connection(host)
+        try:
+            connection.open()
+        except Exception as exc:  # noqa: BLE001 - mapped to our error types right here
+            connection.close()
+            raise classify_connect_error(host, exc, self.inventory.timeouts.connect) from None
+        transport = connection.client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(KEEPALIVE_SECONDS)
+        handle = HostConnection(host, connection, self.inventory)
+        with self._lock:
+            self.connections[host.name] = handle
+            self.connections_opened += 1
+        return handle
+
+    def map(
+        self, work: Callable[[HostConnection], T], hosts: list[Host] | None = None
+    ) -> Iterator[tuple[Host, T | HostError]]:
+        """Run `work` on each host's connection in the pool; yield (host, result or error) as each ends."""
+        targets = list(self.inventory.hosts if hosts is None else hosts)
+
+        def one(host: Host) -> T | HostError:
+            try:
+                return work(self.connect(host))
+            except HostError as error:
+                return error
+
+        futures = {self._pool.submit(one, host): host for host in targets}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+    def sessions_by_host(self) -> dict[str, int]:
+        return {name: handle.sessions for name, handle in self.connections.items()}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for handle in self.connections.values():
+            handle.close()
+        self.connections.clear()
+
+
+class MappedArtifact:
+    """The artifact file mapped into memory once and shared, read-only, by every upload."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        size = os.fstat(self._file.fileno()).st_size
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        self.view = memoryview(self._map) if self._map is not None else memoryview(b"")
+
+    def close(self) -> None:
+        self.view.release()
+        if self._map is not None:
+            self._map.close()
+        self._file.close()

@@ -1,0 +1,156 @@
+"""Release ids and artifacts: what gets deployed, under which name, checked before it leaves.
+
+A release id is chosen once per deploy for the whole fleet (UTC time plus a digest prefix),
+so every host has the same name for the same release. The artifact is packed (when given a
+folder), checked member by member, and hashed exactly once.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import posixpath
+import re
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from deployer.errors import ArtifactError, InputError
+
+RELEASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RESERVED_NAMES = frozenset({"previousVersion"})
+
+
+def is_release_id(value: str) -> bool:
+    return bool(RELEASE_ID_RE.match(value)) and value not in {".", ".."}
+
+
+def check_release_id(value: str) -> str:
+    """Return `value` if it is a usable release id, else raise an InputError saying why."""
+    if not is_release_id(value):
+        raise InputError(
+            f"release id {value!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def new_release_id(now: datetime, digest: str, taken: set[str]) -> str:
+    """A fresh id sorting by time: `20261122T043100Z-<digest8>`, suffixed `.N` if already taken."""
+    base = now.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + digest[:8]
+    candidate, counter = base, 1
+    while candidate in taken:
+        counter += 1
+        candidate = f"{base}.{counter}"
+    return candidate
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A checked `.tar.gz` ready to send: `path` is read by the uploader, `digest` is its sha256."""
+
+    path: str
+    digest: str
+    size: int
+    source: str
+
+
+def _check_member(member: tarfile.TarInfo, source: str) -> None:
+    name = member.name
+    where = f"artifact {source}: member {name!r}"
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if name.startswith("/") or ".." in parts:
+        raise ArtifactError(f"{where}: absolute paths and '..' are not allowed")
+    if member.isdev() or member.isfifo():
+        raise ArtifactError(f"{where}: device files and FIFOs are not allowed")
+    if len(parts) == 1 and parts[0] in RESERVED_NAMES:
+        raise ArtifactError(f"{where}: '{parts[0]}' is written by the deployer and may not be shipped")
+    if member.issym() or member.islnk():
+        target = member.linkname
+        base = posixpath.dirname("/".join(parts)) if member.issym() else ""
+        resolved = posixpath.normpath(posixpath.join("/release", base, target))
+        if target.startswith("/") or not (resolved == "/release" or resolved.startswith("/release/")):
+            raise ArtifactError(f"{where}: link to {target!r} points outside the release folder")
+
+
+def check_tarball(path: str, source: str) -> None:
+    """Refuse unreadable archives and members that could escape or subvert the release folder."""
+    try:
+        with tarfile.open(path, "r:gz") as archive:
+            count = 0
+            for member in archive:
+                _check_member(member, source)
+                count += 1
+    except (tarfile.TarError, OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise ArtifactError(f"artifact {source}: not a readable .tar.gz ({exc})") from None
+    if count == 0:
+        raise ArtifactError(f"artifact {source}: the archive is empty")
+
+
+def _reset_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def pack_directory(directory: str, destination: str) -> None:
+    """Pack the folder's contents (not the folder itself) into a reproducible .tar.gz."""
+    with open(destination, "wb") as raw, gzip.GzipFile(
+        filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6
+    ) as zipped, tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for root, dirs, files in os.walk(directory):
+            dirs.sort()
+            for name in sorted(dirs) + sorted(files):
+                full = os.path.join(root, name)
+                arcname = os.path.relpath(full, directory)
+                archive.add(full, arcname=arcname, recursive=False, filter=_reset_owner)
+
+
+def sha256_file(path: str) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+class PreparedArtifact:
+    """Context manager yielding an `Artifact`; removes the temporary tarball made from a folder."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._tempdir: str | None = None
+
+    def __enter__(self) -> Artifact:
+        source = self.source
+        if os.path.isdir(source):
+            self._tempdir = tempfile.mkdtemp(prefix="deployer-artifact-")
+            path = os.path.join(self._tempdir, "release.tar.gz")
+            try:
+                pack_directory(source, path)
+            except OSError as exc:
+                self.__exit__()
+                raise ArtifactError(f"artifact {source}: cannot pack the folder ({exc})") from None
+        elif os.path.isfile(source):
+            if not source.endswith((".tar.gz", ".tgz")):
+                raise ArtifactError(f"artifact {source}: expected a .tar.gz (or .tgz) file or a folder")
+            path = source
+        else:
+            raise ArtifactError(f"artifact {source}: no such file or folder")
+        try:
+            check_tarball(path, source)
+            digest, size = sha256_file(path)
+        except BaseException:
+            self.__exit__()
+            raise
+        return Artifact(path=path, digest=digest, size=size, source=source)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._tempdir is not None:
+            shutil.rmtree(self._tempdir, ignore_errors=True)
+            self._tempdir = None

@@ -1,0 +1,123 @@
+"""Per-host results as values, and the one place that turns them into text or JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+from deployer.errors import EXIT_HOSTS_FAILED, EXIT_OK, EXIT_REFUSED
+
+OK = "ok"  # changed as planned and verified
+UNCHANGED = "unchanged"  # already in the intended state
+FAILED = "failed"
+REFUSED = "refused"
+SKIPPED = "skipped"  # would have acted, but the operation stopped before reaching it
+
+GOOD_STATUSES = (OK, UNCHANGED)
+
+
+@dataclass
+class HostResult:
+    host: str
+    status: str
+    before: str | None = None
+    after: str | None = None
+    verified: bool = False
+    seconds: float = 0.0
+    message: str = ""
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class OperationReport:
+    operation: str
+    target: str | None
+    hosts: list[HostResult] = field(default_factory=list)
+    phases: list[Phase] = field(default_factory=list)
+    refusal: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.refusal and all(result.status in GOOD_STATUSES for result in self.hosts)
+
+    @property
+    def exit_code(self) -> int:
+        if self.ok:
+            return EXIT_OK
+        if any(result.status == FAILED for result in self.hosts):
+            return EXIT_HOSTS_FAILED
+        return EXIT_REFUSED if self.refusal else EXIT_HOSTS_FAILED
+
+    def verdict(self) -> str:
+        total = len(self.hosts)
+        bad = [result for result in self.hosts if result.status not in GOOD_STATUSES]
+        what = f"{self.operation} {self.target}" if self.target else self.operation
+        if self.ok:
+            changed = sum(result.status == OK for result in self.hosts)
+            return f"{what}: OK on {total}/{total} hosts ({changed} changed and verified)"
+        if self.refusal:
+            return f"{what}: REFUSED: {self.refusal}"
+        names = ", ".join(result.host for result in bad)
+        return f"{what}: FAILED on {len(bad)}/{total} hosts ({names})"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        data["exit_code"] = self.exit_code
+        data["verdict"] = self.verdict()
+        return data
+
+
+def render_text(report: OperationReport, stream: TextIO | None = None) -> None:
+    """The per-host summary table and the verdict, in plain text (no colours, no control codes)."""
+    out = stream or sys.stdout
+    if report.hosts:
+        width = max(len(result.host) for result in report.hosts)
+        for result in sorted(report.hosts, key=lambda r: r.host):
+            move = f"{result.before or '-'} -> {result.after or '-'}"
+            check = "verified" if result.verified else ""
+            line = f"  {result.host:<{width}}  {result.status:<9} {move}"
+            if check:
+                line += f"  [{check}]"
+            if result.seconds:
+                line += f"  {result.seconds:.2f}s"
+            if result.message:
+                line += f"  {result.message}"
+            out.write(line.rstrip() + "\n")
+    for note in report.notes:
+        out.write(f"note: {note}\n")
+    out.write(report.verdict() + "\n")
+    out.flush()
+
+
+def render_json(report: OperationReport, stream: TextIO | None = None) -> None:
+    out = stream or sys.stdout
+    json.dump(report.to_dict(), out, indent=2, sort_keys=True)
+    out.write("\n")
+    out.flush()
+
+
+class Progress:
+    """Plain, line-per-event progress on stderr, written only from the main thread."""
+
+    def __init__(self, stream: TextIO | None = None, quiet: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            self.stream.write(message + "\n")
+            self.stream.flush()
+
+    def host(self, host: str, message: str) -> None:
+        self.say(f"  {host}: {message}")

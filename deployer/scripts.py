@@ -1,0 +1,81 @@
+"""The remote side: POSIX sh scripts shipped in `deployer/remote/`, and how to call and read them.
+
+Each script is sent inline as one `sh -c` exec request with its inputs as quoted positional
+arguments, so a phase costs exactly one SSH session per host and no file is left behind.
+Scripts print records (`@key<TAB>field...`); everything else they print is for humans.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+
+EXIT_USAGE = 10
+EXIT_REFUSED = 20
+EXIT_NOT_SYMLINK = 21
+EXIT_CHANGED = 22
+EXIT_IO = 30
+EXIT_DIGEST = 31
+EXIT_VALIDATE = 40
+EXIT_VERIFY = 50
+
+SCRIPT_NAMES = ("gather", "stage", "switch")
+
+
+@cache
+def script_source(name: str) -> str:
+    """The full text of remote script `name`, with the shared helpers in front."""
+    if name not in SCRIPT_NAMES:
+        raise ValueError(f"no remote script {name!r}")
+    folder = resources.files("deployer") / "remote"
+    return (folder / "lib.sh").read_text("utf-8") + "\n" + (folder / f"{name}.sh").read_text("utf-8")
+
+
+def command_line(name: str, *args: str) -> str:
+    """The exec request for script `name`; every argument is quoted, so none can inject."""
+    for arg in args:
+        if "\0" in arg:
+            raise ValueError(f"argument for {name} contains a NUL character")
+    quoted = " ".join(shlex.quote(arg) for arg in args)
+    return f"sh -c {shlex.quote(script_source(name))} deployer-{name} {quoted}".rstrip()
+
+
+@dataclass
+class ScriptOutput:
+    """What a script printed, split into records and free text."""
+
+    records: list[tuple[str, list[str]]] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+
+    def first(self, key: str) -> list[str] | None:
+        for record_key, fields in self.records:
+            if record_key == key:
+                return fields
+        return None
+
+    def all(self, key: str) -> list[list[str]]:
+        return [fields for record_key, fields in self.records if record_key == key]
+
+    def error_message(self) -> str:
+        error = self.first("error")
+        if error and len(error) >= 2:
+            return error[1]
+        lines = [line for line in self.text if line.strip()]
+        return lines[-1].strip() if lines else "no output"
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.text[-lines:])
+
+
+def parse_output(raw: str) -> ScriptOutput:
+    """Split script output into `@key` records and the rest."""
+    output = ScriptOutput()
+    for line in raw.splitlines():
+        if line.startswith("@") and len(line) > 1:
+            key, *fields = line[1:].split("\t")
+            output.records.append((key, fields))
+        else:
+            output.text.append(line)
+    return output

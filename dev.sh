@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up everything on a fresh Debian machine (as root) and run one job:
+#   ./dev.sh demo   the main job on a local 3-host fleet: deploy v1, deploy v2, rollback, drill, status
+#   ./dev.sh test   the whole test suite (unit + integration against real sshd hosts)
+#   ./dev.sh setup  only the set-up (.venv with the project, openssh-server, shellcheck)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_apt=()
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+    echo "installing: ${need_apt[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if [ ! -x .venv/bin/inv ] || [ pyproject.toml -nt .venv/.installed ]; then
+    python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+    touch .venv/.installed
+fi
+
+case "${1:-}" in
+    demo) exec .venv/bin/inv demo ;;
+    test) shift; exec .venv/bin/python -m pytest "$@" ;;
+    setup) ;;
+    *) echo "usage: ./dev.sh demo|test|setup" >&2; exit 2 ;;
+esac
