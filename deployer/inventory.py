@@ -135,8 +135,8 @@ class _Checker:
         text = self.string(value, key)
         if not text.startswith("/"):
             raise self.error(key, f"must be an absolute path, got {text!r}")
-        if any(ch in text for ch in "\n\r\0"):
-            raise self.error(key, "must not contain newlines or NUL characters")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+            raise self.error(key, "must not contain control characters (tabs, newlines, NUL)")
         normal = "/" + posixpath.normpath(text).lstrip("/")
         if normal == "/" or ".." in text.split("/"):
             raise self.error(key, f"{text!r} is not a usable deploy folder (not '/', no '..')")

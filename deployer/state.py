@@ -79,7 +79,7 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
     if deploy_to_record[0] != "present":
         return HostState(host=host, hostname=hostname)
 
-    releases_dir = (output.first("releases_dir") or [""])[0]
+    releases_dir = "\t".join(output.first("releases_dir") or [])
     releases: dict[str, ReleaseInfo] = {}
     for fields in output.all("release"):
         release_id = fields[0] if fields else ""
@@ -96,7 +96,7 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
     if record[0] == "link":
         current_kind = "link"
         current_link = "\t".join(record[1:])
-        resolved = (output.first("current_resolved") or [""])[0]
+        resolved = "\t".join(output.first("current_resolved") or [])
         if output.first("current_dangling") is not None:
             problem = f"current is a dangling link to {current_link!r}"
         elif releases_dir and posixpath.dirname(resolved) == releases_dir and is_release_id(

@@ -1,0 +1,132 @@
+"""Inventory checking: clear errors naming file and key; never a traceback."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deployer.errors import InventoryError
+from deployer.inventory import load_inventory, parse_inventory
+
+
+@pytest.fixture
+def keyfiles(tmp_path):
+    (tmp_path / "id").write_text("key")
+    (tmp_path / "kh").write_text("")
+    return tmp_path
+
+
+def inv(keyfiles, body: str):
+    path = keyfiles / "inv.yml"
+    text = textwrap.dedent(body)
+    path.write_text(text)
+    return str(path), text
+
+
+GOOD = """\
+deploy_to: /srv/app
+user: deploy
+ssh: {identity_file: id, known_hosts: kh}
+validate: "sh bin/check"
+hosts:
+  web1: {address: 10.0.0.11}
+  web2: {address: 10.0.0.12, port: 2222}
+"""
+
+
+def test_good_inventory(keyfiles):
+    path, _ = inv(keyfiles, GOOD)
+    inventory = load_inventory(path)
+    assert [h.name for h in inventory.hosts] == ["web1", "web2"]
+    assert inventory.hosts[0].port == 22 and inventory.hosts[1].port == 2222
+    assert inventory.identity_file == str(keyfiles / "id")  # relative to the inventory file
+    assert inventory.validate == "sh bin/check"
+    assert inventory.hosts[0].user == "deploy"
+
+
+@pytest.mark.parametrize(
+    "change, key, words",
+    [
+        (("validate:", "valdiate:"), "valdiate", "unknown key"),
+        (("port: 2222", "port: abc"), "hosts.web2.port", "integer"),
+        (("port: 2222", "port: 70000"), "hosts.web2.port", "between"),
+        (("deploy_to: /srv/app", "deploy_to: srv/app"), "deploy_to", "absolute"),
+        (("deploy_to: /srv/app", "deploy_to: /"), "deploy_to", "not '/'"),
+        (("deploy_to: /srv/app", "deploy_to: /srv/../etc"), "deploy_to", "'..'"),
+        (("user: deploy", "user: [a]"), "user", "expected a string"),
+        (("user: deploy", "user: 'de ploy'"), "user", "not a valid user name"),
+        (("known_hosts: kh", "known_hosts: nothere"), "ssh.known_hosts", "file not found"),
+        (("{address: 10.0.0.11}", "{addr: 10.0.0.11}"), "hosts.web1.addr", "unknown key"),
+        (("{address: 10.0.0.11}", "{port: 22}"), "hosts.web1.address", "required"),
+        (("{address: 10.0.0.11}", "{address: '10.0.0.11; rm -rf /'}"), "hosts.web1.address", "not a valid address"),
+        (("web1:", "'web 1':"), "hosts.web 1", "host names"),
+        (("{address: 10.0.0.11}", "{address: 10.0.0.12, port: 2222}"), "hosts.web2.address", "already used"),
+        (("user: deploy\n", ""), "user", "required key is missing"),
+    ],
+)
+def test_errors_name_file_key_and_problem(keyfiles, change, key, words):
+    old, new = change
+    assert old in GOOD
+    path, _ = inv(keyfiles, GOOD.replace(old, new, 1))
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path)
+    message = str(caught.value)
+    assert message.startswith(path)
+    assert caught.value.key == key, message
+    assert words in message
+
+
+def test_duplicate_keys_are_rejected(keyfiles):
+    path, _ = inv(keyfiles, GOOD + "  web1: {address: 10.0.0.99}\n")
+    with pytest.raises(InventoryError, match="duplicate key 'web1'"):
+        load_inventory(path)
+
+
+def test_yaml_syntax_error_has_a_line(keyfiles):
+    path, _ = inv(keyfiles, "deploy_to: [\n")
+    with pytest.raises(InventoryError, match=r"invalid YAML at line \d+"):
+        load_inventory(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InventoryError, match="not found"):
+        load_inventory(str(tmp_path / "none.yml"))
+
+
+def test_empty_and_non_mapping(keyfiles):
+    for body in ("", "- a\n- b\n", "just text\n"):
+        path, _ = inv(keyfiles, body)
+        with pytest.raises(InventoryError):
+            load_inventory(path)
+
+
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["deploy_to", "user", "ssh", "hosts", "validate", "parallel", "timeouts", "x"]),
+                       yaml_values, max_size=7))
+def test_any_structure_gives_inventory_or_clear_error(data):
+    import yaml
+
+    text = yaml.safe_dump(data)
+    try:
+        parse_inventory(text, "/nonexistent/inv.yml")
+    except InventoryError as error:
+        assert str(error).startswith("/nonexistent/inv.yml")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_any_text_gives_inventory_or_clear_error(text):
+    try:
+        parse_inventory(text, "inv.yml")
+    except InventoryError as error:
+        assert str(error).startswith("inv.yml")

@@ -1,0 +1,118 @@
+"""Release ids and artifact checks."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from deployer.errors import ArtifactError, InputError
+from deployer.release import PreparedArtifact, check_release_id, is_release_id, new_release_id, sha256_file
+
+
+def make_tar(path, members):
+    with tarfile.open(path, "w:gz") as archive:
+        for info, data in members:
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return str(path)
+
+
+def file_member(name, data=b"x"):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def link_member(name, target, kind=tarfile.SYMTYPE):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info, None
+
+
+def test_new_ids_sort_by_time_and_never_collide():
+    now = datetime(2026, 11, 22, 4, 31, 0, tzinfo=timezone.utc)
+    first = new_release_id(now, "abcdef0123", set())
+    assert first == "20261122T043100Z-abcdef01"
+    assert new_release_id(now, "abcdef0123", {first}) == first + ".2"
+    assert new_release_id(now, "abcdef0123", {first, first + ".2"}) == first + ".3"
+    assert is_release_id(first)
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "-rf", ".hidden", "a/b", "a b", "a\nb", "$(x)", "a" * 129, "é"])
+def test_bad_release_ids_refused(bad):
+    with pytest.raises(InputError):
+        check_release_id(bad)
+
+
+@given(st.text(max_size=40))
+def test_valid_ids_are_shell_and_path_safe(text):
+    if is_release_id(text):
+        assert not text.startswith(("-", ".")) and "/" not in text
+        assert all(ch.isascii() and (ch.isalnum() or ch in "._-") for ch in text)
+
+
+@pytest.mark.parametrize(
+    "member, words",
+    [
+        (file_member("/etc/passwd"), "absolute"),
+        (file_member("../escape"), "'..'"),
+        (file_member("a/../../escape"), "'..'"),
+        (link_member("evil", "/etc/passwd"), "outside"),
+        (link_member("sub/evil", "../../x"), "outside"),
+        (link_member("hard", "../x", tarfile.LNKTYPE), "outside"),
+        (file_member("previousVersion"), "written by the deployer"),
+    ],
+)
+def test_unsafe_members_are_named(tmp_path, member, words):
+    path = make_tar(tmp_path / "a.tar.gz", [file_member("ok.txt"), member])
+    with pytest.raises(ArtifactError) as caught, PreparedArtifact(path):
+        pass
+    assert words in str(caught.value) and repr(member[0].name) in str(caught.value)
+
+
+def test_device_member_refused(tmp_path):
+    info = tarfile.TarInfo("dev")
+    info.type = tarfile.CHRTYPE
+    path = make_tar(tmp_path / "a.tar.gz", [(info, None)])
+    with pytest.raises(ArtifactError, match="device"), PreparedArtifact(path):
+        pass
+
+
+def test_links_inside_release_are_fine(tmp_path):
+    path = make_tar(tmp_path / "a.tar.gz", [file_member("sub/f"), link_member("l", "sub/f"), link_member("sub/up", "../l")])
+    with PreparedArtifact(path) as artifact:
+        assert artifact.digest == sha256_file(path)[0]
+
+
+def test_folder_is_packed_reproducibly(tmp_path):
+    tree = tmp_path / "app"
+    (tree / "bin").mkdir(parents=True)
+    (tree / "bin" / "run").write_text("echo hi\n")
+    (tree / "VERSION").write_text("v1\n")
+    with PreparedArtifact(str(tree)) as one:
+        first = one.digest
+    with PreparedArtifact(str(tree)) as two:
+        assert two.digest == first
+        with tarfile.open(two.path) as archive:
+            assert sorted(archive.getnames()) == ["VERSION", "bin", "bin/run"]
+            assert all(m.uid == 0 and m.uname == "" for m in archive.getmembers())
+
+
+@pytest.mark.parametrize("content, words", [(b"not a tarball", "not a readable"), (None, "no such file")])
+def test_unreadable_artifacts(tmp_path, content, words):
+    path = tmp_path / "x.tar.gz"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ArtifactError, match=words), PreparedArtifact(str(path)):
+        pass
+
+
+def test_empty_archive_refused(tmp_path):
+    path = make_tar(tmp_path / "e.tar.gz", [])
+    with pytest.raises(ArtifactError, match="empty"), PreparedArtifact(path):
+        pass
