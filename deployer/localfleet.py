@@ -100,7 +100,7 @@ SSHD_CONFIG = """\
 ListenAddress {address}:{port}
 HostKey {host_key}
 PidFile none
-AuthorizedKeysFile {authorized_keys}
+AuthorizedKeysFile .ssh/authorized_keys
 AllowUsers {user}
 PermitRootLogin no
 PubkeyAuthentication yes
@@ -125,7 +125,6 @@ class LocalFleet:
         self.state_dir = os.path.abspath(state_dir)
         self.identity_file = os.path.join(self.state_dir, "id_ed25519")
         self.known_hosts = os.path.join(self.state_dir, "known_hosts")
-        self.authorized_keys = os.path.join(self.state_dir, "authorized_keys")
         self.inventory_path = os.path.join(self.state_dir, "inventory.yml")
         self.manifest = os.path.join(self.state_dir, "fleet.json")
 
@@ -140,8 +139,7 @@ class LocalFleet:
         os.makedirs(self.state_dir, exist_ok=True)
         if not os.path.exists(self.identity_file):
             _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deployer-local-fleet", "-f", self.identity_file)
-        shutil.copyfile(self.identity_file + ".pub", self.authorized_keys)
-        os.chmod(self.authorized_keys, 0o644)
+        _authorize(Path(self.identity_file + ".pub").read_text())
         hosts = [
             LocalHost(f"{prefix}{i}", host_address(subnet, i), port, os.path.join(self.state_dir, "hosts", f"{prefix}{i}"))
             for i in range(1, count + 1)
@@ -169,8 +167,7 @@ class LocalFleet:
             _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", key)
         Path(host.config).write_text(
             SSHD_CONFIG.format(
-                address=host.address, port=host.port, host_key=key, authorized_keys=self.authorized_keys,
-                user=DEPLOY_USER, log_level=log_level,
+                address=host.address, port=host.port, host_key=key, user=DEPLOY_USER, log_level=log_level,
             )
         )
 
@@ -179,6 +176,8 @@ class LocalFleet:
         host = self.host(name)
         if self.pid(name) is not None:
             raise FleetError(f"{name} is already running")
+        if _listening(host.address, host.port):
+            raise FleetError(f"{host.address}:{host.port} is already in use by a process this fleet did not start")
         script = 'mount --bind "$1" /srv && hostname "$2" && exec "$3" -D -f "$4" -E "$5"'
         with open(host.log, "ab") as log:
             process = subprocess.Popen(
@@ -194,7 +193,7 @@ class LocalFleet:
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection((host.address, host.port), timeout=1) as sock:
-                    if sock.recv(4).startswith(b"SSH-"):
+                    if sock.recv(4).startswith(b"SSH-") and self.pid(host.name) is not None:
                         return
             except OSError:
                 pass
@@ -209,9 +208,10 @@ class LocalFleet:
         host = self.host(name)
         try:
             pid = int(Path(host.pid_file).read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return None
+        # sshd rewrites its title ("sshd: /usr/sbin/sshd -D -f CONFIG ..."): match the config path.
         if host.config.encode() not in cmdline:
             return None
         if _process_state(pid) == "Z":
@@ -304,6 +304,29 @@ class LocalFleet:
             "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
             f"{DEPLOY_USER}@{host.address}", *remote,
         ]
+
+
+def _authorize(public_key: str) -> None:
+    """Add the fleet's key to the deploy user's authorized_keys (sshd reads it as that user)."""
+    deploy = pwd.getpwnam(DEPLOY_USER)
+    ssh_dir = Path(deploy.pw_dir, ".ssh")
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    keys = ssh_dir / "authorized_keys"
+    existing = keys.read_text() if keys.exists() else ""
+    if public_key.strip() not in existing:
+        with keys.open("a") as handle:
+            handle.write(public_key.strip() + "\n")
+    for path in (ssh_dir, keys):
+        os.chown(path, deploy.pw_uid, deploy.pw_gid)
+    keys.chmod(0o600)
+
+
+def _listening(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def _pids_in_namespace(namespace: str) -> list[int]:

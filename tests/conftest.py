@@ -1,0 +1,123 @@
+"""Shared fixtures: the local fleet of real sshd hosts, inventories for it, sample artifacts,
+and independent views of each host (testinfra over the OpenSSH client, not the tool's code)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import testinfra
+
+from deployer.cli import build_sample
+from deployer.localfleet import LocalFleet
+
+REPO = Path(__file__).resolve().parent.parent
+FLEET_SIZE = 4
+FLEET_SUBNET = "127.0.2"  # apart from `inv fleet-up`'s 127.0.1, so tests and a demo can coexist
+
+
+@pytest.fixture(scope="session")
+def local_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
+    if os.geteuid() != 0:
+        pytest.fail("integration tests start real sshd hosts and need root (see README)")
+    fleet = LocalFleet(str(tmp_path_factory.mktemp("fleet")))
+    fleet.up(FLEET_SIZE, subnet=FLEET_SUBNET, port=2222)
+    yield fleet
+    fleet.down()
+
+
+@pytest.fixture
+def deploy_to(request: pytest.FixtureRequest) -> str:
+    """A deploy folder of its own for each test, so tests share the fleet but not its state."""
+    return "/srv/" + re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:80]
+
+
+@pytest.fixture
+def make_inventory(local_fleet: LocalFleet, tmp_path: Path, deploy_to: str) -> Callable[..., str]:
+    def make(hosts: list[str] | None = None, deploy_to: str = deploy_to, validate: str = "",
+             known_hosts: str | None = None, extra: str = "") -> str:
+        chosen = [h for h in local_fleet.hosts() if hosts is None or h.name in hosts]
+        lines = [
+            f"deploy_to: {yaml_quote(deploy_to)}",
+            "user: deploy",
+            "ssh:",
+            f"  identity_file: {yaml_quote(local_fleet.identity_file)}",
+            f"  known_hosts: {yaml_quote(known_hosts or local_fleet.known_hosts)}",
+            "timeouts: {connect: 5, command: 30, stage: 120}",
+        ]
+        if validate:
+            lines.append(f"validate: {yaml_quote(validate)}")
+        lines.append("hosts:")
+        lines += [f"  {h.name}: {{address: {h.address}, port: {h.port}}}" for h in chosen]
+        path = tmp_path / f"inventory-{len(list(tmp_path.glob('inventory-*')))}.yml"
+        path.write_text("\n".join(lines) + "\n" + extra)
+        return str(path)
+
+    return make
+
+
+def yaml_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("artifacts")
+    return {version: build_sample(version, str(folder / f"app-{version}.tar.gz")) for version in ("v1", "v2", "v3")}
+
+
+class HostView:
+    """One host seen through the OpenSSH client (testinfra), independently of the deployer."""
+
+    def __init__(self, fleet: LocalFleet, name: str) -> None:
+        host = fleet.host(name)
+        self.name = name
+        self.host = testinfra.get_host(
+            f"ssh://deploy@{host.address}:{host.port}",
+            ssh_identity_file=fleet.identity_file,
+            ssh_extra_args=f"-o UserKnownHostsFile={fleet.known_hosts} -o StrictHostKeyChecking=yes "
+            "-o IdentitiesOnly=yes -o BatchMode=yes",
+            controlpersist=0,
+        )
+
+    def sh(self, command: str, *args: str) -> str:
+        return self.host.check_output(command, *args)
+
+    def current_link(self, deploy_to: str) -> str | None:
+        result = self.host.run("readlink %s", f"{deploy_to}/current")
+        return result.stdout.strip() if result.rc == 0 else None
+
+    def current_release(self, deploy_to: str) -> str | None:
+        link = self.current_link(deploy_to)
+        return link.split("/", 1)[1] if link and link.startswith("releases/") else link
+
+    def version(self, deploy_to: str) -> str:
+        return self.sh("cat %s", f"{deploy_to}/current/VERSION")
+
+    def previous_version(self, deploy_to: str, release: str) -> str:
+        return self.sh("cat %s", f"{deploy_to}/releases/{release}/previousVersion")
+
+    def releases(self, deploy_to: str) -> list[str]:
+        out = self.host.run("ls -1 %s", f"{deploy_to}/releases")
+        return sorted(out.stdout.split()) if out.rc == 0 else []
+
+    def hostname(self) -> str:
+        return self.sh("hostname")
+
+
+@pytest.fixture(scope="session")
+def views(local_fleet: LocalFleet) -> dict[str, HostView]:
+    return {host.name: HostView(local_fleet, host.name) for host in local_fleet.hosts()}
+
+
+def run_inv(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, **(env or {})},
+    )
