@@ -211,11 +211,12 @@ class LocalFleet:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return None
-        # sshd rewrites its title ("sshd: /usr/sbin/sshd -D -f CONFIG ..."): match the config path.
-        if host.config.encode() not in cmdline:
-            return None
-        if _process_state(pid) == "Z":
+        if _process_state(pid) in ("", "Z"):
             _reap(pid)
+            return None
+        # Empty while the process is inside execve (sh -> sshd); sshd later rewrites its title
+        # ("sshd: /usr/sbin/sshd -D -f CONFIG ..."), so match the config path in the raw bytes.
+        if cmdline and host.config.encode() not in cmdline:
             return None
         return pid
 

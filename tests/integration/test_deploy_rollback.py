@@ -1,0 +1,214 @@
+"""Deploy, rollback and drill end to end on real sshd hosts; every state checked over OpenSSH."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deployer import operations
+from deployer.fleet import Fleet
+from deployer.inventory import load_inventory
+from deployer.operations import Options
+from deployer.report import Progress
+from tests.conftest import run_inv
+
+pytestmark = pytest.mark.fleet
+QUIET = Progress(quiet=True)
+
+
+def deploy(inventory, artifact, **kw):
+    return operations.deploy(load_inventory(inventory), artifact, progress=QUIET, **kw)
+
+
+def rollback(inventory, to=None):
+    return operations.rollback(load_inventory(inventory), to, progress=QUIET)
+
+
+def on_each(views, deploy_to):
+    return {name: (view.current_release(deploy_to), view.version(deploy_to)) for name, view in views.items()}
+
+
+def test_deploy_then_rollback_on_every_host(make_inventory, views, artifacts, deploy_to):
+    inventory = make_inventory(validate="sh bin/check")
+    first = deploy(inventory, artifacts["v1"])
+    assert first.ok and first.exit_code == 0
+    r1 = first.target
+    assert on_each(views, deploy_to) == {name: (r1, "v1") for name in views}
+    for view in views.values():  # a first deploy records an empty previousVersion
+        assert view.previous_version(deploy_to, r1) == ""
+
+    second = deploy(inventory, artifacts["v2"])
+    assert second.ok
+    r2 = second.target
+    assert r2 != r1
+    assert on_each(views, deploy_to) == {name: (r2, "v2") for name in views}
+    for view in views.values():
+        assert view.previous_version(deploy_to, r2) == f"{deploy_to}/releases/{r1}"
+        assert view.sh("readlink %s", f"{deploy_to}/current") == f"releases/{r2}"  # relative link
+
+    back = rollback(inventory)
+    assert back.ok and back.target == r1
+    assert on_each(views, deploy_to) == {name: (r1, "v1") for name in views}
+    for view in views.values():  # the rolled-back release is kept
+        assert view.releases(deploy_to) == sorted([r1, r2])
+
+
+def test_one_connection_per_host_and_session_budgets(make_inventory, artifacts):
+    """Issue 6's budgets, as counts: deploy <= 3 sessions per host, rollback <= 2, one connection each."""
+    inventory = load_inventory(make_inventory())
+    counts = {}
+    for label, artifact in (("first deploy", "v1"), ("second deploy", "v2")):
+        with operations.PreparedArtifact(artifacts[artifact]) as prepared, Fleet(inventory) as fleet:
+            states, unreachable = operations.gather(fleet, QUIET)
+            report = operations.run_deploy(fleet, prepared, None, states, unreachable, QUIET, Options())
+            assert report.ok
+            counts[label] = (fleet.connections_opened, fleet.sessions_by_host())
+    with Fleet(inventory) as fleet:
+        states, unreachable = operations.gather(fleet, QUIET)
+        assert operations.run_rollback(fleet, None, states, unreachable, QUIET, Options()).ok
+        counts["rollback"] = (fleet.connections_opened, fleet.sessions_by_host())
+    hosts = len(inventory.hosts)
+    assert counts["first deploy"] == (hosts, {h.name: 3 for h in inventory.hosts})
+    assert counts["second deploy"] == (hosts, {h.name: 3 for h in inventory.hosts})
+    assert counts["rollback"] == (hosts, {h.name: 2 for h in inventory.hosts})
+
+
+def test_drill_deploys_rolls_back_and_redeploys(make_inventory, views, artifacts, deploy_to):
+    inventory = make_inventory(validate="sh bin/check")
+    baseline = deploy(inventory, artifacts["v1"]).target
+    report = operations.drill(load_inventory(inventory), artifacts["v2"], progress=QUIET)
+    assert report.ok, report.verdict()
+    assert [phase.name for phase in report.phases] == ["baseline", "deploy", "rollback", "redeploy"]
+    assert all(phase.ok and phase.seconds > 0 for phase in report.phases)
+    final = report.target
+    assert on_each(views, deploy_to) == {name: (final, "v2") for name in views}
+    for view in views.values():
+        assert view.previous_version(deploy_to, final) == f"{deploy_to}/releases/{baseline}"
+        history = [json.loads(line) for line in view.sh("cat %s", f"{deploy_to}/.deployer/history.jsonl").splitlines()]
+        assert [(h["op"], h["to"]) for h in history][-3:] == [
+            ("deploy", history[-3]["to"]), ("rollback", baseline), ("deploy", final)
+        ]
+
+
+def test_drill_without_baseline_explains(make_inventory, views, artifacts, deploy_to):
+    result = run_inv("rollback-drill", "--inventory", make_inventory(), "--artifact", artifacts["v2"])
+    assert result.returncode == 3
+    assert "baseline" in result.stderr and "inv deploy" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert all(view.current_link(deploy_to) is None for view in views.values())
+
+
+def test_validation_failing_on_one_host_switches_no_host(make_inventory, views, artifacts, deploy_to):
+    inventory = make_inventory(validate='test "$(hostname)" != web3 || { echo "web3 is not ready" >&2; exit 4; }')
+    r1 = deploy(inventory, artifacts["v1"])
+    assert not r1.ok  # web3 fails even on a first deploy
+    for view in views.values():
+        assert view.current_link(deploy_to) is None
+
+    healthy = make_inventory(validate="true")
+    base = deploy(healthy, artifacts["v1"]).target
+    failing = deploy(inventory, artifacts["v2"])
+    assert failing.exit_code == 1
+    by_host = {r.host: r for r in failing.hosts}
+    assert by_host["web3"].status == "failed" and "web3 is not ready" in by_host["web3"].message
+    assert {r.status for name, r in by_host.items() if name != "web3"} == {"skipped"}
+    assert on_each(views, deploy_to) == {name: (base, "v1") for name in views}
+    # the staged folder stays, marked failed on web3, for inspection
+    meta = views["web3"].sh("cat %s", f"{deploy_to}/.deployer/meta/{failing.target}")
+    assert meta.startswith("failed ")
+    assert failing.target in views["web1"].releases(deploy_to)
+
+
+def test_nothing_to_roll_back_to(make_inventory, views, artifacts, deploy_to):
+    inventory = make_inventory()
+    only = deploy(inventory, artifacts["v1"]).target
+    result = run_inv("rollback", "--inventory", inventory)
+    assert result.returncode == 3
+    assert "no earlier release" in result.stdout
+    assert all(view.current_release(deploy_to) == only for view in views.values())
+
+
+def test_tampered_previous_version_refused_for_that_host(make_inventory, views, artifacts, deploy_to):
+    inventory = make_inventory()
+    r1 = deploy(inventory, artifacts["v1"]).target
+    r2 = deploy(inventory, artifacts["v2"]).target
+    views["web2"].sh("printf '/etc\\n' > %s", f"{deploy_to}/releases/{r2}/previousVersion")
+    report = rollback(inventory)
+    assert report.exit_code == 1
+    by_host = {r.host: r for r in report.hosts}
+    assert by_host["web2"].status == "refused" and "outside" in by_host["web2"].message
+    assert views["web2"].current_release(deploy_to) == r2  # left untouched
+    assert {name: views[name].current_release(deploy_to) for name in views if name != "web2"} == {
+        name: r1 for name in views if name != "web2"
+    }
+
+
+def test_host_down_during_rollback_then_rerun_converges(local_fleet, make_inventory, views, artifacts, deploy_to):
+    inventory = make_inventory()
+    r1 = deploy(inventory, artifacts["v1"]).target
+    r2 = deploy(inventory, artifacts["v2"]).target
+    local_fleet.stop_host("web4")
+    try:
+        partial = rollback(inventory)
+        assert partial.exit_code == 1 and partial.target == r1
+        failed = [r for r in partial.hosts if r.status == "failed"]
+        assert [r.host for r in failed] == ["web4"] and "refused" in failed[0].message
+        # rerun while still down: nobody is taken further back than r1
+        again = rollback(inventory)
+        assert again.target == r1 and again.exit_code == 1
+        assert {r.host: r.status for r in again.hosts if r.host != "web4"} == {
+            "web1": "unchanged", "web2": "unchanged", "web3": "unchanged"
+        }
+    finally:
+        local_fleet.start_host("web4")
+        local_fleet.wait_ready(local_fleet.host("web4"))
+    assert views["web4"].current_release(deploy_to) == r2
+    final = rollback(inventory)
+    assert final.ok and final.target == r1
+    assert {r.host: r.status for r in final.hosts} == {
+        "web1": "unchanged", "web2": "unchanged", "web3": "unchanged", "web4": "ok"
+    }
+    assert all(view.current_release(deploy_to) == r1 for view in views.values())
+
+
+def test_rollback_to_specific_release(make_inventory, views, artifacts, deploy_to):
+    inventory = make_inventory()
+    r1 = deploy(inventory, artifacts["v1"]).target
+    deploy(inventory, artifacts["v2"])
+    deploy(inventory, artifacts["v3"])
+    result = run_inv("rollback", "--inventory", inventory, "--to", r1, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["ok"] and data["target"] == r1
+    assert all(view.version(deploy_to) == "v1" for view in views.values())
+    missing = run_inv("rollback", "--inventory", inventory, "--to", "no-such-release")
+    assert missing.returncode == 1 and "not present" in missing.stdout
+    bad = run_inv("rollback", "--inventory", inventory, "--to", "../../etc")
+    assert bad.returncode == 2 and "not valid" in bad.stderr
+
+
+def test_spaces_and_quotes_in_deploy_to_and_artifact_path(make_inventory, views, artifacts, tmp_path):
+    deploy_to = "/srv/my app's \"dir\" $(touch /tmp/pwned)"
+    weird = tmp_path / "build output's \"v2\" $(x)"
+    weird.mkdir()
+    artifact = weird / "app v2.tar.gz"
+    artifact.write_bytes(open(artifacts["v2"], "rb").read())
+    inventory = make_inventory(deploy_to=deploy_to, validate="sh bin/check")
+    assert deploy(inventory, artifacts["v1"]).ok
+    result = run_inv("deploy", "--inventory", inventory, "--artifact", str(artifact))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert all(view.version(deploy_to) == "v2" for view in views.values())
+    assert rollback(inventory).ok
+    assert all(view.version(deploy_to) == "v1" for view in views.values())
+    for view in views.values():
+        assert view.host.run("test -e /tmp/pwned").rc == 1
+
+
+def test_deploy_same_artifact_again_resumes_instead_of_duplicating(make_inventory, views, artifacts, deploy_to):
+    inventory = make_inventory()
+    first = deploy(inventory, artifacts["v1"])
+    again = deploy(inventory, artifacts["v1"])
+    assert again.ok and again.target == first.target
+    assert {r.status for r in again.hosts} == {"unchanged"}
+    assert all(view.releases(deploy_to) == [first.target] for view in views.values())
