@@ -24,7 +24,11 @@ fi
 
 case "${1:-}" in
     demo) exec .venv/bin/inv demo ;;
-    test) shift; exec .venv/bin/python -m pytest "$@" ;;
+    test)
+        shift
+        .venv/bin/ruff check deployer tasks.py tests
+        .venv/bin/mypy
+        exec .venv/bin/python -m pytest "$@" ;;
     setup) ;;
     *) echo "usage: ./dev.sh demo|test|setup" >&2; exit 2 ;;
 esac

@@ -21,16 +21,37 @@ def _options(parallel: int, accept_new_host_keys: bool, dry_run: bool = False) -
     return Options(accept_new_host_keys=accept_new_host_keys, parallel=parallel or None, dry_run=dry_run)
 
 
-@task(help={**COMMON_HELP, "artifact": ".tar.gz (or folder) whose contents become the release",
-            "release": "release id (default: UTC time + artifact digest)", "dry-run": "show the plan, change nothing"})
-def deploy(c, inventory=None, artifact=None, release=None, dry_run=False, json=False, parallel=0,
-           accept_new_host_keys=False):
+@task(
+    help={
+        **COMMON_HELP,
+        "artifact": ".tar.gz (or folder) whose contents become the release",
+        "release": "release id (default: UTC time + artifact digest)",
+        "dry-run": "show the plan, change nothing",
+    }
+)
+def deploy(
+    c,
+    inventory=None,
+    artifact=None,
+    release=None,
+    dry_run=False,
+    json=False,
+    parallel=0,
+    accept_new_host_keys=False,
+):
     """Stage a release on every host, validate it, then switch `current` atomically and verify."""
-    cli.guarded(lambda: cli.deploy(inventory, artifact, release, _options(parallel, accept_new_host_keys, dry_run), json))
+    cli.guarded(
+        lambda: cli.deploy(inventory, artifact, release, _options(parallel, accept_new_host_keys, dry_run), json)
+    )
 
 
-@task(help={**COMMON_HELP, "to": "release id to roll back to (default: the fleet's previousVersion)",
-            "dry-run": "show the plan, change nothing"})
+@task(
+    help={
+        **COMMON_HELP,
+        "to": "release id to roll back to (default: the fleet's previousVersion)",
+        "dry-run": "show the plan, change nothing",
+    }
+)
 def rollback(c, inventory=None, to=None, dry_run=False, json=False, parallel=0, accept_new_host_keys=False):
     """Point `current` back to the previous release on every host in parallel, and verify."""
     cli.guarded(lambda: cli.rollback(inventory, to, _options(parallel, accept_new_host_keys, dry_run), json))
@@ -48,8 +69,15 @@ def status(c, inventory=None, json=False, parallel=0, accept_new_host_keys=False
     cli.guarded(lambda: cli.status(inventory, _options(parallel, accept_new_host_keys), json))
 
 
-@task(name="fleet-up", help={"hosts": "number of hosts", "state-dir": "where keys, hosts and inventory live",
-                             "subnet": "127.X.Y prefix of the host addresses", "port": "sshd port on each host"})
+@task(
+    name="fleet-up",
+    help={
+        "hosts": "number of hosts",
+        "state-dir": "where keys, hosts and inventory live",
+        "subnet": "127.X.Y prefix of the host addresses",
+        "port": "sshd port on each host",
+    },
+)
 def fleet_up(c, hosts=3, state_dir=None, subnet="127.0.1", port=2222):
     """Start a local fleet of real sshd hosts (root; installs openssh-server if missing)."""
     cli.guarded(lambda: cli.fleet_up(hosts, state_dir, subnet, port))

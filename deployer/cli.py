@@ -22,7 +22,7 @@ from deployer.inventory import Inventory, load_inventory
 from deployer.localfleet import FleetError, LocalFleet
 from deployer.operations import Options
 from deployer.release import pack_directory
-from deployer.report import OperationReport, Progress, render_json, render_text
+from deployer.report import OperationReport, render_json, render_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FLEET_DIR = str(REPO_ROOT / ".fleet")
@@ -94,7 +94,8 @@ def status(inventory: str | None, options: Options, as_json: bool) -> int:
             print(f"  {name}  UNREACHABLE  {host['error']}")
             continue
         releases = len(host["releases"])
-        line = f"  {name}  current={host['current'] or '-'}  previous={host['previous_version'] or '-'}  releases={releases}"
+        current, previous = host["current"] or "-", host["previous_version"] or "-"
+        line = f"  {name}  current={current}  previous={previous}  releases={releases}"
         for problem in host["problems"]:
             line += f"  PROBLEM: {problem}"
         print(line)
@@ -158,4 +159,3 @@ def demo() -> int:
             return code
     print(f"\nEach host's /srv is under {fleet.state_dir}/hosts/*/srv; stop the fleet with `inv fleet-down`.")
     return 0
-

@@ -143,9 +143,9 @@ class HostConnection:
                     break
                 chunks.append(data)
             if not channel.status_event.wait(max(0.01, deadline - time.monotonic())):
-                raise socket.timeout()
+                raise TimeoutError()
             status = channel.exit_status
-        except socket.timeout:
+        except TimeoutError:
             raise CommandTimeout(self.host.name, f"remote step did not finish within {limit:g}s") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HostUnreachable(self.host.name, f"connection lost during a remote step: {exc}") from None
@@ -159,8 +159,8 @@ class HostConnection:
         try:
             for offset in range(0, len(data), UPLOAD_CHUNK):
                 channel.settimeout(max(0.01, deadline - time.monotonic()))
-                channel.sendall(data[offset : offset + UPLOAD_CHUNK])
-        except socket.timeout:
+                channel.sendall(data[offset : offset + UPLOAD_CHUNK])  # type: ignore[arg-type]  # buffer protocol suffices
+        except TimeoutError:
             raise
         except (OSError, EOFError, paramiko.SSHException):
             log.debug("%s: remote side closed stdin early", self.host.name)
@@ -212,7 +212,7 @@ class Fleet:
         lookup_name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
         known = self.known_hosts.lookup(lookup_name)
         if known is not None:
-            for key_type in known.keys():
+            for key_type in known:
                 client.get_host_keys().add(lookup_name, key_type, known[key_type])
         return connection
 

@@ -68,22 +68,20 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if isinstance(key, (list, dict)):
             raise yaml.constructor.ConstructorError(
                 None, None, "a mapping key must be a plain value", key_node.start_mark
             )
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
 
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_unique_mapping,  # type: ignore[arg-type]
+    _construct_unique_mapping,
 )
 
 
@@ -127,7 +125,7 @@ class _Checker:
         if isinstance(value, bool) or not isinstance(value, ok_types):
             kind = "an integer" if integer else "a number"
             raise self.error(key, f"expected {kind} between {low:g} and {high:g}, got {_kind(value)}")
-        if not low <= value <= high:
+        if not low <= float(value) <= high:  # type: ignore[arg-type]  # int or float, checked above
             raise self.error(key, f"must be between {low:g} and {high:g}, got {value}")
         return value
 
@@ -211,9 +209,7 @@ def parse_inventory(text: str, path: str) -> Inventory:
     timeouts = Timeouts()
     if "timeouts" in top:
         raw = check.mapping(top["timeouts"], "timeouts", TIMEOUT_KEYS, set())
-        timeouts = Timeouts(
-            **{name: float(check.number(raw[name], f"timeouts.{name}", 0.1, 86400)) for name in raw}
-        )
+        timeouts = Timeouts(**{name: float(check.number(raw[name], f"timeouts.{name}", 0.1, 86400)) for name in raw})
 
     hosts_raw = top["hosts"]
     if not isinstance(hosts_raw, Mapping) or not hosts_raw:

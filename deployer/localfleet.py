@@ -10,6 +10,7 @@ running inside that host's mount namespace.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -129,8 +130,15 @@ class LocalFleet:
         self.manifest = os.path.join(self.state_dir, "fleet.json")
 
     # -- lifecycle -----------------------------------------------------------------------
-    def up(self, count: int, subnet: str = "127.0.1", port: int = DEFAULT_PORT, log_level: str = "VERBOSE",
-           deploy_to: str = "/srv/app", prefix: str = "web") -> list[LocalHost]:
+    def up(
+        self,
+        count: int,
+        subnet: str = "127.0.1",
+        port: int = DEFAULT_PORT,
+        log_level: str = "VERBOSE",
+        deploy_to: str = "/srv/app",
+        prefix: str = "web",
+    ) -> list[LocalHost]:
         """Start `count` hosts (stopping any this fleet already runs) and write inventory + known_hosts."""
         if count < 1:
             raise FleetError("a fleet needs at least one host")
@@ -138,10 +146,26 @@ class LocalFleet:
         self.down()
         os.makedirs(self.state_dir, exist_ok=True)
         if not os.path.exists(self.identity_file):
-            _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deployer-local-fleet", "-f", self.identity_file)
+            _run(
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "deployer-local-fleet",
+                "-f",
+                self.identity_file,
+            )
         _authorize(Path(self.identity_file + ".pub").read_text())
         hosts = [
-            LocalHost(f"{prefix}{i}", host_address(subnet, i), port, os.path.join(self.state_dir, "hosts", f"{prefix}{i}"))
+            LocalHost(
+                f"{prefix}{i}",
+                host_address(subnet, i),
+                port,
+                os.path.join(self.state_dir, "hosts", f"{prefix}{i}"),
+            )
             for i in range(1, count + 1)
         ]
         self._write_manifest(hosts, log_level)
@@ -167,7 +191,11 @@ class LocalFleet:
             _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", key)
         Path(host.config).write_text(
             SSHD_CONFIG.format(
-                address=host.address, port=host.port, host_key=key, user=DEPLOY_USER, log_level=log_level,
+                address=host.address,
+                port=host.port,
+                host_key=key,
+                user=DEPLOY_USER,
+                log_level=log_level,
             )
         )
 
@@ -181,9 +209,26 @@ class LocalFleet:
         script = 'mount --bind "$1" /srv && hostname "$2" && exec "$3" -D -f "$4" -E "$5"'
         with open(host.log, "ab") as log:
             process = subprocess.Popen(
-                ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script, "deployer-fleet",
-                 host.srv, host.name, SSHD, host.config, host.log],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                [
+                    "unshare",
+                    "--mount",
+                    "--uts",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    script,
+                    "deployer-fleet",
+                    host.srv,
+                    host.name,
+                    SSHD,
+                    host.config,
+                    host.log,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         Path(host.pid_file).write_text(str(process.pid))
         return process.pid
@@ -300,10 +345,24 @@ class LocalFleet:
         """An OpenSSH client command line for `name`, with strict host key checking."""
         host = self.host(name)
         return [
-            "ssh", "-q", "-i", self.identity_file, "-p", str(host.port),
-            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
-            f"{DEPLOY_USER}@{host.address}", *remote,
+            "ssh",
+            "-q",
+            "-i",
+            self.identity_file,
+            "-p",
+            str(host.port),
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            f"{DEPLOY_USER}@{host.address}",
+            *remote,
         ]
 
 
@@ -343,10 +402,8 @@ def _pids_in_namespace(namespace: str) -> list[int]:
 
 
 def _kill(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _process_state(pid: int) -> str:
@@ -358,7 +415,5 @@ def _process_state(pid: int) -> str:
 
 def _reap(pid: int) -> None:
     """Collect the exit status of a host we started in this process (no-op otherwise)."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

@@ -121,7 +121,10 @@ def _switch(connection: HostConnection, deploy_to: str, host_plan: HostPlan, mod
     link, resolved = ((output.first("after") or []) + ["", ""])[:2]
     if link != f"releases/{target}" or posixpath.basename(resolved) != target:
         raise StepFailed(
-            connection.host.name, "verification", 0, f"current reads back as {link!r} ({resolved!r}), not {target}"
+            connection.host.name,
+            "verification",
+            0,
+            f"current reads back as {link!r} ({resolved!r}), not {target}",
         )
     return Switched(link, resolved, result.seconds)
 
@@ -214,7 +217,9 @@ def run_deploy(
         report.refusal = plan.refusal
         if options.dry_run and not plan.refusal:
             report.notes.append("dry run: nothing was changed")
-            report.hosts = [HostResult(h.host, UNCHANGED, h.before, h.before, False, 0.0, "dry run") for h in plan.hosts]
+            report.hosts = [
+                HostResult(h.host, UNCHANGED, h.before, h.before, False, 0.0, "dry run") for h in plan.hosts
+            ]
         return report
 
     results: dict[str, HostResult] = {}
@@ -225,7 +230,9 @@ def run_deploy(
     stage_failed: dict[str, HostError] = {}
     if to_stage:
         started = time.monotonic()
-        progress.say(f"staging {release} on {len(to_stage)} host(s) ({artifact.size} bytes, sha256 {artifact.digest[:12]})")
+        progress.say(
+            f"staging {release} on {len(to_stage)} host(s) ({artifact.size} bytes, sha256 {artifact.digest[:12]})"
+        )
         stage_failed = _stage_phase(fleet, artifact, release, to_stage, progress)
         report.phases.append(Phase("stage", time.monotonic() - started, not stage_failed))
     if stage_failed:
@@ -255,11 +262,15 @@ def run_deploy(
     to_switch = plan.acting()
     progress.say(f"switching {len(to_switch)} host(s) to {release}")
     switched = _switch_phase(fleet, to_switch, "deploy", progress)
-    report.phases.append(Phase("switch", time.monotonic() - started, all(not isinstance(o, HostError) for o in switched.values())))
+    report.phases.append(
+        Phase("switch", time.monotonic() - started, all(not isinstance(o, HostError) for o in switched.values()))
+    )
     for host_plan in to_switch:
         outcome = switched[host_plan.host]
         if isinstance(outcome, HostError):
-            results[host_plan.host] = HostResult(host_plan.host, FAILED, host_plan.before, None, False, 0.0, outcome.reason)
+            results[host_plan.host] = HostResult(
+                host_plan.host, FAILED, host_plan.before, None, False, 0.0, outcome.reason
+            )
         else:
             results[host_plan.host] = HostResult(host_plan.host, OK, host_plan.before, release, True, outcome.seconds)
     report.hosts = list(results.values())
@@ -278,9 +289,7 @@ def _stage_phase(
 
     def work(connection: HostConnection) -> float:
         source = sources[connection.host.name]
-        command = command_line(
-            "stage", inventory.deploy_to, release, artifact.digest, source, inventory.validate
-        )
+        command = command_line("stage", inventory.deploy_to, release, artifact.digest, source, inventory.validate)
         upload = mapped.view if source == planning.UPLOAD else None
         result = connection.run(command, timeout=inventory.timeouts.stage, upload=upload)
         output = parse_output(result.output)
@@ -348,7 +357,11 @@ def run_rollback(
         progress.say(f"switching {len(to_switch)} host(s) back to {plan.target}")
         switched = _switch_phase(fleet, to_switch, "rollback", progress)
         report.phases.append(
-            Phase("switch", time.monotonic() - started, all(not isinstance(o, HostError) for o in switched.values()))
+            Phase(
+                "switch",
+                time.monotonic() - started,
+                all(not isinstance(o, HostError) for o in switched.values()),
+            )
         )
         for host_plan in to_switch:
             outcome = switched[host_plan.host]
@@ -388,7 +401,10 @@ def deploy(
 
 
 def rollback(
-    inventory: Inventory, to: str | None = None, options: Options | None = None, progress: Progress | None = None
+    inventory: Inventory,
+    to: str | None = None,
+    options: Options | None = None,
+    progress: Progress | None = None,
 ) -> OperationReport:
     options = options or Options()
     progress = progress or Progress()
@@ -418,7 +434,10 @@ def _verify_phase(
 
 
 def drill(
-    inventory: Inventory, artifact_source: str, options: Options | None = None, progress: Progress | None = None
+    inventory: Inventory,
+    artifact_source: str,
+    options: Options | None = None,
+    progress: Progress | None = None,
 ) -> OperationReport:
     """Deploy, verify; roll back, verify each host is on its baseline; deploy again, verify."""
     options = options or Options()

@@ -126,7 +126,10 @@ def choose_rollback_target(
     currents = Counter(state.current for state in states.values() if state.current is not None)
     pending = {target for state in states.values() if (target := _rolled_back_to(state))}
     if len(pending) > 1:
-        return None, f"earlier rollbacks left hosts on different releases ({', '.join(sorted(pending))}); use --to"
+        return (
+            None,
+            f"earlier rollbacks left hosts on different releases ({', '.join(sorted(pending))}); use --to",
+        )
     if pending:
         (target,) = pending
         if not (all_reachable and set(currents) == {target} and sum(currents.values()) == len(states)):
@@ -152,7 +155,10 @@ def choose_rollback_target(
         elif previous_by_current[second] == {first}:
             current = second
         else:
-            return None, f"hosts are on different releases ({_describe_split(currents.most_common())}); use --to"
+            return (
+                None,
+                f"hosts are on different releases ({_describe_split(currents.most_common())}); use --to",
+            )
     else:
         return None, f"hosts are on different releases ({_describe_split(currents.most_common())}); use --to"
 
@@ -173,15 +179,11 @@ def plan_rollback(
     to: str | None = None,
 ) -> Plan:
     """Plan a rollback to `to`, or to the fleet's previous release; decided once for all hosts."""
-    if to is not None:
-        target: str | None = to
-    else:
-        target, why = choose_rollback_target(deploy_to, states, all_reachable=not unreachable)
-        if target is None:
-            hosts = tuple(
-                HostPlan(name, KEEP, state.current, None, "") for name, state in sorted(states.items())
-            ) + tuple(HostPlan(name, UNREACHABLE, None, None, reason) for name, reason in sorted(unreachable.items()))
-            return Plan("rollback", None, tuple(sorted(hosts, key=lambda h: h.host)), why)
+    target, why = (to, "") if to is not None else choose_rollback_target(deploy_to, states, not unreachable)
+    if target is None:
+        untouched = [HostPlan(name, KEEP, state.current, None) for name, state in states.items()]
+        untouched += [HostPlan(name, UNREACHABLE, None, None, reason) for name, reason in unreachable.items()]
+        return Plan("rollback", None, tuple(sorted(untouched, key=lambda h: h.host)), why)
 
     hosts: list[HostPlan] = [HostPlan(name, UNREACHABLE, None, target, reason) for name, reason in unreachable.items()]
     for name, state in states.items():

@@ -98,9 +98,11 @@ def _reset_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 def pack_directory(directory: str, destination: str) -> None:
     """Pack the folder's contents (not the folder itself) into a reproducible .tar.gz."""
-    with open(destination, "wb") as raw, gzip.GzipFile(
-        filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6
-    ) as zipped, tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as archive:
+    with (
+        open(destination, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as zipped,
+        tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as archive,
+    ):
         for root, dirs, files in os.walk(directory):
             dirs.sort()
             for name in sorted(dirs) + sorted(files):

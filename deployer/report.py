@@ -48,7 +48,11 @@ class OperationReport:
 
     @property
     def ok(self) -> bool:
-        return not self.refusal and all(result.status in GOOD_STATUSES for result in self.hosts)
+        return (
+            not self.refusal
+            and all(result.status in GOOD_STATUSES for result in self.hosts)
+            and all(phase.ok for phase in self.phases if self.operation == "rollback-drill")
+        )
 
     @property
     def exit_code(self) -> int:
@@ -59,6 +63,8 @@ class OperationReport:
         return EXIT_REFUSED if self.refusal else EXIT_HOSTS_FAILED
 
     def verdict(self) -> str:
+        if self.phases and self.operation == "rollback-drill":
+            return self._drill_verdict()
         total = len(self.hosts)
         bad = [result for result in self.hosts if result.status not in GOOD_STATUSES]
         what = f"{self.operation} {self.target}" if self.target else self.operation
@@ -69,6 +75,14 @@ class OperationReport:
             return f"{what}: REFUSED: {self.refusal}"
         names = ", ".join(result.host for result in bad)
         return f"{what}: FAILED on {len(bad)}/{total} hosts ({names})"
+
+    def _drill_verdict(self) -> str:
+        timings = ", ".join(f"{phase.name} {phase.seconds:.2f}s" for phase in self.phases)
+        if self.ok and all(phase.ok for phase in self.phases):
+            return f"rollback-drill: PASS ({timings}); fleet on {self.target}"
+        failed = next((phase for phase in self.phases if not phase.ok), None)
+        where = f" in phase {failed.name}: {failed.detail}" if failed else ""
+        return f"rollback-drill: FAIL{where} ({timings})"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

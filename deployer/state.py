@@ -99,8 +99,8 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
         resolved = "\t".join(output.first("current_resolved") or [])
         if output.first("current_dangling") is not None:
             problem = f"current is a dangling link to {current_link!r}"
-        elif releases_dir and posixpath.dirname(resolved) == releases_dir and is_release_id(
-            posixpath.basename(resolved)
+        elif (
+            releases_dir and posixpath.dirname(resolved) == releases_dir and is_release_id(posixpath.basename(resolved))
         ):
             current = posixpath.basename(resolved)
         else:

@@ -39,8 +39,13 @@ def deploy_to(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def make_inventory(local_fleet: LocalFleet, tmp_path: Path, deploy_to: str) -> Callable[..., str]:
-    def make(hosts: list[str] | None = None, deploy_to: str = deploy_to, validate: str = "",
-             known_hosts: str | None = None, extra: str = "") -> str:
+    def make(
+        hosts: list[str] | None = None,
+        deploy_to: str = deploy_to,
+        validate: str = "",
+        known_hosts: str | None = None,
+        extra: str = "",
+    ) -> str:
         chosen = [h for h in local_fleet.hosts() if hosts is None or h.name in hosts]
         lines = [
             f"deploy_to: {yaml_quote(deploy_to)}",
@@ -118,6 +123,10 @@ def views(local_fleet: LocalFleet) -> dict[str, HostView]:
 def run_inv(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The CLI as a user runs it, from the repository root."""
     return subprocess.run(
-        [sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "invoke", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, **(env or {})},
     )

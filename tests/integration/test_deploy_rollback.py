@@ -87,7 +87,9 @@ def test_drill_deploys_rolls_back_and_redeploys(make_inventory, views, artifacts
         assert view.previous_version(deploy_to, final) == f"{deploy_to}/releases/{baseline}"
         history = [json.loads(line) for line in view.sh("cat %s", f"{deploy_to}/.deployer/history.jsonl").splitlines()]
         assert [(h["op"], h["to"]) for h in history][-3:] == [
-            ("deploy", history[-3]["to"]), ("rollback", baseline), ("deploy", final)
+            ("deploy", history[-3]["to"]),
+            ("rollback", baseline),
+            ("deploy", final),
         ]
 
 
@@ -158,7 +160,9 @@ def test_host_down_during_rollback_then_rerun_converges(local_fleet, make_invent
         again = rollback(inventory)
         assert again.target == r1 and again.exit_code == 1
         assert {r.host: r.status for r in again.hosts if r.host != "web4"} == {
-            "web1": "unchanged", "web2": "unchanged", "web3": "unchanged"
+            "web1": "unchanged",
+            "web2": "unchanged",
+            "web3": "unchanged",
         }
     finally:
         local_fleet.start_host("web4")
@@ -167,7 +171,10 @@ def test_host_down_during_rollback_then_rerun_converges(local_fleet, make_invent
     final = rollback(inventory)
     assert final.ok and final.target == r1
     assert {r.host: r.status for r in final.hosts} == {
-        "web1": "unchanged", "web2": "unchanged", "web3": "unchanged", "web4": "ok"
+        "web1": "unchanged",
+        "web2": "unchanged",
+        "web3": "unchanged",
+        "web4": "ok",
     }
     assert all(view.current_release(deploy_to) == r1 for view in views.values())
 
@@ -189,8 +196,8 @@ def test_rollback_to_specific_release(make_inventory, views, artifacts, deploy_t
 
 
 def test_spaces_and_quotes_in_deploy_to_and_artifact_path(make_inventory, views, artifacts, tmp_path):
-    deploy_to = "/srv/my app's \"dir\" $(touch /tmp/pwned)"
-    weird = tmp_path / "build output's \"v2\" $(x)"
+    deploy_to = '/srv/my app\'s "dir" $(touch /tmp/pwned)'
+    weird = tmp_path / 'build output\'s "v2" $(x)'
     weird.mkdir()
     artifact = weird / "app v2.tar.gz"
     artifact.write_bytes(open(artifacts["v2"], "rb").read())

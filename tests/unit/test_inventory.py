@@ -61,7 +61,11 @@ def test_good_inventory(keyfiles):
         (("known_hosts: kh", "known_hosts: nothere"), "ssh.known_hosts", "file not found"),
         (("{address: 10.0.0.11}", "{addr: 10.0.0.11}"), "hosts.web1.addr", "unknown key"),
         (("{address: 10.0.0.11}", "{port: 22}"), "hosts.web1.address", "required"),
-        (("{address: 10.0.0.11}", "{address: '10.0.0.11; rm -rf /'}"), "hosts.web1.address", "not a valid address"),
+        (
+            ("{address: 10.0.0.11}", "{address: '10.0.0.11; rm -rf /'}"),
+            "hosts.web1.address",
+            "not a valid address",
+        ),
         (("web1:", "'web 1':"), "hosts.web 1", "host names"),
         (("{address: 10.0.0.11}", "{address: 10.0.0.12, port: 2222}"), "hosts.web2.address", "already used"),
         (("user: deploy\n", ""), "user", "required key is missing"),
@@ -111,8 +115,13 @@ yaml_values = st.recursive(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(["deploy_to", "user", "ssh", "hosts", "validate", "parallel", "timeouts", "x"]),
-                       yaml_values, max_size=7))
+@given(
+    st.dictionaries(
+        st.sampled_from(["deploy_to", "user", "ssh", "hosts", "validate", "parallel", "timeouts", "x"]),
+        yaml_values,
+        max_size=7,
+    )
+)
 def test_any_structure_gives_inventory_or_clear_error(data):
     import yaml
 

@@ -64,14 +64,25 @@ class TestRollbackTarget:
 
     @pytest.mark.parametrize(
         "raw",
-        ["/etc", "../../etc", "/srv/app/releases/../../etc", "/srv/app/releases/r1/../../x", "/srv/app/other/r1",
-         "releases/r1/sub", "/srv/app/releases/", "/srv/app/releases/-rf", "/srv/appX/releases/r1"],
+        [
+            "/etc",
+            "../../etc",
+            "/srv/app/releases/../../etc",
+            "/srv/app/releases/r1/../../x",
+            "/srv/app/other/r1",
+            "releases/r1/sub",
+            "/srv/app/releases/",
+            "/srv/app/releases/-rf",
+            "/srv/appX/releases/r1",
+        ],
     )
     def test_previous_version_outside_releases_is_refused(self, raw):
         plan = p.plan_rollback(D, fleet(host("a", "r2", raw)), {})
         assert p.SWITCH not in actions(plan).values()
 
-    @pytest.mark.parametrize("raw", ["/srv/app/releases/r1", "releases/r1", "/srv/app/releases/r1/", "/srv/app//releases/r1"])
+    @pytest.mark.parametrize(
+        "raw", ["/srv/app/releases/r1", "releases/r1", "/srv/app/releases/r1/", "/srv/app//releases/r1"]
+    )
     def test_previous_version_forms_accepted(self, raw):
         plan = p.plan_rollback(D, fleet(host("a", "r2", raw)), {})
         assert plan.target == "r1" and actions(plan) == {"a": p.SWITCH}
@@ -84,7 +95,11 @@ class TestRollbackTarget:
 
     def test_rerun_after_partial_rollback_completes_it(self):
         rolled = {"op": "rollback", "from": "r2", "to": "r1"}
-        states = fleet(host("a", "r1", "r0", last_op=rolled), host("b", "r1", "r0", last_op=rolled), host("c", "r2", "r1"))
+        states = fleet(
+            host("a", "r1", "r0", last_op=rolled),
+            host("b", "r1", "r0", last_op=rolled),
+            host("c", "r2", "r1"),
+        )
         plan = p.plan_rollback(D, states, {})
         assert plan.target == "r1"
         assert actions(plan) == {"a": p.KEEP, "b": p.KEEP, "c": p.SWITCH}
@@ -98,8 +113,10 @@ class TestRollbackTarget:
 
     def test_completed_rollback_then_rollback_again_goes_further_back(self):
         rolled = {"op": "rollback", "from": "r2", "to": "r1"}
-        states = fleet(host("a", "r1", "r0", last_op=rolled, releases=("r0", "r1", "r2")),
-                       host("b", "r1", "r0", last_op=rolled, releases=("r0", "r1", "r2")))
+        states = fleet(
+            host("a", "r1", "r0", last_op=rolled, releases=("r0", "r1", "r2")),
+            host("b", "r1", "r0", last_op=rolled, releases=("r0", "r1", "r2")),
+        )
         plan = p.plan_rollback(D, states, {})
         assert plan.target == "r0"
 
@@ -116,7 +133,9 @@ class TestRollbackTarget:
         assert plan.target == "r1" and actions(plan) == {"a": p.SWITCH, "b": p.KEEP}
 
     def test_explicit_target_missing_on_a_host(self):
-        plan = p.plan_rollback(D, fleet(host("a", "r3", releases=("r1", "r3")), host("b", "r3", releases=("r3",))), {}, to="r1")
+        plan = p.plan_rollback(
+            D, fleet(host("a", "r3", releases=("r1", "r3")), host("b", "r3", releases=("r3",))), {}, to="r1"
+        )
         assert actions(plan) == {"a": p.SWITCH, "b": p.REFUSE}
 
     def test_failed_release_is_not_a_target(self):
@@ -219,8 +238,13 @@ def test_rerun_after_partial_failure_never_moves_a_host_twice(generated, data):
     after = dict(states)
     for name in switching:
         if name not in failed:
-            after[name] = host(name, first.target, "", releases=tuple(states[name].releases),
-                               last_op={"op": "rollback", "to": first.target})
+            after[name] = host(
+                name,
+                first.target,
+                "",
+                releases=tuple(states[name].releases),
+                last_op={"op": "rollback", "to": first.target},
+            )
     second = p.plan_rollback(D, after, down)
     assert second.target == first.target
     for name in switching:

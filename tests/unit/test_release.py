@@ -84,7 +84,10 @@ def test_device_member_refused(tmp_path):
 
 
 def test_links_inside_release_are_fine(tmp_path):
-    path = make_tar(tmp_path / "a.tar.gz", [file_member("sub/f"), link_member("l", "sub/f"), link_member("sub/up", "../l")])
+    path = make_tar(
+        tmp_path / "a.tar.gz",
+        [file_member("sub/f"), link_member("l", "sub/f"), link_member("sub/up", "../l")],
+    )
     with PreparedArtifact(path) as artifact:
         assert artifact.digest == sha256_file(path)[0]
 

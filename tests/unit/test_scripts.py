@@ -39,7 +39,9 @@ def switch(deploy_to, release, expected, mode="deploy", previous=""):
 
 
 HOSTILE = st.text(
-    alphabet=st.sampled_from(list("ab ' \" $ ( ) ` ; & | * ? \\ - ! # ~ { } < > é\t")), min_size=1, max_size=16
+    alphabet=st.sampled_from(list("ab ' \" $ ( ) ` ; & | * ? \\ - ! # ~ { } < > é\t")),
+    min_size=1,
+    max_size=16,
 )
 
 
