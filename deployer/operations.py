@@ -182,6 +182,27 @@ def _results_for_refused_plan(plan: Plan) -> list[HostResult]:
     return results
 
 
+def _switch_results(to_switch: list[HostPlan], switched: Mapping[str, Switched | HostError]) -> dict[str, HostResult]:
+    """Per-host results of a switch phase: verified on success, the reason on failure."""
+    results = {}
+    for host_plan in to_switch:
+        outcome = switched[host_plan.host]
+        if isinstance(outcome, HostError):
+            results[host_plan.host] = HostResult(
+                host_plan.host, FAILED, host_plan.before, None, False, 0.0, outcome.reason
+            )
+        else:
+            results[host_plan.host] = HostResult(
+                host_plan.host, OK, host_plan.before, host_plan.target, True, outcome.seconds
+            )
+    return results
+
+
+def _dry_run(report: OperationReport, plan: Plan) -> None:
+    report.notes.append("dry run: nothing was changed")
+    report.hosts = [HostResult(h.host, UNCHANGED, h.before, h.before, False, 0.0, "dry run") for h in plan.hosts]
+
+
 def _resume_or_new_release_id(states: Mapping[str, HostState], digest: str) -> str:
     """Resume an interrupted deploy of the same artifact, else pick a fresh fleet-wide id."""
     current_with_digest = {
@@ -216,10 +237,7 @@ def run_deploy(
         report.hosts = _results_for_refused_plan(plan)
         report.refusal = plan.refusal
         if options.dry_run and not plan.refusal:
-            report.notes.append("dry run: nothing was changed")
-            report.hosts = [
-                HostResult(h.host, UNCHANGED, h.before, h.before, False, 0.0, "dry run") for h in plan.hosts
-            ]
+            _dry_run(report, plan)
         return report
 
     results: dict[str, HostResult] = {}
@@ -265,14 +283,7 @@ def run_deploy(
     report.phases.append(
         Phase("switch", time.monotonic() - started, all(not isinstance(o, HostError) for o in switched.values()))
     )
-    for host_plan in to_switch:
-        outcome = switched[host_plan.host]
-        if isinstance(outcome, HostError):
-            results[host_plan.host] = HostResult(
-                host_plan.host, FAILED, host_plan.before, None, False, 0.0, outcome.reason
-            )
-        else:
-            results[host_plan.host] = HostResult(host_plan.host, OK, host_plan.before, release, True, outcome.seconds)
+    results.update(_switch_results(to_switch, switched))
     report.hosts = list(results.values())
     if not report.ok:
         report.notes.append("the fleet may be split between releases: run `inv status`, then deploy again or roll back")
@@ -336,8 +347,7 @@ def run_rollback(
         report.hosts = _results_for_refused_plan(plan)
         return report
     if options.dry_run:
-        report.notes.append("dry run: nothing was changed")
-        report.hosts = [HostResult(h.host, UNCHANGED, h.before, h.before, False, 0.0, "dry run") for h in plan.hosts]
+        _dry_run(report, plan)
         return report
 
     results: dict[str, HostResult] = {}
@@ -363,20 +373,18 @@ def run_rollback(
                 all(not isinstance(o, HostError) for o in switched.values()),
             )
         )
-        for host_plan in to_switch:
-            outcome = switched[host_plan.host]
-            if isinstance(outcome, HostError):
-                results[host_plan.host] = HostResult(
-                    host_plan.host, FAILED, host_plan.before, None, False, 0.0, outcome.reason
-                )
-            else:
-                results[host_plan.host] = HostResult(
-                    host_plan.host, OK, host_plan.before, plan.target, True, outcome.seconds
-                )
+        results.update(_switch_results(to_switch, switched))
     report.hosts = list(results.values())
     if any(result.status == FAILED for result in report.hosts):
         report.notes.append("run `inv rollback` again once the failed hosts are back: it completes this rollback")
     return report
+
+
+def _timed_gather(fleet: Fleet, operation: str, progress: Progress) -> tuple[dict[str, HostState], Unreachable, Phase]:
+    started = time.monotonic()
+    progress.say(f"{operation}: reading state of {len(fleet.inventory.hosts)} host(s)")
+    states, unreachable = gather(fleet, progress)
+    return states, unreachable, Phase("gather", time.monotonic() - started, not unreachable)
 
 
 def deploy(
@@ -391,10 +399,7 @@ def deploy(
     if release_id is not None:
         check_release_id(release_id)
     with PreparedArtifact(artifact_source) as artifact, _open_fleet(inventory, options) as fleet:
-        started = time.monotonic()
-        progress.say(f"deploy: reading state of {len(inventory.hosts)} host(s)")
-        states, unreachable = gather(fleet, progress)
-        gathered = Phase("gather", time.monotonic() - started, not unreachable)
+        states, unreachable, gathered = _timed_gather(fleet, "deploy", progress)
         report = run_deploy(fleet, artifact, release_id, states, unreachable, progress, options)
         report.phases.insert(0, gathered)
         return report
@@ -411,10 +416,7 @@ def rollback(
     if to is not None:
         check_release_id(to)
     with _open_fleet(inventory, options) as fleet:
-        started = time.monotonic()
-        progress.say(f"rollback: reading state of {len(inventory.hosts)} host(s)")
-        states, unreachable = gather(fleet, progress)
-        gathered = Phase("gather", time.monotonic() - started, not unreachable)
+        states, unreachable, gathered = _timed_gather(fleet, "rollback", progress)
         report = run_rollback(fleet, to, states, unreachable, progress, options)
         report.phases.insert(0, gathered)
         return report
