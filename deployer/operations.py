@@ -166,20 +166,22 @@ def _show_plan(plan: Plan, progress: Progress) -> None:
         progress.host(host_plan.host, f"{label} {move}{reason}")
 
 
+def _untouched_result(host_plan: HostPlan, has_target: bool) -> HostResult:
+    """The result of a host the operation does not change (kept, refused, unreachable or skipped)."""
+    if host_plan.action == planning.UNREACHABLE:
+        status = FAILED
+    elif host_plan.action == planning.REFUSE:
+        status = REFUSED
+    elif host_plan.action == planning.KEEP and has_target:
+        status = UNCHANGED
+    else:
+        status = SKIPPED
+    message = host_plan.reason or ("not changed" if status == SKIPPED else "")
+    return HostResult(host_plan.host, status, host_plan.before, host_plan.before, False, 0.0, message)
+
+
 def _results_for_refused_plan(plan: Plan) -> list[HostResult]:
-    results = []
-    for host_plan in plan.hosts:
-        if host_plan.action == planning.UNREACHABLE:
-            status = FAILED
-        elif host_plan.action == planning.REFUSE:
-            status = REFUSED
-        elif host_plan.action == planning.KEEP and plan.target is not None:
-            status = UNCHANGED
-        else:
-            status = SKIPPED
-        message = host_plan.reason or ("not changed" if status == SKIPPED else "")
-        results.append(HostResult(host_plan.host, status, host_plan.before, host_plan.before, False, 0.0, message))
-    return results
+    return [_untouched_result(host_plan, plan.target is not None) for host_plan in plan.hosts]
 
 
 def _switch_results(to_switch: list[HostPlan], switched: Mapping[str, Switched | HostError]) -> dict[str, HostResult]:
@@ -240,9 +242,7 @@ def run_deploy(
             _dry_run(report, plan)
         return report
 
-    results: dict[str, HostResult] = {}
-    for host_plan in plan.with_action(planning.KEEP):
-        results[host_plan.host] = HostResult(host_plan.host, UNCHANGED, release, release, False, 0.0, host_plan.reason)
+    results = {h.host: _untouched_result(h, True) for h in plan.with_action(planning.KEEP)}
 
     to_stage = plan.with_action(planning.STAGE)
     stage_failed: dict[str, HostError] = {}
@@ -350,17 +350,7 @@ def run_rollback(
         _dry_run(report, plan)
         return report
 
-    results: dict[str, HostResult] = {}
-    for host_plan in plan.hosts:
-        if host_plan.action == planning.KEEP:
-            results[host_plan.host] = HostResult(
-                host_plan.host, UNCHANGED, host_plan.before, host_plan.before, False, 0.0, host_plan.reason
-            )
-        elif host_plan.action in (planning.REFUSE, planning.UNREACHABLE):
-            status = REFUSED if host_plan.action == planning.REFUSE else FAILED
-            results[host_plan.host] = HostResult(
-                host_plan.host, status, host_plan.before, host_plan.before, False, 0.0, host_plan.reason
-            )
+    results = {h.host: _untouched_result(h, True) for h in plan.hosts if not h.changes}
     to_switch = plan.with_action(planning.SWITCH)
     if to_switch:
         started = time.monotonic()
