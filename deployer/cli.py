@@ -13,6 +13,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from invoke.exceptions import Exit
 
@@ -21,6 +22,7 @@ from deployer.errors import EXIT_HOSTS_FAILED, DeployerError, InputError
 from deployer.inventory import Inventory, load_inventory
 from deployer.localfleet import FleetError, LocalFleet
 from deployer.operations import Options
+from deployer.plan import describe_pin
 from deployer.release import pack_directory
 from deployer.report import OperationReport, render_json, render_text
 
@@ -34,6 +36,20 @@ def resolve_inventory(path: str | None) -> Inventory:
     if not chosen:
         raise InputError("no inventory given: pass --inventory FILE or set DEPLOYER_INVENTORY")
     return load_inventory(chosen)
+
+
+def seconds(value: str | None, flag: str) -> float:
+    """A number of seconds from the command line; a bad value ends the run with a clear error (exit 2)."""
+    if value in (None, ""):
+        return 0.0
+    try:
+        number = float(str(value))
+    except ValueError:
+        number = -1.0
+    if not 0 <= number <= 86400:
+        print(f"error: {flag} expects seconds between 0 and 86400, got {value!r}", file=sys.stderr)
+        raise Exit(code=2)
+    return number
 
 
 def guarded(action: Callable[[], int]) -> None:
@@ -80,12 +96,17 @@ def drill(inventory: str | None, artifact: str | None, options: Options, as_json
     return _emit(report, as_json)
 
 
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
 def status(inventory: str | None, options: Options, as_json: bool) -> int:
-    result = operations.status(resolve_inventory(inventory), options)
-    data = result.to_dict()
+    view = operations.read_fleet(resolve_inventory(inventory), options)
+    data = operations.status_data(view)
+    code = operations.status_exit_code(view)
     if as_json:
-        print(json.dumps(data, indent=2, sort_keys=True))
-        return result.exit_code
+        _print_json(data)
+        return code
     width = max(len(host["host"]) for host in data["hosts"])
     print(f"deploy_to: {data['deploy_to']}")
     for host in data["hosts"]:
@@ -96,14 +117,127 @@ def status(inventory: str | None, options: Options, as_json: bool) -> int:
         releases = len(host["releases"])
         current, previous = host["current"] or "-", host["previous_version"] or "-"
         line = f"  {name}  current={current}  previous={previous}  releases={releases}"
+        if host["lock"]:
+            line += "  LOCKED"
         for problem in host["problems"]:
             line += f"  PROBLEM: {problem}"
         print(line)
     if data["consistent"]:
         print(f"fleet consistent on {data['currents'][0]}")
     else:
-        print(f"fleet NOT consistent: {', '.join(data['currents'])}")
-    return result.exit_code
+        split = "; ".join(f"{release} on {', '.join(names)}" for release, names in sorted(data["split"].items()))
+        print(f"fleet NOT consistent: {split or 'no host has a release'}")
+    pin = data["pin"]
+    if pin:
+        print(f"PINNED: {describe_pin(pin)}; `inv deploy` refuses until `inv unpin`")
+    if data["locked"]:
+        first = next(h for h in data["hosts"] if h.get("lock"))
+        stale = " (STALE: the process that took it is gone)" if first["lock"]["stale"] else ""
+        print(f"LOCKED on {', '.join(data['locked'])}: {first['lock']['description']}{stale}")
+    if data["schema"]:
+        schema = data["schema"]
+        print(f"database schema {schema['version']} (compatible down to {schema['min_compatible']})")
+    return code
+
+
+def history(inventory: str | None, limit: int, options: Options, as_json: bool) -> int:
+    view = operations.read_fleet(resolve_inventory(inventory), options, history=limit)
+    entries = operations.history_entries(view, limit)
+    if as_json:
+        _print_json({"history": entries, "unreachable": view.unreachable})
+    else:
+        total = len(view.inventory.hosts)
+        for entry in entries:
+            hosts = entry["hosts"]
+            where = "all hosts" if len(hosts) == total else ", ".join(hosts)
+            what = entry.get("op", "?")
+            if "to" in entry:
+                move = f"{entry.get('from') or '-'} -> {entry.get('to')}"
+            else:
+                move = f"{entry.get('release', '')} {entry.get('detail', '')}".strip()
+            message = f"  ({entry['message']})" if entry.get("message") else ""
+            print(
+                f"{entry.get('time', '?'):<20}  {what:<19} {move}  {entry.get('result', '')}  "
+                f"by {entry.get('user', '?')}  on {where}{message}"
+            )
+        if not entries:
+            print("no history recorded yet")
+        for name, reason in sorted(view.unreachable.items()):
+            print(f"warning: {name} unreachable ({reason}); its history is not shown", file=sys.stderr)
+    return 1 if view.unreachable else 0
+
+
+def releases(inventory: str | None, options: Options, as_json: bool) -> int:
+    view = operations.read_fleet(resolve_inventory(inventory), options)
+    rows = operations.releases_table(view)
+    if as_json:
+        _print_json({"releases": rows, "unreachable": view.unreachable})
+        return 1 if view.unreachable else 0
+    total = len(view.states)
+    for row in rows:
+        marks = []
+        if row["current_on"]:
+            marks.append("CURRENT" + ("" if len(row["current_on"]) == total else f" on {','.join(row['current_on'])}"))
+        if row["previous_on"]:
+            marks.append("previous")
+        if row["pinned"]:
+            marks.append("PINNED")
+        if row["bad"]:
+            marks.append(
+                f"BAD ({row['bad'].get('why', '')}, {row['bad'].get('user', '?')} {row['bad'].get('time', '')})"
+            )
+        if row["failed_on"]:
+            marks.append(f"FAILED on {','.join(row['failed_on'])}")
+        have = f"{len(row['hosts'])}/{total} hosts"
+        print(f"{row['id']:<34} {have:<11} {'  '.join(marks)}".rstrip())
+    if not rows:
+        print("no releases on any host")
+    for name, reason in sorted(view.unreachable.items()):
+        print(f"warning: {name} unreachable ({reason})", file=sys.stderr)
+    return 1 if view.unreachable else 0
+
+
+def lock_status(inventory: str | None, options: Options, as_json: bool) -> int:
+    view = operations.read_fleet(resolve_inventory(inventory), options)
+    data = operations.status_data(view)
+    locks = {h["host"]: h["lock"] for h in data["hosts"] if h.get("lock")}
+    if as_json:
+        _print_json({"locks": locks, "unreachable": view.unreachable})
+        return 1 if locks else 0
+    if not locks:
+        print("no host is locked")
+    for name, lock in sorted(locks.items()):
+        if lock["stale"]:
+            verdict = "STALE: taken on this machine by a process that no longer runs; clear it with `inv unlock`"
+        elif lock["stale"] is None:
+            verdict = "cannot tell from here whether its process still runs (taken on another machine)"
+        else:
+            verdict = "HELD by a running process"
+        print(f"  {name}: {lock['description']}  [{verdict}]")
+    for name, reason in sorted(view.unreachable.items()):
+        print(f"warning: {name} unreachable ({reason})", file=sys.stderr)
+    return 1 if locks else 0
+
+
+def unlock(inventory: str | None, yes: bool, options: Options, as_json: bool) -> int:
+    def confirm(question: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise InputError(f"{question} Not confirmed: stdin is not a terminal; pass --yes to remove it")
+        answer = input(f"{question} [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
+
+    report = operations.unlock(resolve_inventory(inventory), confirm, options)
+    return _emit(report, as_json)
+
+
+def unpin(inventory: str | None, options: Options, as_json: bool) -> int:
+    return _emit(operations.unpin(resolve_inventory(inventory), options), as_json)
+
+
+def prune(inventory: str | None, options: Options, as_json: bool) -> int:
+    return _emit(operations.prune(resolve_inventory(inventory), options), as_json)
 
 
 def fleet_up(hosts: int, state_dir: str | None, subnet: str, port: int) -> int:

@@ -179,6 +179,7 @@ class Fleet:
         self.policy = KnownHostsPolicy(inventory.known_hosts, accept_new_host_keys, threading.Lock())
         self.connections: dict[str, HostConnection] = {}
         self.connections_opened = 0
+        self._closed_sessions: dict[str, int] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="deployer")
 
@@ -253,11 +254,15 @@ class Fleet:
             yield futures[future], future.result()
 
     def sessions_by_host(self) -> dict[str, int]:
-        return {name: handle.sessions for name, handle in self.connections.items()}
+        """Exec sessions opened per host so far (kept after close, for reports and budget tests)."""
+        counts = dict(self._closed_sessions)
+        counts.update({name: handle.sessions for name, handle in self.connections.items()})
+        return counts
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        for handle in self.connections.values():
+        for name, handle in self.connections.items():
+            self._closed_sessions[name] = handle.sessions
             handle.close()
         self.connections.clear()
 

@@ -23,6 +23,11 @@ USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$", re.IGNORECASE)
 ADDRESS_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
 
 DEFAULT_PARALLEL = 32
+DEFAULT_KEEP_RELEASES = 5
+DEFAULT_KEEP_FAILED_RELEASES = 3
+BATCH_PERCENT_RE = re.compile(r"^([0-9]{1,3})%$")
+REMOTE_HOOKS = ("before_switch", "after_switch", "after_rollback")
+LOCAL_HOOKS = ("after_deploy_local", "after_rollback_local")
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,36 @@ class Timeouts:
     connect: float = 10.0
     command: float = 60.0
     stage: float = 900.0
+    hook: float = 60.0
+    migrate: float = 600.0
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """A command run on each host after its switch; passes when it exits 0 within `timeout`."""
+
+    command: str
+    timeout: float = 10.0
+    retries: int = 3
+    interval: float = 2.0
+
+    @property
+    def worst_case_seconds(self) -> float:
+        return (self.retries + 1) * (self.timeout + 5) + self.retries * self.interval
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """How a deploy switches: `batch` hosts (or `percent` of the fleet) at a time, `pause` seconds apart."""
+
+    batch: int = 0  # 0: all hosts at once
+    percent: int = 0
+    pause: float = 0.0
+
+    def batch_size(self, hosts: int) -> int:
+        if self.percent:
+            return max(1, -(-hosts * self.percent // 100))
+        return min(self.batch, hosts) if self.batch else hosts
 
 
 @dataclass(frozen=True)
@@ -53,6 +88,17 @@ class Inventory:
     validate: str = ""
     parallel: int = DEFAULT_PARALLEL
     timeouts: Timeouts = field(default_factory=Timeouts)
+    health_check: HealthCheck | None = None
+    rollout: Rollout = field(default_factory=Rollout)
+    keep_releases: int = DEFAULT_KEEP_RELEASES
+    keep_failed_releases: int = DEFAULT_KEEP_FAILED_RELEASES
+    shared: tuple[str, ...] = ()
+    hooks: Mapping[str, str] = field(default_factory=dict)
+    migrate: str = ""
+    rollback_migrations: str = ""
+
+    def hook(self, name: str) -> str:
+        return self.hooks.get(name, "")
 
     def host(self, name: str) -> Host:
         for host in self.hosts:
@@ -171,10 +217,84 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
-TOP_KEYS = {"deploy_to", "user", "ssh", "validate", "hosts", "parallel", "timeouts"}
+TOP_KEYS = {
+    "deploy_to",
+    "user",
+    "ssh",
+    "validate",
+    "hosts",
+    "parallel",
+    "timeouts",
+    "health_check",
+    "rollout",
+    "keep_releases",
+    "keep_failed_releases",
+    "shared",
+    "hooks",
+    "migrate",
+    "rollback_migrations",
+}
 SSH_KEYS = {"identity_file", "known_hosts"}
 HOST_KEYS = {"address", "port", "user"}
-TIMEOUT_KEYS = {"connect", "command", "stage"}
+TIMEOUT_KEYS = {"connect", "command", "stage", "hook", "migrate"}
+HEALTH_KEYS = {"command", "timeout", "retries", "interval"}
+ROLLOUT_KEYS = {"batch", "pause"}
+
+
+def _health_check(check: _Checker, value: Any) -> HealthCheck:
+    if isinstance(value, str):
+        return HealthCheck(check.string(value, "health_check"))
+    raw = check.mapping(value, "health_check", HEALTH_KEYS, {"command"})
+    return HealthCheck(
+        command=check.string(raw["command"], "health_check.command"),
+        timeout=float(check.number(raw.get("timeout", 10), "health_check.timeout", 0.1, 3600)),
+        retries=check.number(raw.get("retries", 3), "health_check.retries", 0, 100, integer=True),
+        interval=float(check.number(raw.get("interval", 2), "health_check.interval", 0, 3600)),
+    )
+
+
+def _rollout(check: _Checker, value: Any) -> Rollout:
+    raw = check.mapping(value, "rollout", ROLLOUT_KEYS, set())
+    pause = float(check.number(raw.get("pause", 0), "rollout.pause", 0, 86400))
+    batch = raw.get("batch")
+    if batch is None:
+        return Rollout(pause=pause)
+    if isinstance(batch, str):
+        match = BATCH_PERCENT_RE.match(batch.strip())
+        if not match or not 1 <= int(match.group(1)) <= 100:
+            raise check.error("rollout.batch", f"expected a host count or a percentage like '25%', got {batch!r}")
+        return Rollout(percent=int(match.group(1)), pause=pause)
+    return Rollout(batch=check.number(batch, "rollout.batch", 1, 100000, integer=True), pause=pause)
+
+
+def _shared(check: _Checker, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise check.error("shared", f"expected a list of paths inside the release, got {_kind(value)}")
+    paths: list[str] = []
+    for index, item in enumerate(value):
+        key = f"shared[{index}]"
+        text = check.string(item, key)
+        name = text.rstrip("/")
+        parts = name.split("/")
+        if (
+            text.startswith("/")
+            or any(part in ("", ".", "..") for part in parts)
+            or any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
+            or parts[0] == "previousVersion"
+        ):
+            raise check.error(
+                key,
+                f"{text!r} must be a relative path inside the release (no '..', no leading '/', not previousVersion)",
+            )
+        if any(name == other.rstrip("/") for other in paths):
+            raise check.error(key, f"{text!r} is listed twice")
+        paths.append(text)
+    return tuple(paths)
+
+
+def _hooks(check: _Checker, value: Any) -> dict[str, str]:
+    raw = check.mapping(value, "hooks", set(REMOTE_HOOKS + LOCAL_HOOKS), set())
+    return {name: check.string(command, f"hooks.{name}") for name, command in raw.items() if command is not None}
 
 
 def parse_inventory(text: str, path: str) -> Inventory:
@@ -211,6 +331,19 @@ def parse_inventory(text: str, path: str) -> Inventory:
         raw = check.mapping(top["timeouts"], "timeouts", TIMEOUT_KEYS, set())
         timeouts = Timeouts(**{name: float(check.number(raw[name], f"timeouts.{name}", 0.1, 86400)) for name in raw})
 
+    health = _health_check(check, top["health_check"]) if top.get("health_check") is not None else None
+    rollout = _rollout(check, top["rollout"]) if top.get("rollout") is not None else Rollout()
+    keep_releases = check.number(top.get("keep_releases", DEFAULT_KEEP_RELEASES), "keep_releases", 1, 1000, True)
+    keep_failed = check.number(
+        top.get("keep_failed_releases", DEFAULT_KEEP_FAILED_RELEASES), "keep_failed_releases", 0, 1000, True
+    )
+    shared = _shared(check, top["shared"]) if top.get("shared") is not None else ()
+    hooks = _hooks(check, top["hooks"]) if top.get("hooks") is not None else {}
+    migrate = check.string(top["migrate"], "migrate") if top.get("migrate") is not None else ""
+    rollback_migrations = ""
+    if top.get("rollback_migrations") is not None:
+        rollback_migrations = check.string(top["rollback_migrations"], "rollback_migrations")
+
     hosts_raw = top["hosts"]
     if not isinstance(hosts_raw, Mapping) or not hosts_raw:
         raise check.error("hosts", f"expected a non-empty mapping of host names, got {_kind(hosts_raw)}")
@@ -241,6 +374,14 @@ def parse_inventory(text: str, path: str) -> Inventory:
         validate=validate,
         parallel=parallel,
         timeouts=timeouts,
+        health_check=health,
+        rollout=rollout,
+        keep_releases=keep_releases,
+        keep_failed_releases=keep_failed,
+        shared=shared,
+        hooks=hooks,
+        migrate=migrate,
+        rollback_migrations=rollback_migrations,
     )
 
 

@@ -1,32 +1,45 @@
-"""The operations: deploy, rollback, rollback drill, status.
+"""The operations: deploy, rollback, rollback drill, and the commands that read or tidy fleet state.
 
 Each follows the same flow over one `Fleet` (one connection per host for the whole operation):
-gather (one `gather` session per host) -> plan (pure, `deployer.plan`) -> show -> act (one
-`stage` and/or one `switch` session per host) -> verify (from what the switch read back) -> report.
+take the lock while reading state (`deployer.lock`) -> plan (pure, `deployer.plan`) -> show ->
+act (`deployer.phases`: stage, switch, finish) -> verify (from what the switch read back) ->
+report. The lock is released on success, on failure and on Ctrl-C (a `finally` below); only a
+killed process leaves it, and `inv lock-status` shows such a lock as stale.
 """
 
 from __future__ import annotations
 
-import getpass
-import json
-import posixpath
-import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from deployer import plan as planning
-from deployer.errors import HostError, PlanRefused, StepFailed
-from deployer.fleet import Fleet, HostConnection, MappedArtifact
+from deployer.errors import HostError, PlanRefused
+from deployer.fleet import Fleet
 from deployer.inventory import Inventory
+from deployer.lock import FleetLock, acquire, is_stale, read_states, release
+from deployer.phases import (
+    Run,
+    Switched,
+    SwitchRequest,
+    finish,
+    mark_info,
+    pin_info,
+    run_local_hook,
+    run_once,
+    stage,
+    switch,
+)
 from deployer.plan import HostPlan, Plan
 from deployer.release import Artifact, PreparedArtifact, check_release_id, new_release_id
 from deployer.report import (
     FAILED,
     OK,
     REFUSED,
+    REVERTED,
     SKIPPED,
     UNCHANGED,
     HostResult,
@@ -34,8 +47,7 @@ from deployer.report import (
     Phase,
     Progress,
 )
-from deployer.scripts import EXIT_VALIDATE, command_line, parse_output
-from deployer.state import HostState, parse_state
+from deployer.state import HostState, LockState
 
 Unreachable = dict[str, str]
 
@@ -45,107 +57,32 @@ class Options:
     accept_new_host_keys: bool = False
     parallel: int | None = None
     dry_run: bool = False
+    force: bool = False  # deploy: converge a split fleet / ignore the schema check; rollback: ignore the schema check
+    unpin: bool = False  # deploy: remove the pin a rollback left
+    lock_wait: float = 0.0  # seconds to wait for another operation's lock
+    message: str = ""  # why: recorded in the lock, the history, the pin and bad marks
 
 
 def _open_fleet(inventory: Inventory, options: Options) -> Fleet:
     return Fleet(inventory, accept_new_host_keys=options.accept_new_host_keys, parallel=options.parallel)
 
 
-def gather(fleet: Fleet, progress: Progress) -> tuple[dict[str, HostState], Unreachable]:
-    """Connect (if needed) and read every host's state: one `gather` session per host."""
-    deploy_to = fleet.inventory.deploy_to
-    command = command_line("gather", deploy_to)
-
-    def work(connection: HostConnection) -> HostState:
-        result = connection.run(command)
-        output = parse_output(result.output)
-        if result.exit_status != 0:
-            raise StepFailed(connection.host.name, "reading state", result.exit_status, output.error_message())
-        return parse_state(connection.host.name, output, deploy_to)
-
-    states: dict[str, HostState] = {}
-    unreachable: Unreachable = {}
-    for host, outcome in fleet.map(work):
-        if isinstance(outcome, HostError):
-            unreachable[host.name] = outcome.reason
-            progress.host(host.name, f"FAILED: {outcome.reason}")
-        else:
-            states[host.name] = outcome
-            for note in outcome.notes:
-                progress.host(host.name, f"warning: {note}")
-    return states, unreachable
-
-
-def _history_line(operation: str, before: str | None, target: str) -> str:
-    record = {
-        "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "op": operation,
-        "from": before,
-        "to": target,
-        "user": _local_user(),
-        "controller": socket.gethostname(),
-    }
-    return json.dumps(record, sort_keys=True)
-
-
-def _local_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
-@dataclass(frozen=True)
-class Switched:
-    link: str
-    resolved: str
-    seconds: float
-
-
-def _switch(connection: HostConnection, deploy_to: str, host_plan: HostPlan, mode: str) -> Switched:
-    """Run the shared switch helper on one host and check its read-back against the plan."""
-    target = host_plan.target or ""
-    command = command_line(
-        "switch",
-        deploy_to,
-        target,
-        host_plan.expected_link,
-        mode,
-        host_plan.previous_version,
-        _history_line(mode, host_plan.before, target),
-    )
-    result = connection.run(command)
-    output = parse_output(result.output)
-    if result.exit_status != 0:
-        raise StepFailed(connection.host.name, "switch", result.exit_status, output.error_message())
-    link, resolved = ((output.first("after") or []) + ["", ""])[:2]
-    if link != f"releases/{target}" or posixpath.basename(resolved) != target:
-        raise StepFailed(
-            connection.host.name,
-            "verification",
-            0,
-            f"current reads back as {link!r} ({resolved!r}), not {target}",
-        )
-    return Switched(link, resolved, result.seconds)
-
-
-def _switch_phase(
-    fleet: Fleet, hosts: list[HostPlan], mode: str, progress: Progress
-) -> dict[str, Switched | HostError]:
-    by_name = {host_plan.host: host_plan for host_plan in hosts}
-    outcomes: dict[str, Switched | HostError] = {}
-
-    def work(connection: HostConnection) -> Switched:
-        return _switch(connection, fleet.inventory.deploy_to, by_name[connection.host.name], mode)
-
-    targets = [fleet.inventory.host(name) for name in by_name]
-    for host, outcome in fleet.map(work, targets):
-        outcomes[host.name] = outcome
-        if isinstance(outcome, HostError):
-            progress.host(host.name, f"FAILED: {outcome.reason}")
-        else:
-            progress.host(host.name, f"current -> {outcome.link} (verified)")
-    return outcomes
+@contextmanager
+def _locked_run(
+    inventory: Inventory, operation: str, options: Options, progress: Progress
+) -> Iterator[tuple[Run, dict[str, HostState], Unreachable, Phase]]:
+    """Open the fleet, take the lock while reading state; release whatever is still held on the way out."""
+    with _open_fleet(inventory, options) as fleet:
+        lock = FleetLock(operation, options.message)
+        run = Run(fleet, lock, progress, options.message)
+        started = time.monotonic()
+        progress.say(f"{operation}: locking and reading state of {len(inventory.hosts)} host(s)")
+        try:
+            states, unreachable = acquire(fleet, lock, progress, options.lock_wait)
+            yield run, states, unreachable, Phase("gather", time.monotonic() - started, not unreachable)
+        finally:
+            if lock.held:
+                release(fleet, lock, progress)
 
 
 def _show_plan(plan: Plan, progress: Progress) -> None:
@@ -163,7 +100,13 @@ def _show_plan(plan: Plan, progress: Progress) -> None:
             label += " (cached artifact)" if host_plan.source == planning.CACHE else " (upload)"
         move = f"{host_plan.before or '-'} -> {host_plan.target or '-'}"
         reason = f": {host_plan.reason}" if host_plan.reason else ""
-        progress.host(host_plan.host, f"{label} {move}{reason}")
+        pruned = plan.prune.get(host_plan.host)
+        prune = f"; then prune {' '.join(pruned)}" if pruned else ""
+        progress.host(host_plan.host, f"{label} {move}{reason}{prune}")
+    if plan.migration:
+        progress.say(f"  then run {plan.migration} once (schema {plan.migration_from} -> {plan.migration_to})")
+    for warning in plan.warnings:
+        progress.say(f"warning: {warning}")
 
 
 def _untouched_result(host_plan: HostPlan, has_target: bool) -> HostResult:
@@ -180,29 +123,43 @@ def _untouched_result(host_plan: HostPlan, has_target: bool) -> HostResult:
     return HostResult(host_plan.host, status, host_plan.before, host_plan.before, False, 0.0, message)
 
 
-def _results_for_refused_plan(plan: Plan) -> list[HostResult]:
-    return [_untouched_result(host_plan, plan.target is not None) for host_plan in plan.hosts]
+def _refused_or_dry_run(report: OperationReport, plan: Plan, dry_run: bool) -> bool:
+    """Fill the report for a plan that stops here; True when it does."""
+    report.warnings.extend(plan.warnings)
+    if plan.refusal:
+        report.refusal = plan.refusal
+        report.hosts = [_untouched_result(host_plan, plan.target is not None) for host_plan in plan.hosts]
+        return True
+    if dry_run:
+        report.notes.append("dry run: nothing was changed")
+        report.hosts = [
+            HostResult(h.host, UNCHANGED, h.before, h.before, False, 0.0, "dry run: " + _dry_run_text(plan, h))
+            for h in plan.hosts
+        ]
+        return True
+    return False
 
 
-def _switch_results(to_switch: list[HostPlan], switched: Mapping[str, Switched | HostError]) -> dict[str, HostResult]:
-    """Per-host results of a switch phase: verified on success, the reason on failure."""
-    results = {}
-    for host_plan in to_switch:
-        outcome = switched[host_plan.host]
-        if isinstance(outcome, HostError):
-            results[host_plan.host] = HostResult(
-                host_plan.host, FAILED, host_plan.before, None, False, 0.0, outcome.reason
-            )
-        else:
-            results[host_plan.host] = HostResult(
-                host_plan.host, OK, host_plan.before, host_plan.target, True, outcome.seconds
-            )
-    return results
+def _dry_run_text(plan: Plan, host_plan: HostPlan) -> str:
+    text = {
+        planning.STAGE: f"would stage and switch to {host_plan.target}",
+        planning.SWITCH: f"would switch to {host_plan.target}",
+        planning.KEEP: "would stay",
+        planning.REFUSE: f"refused: {host_plan.reason}",
+        planning.UNREACHABLE: f"unreachable: {host_plan.reason}",
+    }[host_plan.action]
+    pruned = plan.prune.get(host_plan.host)
+    return text + (f"; would prune {' '.join(pruned)}" if pruned else "")
 
 
-def _dry_run(report: OperationReport, plan: Plan) -> None:
-    report.notes.append("dry run: nothing was changed")
-    report.hosts = [HostResult(h.host, UNCHANGED, h.before, h.before, False, 0.0, "dry run") for h in plan.hosts]
+def _switch_result(host_plan: HostPlan, outcome: Switched | HostError) -> HostResult:
+    if isinstance(outcome, HostError):
+        return HostResult(host_plan.host, FAILED, host_plan.before, None, False, 0.0, outcome.reason)
+    if outcome.failing:
+        return HostResult(
+            host_plan.host, FAILED, host_plan.before, host_plan.target, True, outcome.seconds, outcome.failing
+        )
+    return HostResult(host_plan.host, OK, host_plan.before, host_plan.target, True, outcome.seconds, outcome.health)
 
 
 def _resume_or_new_release_id(states: Mapping[str, HostState], digest: str) -> str:
@@ -213,6 +170,7 @@ def _resume_or_new_release_id(states: Mapping[str, HostState], digest: str) -> s
         if state.current is not None
         and (info := state.releases.get(state.current)) is not None
         and info.digest == digest
+        and info.bad is None
     }
     if len(current_with_digest) == 1:
         return next(iter(current_with_digest))
@@ -220,161 +178,309 @@ def _resume_or_new_release_id(states: Mapping[str, HostState], digest: str) -> s
     return new_release_id(datetime.now(timezone.utc), digest, taken)
 
 
+def _local_hook(
+    report: OperationReport, inventory: Inventory, name: str, env: Mapping[str, str], progress: Progress
+) -> None:
+    outcome = run_local_hook(inventory, name, env)
+    if outcome is None:
+        return
+    report.phases.append(Phase(name, outcome.seconds, outcome.ok, outcome.detail))
+    if outcome.ok:
+        progress.say(f"{name}: ok ({outcome.seconds:.2f}s)")
+    else:
+        progress.say(f"{name}: FAILED: {outcome.detail}")
+        report.problems.append(f"local hook {name} failed: {outcome.detail}")
+
+
+def _in_inventory_order(inventory: Inventory, names: list[str]) -> list[str]:
+    wanted = set(names)
+    return [host.name for host in inventory.hosts if host.name in wanted]
+
+
 def run_deploy(
-    fleet: Fleet,
+    run: Run,
     artifact: Artifact,
     release_id: str | None,
     states: dict[str, HostState],
     unreachable: Unreachable,
-    progress: Progress,
     options: Options,
+    final: bool = True,
 ) -> OperationReport:
-    """Deploy on an open fleet whose state was just gathered."""
-    inventory = fleet.inventory
+    """Deploy on a locked fleet whose state was just read.
+
+    Stage everywhere; run `migrate` once; switch batch by batch (each host: before_switch, switch,
+    verify, after_switch, health check). A failing batch puts every switched host back on its
+    previous release (verified) and marks the release bad. `final` runs end the operation: the
+    lock is released and old releases are pruned; the drill's earlier phases keep both.
+    """
+    inventory, progress = run.inventory, run.progress
     release = release_id or _resume_or_new_release_id(states, artifact.digest)
-    plan = planning.plan_deploy(inventory.deploy_to, states, unreachable, release, artifact.digest)
+    plan = planning.plan_deploy(
+        inventory.deploy_to,
+        states,
+        unreachable,
+        release,
+        artifact.digest,
+        force=options.force,
+        unpin=options.unpin,
+        manifest=artifact.manifest,
+        keep_releases=inventory.keep_releases,
+        keep_failed_releases=inventory.keep_failed_releases,
+    )
     _show_plan(plan, progress)
     report = OperationReport("deploy", release)
-    if plan.refusal or options.dry_run:
-        report.hosts = _results_for_refused_plan(plan)
-        report.refusal = plan.refusal
-        if options.dry_run and not plan.refusal:
-            _dry_run(report, plan)
+    if _refused_or_dry_run(report, plan, options.dry_run):
         return report
 
     results = {h.host: _untouched_result(h, True) for h in plan.with_action(planning.KEEP)}
+    acting = {h.host: h for h in plan.acting()}
 
-    to_stage = plan.with_action(planning.STAGE)
-    stage_failed: dict[str, HostError] = {}
-    if to_stage:
-        started = time.monotonic()
-        progress.say(
-            f"staging {release} on {len(to_stage)} host(s) ({artifact.size} bytes, sha256 {artifact.digest[:12]})"
-        )
-        stage_failed = _stage_phase(fleet, artifact, release, to_stage, progress)
-        report.phases.append(Phase("stage", time.monotonic() - started, not stage_failed))
-    if stage_failed:
-        for host_plan in plan.acting():
-            error = stage_failed.get(host_plan.host)
+    def stop_before_switching(reason: str, failed: Mapping[str, HostError] | None = None) -> OperationReport:
+        for name, host_plan in acting.items():
+            error = (failed or {}).get(name)
             if error is not None:
-                results[host_plan.host] = HostResult(
-                    host_plan.host, FAILED, host_plan.before, host_plan.before, False, 0.0, error.reason
-                )
+                results[name] = HostResult(name, FAILED, host_plan.before, host_plan.before, False, 0.0, error.reason)
             else:
-                results[host_plan.host] = HostResult(
-                    host_plan.host,
-                    SKIPPED,
-                    host_plan.before,
-                    host_plan.before,
-                    False,
-                    0.0,
-                    "staged but not switched: another host failed",
-                )
+                results[name] = HostResult(name, SKIPPED, host_plan.before, host_plan.before, False, 0.0, reason)
         report.hosts = list(results.values())
         report.notes.append(
             f"no host was switched; staged folders stay in {inventory.deploy_to}/releases/{release} for inspection"
         )
         return report
 
-    started = time.monotonic()
-    to_switch = plan.acting()
-    progress.say(f"switching {len(to_switch)} host(s) to {release}")
-    switched = _switch_phase(fleet, to_switch, "deploy", progress)
-    report.phases.append(
-        Phase("switch", time.monotonic() - started, all(not isinstance(o, HostError) for o in switched.values()))
-    )
-    results.update(_switch_results(to_switch, switched))
+    to_stage = plan.with_action(planning.STAGE)
+    if to_stage:
+        started = time.monotonic()
+        progress.say(
+            f"staging {release} on {len(to_stage)} host(s) ({artifact.size} bytes, sha256 {artifact.digest[:12]})"
+        )
+        stage_failed = stage(run, artifact, release, to_stage)
+        report.phases.append(Phase("stage", time.monotonic() - started, not stage_failed))
+        if stage_failed:
+            return stop_before_switching("staged but not switched: another host failed", stage_failed)
+
+    if plan.migration == "migrate" and inventory.migrate and acting:
+        first = _in_inventory_order(inventory, list(acting))[0]
+        started = time.monotonic()
+        progress.say(f"running migrate once on {first} (schema {plan.migration_from} -> {plan.migration_to})")
+        problem = run_once(run, first, release, "migrate", inventory.migrate, plan.migration_from, plan.migration_to)
+        report.phases.append(Phase("migrate", time.monotonic() - started, not problem, problem))
+        if problem:
+            report.problems.append(f"migration failed: {problem}")
+            return stop_before_switching("not switched: the migration failed")
+
+    order = _in_inventory_order(inventory, list(acting))
+    groups = planning.batches(order, inventory.rollout.batch_size(len(order)))
+    attempted: list[str] = []
+    failure = ""
+    for index, group in enumerate(groups):
+        last = index == len(groups) - 1
+        request = SwitchRequest(
+            mode="deploy",
+            operation="deploy",
+            unlock=final and last,
+            schema=plan.schema,
+            unpin=options.unpin,
+            prune=plan.prune if final and last else {},
+        )
+        label = f"batch {index + 1}/{len(groups)}: " if len(groups) > 1 else ""
+        progress.say(f"{label}switching {len(group)} host(s) to {release}")
+        started = time.monotonic()
+        outcomes = switch(run, [acting[name] for name in group], request)
+        attempted += group
+        for name in group:
+            results[name] = _switch_result(acting[name], outcomes[name])
+        failed = [name for name in group if results[name].status != OK]
+        phase_name = f"switch batch {index + 1}" if len(groups) > 1 else "switch"
+        report.phases.append(Phase(phase_name, time.monotonic() - started, not failed))
+        if failed:
+            failure = ", ".join(f"{name}: {results[name].message}" for name in failed)
+            for later in groups[index + 1 :]:
+                for name in later:
+                    host_plan = acting[name]
+                    results[name] = HostResult(
+                        name,
+                        SKIPPED,
+                        host_plan.before,
+                        host_plan.before,
+                        False,
+                        0.0,
+                        f"not switched: batch {index + 1} failed",
+                    )
+            break
+        if not last and inventory.rollout.pause:
+            progress.say(f"batch {index + 1} healthy; pausing {inventory.rollout.pause:g}s")
+            time.sleep(inventory.rollout.pause)
+
+    if failure:
+        _revert(run, report, results, [acting[name] for name in attempted], release, failure)
+        finish(run, sorted(run.lock.held), mark_bad=release, bad_info=mark_info(f"deploy failed: {failure}"))
+        report.hosts = list(results.values())
+        return report
+
+    if final:
+        finish(run, sorted(run.lock.held), prune=plan.prune, unpin="1" if options.unpin else "")
     report.hosts = list(results.values())
-    if not report.ok:
-        report.notes.append("the fleet may be split between releases: run `inv status`, then deploy again or roll back")
+    if report.ok:
+        _local_hook(report, inventory, "after_deploy_local", _hook_env("deploy", release, states), progress)
     return report
 
 
-def _stage_phase(
-    fleet: Fleet, artifact: Artifact, release: str, hosts: list[HostPlan], progress: Progress
-) -> dict[str, HostError]:
-    inventory = fleet.inventory
-    sources = {host_plan.host: host_plan.source for host_plan in hosts}
-    mapped = MappedArtifact(artifact.path)
-    failures: dict[str, HostError] = {}
+def _hook_env(operation: str, release: str | None, states: Mapping[str, HostState]) -> dict[str, str]:
+    previous = sorted({state.current for state in states.values() if state.current and state.current != release})
+    return {
+        "DEPLOYER_OPERATION": operation,
+        "DEPLOYER_RELEASE": release or "",
+        "DEPLOYER_PREVIOUS": ",".join(previous),
+        "DEPLOYER_HOSTS": ",".join(sorted(states)),
+    }
 
-    def work(connection: HostConnection) -> float:
-        source = sources[connection.host.name]
-        command = command_line("stage", inventory.deploy_to, release, artifact.digest, source, inventory.validate)
-        upload = mapped.view if source == planning.UPLOAD else None
-        result = connection.run(command, timeout=inventory.timeouts.stage, upload=upload)
-        output = parse_output(result.output)
-        if result.exit_status != 0:
-            step = "validation" if result.exit_status == EXIT_VALIDATE else "staging"
-            message = output.error_message()
-            if result.exit_status == EXIT_VALIDATE:
-                code = (output.first("validate_failed") or ["?"])[0]
-                tail = " | ".join(line.strip() for line in output.text[-3:] if line.strip())
-                message = f"`{inventory.validate}` exited {code}" + (f": {tail}" if tail else "")
-            raise StepFailed(connection.host.name, step, result.exit_status, message, output.tail())
-        if output.first("staged") != [release, artifact.digest]:
-            raise StepFailed(connection.host.name, "staging", 0, "the host did not confirm the staged release")
-        return result.seconds
 
-    try:
-        targets = [inventory.host(name) for name in sources]
-        for host, outcome in fleet.map(work, targets):
-            if isinstance(outcome, HostError):
-                failures[host.name] = outcome
-                progress.host(host.name, f"FAILED: {outcome.reason}")
-            else:
-                progress.host(host.name, f"staged and validated ({outcome:.2f}s)")
-    finally:
-        mapped.close()
-    return failures
+def _revert(
+    run: Run,
+    report: OperationReport,
+    results: dict[str, HostResult],
+    attempted: list[HostPlan],
+    release: str,
+    failure: str,
+) -> None:
+    """Put every host this rollout touched back on the release it had (the shared switch helper, mode revert)."""
+    progress = run.progress
+    back: list[HostPlan] = []
+    for host_plan in attempted:
+        if host_plan.before is None:
+            result = results[host_plan.host]
+            result.message += "; no earlier release here to go back to"
+            result.status = FAILED
+            continue
+        back.append(
+            HostPlan(host_plan.host, planning.SWITCH, release, host_plan.before, expected_link=f"releases/{release}")
+        )
+    if not back:
+        return
+    progress.say(f"rollout failed ({failure}); reverting {len(back)} host(s) to their previous release")
+    started = time.monotonic()
+    request = SwitchRequest(
+        mode="revert",
+        operation="revert",
+        unlock=True,
+        mark_bad=release,
+        bad_info=mark_info(f"deploy failed: {failure}"),
+    )
+    outcomes = switch(run, back, request)
+    all_back = True
+    for host_plan in back:
+        outcome = outcomes[host_plan.host]
+        result = results[host_plan.host]
+        if isinstance(outcome, HostError):
+            all_back = False
+            prefix = result.message + "; " if result.status != OK else ""
+            result.status = FAILED
+            result.after = None
+            result.verified = False
+            result.message = prefix + f"REVERT FAILED: {outcome.reason}"
+            continue
+        result.after = host_plan.target
+        result.verified = True
+        extra = f"; after revert: {outcome.failing}" if outcome.failing else ""
+        if result.status == OK:
+            result.status = REVERTED
+            result.message = f"reverted to {host_plan.target} (verified){extra}"
+        else:
+            result.message += f"; reverted to {host_plan.target} (verified){extra}"
+    report.phases.append(Phase("revert", time.monotonic() - started, all_back))
+    report.reverted_to_start = all_back
 
 
 def run_rollback(
-    fleet: Fleet,
+    run: Run,
     to: str | None,
     states: dict[str, HostState],
     unreachable: Unreachable,
-    progress: Progress,
     options: Options,
+    final: bool = True,
+    mark_bad: bool = True,
 ) -> OperationReport:
-    """Roll back on an open fleet whose state was just gathered."""
-    inventory = fleet.inventory
-    plan = planning.plan_rollback(inventory.deploy_to, states, unreachable, to)
+    """Roll back a locked fleet whose state was just read: all hosts at once (a rollback is urgent).
+
+    Each host: switch, verify, record, pin the fleet to the target, mark the release left bad,
+    after_rollback hook, health check, unlock. Hosts that fail are reported; the others are not
+    held back by them.
+    """
+    inventory, progress = run.inventory, run.progress
+    plan = planning.plan_rollback(
+        inventory.deploy_to,
+        states,
+        unreachable,
+        to,
+        force=options.force,
+        rollback_migrations=bool(inventory.rollback_migrations),
+    )
     _show_plan(plan, progress)
     report = OperationReport("rollback", plan.target)
-    if plan.refusal:
-        report.refusal = plan.refusal
-        report.hosts = _results_for_refused_plan(plan)
+    if _refused_or_dry_run(report, plan, options.dry_run):
         return report
-    if options.dry_run:
-        _dry_run(report, plan)
-        return report
-
-    results = {h.host: _untouched_result(h, True) for h in plan.hosts if not h.changes}
+    target = plan.target or ""
     to_switch = plan.with_action(planning.SWITCH)
+
+    if plan.migration and to_switch:
+        first = _in_inventory_order(inventory, [h.host for h in to_switch])[0]
+        started = time.monotonic()
+        progress.say(
+            f"running rollback_migrations once on {first} (schema {plan.migration_from} -> {plan.migration_to})"
+        )
+        problem = run_once(
+            run,
+            first,
+            target,
+            "rollback_migrations",
+            inventory.rollback_migrations,
+            plan.migration_from,
+            plan.migration_to,
+        )
+        report.phases.append(Phase("rollback_migrations", time.monotonic() - started, not problem, problem))
+        if problem:
+            report.problems.append(f"rollback_migrations failed: {problem}")
+            report.hosts = [_untouched_result(h, True) for h in plan.hosts]
+            return report
+
+    why = options.message or "rolled back"
+    bad = plan.mark_bad if mark_bad else None
+    common: dict[str, Any] = {"pin": pin_info(target, why)}
+    if bad:
+        common.update(mark_bad=bad, bad_info=mark_info(f"{why} (rolled back to {target})"))
+    results = {h.host: _untouched_result(h, True) for h in plan.hosts if not h.changes}
     if to_switch:
         started = time.monotonic()
-        progress.say(f"switching {len(to_switch)} host(s) back to {plan.target}")
-        switched = _switch_phase(fleet, to_switch, "rollback", progress)
-        report.phases.append(
-            Phase(
-                "switch",
-                time.monotonic() - started,
-                all(not isinstance(o, HostError) for o in switched.values()),
-            )
+        progress.say(f"switching {len(to_switch)} host(s) back to {target}")
+        request = SwitchRequest(
+            mode="rollback",
+            operation="rollback",
+            unlock=final,
+            schema=plan.schema if plan.migration else None,
+            pin=common["pin"],
+            mark_bad=common.get("mark_bad", ""),
+            bad_info=common.get("bad_info", ""),
         )
-        results.update(_switch_results(to_switch, switched))
+        outcomes = switch(run, to_switch, request)
+        for host_plan in to_switch:
+            results[host_plan.host] = _switch_result(host_plan, outcomes[host_plan.host])
+        report.phases.append(
+            Phase("switch", time.monotonic() - started, all(results[h.host].status == OK for h in to_switch))
+        )
+    others = sorted(name for name in states if name not in {h.host for h in to_switch})
+    finish(run, others, unlock=final, **common)
     report.hosts = list(results.values())
+    report.notes.append(
+        f"the fleet is pinned to {target}: `inv deploy` refuses until `inv unpin` (or `inv deploy --unpin`)"
+    )
+    if bad:
+        report.notes.append(f"release {bad} is marked bad: rollback will not pick it again")
     if any(result.status == FAILED for result in report.hosts):
         report.notes.append("run `inv rollback` again once the failed hosts are back: it completes this rollback")
+    if to_switch:
+        _local_hook(report, inventory, "after_rollback_local", _hook_env("rollback", target, states), progress)
     return report
-
-
-def _timed_gather(fleet: Fleet, operation: str, progress: Progress) -> tuple[dict[str, HostState], Unreachable, Phase]:
-    started = time.monotonic()
-    progress.say(f"{operation}: reading state of {len(fleet.inventory.hosts)} host(s)")
-    states, unreachable = gather(fleet, progress)
-    return states, unreachable, Phase("gather", time.monotonic() - started, not unreachable)
 
 
 def deploy(
@@ -388,11 +494,25 @@ def deploy(
     progress = progress or Progress()
     if release_id is not None:
         check_release_id(release_id)
-    with PreparedArtifact(artifact_source) as artifact, _open_fleet(inventory, options) as fleet:
-        states, unreachable, gathered = _timed_gather(fleet, "deploy", progress)
-        report = run_deploy(fleet, artifact, release_id, states, unreachable, progress, options)
+    with (
+        PreparedArtifact(artifact_source) as artifact,
+        _locked_run(inventory, "deploy", options, progress) as (
+            run,
+            states,
+            unreachable,
+            gathered,
+        ),
+    ):
+        report = run_deploy(run, artifact, release_id, states, unreachable, options)
         report.phases.insert(0, gathered)
-        return report
+    return _counted(report, run.fleet)
+
+
+def _counted(report: OperationReport, fleet: Fleet) -> OperationReport:
+    """Record how many connections and sessions the operation used (issue 6's budgets, asserted in tests)."""
+    report.connections = fleet.connections_opened
+    report.sessions = fleet.sessions_by_host()
+    return report
 
 
 def rollback(
@@ -405,18 +525,17 @@ def rollback(
     progress = progress or Progress()
     if to is not None:
         check_release_id(to)
-    with _open_fleet(inventory, options) as fleet:
-        states, unreachable, gathered = _timed_gather(fleet, "rollback", progress)
-        report = run_rollback(fleet, to, states, unreachable, progress, options)
+    with _locked_run(inventory, "rollback", options, progress) as (run, states, unreachable, gathered):
+        report = run_rollback(run, to, states, unreachable, options)
         report.phases.insert(0, gathered)
-        return report
+    return _counted(report, run.fleet)
 
 
 def _verify_phase(
-    fleet: Fleet, expected: Mapping[str, str | None], progress: Progress
+    run: Run, expected: Mapping[str, str | None]
 ) -> tuple[dict[str, HostState], Unreachable, dict[str, str]]:
     """Read every host's state again and compare `current` with what is expected per host."""
-    states, unreachable = gather(fleet, progress)
+    states, unreachable = read_states(run.fleet, run.progress)
     problems: dict[str, str] = dict(unreachable)
     for name, state in states.items():
         want = expected.get(name)
@@ -431,20 +550,30 @@ def drill(
     options: Options | None = None,
     progress: Progress | None = None,
 ) -> OperationReport:
-    """Deploy, verify; roll back, verify each host is on its baseline; deploy again, verify."""
+    """Deploy, verify; roll back, verify each host is on its baseline; deploy again, verify.
+
+    The whole drill holds the fleet lock. Its rollback pins the fleet and its redeploy unpins it
+    on purpose; the drilled release is not marked bad (nothing was wrong with it).
+    """
     options = options or Options()
     progress = progress or Progress()
     report = OperationReport("rollback-drill", None)
-    with PreparedArtifact(artifact_source) as artifact, _open_fleet(inventory, options) as fleet:
+    with (
+        PreparedArtifact(artifact_source) as artifact,
+        _locked_run(inventory, "rollback-drill", options, progress) as (
+            run,
+            states,
+            unreachable,
+            _gathered,
+        ),
+    ):
+        started = time.monotonic()
 
         def timed_phase(name: str, detail: str, ok: bool, started: float) -> None:
             seconds = time.monotonic() - started
             report.phases.append(Phase(name, seconds, ok, detail))
             progress.say(f"drill phase {name}: {'PASS' if ok else 'FAIL'} in {seconds:.2f}s {detail}".rstrip())
 
-        started = time.monotonic()
-        progress.say(f"drill: reading baseline of {len(inventory.hosts)} host(s)")
-        states, unreachable = gather(fleet, progress)
         without_release = sorted(name for name, state in states.items() if state.current is None)
         if unreachable:
             timed_phase("baseline", f"unreachable: {', '.join(sorted(unreachable))}", False, started)
@@ -463,32 +592,42 @@ def drill(
             raise PlanRefused(f"the drill needs the whole fleet on one release; hosts differ: {split}")
         timed_phase("baseline", f"fleet on {next(iter(baseline.values()))}", True, started)
 
-        def deploy_and_verify(phase: str, states: dict[str, HostState]) -> tuple[OperationReport, dict[str, HostState]]:
+        def deploy_and_verify(
+            phase: str, states: dict[str, HostState], phase_options: Options, final: bool
+        ) -> tuple[OperationReport, dict[str, HostState]]:
             started = time.monotonic()
-            result = run_deploy(fleet, artifact, None, states, {}, progress, options)
+            result = run_deploy(run, artifact, None, states, {}, phase_options, final=final)
             report.target = result.target
-            fresh, _unreachable, problems = _verify_phase(fleet, {n: result.target for n in baseline}, progress)
+            report.warnings.extend(result.warnings)
+            fresh, _unreachable, problems = _verify_phase(run, {n: result.target for n in baseline})
             ok = result.ok and not problems
-            timed_phase(phase, f"release {result.target}" + _problem_text(problems), ok, started)
+            detail = f"release {result.target}" + _problem_text(problems)
+            if result.refusal:
+                detail += f": refused: {result.refusal}"
+            timed_phase(phase, detail, ok, started)
             return _merge(result, problems), fresh
 
-        first, states = deploy_and_verify("deploy", states)
+        first, states = deploy_and_verify("deploy", states, options, final=False)
         if not first.ok:
             report.hosts = first.hosts
             return report
 
         started = time.monotonic()
-        back = run_rollback(fleet, None, states, {}, progress, options)
-        states, _unreachable, problems = _verify_phase(fleet, baseline, progress)
+        back = run_rollback(run, None, states, {}, options, final=False, mark_bad=False)
+        states, _unreachable, problems = _verify_phase(run, baseline)
         ok = back.ok and not problems
         timed_phase("rollback", f"back to {back.target}" + _problem_text(problems), ok, started)
         if not ok:
             report.hosts = _merge(back, problems).hosts
             return report
 
-        again, states = deploy_and_verify("redeploy", states)
+        again, states = deploy_and_verify("redeploy", states, _with(options, unpin=True), final=True)
         report.hosts = again.hosts
-        return report
+    return _counted(report, run.fleet)
+
+
+def _with(options: Options, **changes: Any) -> Options:
+    return Options(**{**options.__dict__, **changes})
 
 
 def _problem_text(problems: Mapping[str, str]) -> str:
@@ -506,53 +645,241 @@ def _merge(result: OperationReport, problems: Mapping[str, str]) -> OperationRep
     return result
 
 
+# --- reading and tidying fleet state ---
+
+
 @dataclass(frozen=True)
-class StatusReport:
+class FleetView:
+    """Every host's state as read (no lock taken), for status, history, releases, lock-status."""
+
     inventory: Inventory
     states: dict[str, HostState]
     unreachable: Unreachable
 
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.unreachable or any(s.current_problem for s in self.states.values()) else 0
 
-    def to_dict(self) -> dict[str, Any]:
-        deploy_to = self.inventory.deploy_to
-        hosts: list[dict[str, Any]] = []
-        for host in self.inventory.hosts:
-            if host.name in self.unreachable:
-                hosts.append({"host": host.name, "reachable": False, "error": self.unreachable[host.name]})
-                continue
-            state = self.states[host.name]
-            previous, previous_problem = state.previous_version(deploy_to)
-            hosts.append(
-                {
-                    "host": host.name,
-                    "reachable": True,
-                    "hostname": state.hostname,
-                    "current": state.current,
-                    "current_link": state.current_link or None,
-                    "previous_version": previous,
-                    "problems": [p for p in (state.current_problem, previous_problem) if p] + list(state.notes),
-                    "releases": [
-                        {"id": info.release_id, "status": info.status, "digest": info.digest or None}
-                        for info in sorted(state.releases.values(), key=lambda i: i.release_id)
-                    ],
-                    "free_kb": state.free_kb,
-                }
-            )
-        currents = sorted({s.current or "-" for s in self.states.values()})
-        return {
-            "deploy_to": deploy_to,
-            "hosts": hosts,
-            "consistent": len(currents) == 1 and not self.unreachable,
-            "currents": currents,
-        }
-
-
-def status(inventory: Inventory, options: Options | None = None, progress: Progress | None = None) -> StatusReport:
+def read_fleet(inventory: Inventory, options: Options | None = None, history: int = 0) -> FleetView:
     options = options or Options()
-    progress = progress or Progress(quiet=True)
     with _open_fleet(inventory, options) as fleet:
-        states, unreachable = gather(fleet, progress)
-    return StatusReport(inventory, states, unreachable)
+        states, unreachable = read_states(fleet, Progress(quiet=True), history=history)
+    return FleetView(inventory, states, unreachable)
+
+
+@contextmanager
+def _quick_locked(
+    inventory: Inventory, operation: str, options: Options, progress: Progress
+) -> Iterator[tuple[Run, dict[str, HostState], Unreachable]]:
+    with _locked_run(inventory, operation, options, progress) as (run, states, unreachable, _gathered):
+        yield run, states, unreachable
+
+
+def unpin(inventory: Inventory, options: Options | None = None, progress: Progress | None = None) -> OperationReport:
+    """Remove the pin a rollback left, on every host (under the lock)."""
+    options = options or Options()
+    progress = progress or Progress()
+    report = OperationReport("unpin", None)
+    with _quick_locked(inventory, "unpin", options, progress) as (run, states, unreachable):
+        pin = planning.fleet_pin(states)
+        failures = finish(run, sorted(states), unpin="1")
+        report.hosts = [
+            HostResult(
+                name,
+                FAILED if name in failures else OK,
+                state.current,
+                state.current,
+                True,
+                0.0,
+                failures.get(name, "unpinned" if state.pin else "was not pinned"),
+            )
+            for name, state in states.items()
+        ] + [HostResult(name, FAILED, None, None, False, 0.0, reason) for name, reason in unreachable.items()]
+        report.notes.append(f"was {planning.describe_pin(pin)}" if pin else "the fleet was not pinned")
+        if unreachable:
+            report.notes.append("unreachable hosts keep their pin file; run `inv unpin` again when they are back")
+    return report
+
+
+def prune(inventory: Inventory, options: Options | None = None, progress: Progress | None = None) -> OperationReport:
+    """Remove old releases beyond keep_releases / keep_failed_releases, never a protected one."""
+    options = options or Options()
+    progress = progress or Progress()
+    report = OperationReport("prune", None)
+    with _quick_locked(inventory, "prune", options, progress) as (run, states, unreachable):
+        removal = planning.plan_prune(
+            inventory.deploy_to, states, inventory.keep_releases, inventory.keep_failed_releases
+        )
+        for name in sorted(removal):
+            progress.host(
+                name, f"{'would remove' if options.dry_run else 'remove'}: {' '.join(removal[name]) or 'nothing'}"
+            )
+        failures: dict[str, str] = {}
+        if options.dry_run:
+            report.notes.append("dry run: nothing was changed")
+        else:
+            failures = finish(run, sorted(states), prune=removal)
+        verb = "would remove" if options.dry_run else "removed"
+        report.hosts = [
+            HostResult(
+                name,
+                FAILED if name in failures else (UNCHANGED if options.dry_run or not removal[name] else OK),
+                state.current,
+                state.current,
+                not options.dry_run,
+                0.0,
+                failures.get(name, f"{verb} {len(removal[name])}: {' '.join(removal[name])}".rstrip(": ")),
+            )
+            for name, state in states.items()
+        ] + [HostResult(name, FAILED, None, None, False, 0.0, reason) for name, reason in unreachable.items()]
+    return report
+
+
+def unlock(
+    inventory: Inventory,
+    confirm: Callable[[str], bool],
+    options: Options | None = None,
+    progress: Progress | None = None,
+) -> OperationReport:
+    """Remove a lock left behind (after `confirm` agrees), on every host that has one."""
+    options = options or Options()
+    progress = progress or Progress()
+    report = OperationReport("unlock", None)
+    with _open_fleet(inventory, options) as fleet:
+        states, unreachable = read_states(fleet, progress)
+        locked = {name: held for name, state in states.items() if (held := state.lock) is not None}
+        if not locked:
+            report.notes.append("no host is locked")
+        else:
+            description = next(iter(locked.values())).describe()
+            question = f"remove the lock ({description}) on {len(locked)} host(s): {', '.join(sorted(locked))}?"
+            if not confirm(question):
+                report.refusal = "not confirmed; nothing was changed"
+            else:
+                lock = FleetLock("unlock")
+                run = Run(fleet, lock, progress)
+                failures = finish(run, sorted(locked), unlock=False, force_unlock="1")
+                for name in sorted(locked):
+                    report.hosts.append(
+                        HostResult(
+                            name,
+                            FAILED if name in failures else OK,
+                            states[name].current,
+                            states[name].current,
+                            True,
+                            0.0,
+                            failures.get(name, "lock removed"),
+                        )
+                    )
+        report.hosts += [HostResult(n, FAILED, None, None, False, 0.0, r) for n, r in sorted(unreachable.items())]
+    return report
+
+
+def _lock_summary(lock_state: LockState | None) -> dict[str, Any] | None:
+    if lock_state is None:
+        return None
+    stale = is_stale(lock_state)
+    return {"holder": dict(lock_state.info), "description": lock_state.describe(), "stale": stale}
+
+
+def status_data(view: FleetView) -> dict[str, Any]:
+    """Each host's current and previous release, releases, lock, pin, problems; the fleet's split."""
+    deploy_to = view.inventory.deploy_to
+    hosts: list[dict[str, Any]] = []
+    for host in view.inventory.hosts:
+        if host.name in view.unreachable:
+            hosts.append({"host": host.name, "reachable": False, "error": view.unreachable[host.name]})
+            continue
+        state = view.states[host.name]
+        previous, previous_problem = state.previous_version(deploy_to)
+        hosts.append(
+            {
+                "host": host.name,
+                "reachable": True,
+                "hostname": state.hostname,
+                "current": state.current,
+                "current_link": state.current_link or None,
+                "previous_version": previous,
+                "problems": [p for p in (state.current_problem, previous_problem) if p] + list(state.notes),
+                "releases": [
+                    {
+                        "id": info.release_id,
+                        "status": info.status,
+                        "digest": info.digest or None,
+                        "bad": dict(info.bad) if info.bad is not None else None,
+                    }
+                    for info in sorted(state.releases.values(), key=lambda i: i.order_key)
+                ],
+                "lock": _lock_summary(state.lock),
+                "pin": dict(state.pin) if state.pin else None,
+                "free_kb": state.free_kb,
+            }
+        )
+    split = planning.split_of(view.states)
+    pin = planning.fleet_pin(view.states)
+    schema = planning.fleet_schema(view.states)
+    return {
+        "deploy_to": deploy_to,
+        "hosts": hosts,
+        "consistent": len(split) <= 1 and all(s.current for s in view.states.values()) and not view.unreachable,
+        "split": {release: sorted(n for n, s in view.states.items() if s.current == release) for release in split},
+        "currents": sorted({s.current or "-" for s in view.states.values()}),
+        "pin": dict(pin) if pin else None,
+        "schema": schema.__dict__ if schema else None,
+        "locked": sorted(name for name, state in view.states.items() if state.lock is not None),
+    }
+
+
+def status_exit_code(view: FleetView) -> int:
+    problems = view.unreachable or any(s.current_problem for s in view.states.values())
+    return 1 if problems or len(planning.split_of(view.states)) > 1 else 0
+
+
+def history_entries(view: FleetView, limit: int) -> list[dict[str, Any]]:
+    """The fleet's history, newest first: identical events on several hosts are shown once, with their hosts."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for name, state in view.states.items():
+        for entry in state.history:
+            key = tuple(
+                str(entry.get(field, "")) for field in ("time", "op", "from", "to", "release", "user", "result")
+            )
+            item = merged.setdefault(key, {**entry, "hosts": []})
+            item["hosts"].append(name)
+    ordered = sorted(
+        merged.values(), key=lambda item: (str(item.get("time", "")), str(item.get("op", ""))), reverse=True
+    )
+    for item in ordered:
+        item["hosts"].sort()
+    return ordered[:limit]
+
+
+def releases_table(view: FleetView) -> list[dict[str, Any]]:
+    """Per release: which hosts have it, are on it, record it as previous; bad, failed, pinned."""
+    pin = planning.fleet_pin(view.states)
+    pinned = pin.get("release") if pin else None
+    table: dict[str, dict[str, Any]] = {}
+    for name, state in sorted(view.states.items()):
+        previous, _problem = state.previous_version(view.inventory.deploy_to)
+        for info in state.releases.values():
+            row = table.setdefault(
+                info.release_id,
+                {
+                    "id": info.release_id,
+                    "staged_at": info.staged_at or None,
+                    "digest": info.digest or None,
+                    "schema": info.schema,
+                    "hosts": [],
+                    "current_on": [],
+                    "previous_on": [],
+                    "failed_on": [],
+                    "bad": None,
+                    "pinned": info.release_id == pinned,
+                },
+            )
+            row["hosts"].append(name)
+            if state.current == info.release_id:
+                row["current_on"].append(name)
+            if previous == info.release_id:
+                row["previous_on"].append(name)
+            if info.status in ("failed", "validating"):
+                row["failed_on"].append(name)
+            if info.bad is not None and row["bad"] is None:
+                row["bad"] = dict(info.bad)
+    return sorted(table.values(), key=lambda row: (row["staged_at"] or "", row["id"]), reverse=True)

@@ -7,10 +7,12 @@ rollback decides its target for the whole fleet before anything changes.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from deployer.state import HostState
+from deployer.release import Manifest
+from deployer.state import STATUS_FAILED, STATUS_OK, STATUS_VALIDATING, HostState, ReleaseInfo, SchemaRecord
 
 # Per-host actions.
 STAGE = "stage"  # upload (or reuse the cached artifact), unpack, validate, then switch
@@ -45,12 +47,160 @@ class Plan:
     target: str | None
     hosts: tuple[HostPlan, ...]
     refusal: str = ""  # fleet-level reason nothing will happen; empty when the plan may proceed
+    warnings: tuple[str, ...] = ()
+    prune: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # host -> releases removed after success
+    mark_bad: str | None = None  # the release a rollback leaves, marked bad on every host
+    schema: SchemaRecord | None = None  # what the fleet records as its schema once this plan has run
+    migration: str = ""  # "migrate" or "rollback_migrations": run once before switching
+    migration_from: int | None = None
+    migration_to: int | None = None
 
     def acting(self) -> list[HostPlan]:
         return [host for host in self.hosts if host.changes]
 
     def with_action(self, *actions: str) -> list[HostPlan]:
         return [host for host in self.hosts if host.action in actions]
+
+
+def split_of(states: Mapping[str, HostState]) -> Counter[str]:
+    """How many hosts are on each release (hosts without a current release are not counted)."""
+    return Counter(state.current for state in states.values() if state.current is not None)
+
+
+def describe_split(states: Mapping[str, HostState]) -> str:
+    by_release: dict[str, list[str]] = {}
+    for name, state in sorted(states.items()):
+        by_release.setdefault(state.current or "(none)", []).append(name)
+    return "; ".join(f"{release}: {', '.join(names)}" for release, names in sorted(by_release.items()))
+
+
+def fleet_pin(states: Mapping[str, HostState]) -> Mapping[str, Any] | None:
+    """The pin any host records (they are written together; the first found is shown)."""
+    for _name, state in sorted(states.items()):
+        if state.pin is not None:
+            return state.pin
+    return None
+
+
+def fleet_schema(states: Mapping[str, HostState]) -> SchemaRecord | None:
+    """The newest schema any host records: the database is shared, so the highest version wins."""
+    records = [state.schema for state in states.values() if state.schema is not None]
+    return max(records, key=lambda record: (record.version, record.min_compatible)) if records else None
+
+
+def bad_marks(states: Mapping[str, HostState]) -> dict[str, Mapping[str, Any]]:
+    marks: dict[str, Mapping[str, Any]] = {}
+    for state in states.values():
+        for release_id, info in state.bad_releases().items():
+            marks.setdefault(release_id, info)
+    return marks
+
+
+def describe_pin(pin: Mapping[str, Any]) -> str:
+    text = f"pinned to {pin.get('release') or 'an unknown release'}"
+    if pin.get("user"):
+        text += f" by {pin['user']}"
+    if pin.get("time"):
+        text += f" at {pin['time']}"
+    if pin.get("why"):
+        text += f" ({pin['why']})"
+    return text
+
+
+def schema_problem(release_id: str, manifest: Manifest | None, recorded: SchemaRecord | None) -> str:
+    """Why `release_id` cannot run against the recorded database schema; "" when it can (or nothing is known)."""
+    if recorded is None:
+        return ""
+    if manifest is None:
+        if recorded.min_compatible <= 0:
+            return ""
+        return (
+            f"release {release_id} declares no schema_version, and the database is at schema {recorded.version} "
+            f"(compatible down to {recorded.min_compatible}, recorded by {recorded.release or 'an earlier release'})"
+        )
+    if manifest.schema_version < recorded.min_compatible:
+        return (
+            f"release {release_id} is written for schema {manifest.schema_version}, but the database is at "
+            f"schema {recorded.version}, which is compatible only down to {recorded.min_compatible} "
+            f"(recorded by {recorded.release or 'an earlier release'})"
+        )
+    return ""
+
+
+def manifest_of(info: ReleaseInfo | None) -> Manifest | None:
+    if info is None or info.schema is None:
+        return None
+    return Manifest(info.schema, info.min_schema if info.min_schema is not None else info.schema)
+
+
+def _release_anywhere(states: Mapping[str, HostState], release_id: str) -> ReleaseInfo | None:
+    for _name, state in sorted(states.items()):
+        info = state.releases.get(release_id)
+        if info is not None:
+            return info
+    return None
+
+
+def prune_list(
+    state: HostState,
+    keep: int,
+    keep_failed: int,
+    protected: Iterable[str],
+    incoming: str | None = None,
+) -> tuple[str, ...]:
+    """Releases to remove on one host, oldest first.
+
+    Kept: the `keep` newest good releases and the `keep_failed` newest bad or failed ones (in
+    deployment order from the recorded staging time and the ids, never file times), every
+    protected release (current, its previousVersion, the pin, any release a host of the fleet is
+    on, the release being deployed), and folders the tool did not make. `incoming` is a release
+    about to be staged here: it counts as the newest good one.
+    """
+    protect = set(protected)
+    good: list[ReleaseInfo] = []
+    spoiled: list[ReleaseInfo] = []
+    for info in state.releases.values():
+        if info.status in (STATUS_FAILED, STATUS_VALIDATING) or (info.status == STATUS_OK and info.bad is not None):
+            spoiled.append(info)
+        elif info.status == STATUS_OK:
+            good.append(info)
+    good.sort(key=lambda info: info.order_key, reverse=True)
+    spoiled.sort(key=lambda info: info.order_key, reverse=True)
+    keep_good = keep - 1 if incoming is not None and incoming not in state.releases else keep
+    doomed = [info for info in good[max(0, keep_good) :] + spoiled[keep_failed:] if info.release_id not in protect]
+    doomed.sort(key=lambda info: info.order_key)
+    return tuple(info.release_id for info in doomed)
+
+
+def protected_releases(state: HostState, deploy_to: str, fleet_currents: Iterable[str], pin: str | None) -> set[str]:
+    protect = set(fleet_currents)
+    if state.current:
+        protect.add(state.current)
+        previous, _problem = state.previous_version(deploy_to)
+        if previous:
+            protect.add(previous)
+    if pin:
+        protect.add(pin)
+    return protect
+
+
+def plan_prune(
+    deploy_to: str, states: Mapping[str, HostState], keep: int, keep_failed: int
+) -> dict[str, tuple[str, ...]]:
+    """What `inv prune` removes on each host."""
+    currents = set(split_of(states))
+    pin = fleet_pin(states)
+    pinned = str(pin["release"]) if pin and pin.get("release") else None
+    return {
+        name: prune_list(state, keep, keep_failed, protected_releases(state, deploy_to, currents, pinned))
+        for name, state in states.items()
+    }
+
+
+def batches(hosts: Sequence[str], size: int) -> list[list[str]]:
+    """Hosts in inventory order, cut into batches of `size` (at least one host each)."""
+    size = max(1, size)
+    return [list(hosts[index : index + size]) for index in range(0, len(hosts), size)]
 
 
 def _release_path(deploy_to: str, release_id: str) -> str:
@@ -63,8 +213,19 @@ def plan_deploy(
     unreachable: Mapping[str, str],
     release_id: str,
     digest: str,
+    *,
+    force: bool = False,
+    unpin: bool = False,
+    manifest: Manifest | None = None,
+    keep_releases: int = 5,
+    keep_failed_releases: int = 3,
 ) -> Plan:
-    """Plan a deploy of `release_id` (artifact `digest`): every host must be able to take it."""
+    """Plan a deploy of `release_id` (artifact `digest`): every host must be able to take it.
+
+    Refused as a whole (nothing staged) when a host cannot take it, the fleet is pinned (unless
+    `unpin`), hosts are split between releases (unless `force`: the deploy is what they converge
+    on), or the release cannot run against the recorded database schema (unless `force`).
+    """
     hosts: list[HostPlan] = []
     for name, reason in unreachable.items():
         hosts.append(HostPlan(name, UNREACHABLE, None, release_id, reason))
@@ -94,10 +255,87 @@ def plan_deploy(
     hosts.sort(key=lambda plan: plan.host)
     blocked = [host for host in hosts if host.action in (REFUSE, UNREACHABLE)]
     refusal = ""
+    warnings: list[str] = []
     if blocked:
         names = ", ".join(host.host for host in blocked)
         refusal = f"no host was changed: every host must be able to take the release, and {names} cannot"
-    return Plan("deploy", release_id, tuple(hosts), refusal)
+
+    pin = fleet_pin(states)
+    if pin is not None:
+        if unpin:
+            warnings.append(f"the fleet was {describe_pin(pin)}; this deploy removes the pin (--unpin)")
+        elif not refusal:
+            refusal = (
+                f"the fleet is {describe_pin(pin)} after a rollback; run `inv unpin` (or deploy with --unpin) "
+                "once the fix is ready, so a pipeline does not re-deploy the broken release"
+            )
+
+    split = split_of(states)
+    others = set(split) - {release_id}
+    resuming = release_id in split and len(others) <= 1
+    if len(split) > 1 and not resuming:
+        if force:
+            warnings.append(f"hosts were on different releases ({describe_split(states)}); converging on {release_id}")
+        elif not refusal:
+            refusal = (
+                f"hosts are on different releases ({describe_split(states)}); deploying would hide the split: "
+                "roll back with --to, or deploy with --force to converge every host on this release"
+            )
+    elif resuming and others:
+        warnings.append(f"resuming: {split[release_id]} host(s) are already on {release_id}")
+
+    for bad_id, info in sorted(bad_marks(states).items()):
+        if bad_id == release_id or (
+            digest and _release_anywhere(states, bad_id) and _digest_of(states, bad_id) == digest
+        ):
+            warnings.append(
+                f"this artifact is release {bad_id}, marked bad ({info.get('why') or 'no reason given'}, "
+                f"by {info.get('user', '?')} at {info.get('time', '?')}); deploying it again"
+            )
+
+    recorded = fleet_schema(states)
+    problem = schema_problem(release_id, manifest, recorded) if manifest is not None else ""
+    if problem:
+        if force:
+            warnings.append(problem + "; deploying anyway (--force)")
+        elif not refusal:
+            refusal = problem + "; use --force if the database is compatible anyway"
+    new_schema = recorded
+    migration = ""
+    if manifest is not None and (recorded is None or manifest.schema_version > recorded.version):
+        new_schema = SchemaRecord(manifest.schema_version, manifest.min_schema, release_id)
+        migration = "migrate"
+    elif manifest is not None and recorded is not None and manifest.schema_version == recorded.version:
+        new_schema = recorded
+
+    prune: dict[str, tuple[str, ...]] = {}
+    if not refusal:
+        currents = set(split) | {release_id}
+        for host_plan in hosts:
+            host_state = states.get(host_plan.host)
+            if host_state is None or host_plan.action not in (STAGE, SWITCH, KEEP):
+                continue
+            protect = set(currents)
+            if host_plan.before:
+                protect.add(host_plan.before)
+            prune[host_plan.host] = prune_list(host_state, keep_releases, keep_failed_releases, protect, release_id)
+    return Plan(
+        "deploy",
+        release_id,
+        tuple(hosts),
+        refusal,
+        tuple(warnings),
+        prune,
+        schema=new_schema,
+        migration=migration,
+        migration_from=recorded.version if recorded else None,
+        migration_to=manifest.schema_version if manifest else None,
+    )
+
+
+def _digest_of(states: Mapping[str, HostState], release_id: str) -> str:
+    info = _release_anywhere(states, release_id)
+    return info.digest if info else ""
 
 
 def _rolled_back_to(state: HostState) -> str | None:
@@ -169,7 +407,31 @@ def choose_rollback_target(
         )
     if not previous_set:
         return None, f"there is no earlier release to roll back to: {current} records no previousVersion"
-    return next(iter(previous_set)), ""
+    return _skip_bad(next(iter(previous_set)), states)
+
+
+def _skip_bad(target: str, states: Mapping[str, HostState]) -> tuple[str | None, str]:
+    """Follow previousVersion past releases marked bad: a default target is never a known-bad release."""
+    marks = bad_marks(states)
+    seen = {target}
+    skipped: list[str] = []
+    while target in marks:
+        skipped.append(target)
+        earlier = {
+            info.previous
+            for state in states.values()
+            if (info := state.releases.get(target)) is not None and info.previous is not None
+        }
+        if len(earlier) != 1:
+            return None, (
+                f"the previous release {skipped[0]} is marked bad ({marks[skipped[0]].get('why') or 'no reason'}) "
+                "and no single release before it is recorded; use --to"
+            )
+        (target,) = earlier
+        if target in seen:
+            return None, "previousVersion records form a loop; use --to"
+        seen.add(target)
+    return target, ""
 
 
 def plan_rollback(
@@ -177,8 +439,15 @@ def plan_rollback(
     states: Mapping[str, HostState],
     unreachable: Mapping[str, str],
     to: str | None = None,
+    *,
+    force: bool = False,
+    rollback_migrations: bool = False,
 ) -> Plan:
-    """Plan a rollback to `to`, or to the fleet's previous release; decided once for all hosts."""
+    """Plan a rollback to `to`, or to the fleet's previous release; decided once for all hosts.
+
+    The release left behind is marked bad; the target's declared schema is checked against the
+    recorded one (refused unless `force`, or `rollback_migrations` can take the database back).
+    """
     target, why = (to, "") if to is not None else choose_rollback_target(deploy_to, states, not unreachable)
     if target is None:
         untouched = [HostPlan(name, KEEP, state.current, None) for name, state in states.items()]
@@ -203,4 +472,41 @@ def plan_rollback(
         else:
             hosts.append(HostPlan(name, SWITCH, before, target, expected_link=state.current_link))
     hosts.sort(key=lambda plan: plan.host)
-    return Plan("rollback", target, tuple(hosts))
+
+    warnings: list[str] = []
+    refusal = ""
+    marks = bad_marks(states)
+    if target in marks:
+        warnings.append(f"release {target} is marked bad ({marks[target].get('why') or 'no reason given'})")
+    split = split_of(states)
+    if len(split) > 1:
+        warnings.append(f"hosts were on different releases ({describe_split(states)})")
+    leaving = [release for release, _count in split.most_common() if release != target]
+    recorded = fleet_schema(states)
+    new_schema = recorded
+    migration = ""
+    problem = schema_problem(target, manifest_of(_release_anywhere(states, target)), recorded)
+    if problem:
+        manifest = manifest_of(_release_anywhere(states, target))
+        if rollback_migrations and manifest is not None:
+            migration = "rollback_migrations"
+            new_schema = SchemaRecord(manifest.schema_version, manifest.min_schema, target)
+            warnings.append(problem + "; running rollback_migrations first")
+        elif force:
+            warnings.append(problem + "; rolling back anyway (--force)")
+        else:
+            refusal = problem + (
+                "; configure rollback_migrations to take the database back first, or use --force if it is compatible"
+            )
+    return Plan(
+        "rollback",
+        target,
+        tuple(hosts),
+        refusal,
+        tuple(warnings),
+        mark_bad=leaving[0] if leaving else None,
+        schema=new_schema,
+        migration=migration,
+        migration_from=recorded.version if recorded else None,
+        migration_to=new_schema.version if migration and new_schema else None,
+    )

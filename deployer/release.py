@@ -17,6 +17,9 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
+
+import yaml
 
 from deployer.errors import ArtifactError, InputError
 
@@ -48,6 +51,45 @@ def new_release_id(now: datetime, digest: str, taken: set[str]) -> str:
     return candidate
 
 
+MANIFEST_NAME = "release.yml"
+MANIFEST_KEYS = {"schema_version", "min_schema"}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a release declares about the database schema in its `release.yml`.
+
+    schema_version: the schema its migrations bring the database to. min_schema: the oldest schema
+    it is compatible with both ways: its code runs against a database at min_schema, and code
+    written for min_schema still runs against the database it leaves (expand/contract).
+    """
+
+    schema_version: int
+    min_schema: int
+
+
+def parse_manifest(text: bytes, source: str) -> Manifest:
+    where = f"artifact {source}: {MANIFEST_NAME}"
+    try:
+        data: Any = yaml.safe_load(text.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{where}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{where}: expected a mapping with schema_version and min_schema")
+    unknown = sorted(str(key) for key in set(data) - MANIFEST_KEYS)
+    if unknown:
+        raise ArtifactError(f"{where}: unknown key {unknown[0]!r} (allowed: schema_version, min_schema)")
+    values: dict[str, int] = {}
+    for key in ("schema_version", "min_schema"):
+        value = data.get(key, data.get("schema_version") if key == "min_schema" else None)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**9:
+            raise ArtifactError(f"{where}: {key} must be a whole number >= 0, got {value!r}")
+        values[key] = value
+    if values["min_schema"] > values["schema_version"]:
+        raise ArtifactError(f"{where}: min_schema ({values['min_schema']}) is above schema_version")
+    return Manifest(values["schema_version"], values["min_schema"])
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A checked `.tar.gz` ready to send: `path` is read by the uploader, `digest` is its sha256."""
@@ -56,6 +98,7 @@ class Artifact:
     digest: str
     size: int
     source: str
+    manifest: Manifest | None = None
 
 
 def _check_member(member: tarfile.TarInfo, source: str) -> None:
@@ -76,18 +119,26 @@ def _check_member(member: tarfile.TarInfo, source: str) -> None:
             raise ArtifactError(f"{where}: link to {target!r} points outside the release folder")
 
 
-def check_tarball(path: str, source: str) -> None:
-    """Refuse unreadable archives and members that could escape or subvert the release folder."""
+def check_tarball(path: str, source: str) -> Manifest | None:
+    """Refuse unreadable archives and members that could escape or subvert the release folder.
+
+    Returns the release's manifest (`release.yml` at the top), if it ships one.
+    """
+    manifest_text: bytes | None = None
     try:
         with tarfile.open(path, "r:gz") as archive:
             count = 0
             for member in archive:
                 _check_member(member, source)
                 count += 1
+                if posixpath.normpath(member.name) == MANIFEST_NAME and member.isfile() and member.size < 65536:
+                    extracted = archive.extractfile(member)
+                    manifest_text = extracted.read() if extracted is not None else None
     except (tarfile.TarError, OSError, EOFError, gzip.BadGzipFile) as exc:
         raise ArtifactError(f"artifact {source}: not a readable .tar.gz ({exc})") from None
     if count == 0:
         raise ArtifactError(f"artifact {source}: the archive is empty")
+    return parse_manifest(manifest_text, source) if manifest_text is not None else None
 
 
 def _reset_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -145,12 +196,12 @@ class PreparedArtifact:
         else:
             raise ArtifactError(f"artifact {source}: no such file or folder")
         try:
-            check_tarball(path, source)
+            manifest = check_tarball(path, source)
             digest, size = sha256_file(path)
         except BaseException:
             self.__exit__()
             raise
-        return Artifact(path=path, digest=digest, size=size, source=source)
+        return Artifact(path=path, digest=digest, size=size, source=source, manifest=manifest)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._tempdir is not None:

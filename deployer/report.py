@@ -14,6 +14,7 @@ UNCHANGED = "unchanged"  # already in the intended state
 FAILED = "failed"
 REFUSED = "refused"
 SKIPPED = "skipped"  # would have acted, but the operation stopped before reaching it
+REVERTED = "reverted"  # switched, then switched back to where it was (verified) because the rollout failed
 
 GOOD_STATUSES = (OK, UNCHANGED)
 
@@ -45,11 +46,17 @@ class OperationReport:
     phases: list[Phase] = field(default_factory=list)
     refusal: str = ""
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # fleet-level failures (a local hook, a migration)
+    reverted_to_start: bool = False  # a failed rollout put every switched host back (verified)
+    connections: int = 0  # SSH connections opened by this operation
+    sessions: dict[str, int] = field(default_factory=dict)  # exec sessions per host
 
     @property
     def ok(self) -> bool:
         return (
             not self.refusal
+            and not self.problems
             and all(result.status in GOOD_STATUSES for result in self.hosts)
             and all(phase.ok for phase in self.phases if self.operation == "rollback-drill")
         )
@@ -58,7 +65,7 @@ class OperationReport:
     def exit_code(self) -> int:
         if self.ok:
             return EXIT_OK
-        if any(result.status == FAILED for result in self.hosts):
+        if self.problems or any(result.status in (FAILED, REVERTED) for result in self.hosts):
             return EXIT_HOSTS_FAILED
         return EXIT_REFUSED if self.refusal else EXIT_HOSTS_FAILED
 
@@ -73,8 +80,16 @@ class OperationReport:
             return f"{what}: OK on {total}/{total} hosts ({changed} changed and verified)"
         if self.refusal:
             return f"{what}: REFUSED: {self.refusal}"
-        names = ", ".join(result.host for result in bad)
-        return f"{what}: FAILED on {len(bad)}/{total} hosts ({names})"
+        failed = [result for result in bad if result.status != REVERTED]
+        names = ", ".join(result.host for result in failed)
+        text = f"{what}: FAILED on {len(failed)}/{total} hosts ({names})" if failed else f"{what}: FAILED"
+        if self.problems:
+            text += ": " + "; ".join(self.problems)
+        if self.reverted_to_start:
+            text += (
+                "; every switched host was put back on its previous release (verified): the fleet is back where it was"
+            )
+        return text
 
     def _drill_verdict(self) -> str:
         timings = ", ".join(f"{phase.name} {phase.seconds:.2f}s" for phase in self.phases)
@@ -108,6 +123,8 @@ def render_text(report: OperationReport, stream: TextIO | None = None) -> None:
             if result.message:
                 line += f"  {result.message}"
             out.write(line.rstrip() + "\n")
+    for warning in report.warnings:
+        out.write(f"warning: {warning}\n")
     for note in report.notes:
         out.write(f"note: {note}\n")
     out.write(report.verdict() + "\n")

@@ -1,7 +1,7 @@
 """The remote side: POSIX sh scripts shipped in `deployer/remote/`, and how to call and read them.
 
-Each script is sent inline as one `sh -c` exec request with its inputs as quoted positional
-arguments, so a phase costs exactly one SSH session per host and no file is left behind.
+Each script is sent inline as one `sh -c` exec request: the deploy folder, then `name=value`
+options, each quoted, so a phase costs exactly one SSH session per host and no file is left behind.
 Scripts print records (`@key<TAB>field...`); everything else they print is for humans.
 """
 
@@ -20,8 +20,14 @@ EXIT_IO = 30
 EXIT_DIGEST = 31
 EXIT_VALIDATE = 40
 EXIT_VERIFY = 50
+EXIT_BEFORE_SWITCH = 60
+EXIT_AFTER_SWITCH = 61
+EXIT_HEALTH = 62
+EXIT_AFTER_ROLLBACK = 63
+EXIT_MIGRATION = 64
 
-SCRIPT_NAMES = ("gather", "stage", "switch")
+SCRIPT_NAMES = ("gather", "stage", "switch", "finish", "run")
+OPTION_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz_")
 
 
 @cache
@@ -33,13 +39,23 @@ def script_source(name: str) -> str:
     return (folder / "lib.sh").read_text("utf-8") + "\n" + (folder / f"{name}.sh").read_text("utf-8")
 
 
-def command_line(name: str, *args: str) -> str:
-    """The exec request for script `name`; every argument is quoted, so none can inject."""
+def command_line(script: str, deploy_to: str, /, **options: str | int | float | None) -> str:
+    """The exec request for `script`; every argument is quoted, so none can inject.
+
+    Options that are None or "" are left out (the scripts default them to empty).
+    """
+    args = [deploy_to]
+    for key, value in options.items():
+        if not key or not set(key) <= OPTION_NAME_CHARS:
+            raise ValueError(f"bad option name {key!r} for {script}")
+        if value is None or value == "":
+            continue
+        args.append(f"{key}={value}")
     for arg in args:
         if "\0" in arg:
-            raise ValueError(f"argument for {name} contains a NUL character")
+            raise ValueError(f"argument for {script} contains a NUL character")
     quoted = " ".join(shlex.quote(arg) for arg in args)
-    return f"sh -c {shlex.quote(script_source(name))} deployer-{name} {quoted}".rstrip()
+    return f"sh -c {shlex.quote(script_source(script))} deployer-{script} {quoted}"
 
 
 @dataclass

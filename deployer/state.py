@@ -27,10 +27,47 @@ class ReleaseInfo:
     release_id: str
     status: str
     digest: str
+    staged_at: str = ""  # controller's UTC time when it was staged (never a file mtime)
+    schema: int | None = None  # schema_version from the release's manifest
+    min_schema: int | None = None
+    previous: str | None = None  # release id its previousVersion names
+    bad: Mapping[str, Any] | None = None  # why it is known to be bad (who, when, why)
 
     @property
     def usable(self) -> bool:
         return self.status in USABLE_STATUSES
+
+    @property
+    def order_key(self) -> tuple[str, str]:
+        """Deployment order: staging time recorded by the tool, then the id (ids start with a UTC time)."""
+        return (self.staged_at, self.release_id)
+
+
+@dataclass(frozen=True)
+class LockState:
+    """The fleet lock as found on one host."""
+
+    taken_by_us: bool
+    info: Mapping[str, Any]  # empty when the lock folder has no readable details
+
+    def describe(self) -> str:
+        if not self.info:
+            return "a lock without details (being taken right now, or left by a run killed while taking it)"
+        info = self.info
+        text = f"{info.get('operation', '?')} by {info.get('user', '?')}@{info.get('controller', '?')}"
+        text += f" (pid {info.get('pid', '?')}) since {info.get('time', '?')}"
+        if info.get("message"):
+            text += f": {info['message']}"
+        return text
+
+
+@dataclass(frozen=True)
+class SchemaRecord:
+    """The database schema the fleet last recorded: version, its compatibility floor, and by which release."""
+
+    version: int
+    min_compatible: int
+    release: str
 
 
 @dataclass(frozen=True)
@@ -49,7 +86,14 @@ class HostState:
     last_op: Mapping[str, Any] | None = None
     cached_digests: frozenset[str] = frozenset()
     free_kb: int | None = None
+    lock: LockState | None = None
+    pin: Mapping[str, Any] | None = None
+    schema: SchemaRecord | None = None
+    history: tuple[Mapping[str, Any], ...] = ()
     notes: tuple[str, ...] = ()
+
+    def bad_releases(self) -> dict[str, Mapping[str, Any]]:
+        return {rid: info.bad for rid, info in self.releases.items() if info.bad is not None}
 
     def previous_version(self, deploy_to: str) -> tuple[str | None, str]:
         """(release id, problem) recorded in current's previousVersion; (None, "") when empty."""
@@ -71,24 +115,67 @@ def parse_previous_version(raw: str, deploy_to: str) -> tuple[str | None, str]:
     return None, f"previousVersion points outside {releases_dir}/: {raw!r}"
 
 
-def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
-    """Build a HostState from gather's records."""
-    notes: list[str] = []
-    hostname = (output.first("hostname") or [""])[0]
-    deploy_to_record = output.first("deploy_to") or ["missing"]
-    if deploy_to_record[0] != "present":
-        return HostState(host=host, hostname=hostname)
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
-    releases_dir = "\t".join(output.first("releases_dir") or [])
+
+def _int_or_none(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+def _parse_lock(output: ScriptOutput) -> LockState | None:
+    record = output.first("lock")
+    if record is None:
+        return None
+    if record[0] == "taken":
+        return LockState(True, {})
+    return LockState(False, _json_object("\t".join(record[1:])) or {})
+
+
+def _parse_releases(output: ScriptOutput, deploy_to: str, notes: list[str]) -> dict[str, ReleaseInfo]:
+    previous = {fields[0]: "\t".join(fields[1:]) for fields in output.all("release_previous") if fields}
+    bad = {fields[0]: _json_object("\t".join(fields[1:])) or {"why": "unreadable mark"} for fields in output.all("bad")}
     releases: dict[str, ReleaseInfo] = {}
     for fields in output.all("release"):
         release_id = fields[0] if fields else ""
         if not is_release_id(release_id):
             notes.append(f"ignored a folder in releases/ with an invalid name: {release_id!r}")
             continue
-        status = fields[1] if len(fields) > 1 else STATUS_UNMANAGED
-        digest = fields[2] if len(fields) > 2 and fields[2] != "-" else ""
-        releases[release_id] = ReleaseInfo(release_id, status, digest)
+        fields = fields + [""] * (6 - len(fields))
+        status = fields[1] or STATUS_UNMANAGED
+        digest = fields[2] if fields[2] != "-" else ""
+        staged_at = fields[3] if fields[3] != "-" else ""
+        previous_id = None
+        if release_id in previous:
+            previous_id, _problem = parse_previous_version(previous[release_id], deploy_to)
+        releases[release_id] = ReleaseInfo(
+            release_id,
+            status,
+            digest,
+            staged_at=staged_at,
+            schema=_int_or_none(fields[4]),
+            min_schema=_int_or_none(fields[5]),
+            previous=previous_id,
+            bad=bad.get(release_id),
+        )
+    return releases
+
+
+def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
+    """Build a HostState from gather's records."""
+    notes: list[str] = []
+    hostname = (output.first("hostname") or [""])[0]
+    deploy_to_record = output.first("deploy_to") or ["missing"]
+    lock = _parse_lock(output)
+    if deploy_to_record[0] != "present":
+        return HostState(host=host, hostname=hostname, lock=lock)
+
+    releases_dir = "\t".join(output.first("releases_dir") or [])
+    releases = _parse_releases(output, deploy_to, notes)
 
     current_kind, current_link, current, problem = "missing", "", None, ""
     previous_raw: str | None = None
@@ -115,11 +202,35 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
     last_op: Mapping[str, Any] | None = None
     last = output.first("last_op")
     if last is not None:
-        try:
-            parsed = json.loads("\t".join(last))
-            last_op = parsed if isinstance(parsed, dict) else None
-        except ValueError:
-            notes.append("the last line of .deployer/history.jsonl is not valid JSON")
+        last_op = _json_object("\t".join(last))
+        if last_op is None:
+            notes.append("the last switch recorded in .deployer/history.jsonl is not valid JSON")
+    history: list[Mapping[str, Any]] = []
+    unreadable = 0
+    for fields in output.all("history"):
+        entry = _json_object("\t".join(fields))
+        if entry is None:
+            unreadable += 1
+        else:
+            history.append(entry)
+    if unreadable:
+        notes.append(f"skipped {unreadable} unreadable line(s) in .deployer/history.jsonl")
+    pin: Mapping[str, Any] | None = None
+    pin_record = output.first("pin")
+    if pin_record is not None:
+        pin = _json_object("\t".join(pin_record))
+        if pin is None or not is_release_id(str(pin.get("release", ""))):
+            notes.append(".deployer/pin is unreadable; treating the fleet as pinned to an unknown release")
+            pin = {"release": None, "why": "unreadable pin file"}
+    schema: SchemaRecord | None = None
+    schema_record = output.first("schema")
+    if schema_record is not None:
+        fields = schema_record + ["", "", ""]
+        version, floor = _int_or_none(fields[0]), _int_or_none(fields[1])
+        if version is None or floor is None:
+            notes.append(".deployer/schema is unreadable; ignoring it")
+        else:
+            schema = SchemaRecord(version, floor, fields[2])
 
     free = (output.first("free_kb") or [""])[0]
     return HostState(
@@ -135,5 +246,9 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
         last_op=last_op,
         cached_digests=frozenset(fields[0] for fields in output.all("cached") if fields),
         free_kb=int(free) if free.isdigit() else None,
+        lock=lock,
+        pin=pin,
+        schema=schema,
+        history=tuple(history),
         notes=tuple(notes),
     )

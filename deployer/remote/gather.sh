@@ -1,11 +1,25 @@
-# gather DEPLOY_TO: report this host's deployment state as records; changes nothing.
+# gather DEPLOY_TO [lock=take lock_token=T lock_info=JSON] [history=N]
+# Reports this host's deployment state as records. With lock=take it first takes the fleet lock
+# (mkdir, atomic) or reports who holds it; nothing else is ever changed.
+# shellcheck disable=SC2154  # opt_* are set by parse_options
 deploy_to=$1
+shift
+opt_lock=none opt_lock_token='' opt_lock_info='' opt_history=0
+parse_options "$@"
 emit hostname "$(uname -n)"
+if [ "$opt_lock" = take ]; then
+    mkdir -p "$deploy_to" || fail 30 "cannot create $deploy_to"
+fi
 if [ ! -d "$deploy_to" ]; then
     emit deploy_to missing
     exit 0
 fi
 cd "$deploy_to" || fail 30 "cannot enter $deploy_to"
+if [ "$opt_lock" = take ]; then
+    lock_take "$opt_lock_token" "$opt_lock_info"
+elif [ -d .deployer/lock ]; then
+    emit lock held "$(lock_info)"
+fi
 emit deploy_to present "$(pwd -P)"
 if [ -d releases ]; then
     emit releases_dir "$(cd releases && pwd -P)"
@@ -31,11 +45,32 @@ for dir in releases/*/; do
     [ -d "$dir" ] || continue
     id=${dir#releases/}
     id=${id%/}
-    # shellcheck disable=SC2046
+    # shellcheck disable=SC2046  # the meta line's fields become separate record fields
     emit release "$id" $(release_status "$id")
+    if [ -f "releases/$id/previousVersion" ]; then
+        emit release_previous "$id" "$(head -n 1 "releases/$id/previousVersion")"
+    fi
+    if [ -f ".deployer/bad/$id" ]; then
+        emit bad "$id" "$(head -n 1 ".deployer/bad/$id")"
+    fi
 done
+if [ -f .deployer/pin ]; then
+    emit pin "$(head -n 1 .deployer/pin)"
+fi
+if [ -f .deployer/schema ]; then
+    # shellcheck disable=SC2046
+    emit schema $(head -n 1 .deployer/schema)
+fi
 if [ -f .deployer/history.jsonl ]; then
-    emit last_op "$(tail -n 1 .deployer/history.jsonl)"
+    last=$(tail -n 200 .deployer/history.jsonl | grep -E '"op": "(deploy|rollback|revert)"' | tail -n 1)
+    if [ -n "$last" ]; then
+        emit last_op "$last"
+    fi
+    if [ "$opt_history" -gt 0 ] 2>/dev/null; then
+        tail -n "$opt_history" .deployer/history.jsonl | while IFS= read -r line; do
+            emit history "$line"
+        done
+    fi
 fi
 for cached in .deployer/artifacts/*.tar.gz; do
     [ -f "$cached" ] || continue

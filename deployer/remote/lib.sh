@@ -1,11 +1,15 @@
-# shellcheck shell=sh
+# shellcheck shell=sh disable=SC2317  # helpers are called by the script appended below
 # Shared helpers, prepended to every remote script by deployer/scripts.py.
 #
-# Output protocol: machine-readable records are lines "@<key><TAB><field>..."; anything else
-# is diagnostics for humans. Exit codes (mirrored in deployer/scripts.py):
+# Calling convention: SCRIPT DEPLOY_TO NAME=VALUE...; each NAME=VALUE sets $opt_NAME (values are
+# never evaluated). Output protocol: machine-readable records are lines "@<key><TAB><field>...";
+# anything else is diagnostics for humans. Exit codes (mirrored in deployer/scripts.py):
 #   0 ok | 10 usage | 20 refused (precondition) | 21 current is not a symlink
 #   22 current changed since it was read | 30 I/O failure (disk full, permission)
 #   31 artifact digest mismatch | 40 validation failed | 50 verification after switch failed
+#   60 before_switch hook failed (not switched) | 61 after_switch hook failed (switched)
+#   62 health check failed (switched) | 63 after_rollback hook failed (switched)
+#   64 migration command failed
 set -u
 LC_ALL=C
 export LC_ALL
@@ -29,6 +33,20 @@ fail() {
     exit "$1"
 }
 
+parse_options() {
+    # parse_options NAME=VALUE...: set opt_NAME for each; NAME is checked, VALUE is only assigned.
+    for option in "$@"; do
+        name=${option%%=*}
+        case $name in
+            '' | *[!a-z_]*) fail 10 "bad option name: $name" ;;
+        esac
+        [ "$name" != "$option" ] || fail 10 "option $name has no value"
+        # shellcheck disable=SC2034  # value is read through the eval'd name
+        value=${option#*=}
+        eval "opt_$name=\$value"
+    done
+}
+
 sha256_of() {
     if command -v sha256sum >/dev/null 2>&1; then
         sha256sum "$1" | cut -d ' ' -f 1
@@ -50,10 +68,174 @@ write_file() {
 }
 
 release_status() {
-    # release_status ID: prints "<status> <digest>" from the release's meta file, "unmanaged -" without one.
+    # release_status ID: prints "<status> <digest> ..." from the release's meta file, "unmanaged -" without one.
     if [ -f ".deployer/meta/$1" ]; then
         head -n 1 ".deployer/meta/$1"
     else
         printf 'unmanaged -\n'
     fi
+}
+
+record_history() {
+    # record_history JSON: append one line to the host's history (never fatal: the switch already happened).
+    if ! { mkdir -p .deployer && printf '%s\n' "$1" >> .deployer/history.jsonl; }; then
+        emit warning "history not written (disk full?)"
+    fi
+}
+
+history_event() {
+    # history_event OP RELEASE RESULT DETAIL: a non-switch event (hook, health check) in the history.
+    record_history "{\"op\": \"$1\", \"release\": \"$2\", \"result\": \"$3\", \"detail\": \"$(json_text "$4")\", \"time\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\"}"
+}
+
+json_text() {
+    # json_text TEXT: TEXT made safe inside a JSON string (quotes, backslashes, control characters).
+    printf '%s' "$1" | tr -d '\000-\037' | sed 's/\\/\\\\/g; s/"/\\"/g' | cut -c 1-300
+}
+
+# --- the fleet lock: a folder created with mkdir (atomic), holding "TOKEN\nJSON" in info ---
+
+lock_info() {
+    if [ -f .deployer/lock/info ]; then
+        sed -n 2p .deployer/lock/info
+    fi
+}
+
+lock_token() {
+    if [ -f .deployer/lock/info ]; then
+        head -n 1 .deployer/lock/info
+    fi
+}
+
+lock_take() {
+    # lock_take TOKEN INFO: take the lock (or find it already ours); otherwise report who holds it.
+    mkdir -p .deployer || fail 30 "cannot create $(pwd)/.deployer"
+    if mkdir .deployer/lock 2>/dev/null; then
+        if ! write_file .deployer/lock/info "$1
+$2"; then
+            rm -rf .deployer/lock
+            fail 30 "cannot write the lock in $(pwd)/.deployer (disk full?)"
+        fi
+        emit lock taken
+    elif [ "$(lock_token)" = "$1" ]; then
+        emit lock taken
+    else
+        emit lock held "$(lock_info)"
+    fi
+}
+
+lock_release() {
+    # lock_release TOKEN: remove the lock only if it is ours ("*" removes any lock: inv unlock).
+    [ -d .deployer/lock ] || return 0
+    if [ "$1" = "*" ] || [ "$(lock_token)" = "$1" ]; then
+        rm -rf .deployer/lock.gone
+        if mv .deployer/lock .deployer/lock.gone && rm -rf .deployer/lock.gone; then
+            emit unlocked
+        else
+            emit warning "could not remove the lock"
+        fi
+    fi
+}
+
+# --- hooks, health checks and other commands run on the host ---
+
+run_command() {
+    # run_command DIR SECONDS LOG COMMAND: run COMMAND with sh in DIR, bounded by SECONDS; output to LOG.
+    if command -v timeout >/dev/null 2>&1; then
+        (cd "$1" && exec timeout -k 5 "$2" sh -c "$4") > "$3" 2>&1 < /dev/null
+    else
+        (cd "$1" && exec sh -c "$4") > "$3" 2>&1 < /dev/null
+    fi
+}
+
+log_tail() {
+    # log_tail LOG: the last lines of a command's output, on one line.
+    tail -n 5 "$1" 2>/dev/null | tr '\n\t' '  ' | cut -c 1-400
+}
+
+run_hook() {
+    # run_hook NAME DIR SECONDS RELEASE COMMAND: run a configured hook; emit @hook NAME ok|failed CODE TAIL.
+    [ -n "$5" ] || return 0
+    mkdir -p .deployer/logs
+    hook_log="$(pwd -P)/.deployer/logs/$4.$1.log"
+    if run_command "$2" "$3" "$hook_log" "$5"; then
+        emit hook "$1" ok 0
+        return 0
+    else
+        hook_code=$?
+        emit hook "$1" failed "$hook_code" "$(log_tail "$hook_log")"
+        history_event "hook" "$4" failed "$1 exited $hook_code"
+        return 1
+    fi
+}
+
+health_check() {
+    # health_check RELEASE COMMAND SECONDS RETRIES INTERVAL: retry until the command succeeds.
+    [ -n "$2" ] || return 0
+    health_log="$(pwd -P)/.deployer/logs/$1.health.log"
+    attempt=1
+    while :; do
+        if run_command current/ "$3" "$health_log" "$2"; then
+            emit health ok "$attempt"
+            return 0
+        fi
+        health_code=$?
+        if [ "$attempt" -gt "$4" ]; then
+            emit health failed "$attempt" "$health_code" "$(log_tail "$health_log")"
+            history_event "health_check" "$1" failed "exit $health_code after $attempt attempts"
+            return 1
+        fi
+        attempt=$((attempt + 1))
+        sleep "$5"
+    done
+}
+
+# --- finishing: bad marks, pin, pruning ---
+
+mark_bad() {
+    # mark_bad ID JSON: record why release ID is known to be bad (kept with the release, removed with it).
+    [ -n "$1" ] || return 0
+    [ -d "releases/$1" ] || return 0
+    if mkdir -p .deployer/bad && write_file ".deployer/bad/$1" "$2"; then
+        emit marked_bad "$1"
+    else
+        emit warning "could not mark $1 bad"
+    fi
+}
+
+set_pin() {
+    # set_pin JSON | set_pin "": pin the fleet to a release, or remove the pin.
+    if [ -n "$1" ]; then
+        mkdir -p .deployer && write_file .deployer/pin "$1" && emit pinned
+    elif [ -f .deployer/pin ]; then
+        rm -f .deployer/pin && emit unpinned
+    fi
+}
+
+prune_releases() {
+    # prune_releases "ID ID ...": remove these releases (never current), their metadata, and unused cached artifacts.
+    [ -n "$1" ] || return 0
+    keep_current=$(readlink current 2>/dev/null || true)
+    mkdir -p .deployer/trash
+    for id in $1; do
+        case $id in
+            '' | . | .. | */*) continue ;;
+        esac
+        [ "releases/$id" != "$keep_current" ] || continue
+        [ -d "releases/$id" ] || continue
+        if mv "releases/$id" ".deployer/trash/$id.$$" && rm -rf ".deployer/trash/$id.$$"; then
+            rm -f ".deployer/meta/$id" ".deployer/bad/$id" ".deployer/logs/$id".*
+            emit pruned "$id"
+        else
+            emit warning "could not remove release $id"
+        fi
+    done
+    for cached in .deployer/artifacts/*.tar.gz; do
+        [ -f "$cached" ] || continue
+        digest=${cached#.deployer/artifacts/}
+        digest=${digest%.tar.gz}
+        if ! cat .deployer/meta/* 2>/dev/null | cut -d ' ' -f 2 | grep -qxF "$digest"; then
+            rm -f "$cached"
+        fi
+    done
 }

@@ -1,23 +1,30 @@
-# stage DEPLOY_TO RELEASE_ID DIGEST SOURCE VALIDATE
-# Puts the artifact (SOURCE=upload: read from stdin; SOURCE=cache: the copy kept from an earlier
-# upload with the same digest) into releases/RELEASE_ID and runs VALIDATE inside it.
-# The release only appears under releases/ once fully unpacked; a failed validation leaves it
-# there, marked failed in .deployer/meta/RELEASE_ID, for inspection.
+# stage DEPLOY_TO release=ID digest=SHA256 source=upload|cache [validate=CMD] [meta=FIELDS] [shared=PATHS]
+# Puts the artifact (source=upload: read from stdin; source=cache: the copy kept from an earlier
+# upload with the same digest) into releases/ID, links the shared paths (one per line in PATHS; a
+# trailing / marks a folder) to DEPLOY_TO/shared/, and runs the validate command inside it.
+# The release only appears under releases/ once fully unpacked and linked; a failed validation
+# leaves it there, marked failed in .deployer/meta/ID, for inspection.
+# shellcheck disable=SC2154  # opt_* are set by parse_options
 deploy_to=$1
-release_id=$2
-digest=$3
-source=$4
-validate=$5
+shift
+opt_release='' opt_digest='' opt_source=upload opt_validate='' opt_meta='' opt_shared=''
+parse_options "$@"
+release_id=$opt_release
+digest=$opt_digest
+if [ -z "$release_id" ] || [ -z "$digest" ]; then
+    fail 10 "stage needs release= and digest="
+fi
 
 mkdir -p "$deploy_to" || fail 30 "cannot create $deploy_to"
 cd "$deploy_to" || fail 30 "cannot enter $deploy_to"
+deploy_abs=$(pwd -P)
 mkdir -p releases .deployer/meta .deployer/logs .deployer/artifacts .deployer/staging || fail 30 "cannot create folders in $deploy_to"
 if [ -e "releases/$release_id" ] || [ -L "releases/$release_id" ]; then
     fail 20 "release $release_id already exists on this host; release folders are never reused"
 fi
 
 cached=".deployer/artifacts/$digest.tar.gz"
-if [ "$source" = upload ]; then
+if [ "$opt_source" = upload ]; then
     part=".deployer/artifacts/.$digest.$$.part"
     if ! cat > "$part"; then
         rm -f "$part"
@@ -38,25 +45,71 @@ mkdir "$staging" || fail 30 "cannot create $staging"
 if ! tar -xzf "$cached" -C "$staging" 2> "$staging.err"; then
     reason=$(tail -n 3 "$staging.err" | tr '\n' ' ')
     rm -rf "$staging" "$staging.err"
-    fail 30 "unpacking failed: $reason"
+    fail 30 "unpacking failed (disk full?): $reason"
 fi
 rm -f "$staging.err"
-write_file ".deployer/meta/$release_id" "validating $digest" || { rm -rf "$staging"; fail 30 "cannot write release metadata (disk full?)"; }
+
+link_shared() {
+    # link_shared PATH: replace PATH in the staged release by a link to shared/PATH (seeded from the release once).
+    name=${1%/}
+    shared_path="$deploy_abs/shared/$name"
+    in_release="$staging/$name"
+    if [ ! -e "$shared_path" ] && [ ! -L "$shared_path" ]; then
+        mkdir -p "$(dirname "$shared_path")" || return 1
+        if [ "$name" != "$1" ]; then
+            if [ -d "$in_release" ] && [ ! -L "$in_release" ]; then
+                cp -a "$in_release" "$shared_path" || return 1
+            else
+                mkdir -p "$shared_path" || return 1
+            fi
+        elif [ -f "$in_release" ] && [ ! -L "$in_release" ]; then
+            cp -p "$in_release" "$shared_path" || return 1
+        else
+            rm -rf "$staging"
+            fail 20 "shared file $name is missing: create $deploy_abs/shared/$name on this host (the release has none to start it from)"
+        fi
+    fi
+    if [ "$name" != "$1" ] && [ ! -d "$shared_path" ]; then
+        rm -rf "$staging"
+        fail 20 "shared folder $name: $shared_path exists but is not a folder"
+    fi
+    if [ "$name" = "$1" ] && [ -d "$shared_path" ]; then
+        rm -rf "$staging"
+        fail 20 "shared file $name: $shared_path is a folder"
+    fi
+    rm -rf "$in_release" && mkdir -p "$(dirname "$in_release")" && ln -s "$shared_path" "$in_release"
+}
+
+if [ -n "$opt_shared" ]; then
+    shared_list="$deploy_abs/.deployer/staging/.$release_id.shared"
+    printf '%s\n' "$opt_shared" > "$shared_list" || fail 30 "cannot write in $deploy_to/.deployer (disk full?)"
+    while IFS= read -r path; do
+        [ -n "$path" ] || continue
+        if ! link_shared "$path"; then
+            rm -rf "$staging"
+            fail 30 "cannot link shared path $path (disk full or permission?)"
+        fi
+    done < "$shared_list"
+    rm -f "$shared_list"
+fi
+
+meta="$digest ${opt_meta:-- - -}"
+write_file ".deployer/meta/$release_id" "validating $meta" || { rm -rf "$staging"; fail 30 "cannot write release metadata (disk full?)"; }
 mv "$staging" "releases/$release_id" || fail 30 "cannot move the release into releases/"
 
-if [ -n "$validate" ]; then
+if [ -n "$opt_validate" ]; then
     log=".deployer/logs/$release_id.validate.log"
-    release_dir="$(pwd -P)/releases/$release_id"
+    release_dir="$deploy_abs/releases/$release_id"
     if (cd "releases/$release_id" && DEPLOYER_RELEASE=$release_id DEPLOYER_RELEASE_DIR=$release_dir \
-            DEPLOYER_DEPLOY_TO=$deploy_to sh -c "$validate") > "$log" 2>&1 < /dev/null; then
+            DEPLOYER_DEPLOY_TO=$deploy_to sh -c "$opt_validate") > "$log" 2>&1 < /dev/null; then
         :
     else
         code=$?
-        write_file ".deployer/meta/$release_id" "failed $digest" || true
+        write_file ".deployer/meta/$release_id" "failed $meta" || true
         emit validate_failed "$code"
         tail -n 20 "$log"
         exit 40
     fi
 fi
-write_file ".deployer/meta/$release_id" "ok $digest" || fail 30 "cannot write release metadata (disk full?)"
+write_file ".deployer/meta/$release_id" "ok $meta" || fail 30 "cannot write release metadata (disk full?)"
 emit staged "$release_id" "$digest"

@@ -1,13 +1,24 @@
-# switch DEPLOY_TO TARGET_ID EXPECTED_CURRENT MODE PREVIOUS_VERSION HISTORY_LINE
-# Atomically points `current` at releases/TARGET_ID (temp symlink + rename), then reads it back.
-# Refuses when `current` is no longer EXPECTED_CURRENT (the raw link text read by gather, empty
-# when there was none). MODE=deploy also records PREVIOUS_VERSION in the target's previousVersion.
+# switch DEPLOY_TO target=ID expected=LINK mode=deploy|rollback|revert [option=value...]
+# The one switch helper of deploy, rollback and automatic revert:
+#   1. refuse unless `current` is still EXPECTED (the raw link text gather read; empty for none);
+#   2. mode=deploy: run the before_switch hook, record previousVersion in the target;
+#   3. point `current` at releases/ID atomically (temp symlink + rename) and read it back;
+#   4. append the switch to the history; record schema, pin, bad mark as asked;
+#   5. run the after hook (after_switch for deploys, after_rollback otherwise), then the health check;
+#   6. when all of that passed (or unlock_always=1): prune the listed releases and release our lock.
+# mode=revert treats "already on the target" as done, so a revert can always be rerun.
+# shellcheck disable=SC2154  # opt_* are set by parse_options
 deploy_to=$1
-target=$2
-expected=$3
-mode=$4
-previous=$5
-history_line=$6
+shift
+opt_target='' opt_expected='' opt_mode=deploy opt_previous='' opt_history=''
+opt_before_switch='' opt_after_switch='' opt_after_rollback='' opt_hook_timeout=60
+opt_health='' opt_health_timeout=10 opt_health_retries=0 opt_health_interval=1
+opt_schema='' opt_pin='' opt_unpin=0 opt_mark_bad='' opt_bad_info='' opt_prune='' opt_unlock='' opt_unlock_always=0
+opt_operation=''
+parse_options "$@"
+target=$opt_target
+mode=$opt_mode
+[ -n "$target" ] || fail 10 "switch needs target="
 
 cd "$deploy_to" || fail 20 "cannot enter $deploy_to"
 if [ ! -d "releases/$target" ] || [ -L "releases/$target" ]; then
@@ -25,29 +36,66 @@ elif [ -e current ]; then
 else
     before=
 fi
-if [ "$before" != "$expected" ]; then
-    fail 22 "current changed since it was read: now '$before', expected '$expected'"
-fi
-if [ "$mode" = deploy ]; then
-    write_file "releases/$target/previousVersion" "$previous" || fail 30 "cannot write previousVersion (disk full?)"
-fi
 
-link=".current.$$.tmp"
-rm -f "$link"
-ln -s "releases/$target" "$link" || fail 30 "cannot create the temporary link"
-if ! mv -Tf "$link" current; then
+export DEPLOYER_RELEASE="$target" DEPLOYER_DEPLOY_TO="$deploy_to" DEPLOYER_OPERATION="${opt_operation:-$mode}"
+export DEPLOYER_PREVIOUS="${before#releases/}"
+
+if [ "$mode" = revert ] && [ "$before" = "releases/$target" ]; then
+    emit after "$before" "$(cd current/ 2>/dev/null && pwd -P)"
+    emit already "$before"
+else
+    if [ "$before" != "$opt_expected" ]; then
+        fail 22 "current changed since it was read: now '$before', expected '$opt_expected'"
+    fi
+    if [ "$mode" = deploy ]; then
+        if ! run_hook before_switch "releases/$target" "$opt_hook_timeout" "$target" "$opt_before_switch"; then
+            fail 60 "before_switch hook failed; current not changed"
+        fi
+        write_file "releases/$target/previousVersion" "$opt_previous" || fail 30 "cannot write previousVersion (disk full?)"
+    fi
+
+    link=".current.$$.tmp"
     rm -f "$link"
-    fail 30 "cannot rename the temporary link over current"
+    ln -s "releases/$target" "$link" || fail 30 "cannot create the temporary link"
+    if ! mv -Tf "$link" current; then
+        rm -f "$link"
+        fail 30 "cannot rename the temporary link over current"
+    fi
+
+    after=$(readlink current)
+    resolved=$(cd current/ 2>/dev/null && pwd -P)
+    expected_dir=$(cd "releases/$target" && pwd -P)
+    emit after "$after" "$resolved"
+    if [ "$after" != "releases/$target" ] || [ "$resolved" != "$expected_dir" ]; then
+        fail 50 "verification failed: current is '$after' ($resolved), expected releases/$target"
+    fi
+    [ -z "$opt_history" ] || record_history "$opt_history"
+    emit switched "$before" "$after"
 fi
 
-after=$(readlink current)
-resolved=$(cd current/ 2>/dev/null && pwd -P)
-expected_dir=$(cd "releases/$target" && pwd -P)
-emit after "$after" "$resolved"
-if [ "$after" != "releases/$target" ] || [ "$resolved" != "$expected_dir" ]; then
-    fail 50 "verification failed: current is '$after' ($resolved), expected releases/$target"
+if [ -n "$opt_schema" ]; then
+    write_file .deployer/schema "$opt_schema" || emit warning "schema version not recorded (disk full?)"
 fi
-if ! { mkdir -p .deployer && printf '%s\n' "$history_line" >> .deployer/history.jsonl; }; then
-    emit warning "history not written"
+if [ -n "$opt_pin" ]; then
+    set_pin "$opt_pin"
+elif [ "$opt_unpin" = 1 ]; then
+    set_pin ""
 fi
-emit switched "$before" "$after"
+mark_bad "$opt_mark_bad" "$opt_bad_info"
+
+code=0
+if [ "$mode" = deploy ]; then
+    run_hook after_switch current/ "$opt_hook_timeout" "$target" "$opt_after_switch" || code=61
+else
+    run_hook after_rollback current/ "$opt_hook_timeout" "$target" "$opt_after_rollback" || code=63
+fi
+if [ "$code" = 0 ]; then
+    health_check "$target" "$opt_health" "$opt_health_timeout" "$opt_health_retries" "$opt_health_interval" || code=62
+fi
+if [ "$code" = 0 ]; then
+    prune_releases "$opt_prune"
+fi
+if [ "$code" = 0 ] || [ "$opt_unlock_always" = 1 ]; then
+    [ -z "$opt_unlock" ] || lock_release "$opt_unlock"
+fi
+exit "$code"

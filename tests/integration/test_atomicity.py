@@ -8,6 +8,7 @@ import pytest
 
 from deployer import operations
 from deployer.inventory import load_inventory
+from deployer.operations import Options
 from deployer.report import Progress
 
 pytestmark = pytest.mark.fleet
@@ -49,7 +50,8 @@ def test_readers_never_see_current_missing(local_fleet, make_inventory, views, a
     readers = start_readers(local_fleet, deploy_to)
     try:
         for round_ in range(4):
-            assert operations.deploy(inventory, artifacts["v2" if round_ % 2 == 0 else "v3"], progress=QUIET).ok
+            artifact = artifacts["v2" if round_ % 2 == 0 else "v3"]
+            assert operations.deploy(inventory, artifact, options=Options(unpin=True), progress=QUIET).ok
             assert operations.rollback(inventory, progress=QUIET).ok
     finally:
         results = stop_readers(views, readers, deploy_to)

@@ -7,9 +7,7 @@ import json
 import pytest
 
 from deployer import operations
-from deployer.fleet import Fleet
 from deployer.inventory import load_inventory
-from deployer.operations import Options
 from deployer.report import Progress
 from tests.conftest import run_inv
 
@@ -59,15 +57,12 @@ def test_one_connection_per_host_and_session_budgets(make_inventory, artifacts):
     inventory = load_inventory(make_inventory())
     counts = {}
     for label, artifact in (("first deploy", "v1"), ("second deploy", "v2")):
-        with operations.PreparedArtifact(artifacts[artifact]) as prepared, Fleet(inventory) as fleet:
-            states, unreachable = operations.gather(fleet, QUIET)
-            report = operations.run_deploy(fleet, prepared, None, states, unreachable, QUIET, Options())
-            assert report.ok
-            counts[label] = (fleet.connections_opened, fleet.sessions_by_host())
-    with Fleet(inventory) as fleet:
-        states, unreachable = operations.gather(fleet, QUIET)
-        assert operations.run_rollback(fleet, None, states, unreachable, QUIET, Options()).ok
-        counts["rollback"] = (fleet.connections_opened, fleet.sessions_by_host())
+        report = operations.deploy(inventory, artifacts[artifact], progress=QUIET)
+        assert report.ok
+        counts[label] = (report.connections, report.sessions)
+    report = operations.rollback(inventory, progress=QUIET)
+    assert report.ok
+    counts["rollback"] = (report.connections, report.sessions)
     hosts = len(inventory.hosts)
     assert counts["first deploy"] == (hosts, {h.name: 3 for h in inventory.hosts})
     assert counts["second deploy"] == (hosts, {h.name: 3 for h in inventory.hosts})

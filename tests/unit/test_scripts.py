@@ -29,13 +29,26 @@ def artifact(tmp_path_factory):
         yield prepared, open(prepared.path, "rb").read()
 
 
-def stage(deploy_to, release, artifact, validate=""):
+def stage(deploy_to, release, artifact, validate="", **options):
     prepared, data = artifact
-    return run(command_line("stage", deploy_to, release, prepared.digest, "upload", validate), stdin=data)
+    command = command_line(
+        "stage", deploy_to, release=release, digest=prepared.digest, source="upload", validate=validate, **options
+    )
+    return run(command, stdin=data)
 
 
-def switch(deploy_to, release, expected, mode="deploy", previous=""):
-    return run(command_line("switch", deploy_to, release, expected, mode, previous, '{"op": "test"}'))
+def switch(deploy_to, release, expected, mode="deploy", previous="", **options):
+    command = command_line(
+        "switch",
+        deploy_to,
+        target=release,
+        expected=expected,
+        mode=mode,
+        previous=previous,
+        history='{"op": "test"}',
+        **options,
+    )
+    return run(command)
 
 
 HOSTILE = st.text(
@@ -107,7 +120,7 @@ def test_validation_failure_marks_release_failed(tmp_path, artifact):
 def test_digest_mismatch_leaves_no_release(tmp_path, artifact):
     deploy_to = str(tmp_path / "app")
     prepared, data = artifact
-    code, out = run(command_line("stage", deploy_to, "r1", "0" * 64, "upload", ""), stdin=data)
+    code, out = run(command_line("stage", deploy_to, release="r1", digest="0" * 64, source="upload"), stdin=data)
     assert code != 0 and "digest mismatch" in out.error_message()
     assert not os.path.exists(os.path.join(deploy_to, "releases", "r1"))
 

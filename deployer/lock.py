@@ -1,0 +1,220 @@
+"""The fleet lock: one `mkdir` per host (atomic), taken as part of reading state.
+
+Taking it never checks first and writes later: `mkdir` either creates the lock folder or fails
+because it exists. The fleet-wide protocol makes two operations started at the same moment end
+with exactly one holding the whole fleet:
+
+1. connect to every host (in parallel);
+2. take the lock on the first reachable host in inventory order (the "lead"): whoever gets it
+   goes on, the other is refused (or waits with --lock-wait) at once;
+3. take it on the other hosts in parallel; if any is held by someone else (an operation with a
+   different lead, e.g. another inventory), release ours everywhere and refuse.
+
+The lock folder holds our random token and who/when/what/why as JSON; it is removed only by
+the run holding that token, or by `inv unlock` after confirmation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from deployer.errors import HostError, PlanRefused, StepFailed
+from deployer.fleet import Fleet, HostConnection
+from deployer.report import Progress
+from deployer.scripts import command_line, parse_output
+from deployer.state import HostState, LockState, parse_state
+
+Unreachable = dict[str, str]
+
+
+class LockHeld(PlanRefused):
+    """Another operation holds the fleet lock."""
+
+
+def local_user() -> str:
+    for name in ("DEPLOYER_USER", "USER", "LOGNAME"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return "unknown"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class FleetLock:
+    """This run's lock request, and the hosts on which we hold the lock right now."""
+
+    operation: str
+    message: str = ""
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+    held: set[str] = field(default_factory=set)
+
+    def info(self) -> str:
+        return json.dumps(
+            {
+                "operation": self.operation,
+                "user": local_user(),
+                "controller": socket.gethostname(),
+                "pid": os.getpid(),
+                "time": utc_now(),
+                "message": self.message,
+            },
+            sort_keys=True,
+        )
+
+
+def _gather_command(fleet: Fleet, lock: FleetLock | None, history: int = 0) -> str:
+    if lock is None:
+        return command_line("gather", fleet.inventory.deploy_to, history=history or None)
+    return command_line(
+        "gather",
+        fleet.inventory.deploy_to,
+        lock="take",
+        lock_token=lock.token,
+        lock_info=lock.info(),
+        history=history or None,
+    )
+
+
+def read_states(
+    fleet: Fleet,
+    progress: Progress,
+    hosts: Iterable[str] | None = None,
+    lock: FleetLock | None = None,
+    history: int = 0,
+) -> tuple[dict[str, HostState], Unreachable]:
+    """One `gather` session per host (taking the lock there when `lock` is given)."""
+    deploy_to = fleet.inventory.deploy_to
+    command = _gather_command(fleet, lock, history)
+
+    def work(connection: HostConnection) -> HostState:
+        result = connection.run(command)
+        output = parse_output(result.output)
+        if result.exit_status != 0:
+            raise StepFailed(connection.host.name, "reading state", result.exit_status, output.error_message())
+        return parse_state(connection.host.name, output, deploy_to)
+
+    targets = None if hosts is None else [fleet.inventory.host(name) for name in hosts]
+    states: dict[str, HostState] = {}
+    unreachable: Unreachable = {}
+    for host, outcome in fleet.map(work, targets):
+        if isinstance(outcome, HostError):
+            unreachable[host.name] = outcome.reason
+            progress.host(host.name, f"FAILED: {outcome.reason}")
+            continue
+        states[host.name] = outcome
+        if lock is not None and outcome.lock is not None and outcome.lock.taken_by_us:
+            lock.held.add(host.name)
+        for note in outcome.notes:
+            progress.host(host.name, f"warning: {note}")
+    return states, unreachable
+
+
+def _held_by_others(states: dict[str, HostState]) -> dict[str, LockState]:
+    return {name: state.lock for name, state in states.items() if state.lock is not None and not state.lock.taken_by_us}
+
+
+def _refusal(others: dict[str, LockState], waited: float) -> str:
+    name, lock_state = sorted(others.items())[0]
+    more = f" (and on {len(others) - 1} more host(s))" if len(others) > 1 else ""
+    text = f"the fleet is locked by {lock_state.describe()}, on {name}{more}"
+    if waited:
+        text += f"; still held after waiting {waited:g}s"
+    return text + "; if that run is gone, see `inv lock-status` and `inv unlock`"
+
+
+def acquire(
+    fleet: Fleet, lock: FleetLock, progress: Progress, wait: float = 0.0
+) -> tuple[dict[str, HostState], Unreachable]:
+    """Take the fleet lock and read every host's state (see the module docstring for the protocol)."""
+    deadline = time.monotonic() + wait
+    names = [host.name for host in fleet.inventory.hosts]
+    unreachable: Unreachable = {}
+    for host, outcome in fleet.map(lambda connection: None):
+        if isinstance(outcome, HostError):
+            unreachable[host.name] = outcome.reason
+            progress.host(host.name, f"FAILED: {outcome.reason}")
+    reachable = [name for name in names if name not in unreachable]
+    if not reachable:
+        return {}, unreachable
+    lead, rest = reachable[0], reachable[1:]
+    while True:
+        states, lost = read_states(fleet, progress, [lead], lock)
+        if lead in lost:
+            unreachable.update(lost)
+            return _acquire_rest(fleet, lock, progress, rest, unreachable, deadline, wait)
+        others = _held_by_others(states)
+        if not others:
+            return _acquire_rest(fleet, lock, progress, rest, unreachable, deadline, wait, states)
+        if time.monotonic() >= deadline:
+            raise LockHeld(_refusal(others, wait))
+        time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+
+
+def _acquire_rest(
+    fleet: Fleet,
+    lock: FleetLock,
+    progress: Progress,
+    rest: list[str],
+    unreachable: Unreachable,
+    deadline: float,
+    wait: float,
+    states: dict[str, HostState] | None = None,
+) -> tuple[dict[str, HostState], Unreachable]:
+    states = dict(states or {})
+    if rest:
+        more, lost = read_states(fleet, progress, rest, lock)
+        states.update(more)
+        unreachable.update(lost)
+    others = _held_by_others(states)
+    if others:
+        release(fleet, lock, progress)
+        if time.monotonic() < deadline:
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+            return acquire(fleet, lock, progress, deadline - time.monotonic())
+        raise LockHeld(_refusal(others, wait))
+    return states, unreachable
+
+
+def release(fleet: Fleet, lock: FleetLock, progress: Progress, **finish: Any) -> dict[str, HostError]:
+    """Release our lock on every host where we still hold it (one `finish` session each)."""
+    if not lock.held:
+        return {}
+    command = command_line("finish", fleet.inventory.deploy_to, unlock=lock.token, **finish)
+    failures: dict[str, HostError] = {}
+
+    def work(connection: HostConnection) -> None:
+        result = connection.run(command)
+        output = parse_output(result.output)
+        if result.exit_status != 0:
+            raise StepFailed(connection.host.name, "releasing the lock", result.exit_status, output.error_message())
+
+    targets = [fleet.inventory.host(name) for name in sorted(lock.held)]
+    for host, outcome in fleet.map(work, targets):
+        if isinstance(outcome, HostError):
+            failures[host.name] = outcome
+            progress.host(host.name, f"warning: lock not released: {outcome.reason}")
+        else:
+            lock.held.discard(host.name)
+    return failures
+
+
+def is_stale(lock_state: LockState, controller: str | None = None) -> bool | None:
+    """True when the lock was taken on this machine by a process that no longer runs; None if unknowable."""
+    info = lock_state.info
+    if not info or info.get("controller") != (controller or socket.gethostname()):
+        return None
+    pid = info.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    return not os.path.exists(f"/proc/{pid}")

@@ -1,0 +1,22 @@
+# run DEPLOY_TO release=ID name=NAME command=CMD [timeout=SECONDS] [schema_from=N] [schema_to=N]
+# Runs a one-off command (database migrations) inside releases/ID, once, on this host.
+# shellcheck disable=SC2154  # opt_* are set by parse_options
+deploy_to=$1
+shift
+opt_release='' opt_name=command opt_command='' opt_timeout=600 opt_schema_from='' opt_schema_to=''
+parse_options "$@"
+cd "$deploy_to" || fail 20 "cannot enter $deploy_to"
+[ -d "releases/$opt_release" ] || fail 20 "release $opt_release is not present in $deploy_to/releases"
+mkdir -p .deployer/logs
+log="$(pwd -P)/.deployer/logs/$opt_release.$opt_name.log"
+export DEPLOYER_RELEASE="$opt_release" DEPLOYER_DEPLOY_TO="$deploy_to"
+export DEPLOYER_SCHEMA_FROM="$opt_schema_from" DEPLOYER_SCHEMA_TO="$opt_schema_to"
+if run_command "releases/$opt_release" "$opt_timeout" "$log" "$opt_command"; then
+    emit ran "$opt_name" 0
+    history_event "$opt_name" "$opt_release" ok "schema $opt_schema_from -> $opt_schema_to"
+else
+    code=$?
+    history_event "$opt_name" "$opt_release" failed "exit $code"
+    emit ran "$opt_name" "$code" "$(log_tail "$log")"
+    exit 64
+fi
