@@ -269,20 +269,26 @@ def build_sample(version: str, out: str) -> str:
 
 
 def demo() -> int:
-    """The main job on the 3-host local fleet of inventories/local.yml: v1, v2, rollback, drill, status."""
+    """The main job on the 3-host local fleet of inventories/local.yml: v1, v2, rollback, pin, drill, status."""
     fleet = LocalFleet(DEFAULT_FLEET_DIR)
     print("== starting a local fleet of 3 sshd hosts (inventories/local.yml)")
-    fleet.up(3)
+    for host in fleet.up(3):
+        shutil.rmtree(os.path.join(host.srv, "app"), ignore_errors=True)  # each demo starts from empty hosts
     artifacts = os.path.join(fleet.state_dir, "artifacts")
     v1 = build_sample("v1", os.path.join(artifacts, "app-v1.tar.gz"))
     v2 = build_sample("v2", os.path.join(artifacts, "app-v2.tar.gz"))
+    v3 = build_sample("v3", os.path.join(artifacts, "app-v3.tar.gz"))
     inventory = str(REPO_ROOT / "inventories" / "local.yml")
     options = Options()
     steps: list[tuple[str, Callable[[], int]]] = [
         ("deploy v1", lambda: deploy(inventory, v1, None, options, False)),
         ("deploy v2", lambda: deploy(inventory, v2, None, options, False)),
-        ("rollback (back to v1)", lambda: rollback(inventory, None, options, False)),
-        ("rollback drill with v2", lambda: drill(inventory, v2, options, False)),
+        ("rollback (back to v1; pins the fleet and marks v2 bad)", lambda: rollback(inventory, None, options, False)),
+        ("deploy v3 (refused: the fleet is pinned)", lambda: 0 if deploy(inventory, v3, None, options, False) else 1),
+        ("unpin (the fix is ready)", lambda: unpin(inventory, options, False)),
+        ("rollback drill with v3", lambda: drill(inventory, v3, options, False)),
+        ("releases", lambda: releases(inventory, options, False)),
+        ("history", lambda: history(inventory, 8, options, False)),
         ("status", lambda: status(inventory, options, False)),
     ]
     for title, step in steps:

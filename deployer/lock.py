@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import secrets
 import socket
 import time
@@ -40,10 +41,14 @@ class LockHeld(PlanRefused):
 
 
 def local_user() -> str:
+    """Who runs the tool: $DEPLOYER_USER (for CI bots acting for someone), else the login name."""
     for name in ("DEPLOYER_USER", "USER", "LOGNAME"):
         if os.environ.get(name):
             return os.environ[name]
-    return "unknown"
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
 
 
 def utc_now() -> str:

@@ -163,7 +163,8 @@ def _switch_result(host_plan: HostPlan, outcome: Switched | HostError) -> HostRe
 
 
 def _resume_or_new_release_id(states: Mapping[str, HostState], digest: str) -> str:
-    """Resume an interrupted deploy of the same artifact, else pick a fresh fleet-wide id."""
+    """The id for deploying artifact `digest`: resume an interrupted deploy of it, reuse a good release
+    already staged from it on every host (no second copy), else a fresh fleet-wide id."""
     current_with_digest = {
         state.current
         for state in states.values()
@@ -174,6 +175,20 @@ def _resume_or_new_release_id(states: Mapping[str, HostState], digest: str) -> s
     }
     if len(current_with_digest) == 1:
         return next(iter(current_with_digest))
+
+    def good_everywhere(release_id: str) -> bool:
+        return all(
+            (info := state.releases.get(release_id)) is not None
+            and info.status == "ok"
+            and info.digest == digest
+            and info.bad is None
+            for state in states.values()
+        )
+
+    first = next(iter(states.values()), None)
+    ready = [info for info in first.releases.values() if good_everywhere(info.release_id)] if first else []
+    if ready:
+        return max(ready, key=lambda info: info.order_key).release_id
     taken = {release for state in states.values() for release in state.releases}
     return new_release_id(datetime.now(timezone.utc), digest, taken)
 
@@ -444,11 +459,10 @@ def run_rollback(
             report.hosts = [_untouched_result(h, True) for h in plan.hosts]
             return report
 
-    why = options.message or "rolled back"
     bad = plan.mark_bad if mark_bad else None
-    common: dict[str, Any] = {"pin": pin_info(target, why)}
+    common: dict[str, Any] = {"pin": pin_info(target, options.message or f"rolled back from {plan.mark_bad or '?'}")}
     if bad:
-        common.update(mark_bad=bad, bad_info=mark_info(f"{why} (rolled back to {target})"))
+        common.update(mark_bad=bad, bad_info=mark_info(options.message or f"rolled back to {target}"))
     results = {h.host: _untouched_result(h, True) for h in plan.hosts if not h.changes}
     if to_switch:
         started = time.monotonic()
@@ -590,6 +604,13 @@ def drill(
             timed_phase("baseline", "", False, started)
             split = ", ".join(f"{name}={release}" for name, release in sorted(baseline.items()))
             raise PlanRefused(f"the drill needs the whole fleet on one release; hosts differ: {split}")
+        pin = planning.fleet_pin(states)
+        if pin is not None:
+            timed_phase("baseline", "", False, started)
+            raise PlanRefused(
+                f"the fleet is {planning.describe_pin(pin)}: a drill would deploy over an incident's rollback; "
+                "run `inv unpin` first if the incident is over"
+            )
         timed_phase("baseline", f"fleet on {next(iter(baseline.values()))}", True, started)
 
         def deploy_and_verify(
@@ -599,12 +620,12 @@ def drill(
             result = run_deploy(run, artifact, None, states, {}, phase_options, final=final)
             report.target = result.target
             report.warnings.extend(result.warnings)
+            if result.refusal:
+                timed_phase(phase, f"refused: {result.refusal}", False, started)
+                return result, states
             fresh, _unreachable, problems = _verify_phase(run, {n: result.target for n in baseline})
             ok = result.ok and not problems
-            detail = f"release {result.target}" + _problem_text(problems)
-            if result.refusal:
-                detail += f": refused: {result.refusal}"
-            timed_phase(phase, detail, ok, started)
+            timed_phase(phase, f"release {result.target}" + _problem_text(problems), ok, started)
             return _merge(result, problems), fresh
 
         first, states = deploy_and_verify("deploy", states, options, final=False)
@@ -835,16 +856,18 @@ def status_exit_code(view: FleetView) -> int:
 def history_entries(view: FleetView, limit: int) -> list[dict[str, Any]]:
     """The fleet's history, newest first: identical events on several hosts are shown once, with their hosts."""
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    position: dict[tuple[Any, ...], int] = {}
+    fields = ("time", "op", "from", "to", "release", "user", "result")
     for name, state in view.states.items():
-        for entry in state.history:
-            key = tuple(
-                str(entry.get(field, "")) for field in ("time", "op", "from", "to", "release", "user", "result")
-            )
+        seen: dict[tuple[str, ...], int] = {}
+        for index, entry in enumerate(state.history):
+            event = tuple(str(entry.get(field, "")) for field in fields)
+            seen[event] = seen.get(event, 0) + 1
+            key = (*event, seen[event])  # the same event twice in one second stays two events
             item = merged.setdefault(key, {**entry, "hosts": []})
             item["hosts"].append(name)
-    ordered = sorted(
-        merged.values(), key=lambda item: (str(item.get("time", "")), str(item.get("op", ""))), reverse=True
-    )
+            position[key] = max(position.get(key, -(10**9)), index - len(state.history))
+    ordered = [merged[key] for key in sorted(merged, key=lambda key: (key[0], position[key]), reverse=True)]
     for item in ordered:
         item["hosts"].sort()
     return ordered[:limit]
