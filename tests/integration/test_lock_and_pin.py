@@ -1,0 +1,157 @@
+"""The fleet lock and the pin after rollback, on real sshd hosts; host state read over OpenSSH."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from deployer import operations
+from deployer.inventory import load_inventory
+from deployer.operations import Options
+from deployer.report import Progress
+from tests.conftest import REPO, run_inv
+
+pytestmark = pytest.mark.fleet
+QUIET = Progress(quiet=True)
+
+
+def inv_process(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def lock_folders(views, deploy_to):
+    return {name: view.host.run("test -d %s", f"{deploy_to}/.deployer/lock").rc == 0 for name, view in views.items()}
+
+
+def test_two_deploys_started_at_the_same_moment_exactly_one_proceeds(make_inventory, views, artifacts, deploy_to):
+    # The hook keeps the winner inside its run long enough that the two certainly overlap.
+    inventory = make_inventory(extra="hooks: {before_switch: 'sleep 1'}\n")
+    first = inv_process("deploy", "--inventory", inventory, "--artifact", artifacts["v1"])
+    second = inv_process("deploy", "--inventory", inventory, "--artifact", artifacts["v2"])
+    outcomes = [(process.wait(timeout=120), *process.communicate()) for process in (first, second)]
+    codes = sorted(code for code, _out, _err in outcomes)
+    assert codes == [0, 3], outcomes
+    loser = next(out + err for code, out, err in outcomes if code == 3)
+    assert "locked by deploy by" in loser and "inv lock-status" in loser
+    winner_version = "v1" if outcomes[0][0] == 0 else "v2"
+    assert {view.version(deploy_to) for view in views.values()} == {winner_version}
+    # The refused run staged nothing: one release per host, and no lock is left behind.
+    assert all(len(view.releases(deploy_to)) == 1 for view in views.values())
+    assert not any(lock_folders(views, deploy_to).values())
+
+
+def test_lock_wait_waits_for_the_running_operation(make_inventory, views, artifacts, deploy_to):
+    inventory = make_inventory(extra="hooks: {before_switch: 'sleep 1'}\n")
+    first = inv_process("deploy", "--inventory", inventory, "--artifact", artifacts["v1"])
+    time.sleep(0.5)
+    second = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v2"], "--lock-wait", "60")
+    assert first.wait(timeout=120) == 0
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert {view.version(deploy_to) for view in views.values()} == {"v2"}
+    assert all(len(view.releases(deploy_to)) == 2 for view in views.values())
+
+
+def test_lock_is_released_when_the_deploy_fails(make_inventory, views, artifacts, deploy_to):
+    inventory = make_inventory(validate="exit 3")
+    result = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v1"])
+    assert result.returncode == 1
+    assert not any(lock_folders(views, deploy_to).values())
+    assert run_inv("lock-status", "--inventory", inventory).returncode == 0
+
+
+def test_sigkill_mid_deploy_leaves_old_or_new_and_a_stale_lock_that_can_be_cleared(
+    local_fleet, make_inventory, views, artifacts, deploy_to
+):
+    # One host per batch, each switch followed by a slow hook: the kill lands between batches.
+    inventory = make_inventory(extra="rollout: {batch: 1}\nhooks: {after_switch: 'sleep 2'}\n")
+    base = operations.deploy(load_inventory(inventory), artifacts["v1"], progress=QUIET)
+    assert base.ok
+    process = inv_process("deploy", "--inventory", inventory, "--artifact", artifacts["v2"])
+    deadline = time.monotonic() + 60
+    while views["web1"].current_release(deploy_to) == base.target:
+        assert time.monotonic() < deadline, "the deploy never switched web1"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    time.sleep(2.5)  # let web1's hook, already running on the host, finish
+
+    new_release = views["web1"].current_release(deploy_to)
+    for name, view in views.items():
+        release = view.current_release(deploy_to)
+        assert release in (base.target, new_release), f"{name} is on {release}"
+        assert view.version(deploy_to) in ("v1", "v2"), f"{name}: current does not resolve to a release"
+    assert views["web4"].current_release(deploy_to) == base.target  # never reached
+
+    status = run_inv("lock-status", "--inventory", inventory)
+    assert status.returncode == 1 and "STALE" in status.stdout, status.stdout
+    refused = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v2"])
+    assert refused.returncode == 3 and "locked by deploy" in refused.stderr + refused.stdout
+    split = run_inv("status", "--inventory", inventory)
+    assert split.returncode == 1 and "NOT consistent" in split.stdout
+
+    cleared = run_inv("unlock", "--inventory", inventory, "--yes")
+    assert cleared.returncode == 0, cleared.stdout + cleared.stderr
+    assert not any(lock_folders(views, deploy_to).values())
+    rerun = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v2"])
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert {view.current_release(deploy_to) for view in views.values()} == {new_release}
+
+
+def test_unlock_without_yes_on_a_pipe_refuses_and_changes_nothing(make_inventory, views, artifacts, deploy_to):
+    inventory = make_inventory()
+    assert operations.deploy(load_inventory(inventory), artifacts["v1"], progress=QUIET).ok
+    views["web2"].sh("mkdir %s", f"{deploy_to}/.deployer/lock")  # a lock without details
+    status = run_inv("lock-status", "--inventory", inventory)
+    assert status.returncode == 1 and "without details" in status.stdout
+    refused = run_inv("unlock", "--inventory", inventory)
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert lock_folders(views, deploy_to)["web2"]
+
+
+def test_rollback_pins_the_fleet_until_unpinned(make_inventory, views, artifacts, deploy_to):
+    inventory = make_inventory()
+    v1 = operations.deploy(load_inventory(inventory), artifacts["v1"], progress=QUIET).target
+    operations.deploy(load_inventory(inventory), artifacts["v2"], progress=QUIET)
+    back = run_inv("rollback", "--inventory", inventory, "--message", "checkout broken")
+    assert back.returncode == 0, back.stdout + back.stderr
+    for view in views.values():
+        pin = json.loads(view.sh("cat %s", f"{deploy_to}/.deployer/pin"))
+        assert pin["release"] == v1 and pin["why"] == "checkout broken" and pin["user"]
+
+    refused = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v3"])
+    assert refused.returncode == 3
+    assert "pinned to " + v1 in refused.stdout and "inv unpin" in refused.stdout
+    assert {view.version(deploy_to) for view in views.values()} == {"v1"}
+    assert all(len(view.releases(deploy_to)) == 2 for view in views.values())  # nothing staged
+    status = run_inv("status", "--inventory", inventory)
+    assert "PINNED: pinned to " + v1 in status.stdout and "checkout broken" in status.stdout
+
+    unpinned = run_inv("unpin", "--inventory", inventory)
+    assert unpinned.returncode == 0, unpinned.stdout + unpinned.stderr
+    assert all(view.host.run("test -e %s", f"{deploy_to}/.deployer/pin").rc == 1 for view in views.values())
+    again = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v3"])
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert {view.version(deploy_to) for view in views.values()} == {"v3"}
+
+
+def test_deploy_with_unpin_removes_the_pin(make_inventory, views, artifacts, deploy_to):
+    inventory = load_inventory(make_inventory())
+    operations.deploy(inventory, artifacts["v1"], progress=QUIET)
+    operations.deploy(inventory, artifacts["v2"], progress=QUIET)
+    assert operations.rollback(inventory, progress=QUIET).ok
+    report = operations.deploy(inventory, artifacts["v3"], options=Options(unpin=True), progress=QUIET)
+    assert report.ok and any("removes the pin" in warning for warning in report.warnings)
+    assert all(view.host.run("test -e %s", f"{deploy_to}/.deployer/pin").rc == 1 for view in views.values())
