@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from deployer import plan as planning
@@ -96,8 +97,9 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
     inventory = run.inventory
     sources = {host_plan.host: host_plan.source for host_plan in hosts}
     manifest = artifact.manifest
+    staged_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # orders releases; never mtimes
     meta = " ".join(
-        [utc_now(), str(manifest.schema_version) if manifest else "-", str(manifest.min_schema) if manifest else "-"]
+        [staged_at, str(manifest.schema_version) if manifest else "-", str(manifest.min_schema) if manifest else "-"]
     )
     mapped = MappedArtifact(artifact.path)
     failures: dict[str, HostError] = {}

@@ -481,7 +481,18 @@ def plan_rollback(
     split = split_of(states)
     if len(split) > 1:
         warnings.append(f"hosts were on different releases ({describe_split(states)})")
-    leaving = [release for release, _count in split.most_common() if release != target]
+    # The release left behind is marked bad, unless this "rollback" goes forward to a newer release.
+    target_info = _release_anywhere(states, target)
+    leaving = [
+        release
+        for release, _count in split.most_common()
+        if release != target
+        and (
+            target_info is None
+            or (info := _release_anywhere(states, release)) is None
+            or info.order_key > target_info.order_key
+        )
+    ]
     recorded = fleet_schema(states)
     new_schema = recorded
     migration = ""

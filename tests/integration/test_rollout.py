@@ -35,13 +35,21 @@ def test_failing_health_check_in_second_batch_reverts_the_whole_fleet(make_inven
     assert by_host["web3"]["status"] == "failed" and "health check failed" in by_host["web3"]["message"]
     assert {by_host[name]["status"] for name in ("web1", "web2", "web4")} == {REVERTED}
     assert "back where it was" in report["verdict"]
-    assert [phase["name"] for phase in report["phases"]] == ["gather", "stage", "switch batch 1", "switch batch 2", "revert"]
+    assert [phase["name"] for phase in report["phases"]] == [
+        "gather",
+        "stage",
+        "switch batch 1",
+        "switch batch 2",
+        "revert",
+    ]
 
     # Independently: every host is back on the old release, the new one is marked bad, no lock left.
     assert set(currents(views, deploy_to).values()) == {base}
     new_release = report["target"]
     for view in views.values():
-        assert json.loads(view.sh("cat %s", f"{deploy_to}/.deployer/bad/{new_release}"))["why"].startswith("deploy failed")
+        assert json.loads(view.sh("cat %s", f"{deploy_to}/.deployer/bad/{new_release}"))["why"].startswith(
+            "deploy failed"
+        )
         assert view.host.run("test -d %s", f"{deploy_to}/.deployer/lock").rc == 1
         assert view.version(deploy_to) == "v1"
     history = views["web1"].sh("cat %s", f"{deploy_to}/.deployer/history.jsonl").splitlines()
@@ -96,7 +104,7 @@ def test_hooks_run_on_hosts_and_locally_with_the_release_in_their_environment(
         "hooks:\n"
         '  after_switch: \'echo "switch $DEPLOYER_RELEASE from $DEPLOYER_PREVIOUS" >> "$DEPLOYER_DEPLOY_TO/hooks.log"\'\n'
         '  after_rollback: \'echo "rollback $DEPLOYER_RELEASE" >> "$DEPLOYER_DEPLOY_TO/hooks.log"\'\n'
-        f'  after_deploy_local: \'echo "deployed $DEPLOYER_RELEASE to $DEPLOYER_HOSTS" >> {log}\'\n'
+        f"  after_deploy_local: 'echo \"deployed $DEPLOYER_RELEASE to $DEPLOYER_HOSTS\" >> {log}'\n"
         f"  after_rollback_local: 'echo \"rolled back to $DEPLOYER_RELEASE\" >> {log}; exit 9'\n"
     )
     inventory = make_inventory(extra=hooks)
