@@ -322,7 +322,7 @@ def plan_deploy(
     return Plan(
         "deploy",
         release_id,
-        tuple(hosts),
+        _held_back(hosts, refusal),
         refusal,
         tuple(warnings),
         prune,
@@ -330,6 +330,16 @@ def plan_deploy(
         migration=migration,
         migration_from=recorded.version if recorded else None,
         migration_to=manifest.schema_version if manifest else None,
+    )
+
+
+def _held_back(hosts: list[HostPlan], refusal: str) -> tuple[HostPlan, ...]:
+    """When the fleet-level plan is refused, no host acts: acting hosts become KEEP, saying why."""
+    if not refusal:
+        return tuple(hosts)
+    return tuple(
+        HostPlan(h.host, KEEP, h.before, h.target, "not changed: the operation was refused") if h.changes else h
+        for h in hosts
     )
 
 
@@ -512,7 +522,7 @@ def plan_rollback(
     return Plan(
         "rollback",
         target,
-        tuple(hosts),
+        _held_back(hosts, refusal),
         refusal,
         tuple(warnings),
         mark_bad=leaving[0] if leaving else None,

@@ -178,8 +178,9 @@ health_check() {
         if run_command current/ "$3" "$health_log" "$2"; then
             emit health ok "$attempt"
             return 0
+        else
+            health_code=$?
         fi
-        health_code=$?
         if [ "$attempt" -gt "$4" ]; then
             emit health failed "$attempt" "$health_code" "$(log_tail "$health_log")"
             history_event "health_check" "$1" failed "exit $health_code after $attempt attempts"

@@ -102,7 +102,8 @@ def test_hooks_run_on_hosts_and_locally_with_the_release_in_their_environment(
     log = tmp_path / "local-hooks.log"
     hooks = (
         "hooks:\n"
-        '  after_switch: \'echo "switch $DEPLOYER_RELEASE from $DEPLOYER_PREVIOUS" >> "$DEPLOYER_DEPLOY_TO/hooks.log"\'\n'
+        '  after_switch: \'echo "switch $DEPLOYER_RELEASE from $DEPLOYER_PREVIOUS"'
+        ' >> "$DEPLOYER_DEPLOY_TO/hooks.log"\'\n'
         '  after_rollback: \'echo "rollback $DEPLOYER_RELEASE" >> "$DEPLOYER_DEPLOY_TO/hooks.log"\'\n'
         f"  after_deploy_local: 'echo \"deployed $DEPLOYER_RELEASE to $DEPLOYER_HOSTS\" >> {log}'\n"
         f"  after_rollback_local: 'echo \"rolled back to $DEPLOYER_RELEASE\" >> {log}; exit 9'\n"

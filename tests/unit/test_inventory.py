@@ -69,6 +69,19 @@ def test_good_inventory(keyfiles):
         (("web1:", "'web 1':"), "hosts.web 1", "host names"),
         (("{address: 10.0.0.11}", "{address: 10.0.0.12, port: 2222}"), "hosts.web2.address", "already used"),
         (("user: deploy\n", ""), "user", "required key is missing"),
+        (("validate:", "rollout: {batch: lots}\nvalidate:"), "rollout.batch", "percentage"),
+        (("validate:", "rollout: {batch: '150%'}\nvalidate:"), "rollout.batch", "percentage"),
+        (("validate:", "rollout: {batch: 0}\nvalidate:"), "rollout.batch", "between"),
+        (("validate:", "rollout: {pace: 3}\nvalidate:"), "rollout.pace", "unknown key"),
+        (("validate:", "health_check: {timeout: 3}\nvalidate:"), "health_check.command", "required"),
+        (("validate:", "health_check: {command: x, retries: -1}\nvalidate:"), "health_check.retries", "between"),
+        (("validate:", "shared: ['../etc']\nvalidate:"), "shared[0]", "relative path"),
+        (("validate:", "shared: [.env, /etc/passwd]\nvalidate:"), "shared[1]", "relative path"),
+        (("validate:", "shared: [storage/, storage]\nvalidate:"), "shared[1]", "listed twice"),
+        (("validate:", "shared: .env\nvalidate:"), "shared", "list"),
+        (("validate:", "hooks: {after_swtich: x}\nvalidate:"), "hooks.after_swtich", "unknown key"),
+        (("validate:", "keep_releases: 0\nvalidate:"), "keep_releases", "between"),
+        (("validate:", "timeouts: {hook: 0}\nvalidate:"), "timeouts.hook", "between"),
     ],
 )
 def test_errors_name_file_key_and_problem(keyfiles, change, key, words):
@@ -139,3 +152,28 @@ def test_any_text_gives_inventory_or_clear_error(text):
         parse_inventory(text, "inv.yml")
     except InventoryError as error:
         assert str(error).startswith("inv.yml")
+
+
+def test_rollout_health_hooks_and_shared_are_read(keyfiles):
+    extra = (
+        "rollout: {batch: '25%', pause: 1.5}\n"
+        "health_check: {command: 'curl -fsS localhost/health', timeout: 3, retries: 4, interval: 0.5}\n"
+        "shared: [.env, storage/]\n"
+        "hooks: {after_switch: 'systemctl reload app', after_rollback_local: './purge-cdn'}\n"
+        "keep_releases: 3\n"
+        "migrate: bin/migrate\n"
+    )
+    path, _ = inv(keyfiles, GOOD.replace("validate:", extra + "validate:", 1))
+    inventory = load_inventory(path)
+    assert inventory.rollout.percent == 25 and inventory.rollout.pause == 1.5
+    assert [inventory.rollout.batch_size(n) for n in (1, 4, 5, 100)] == [1, 1, 2, 25]
+    assert inventory.health_check is not None and inventory.health_check.retries == 4
+    assert inventory.shared == (".env", "storage/")
+    assert inventory.hook("after_switch") == "systemctl reload app" and inventory.hook("before_switch") == ""
+    assert inventory.keep_releases == 3 and inventory.migrate == "bin/migrate"
+
+
+def test_health_check_may_be_a_plain_command(keyfiles):
+    path, _ = inv(keyfiles, GOOD.replace("validate:", "health_check: 'test -f ok'\nvalidate:", 1))
+    health = load_inventory(path).health_check
+    assert health is not None and health.command == "test -f ok" and health.retries == 3

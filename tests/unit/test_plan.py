@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -9,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deployer import plan as p
-from deployer.state import HostState, ReleaseInfo
+from deployer.release import Manifest
+from deployer.state import HostState, ReleaseInfo, SchemaRecord
 
 D = "/srv/app"
 
@@ -259,3 +261,156 @@ def test_every_combination_of_two_hosts_is_planned_without_error():
         states = fleet(host("a", c1, p1, releases=tuple(RELEASES)), host("b", c2, p2, releases=tuple(RELEASES)))
         plan = p.plan_rollback(D, states, {})
         assert plan.refusal or plan.target in RELEASES
+
+
+# --- pin, drift, bad marks, schema, pruning, batches ---
+
+PIN = {"release": "r1", "user": "ana", "time": "2026-11-22T03:00:00Z", "why": "checkout broken"}
+
+
+def with_(state, **changes):
+    return dataclasses.replace(state, **changes)
+
+
+def bad(state, release, why="rolled back"):
+    releases = dict(state.releases)
+    releases[release] = dataclasses.replace(releases[release], bad={"why": why, "user": "ana", "time": "t"})
+    return with_(state, releases=releases)
+
+
+class TestDeployGuards:
+    def test_pinned_fleet_refuses_with_who_and_why(self):
+        plan = p.plan_deploy(D, fleet(with_(host("a", "r1"), pin=PIN), host("b", "r1")), {}, "r9", "d9")
+        assert "pinned to r1 by ana" in plan.refusal and "checkout broken" in plan.refusal
+        assert "inv unpin" in plan.refusal
+
+    def test_unpin_lets_the_deploy_through_with_a_warning(self):
+        plan = p.plan_deploy(D, fleet(with_(host("a", "r1"), pin=PIN)), {}, "r9", "d9", unpin=True)
+        assert not plan.refusal and any("removes the pin" in w for w in plan.warnings)
+
+    def test_split_fleet_refuses_and_names_the_split(self):
+        plan = p.plan_deploy(D, fleet(host("a", "r1"), host("b", "r2"), host("c", "r2")), {}, "r9", "d9")
+        assert "different releases" in plan.refusal
+        assert "r1: a" in plan.refusal and "r2: b, c" in plan.refusal
+        assert not plan.refusal.startswith("no host") and "--force" in plan.refusal
+
+    def test_force_converges_a_split_fleet(self):
+        plan = p.plan_deploy(D, fleet(host("a", "r1"), host("b", "r2")), {}, "r9", "d9", force=True)
+        assert not plan.refusal and actions(plan) == {"a": p.STAGE, "b": p.STAGE}
+
+    def test_resuming_the_release_some_hosts_already_run_is_not_drift(self):
+        plan = p.plan_deploy(D, fleet(host("a", "r1"), host("b", "r3")), {}, "r3", "digest-r3")
+        assert not plan.refusal and actions(plan) == {"a": p.SWITCH, "b": p.KEEP}
+
+    def test_fresh_hosts_joining_are_not_drift(self):
+        plan = p.plan_deploy(D, fleet(host("a", "r1"), host("new", None, releases=())), {}, "r9", "d9")
+        assert not plan.refusal
+
+    def test_deploying_a_bad_artifact_warns(self):
+        state = bad(host("a", "r1"), "r2", "broke checkout")
+        plan = p.plan_deploy(D, fleet(state), {}, "r9", "digest-r2")
+        assert not plan.refusal and any("marked bad (broke checkout" in w for w in plan.warnings)
+
+    def test_schema_too_old_for_the_database_is_refused_unless_forced(self):
+        state = with_(host("a", "r1"), schema=SchemaRecord(5, 5, "r1"))
+        manifest = Manifest(4, 4)
+        plan = p.plan_deploy(D, fleet(state), {}, "r9", "d9", manifest=manifest)
+        assert "compatible only down to 5" in plan.refusal
+        forced = p.plan_deploy(D, fleet(state), {}, "r9", "d9", manifest=manifest, force=True)
+        assert not forced.refusal and forced.warnings
+
+    def test_newer_schema_runs_migrate_and_is_recorded(self):
+        state = with_(host("a", "r1"), schema=SchemaRecord(1, 1, "r1"))
+        plan = p.plan_deploy(D, fleet(state), {}, "r9", "d9", manifest=Manifest(2, 1))
+        assert plan.migration == "migrate" and (plan.migration_from, plan.migration_to) == (1, 2)
+        assert plan.schema == SchemaRecord(2, 1, "r9")
+
+
+class TestRollbackMarks:
+    def test_default_target_skips_bad_releases_along_previous_version(self):
+        def chained(name):
+            state = host(name, "r3", "r2")
+            releases = dict(state.releases)
+            releases["r3"] = dataclasses.replace(releases["r3"], previous="r2")
+            releases["r2"] = dataclasses.replace(releases["r2"], previous="r1")
+            return bad(with_(state, releases=releases), "r2")
+
+        plan = p.plan_rollback(D, fleet(chained("a"), chained("b")), {})
+        assert plan.target == "r1" and not plan.refusal and plan.mark_bad == "r3"
+
+    def test_bad_previous_with_nothing_before_it_refuses(self):
+        plan = p.plan_rollback(D, fleet(bad(host("a", "r3", "r2"), "r2")), {})
+        assert plan.target is None and "marked bad" in plan.refusal and "--to" in plan.refusal
+
+    def test_explicit_target_may_be_bad_but_warns(self):
+        plan = p.plan_rollback(D, fleet(bad(host("a", "r3", "r2"), "r2")), {}, to="r2")
+        assert plan.target == "r2" and any("marked bad" in w for w in plan.warnings)
+
+    def test_going_forward_with_to_does_not_mark_the_release_left(self):
+        def ordered(name, current):
+            state = host(name, current, "")
+            releases = {r: dataclasses.replace(i, staged_at=f"2026-01-0{r[1]}") for r, i in state.releases.items()}
+            return with_(state, releases=releases)
+
+        assert p.plan_rollback(D, fleet(ordered("a", "r1")), {}, to="r3").mark_bad is None
+        assert p.plan_rollback(D, fleet(ordered("a", "r3")), {}, to="r1").mark_bad == "r3"
+
+    def test_schema_refusal_and_rollback_migrations(self):
+        state = host("a", "r3", "r2")
+        releases = dict(state.releases)
+        releases["r2"] = dataclasses.replace(releases["r2"], schema=2, min_schema=1)
+        state = with_(state, releases=releases, schema=SchemaRecord(3, 3, "r3"))
+        refused = p.plan_rollback(D, fleet(state), {})
+        assert "compatible only down to 3" in refused.refusal and not refused.acting()
+        migrating = p.plan_rollback(D, fleet(state), {}, rollback_migrations=True)
+        assert not migrating.refusal and migrating.migration == "rollback_migrations"
+        assert migrating.schema == SchemaRecord(2, 1, "r2") and migrating.migration_to == 2
+
+
+def release_infos(draw, count):
+    infos = {}
+    for index in range(count):
+        status = draw(st.sampled_from(["ok", "ok", "ok", "failed", "validating", "unmanaged"]))
+        marked = {"why": "x"} if status == "ok" and draw(st.booleans()) else None
+        infos[f"r{index}"] = ReleaseInfo(f"r{index}", status, f"d{index}", staged_at=f"{index:04d}", bad=marked)
+    return infos
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_pruning_never_removes_a_protected_release_and_keeps_the_newest(data):
+    infos = release_infos(data.draw, data.draw(st.integers(0, 12)))
+    protected = set(data.draw(st.sets(st.sampled_from(sorted(infos) or ["none"]))))
+    keep = data.draw(st.integers(1, 5))
+    keep_failed = data.draw(st.integers(0, 3))
+    state = HostState(host="a", deploy_to_exists=True, releases=infos)
+    doomed = p.prune_list(state, keep, keep_failed, protected)
+    assert not set(doomed) & protected
+    assert all(infos[r].status != "unmanaged" for r in doomed)  # folders the tool did not make stay
+    good = sorted((i for i in infos.values() if i.status == "ok" and i.bad is None), key=lambda i: i.order_key)
+    newest_good = {i.release_id for i in good[-keep:]}
+    assert not set(doomed) & newest_good
+    kept_good = [i for i in good if i.release_id not in doomed]
+    assert len(kept_good) <= max(keep, len({i.release_id for i in good} & protected) + keep)
+    assert list(doomed) == sorted(doomed, key=lambda r: infos[r].order_key)  # oldest first
+
+
+def test_prune_protects_any_release_a_fleet_host_is_on():
+    a = host("a", "r3", "r2", releases=("r0", "r1", "r2", "r3"))
+    b = host("b", "r0", "", releases=("r0", "r1", "r2", "r3"))
+    removal = p.plan_prune(D, fleet(a, b), keep=1, keep_failed=0)
+    assert removal["a"] == ("r1",)  # r0 is b's current, r2 is a's previous, r3 a's current
+    assert removal["b"] == ("r1", "r2")  # r3 is a's current
+
+
+def test_pinned_release_is_never_pruned():
+    a = with_(host("a", "r3", "r2", releases=("r0", "r1", "r2", "r3")), pin={"release": "r0"})
+    assert "r0" not in p.plan_prune(D, fleet(a), keep=1, keep_failed=0)["a"]
+
+
+@given(st.integers(1, 300), st.integers(1, 300))
+def test_batches_cover_every_host_once_in_order(hosts, size):
+    names = [f"h{i}" for i in range(hosts)]
+    groups = p.batches(names, size)
+    assert [name for group in groups for name in group] == names
+    assert all(1 <= len(group) <= size for group in groups)

@@ -138,3 +138,86 @@ def test_scripts_are_shellcheck_clean():
     for name in SCRIPT_NAMES:
         done = subprocess.run(["shellcheck", "-s", "sh", "-"], input=script_source(name).encode(), capture_output=True)
         assert done.returncode == 0, f"{name}: {done.stdout.decode()}"
+
+
+def gather_locking(deploy_to, token):
+    return command_line("gather", deploy_to, lock="take", lock_token=token, lock_info=f'{{"who": "{token}"}}')
+
+
+def test_lock_is_taken_by_exactly_one_of_many_simultaneous_runs(tmp_path):
+    deploy_to = str(tmp_path / "app")
+    processes = [
+        subprocess.Popen(["sh", "-c", gather_locking(deploy_to, f"t{i}")], stdout=subprocess.PIPE, text=True)
+        for i in range(12)
+    ]
+    outputs = [parse_output(process.communicate(timeout=60)[0]) for process in processes]
+    taken = [i for i, out in enumerate(outputs) if out.first("lock") == ["taken"]]
+    assert len(taken) == 1
+    holder = f"t{taken[0]}"
+    for i, out in enumerate(outputs):
+        if i != taken[0]:
+            assert out.first("lock") == ["held", f'{{"who": "{holder}"}}']
+    # Taking it again with the holder's token is fine (one run, several phases); others still see it held.
+    assert run(gather_locking(deploy_to, holder))[1].first("lock") == ["taken"]
+    # Only the holder's token (or "*", inv unlock) removes it.
+    assert run(command_line("finish", deploy_to, unlock="someone-else"))[1].first("unlocked") is None
+    assert os.path.isdir(os.path.join(deploy_to, ".deployer", "lock"))
+    assert run(command_line("finish", deploy_to, unlock=holder))[1].first("unlocked") == []
+    assert not os.path.exists(os.path.join(deploy_to, ".deployer", "lock"))
+
+
+def test_prune_removes_listed_releases_but_never_current_and_drops_unused_cache(tmp_path, artifact):
+    deploy_to = str(tmp_path / "app")
+    for release in ("r1", "r2", "r3"):
+        assert stage(deploy_to, release, artifact)[0] == 0
+    assert switch(deploy_to, "r2", "")[0] == 0
+    code, out = run(command_line("finish", deploy_to, prune="r1 r2 ../etc"))
+    assert code == 0
+    assert [fields[0] for fields in out.all("pruned")] == ["r1"]
+    assert sorted(os.listdir(os.path.join(deploy_to, "releases"))) == ["r2", "r3"]
+    assert not os.path.exists(os.path.join(deploy_to, ".deployer", "meta", "r1"))
+    # r2 and r3 still use the artifact: the cached copy stays until no release uses it.
+    prepared, _data = artifact
+    assert os.path.exists(os.path.join(deploy_to, ".deployer", "artifacts", prepared.digest + ".tar.gz"))
+
+
+def test_shared_paths_are_linked_and_seeded_once(tmp_path, artifact):
+    deploy_to = str(tmp_path / "app")
+    assert stage(deploy_to, "r1", artifact, shared="VERSION\ndata/")[0] == 0
+    release = os.path.join(deploy_to, "releases", "r1")
+    assert os.readlink(os.path.join(release, "VERSION")) == os.path.join(
+        os.path.realpath(deploy_to), "shared", "VERSION"
+    )
+    with open(os.path.join(deploy_to, "shared", "VERSION")) as handle:
+        assert handle.read() == "v1\n"  # seeded from the first release that had it
+    with open(os.path.join(deploy_to, "shared", "VERSION"), "w") as handle:
+        handle.write("kept\n")
+    assert stage(deploy_to, "r2", artifact, shared="VERSION\ndata/")[0] == 0
+    with open(os.path.join(deploy_to, "releases", "r2", "VERSION")) as handle:
+        assert handle.read() == "kept\n"
+    assert os.path.isdir(os.path.join(deploy_to, "releases", "r2", "data"))
+
+
+def test_missing_shared_file_fails_staging_clearly(tmp_path, artifact):
+    deploy_to = str(tmp_path / "app")
+    code, out = stage(deploy_to, "r1", artifact, shared=".env")
+    assert code == 20 and "shared file .env is missing" in out.error_message()
+    assert not os.path.exists(os.path.join(deploy_to, "releases", "r1"))
+
+
+def test_health_check_retries_then_reports_failure_after_switching(tmp_path, artifact):
+    deploy_to = str(tmp_path / "app")
+    counter = tmp_path / "attempts"
+    stage(deploy_to, "r1", artifact)
+    code, out = switch(
+        deploy_to, "r1", "", health=f"echo x >> {counter}; exit 3", health_retries=2, health_interval=0, unlock="tok"
+    )
+    assert code == 62
+    assert out.first("health")[:3] == ["failed", "3", "3"]
+    assert counter.read_text().count("x") == 3
+    assert os.readlink(os.path.join(deploy_to, "current")) == "releases/r1"  # switched; the caller reverts
+
+
+def test_parse_options_refuses_bad_names(tmp_path):
+    code, out = run(command_line("gather", str(tmp_path)) + " 'Bad-Name=1'")
+    assert code == 10 and "bad option name" in out.error_message()
