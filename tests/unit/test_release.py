@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from deployer.errors import ArtifactError, InputError
-from deployer.release import PreparedArtifact, check_release_id, is_release_id, new_release_id, sha256_file
+from deployer.release import Manifest, PreparedArtifact, check_release_id, is_release_id, new_release_id, sha256_file
 
 
 def make_tar(path, members):
@@ -119,3 +119,36 @@ def test_empty_archive_refused(tmp_path):
     path = make_tar(tmp_path / "e.tar.gz", [])
     with pytest.raises(ArtifactError, match="empty"), PreparedArtifact(path):
         pass
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("schema_version: 3\nmin_schema: 2\n", Manifest(3, 2)),
+        ("schema_version: 3\n", Manifest(3, 3)),
+    ],
+)
+def test_manifest_is_read_from_the_artifact(tmp_path, text, expected):
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "release.yml").write_text(text)
+    with PreparedArtifact(str(tmp_path / "app")) as artifact:
+        assert artifact.manifest == expected
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("schema_version: two\n", "schema_version must be a whole number"),
+        ("min_schema: 1\n", "schema_version must be a whole number"),
+        ("schema_version: 1\nmin_schema: 2\n", "above schema_version"),
+        ("schema_version: 1\nmigrations: yes\n", "unknown key 'migrations'"),
+        ("- 1\n", "expected a mapping"),
+        ("schema_version: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_manifest_is_an_artifact_error_naming_the_file(tmp_path, text, words):
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "release.yml").write_text(text)
+    with pytest.raises(ArtifactError) as caught, PreparedArtifact(str(tmp_path / "app")):
+        pass
+    assert "release.yml" in str(caught.value) and words in str(caught.value)
