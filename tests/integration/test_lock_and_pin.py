@@ -155,3 +155,19 @@ def test_deploy_with_unpin_removes_the_pin(make_inventory, views, artifacts, dep
     report = operations.deploy(inventory, artifacts["v3"], options=Options(unpin=True), progress=QUIET)
     assert report.ok and any("removes the pin" in warning for warning in report.warnings)
     assert all(view.host.run("test -e %s", f"{deploy_to}/.deployer/pin").rc == 1 for view in views.values())
+
+
+def test_ctrl_c_releases_the_lock(make_inventory, views, artifacts, deploy_to):
+    inventory = make_inventory(validate="sleep 3")
+    assert operations.deploy(load_inventory(make_inventory()), artifacts["v1"], progress=QUIET).ok
+    process = inv_process("deploy", "--inventory", inventory, "--artifact", artifacts["v2"])
+    deadline = time.monotonic() + 30
+    while not all(lock_folders(views, deploy_to).values()):
+        assert time.monotonic() < deadline, "the deploy never took the lock"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    code = process.wait(timeout=60)
+    _out, err = process.communicate()
+    assert code == 130 and "interrupted" in err
+    assert not any(lock_folders(views, deploy_to).values())
+    assert {view.version(deploy_to) for view in views.values()} == {"v1"}
