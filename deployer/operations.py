@@ -857,17 +857,22 @@ def history_entries(view: FleetView, limit: int) -> list[dict[str, Any]]:
     """The fleet's history, newest first: identical events on several hosts are shown once, with their hosts."""
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
     position: dict[tuple[Any, ...], int] = {}
-    fields = ("time", "op", "from", "to", "release", "user", "result")
+    fields = ("op", "from", "to", "release", "user", "result")
     for name, state in view.states.items():
         seen: dict[tuple[str, ...], int] = {}
         for index, entry in enumerate(state.history):
-            event = tuple(str(entry.get(field, "")) for field in fields)
+            # One operation's event on several hosts is one line: keyed by its run id (not by the
+            # second it happened in, which differs between hosts); old entries without one by time.
+            event = (str(entry.get("run") or entry.get("time", "")), *(str(entry.get(f, "")) for f in fields))
             seen[event] = seen.get(event, 0) + 1
-            key = (*event, seen[event])  # the same event twice in one second stays two events
+            key = (*event, seen[event])
             item = merged.setdefault(key, {**entry, "hosts": []})
             item["hosts"].append(name)
+            item["time"] = min(str(item.get("time", "")), str(entry.get("time", "")))
             position[key] = max(position.get(key, -(10**9)), index - len(state.history))
-    ordered = [merged[key] for key in sorted(merged, key=lambda key: (key[0], position[key]), reverse=True)]
+    ordered = [
+        merged[key] for key in sorted(merged, key=lambda key: (merged[key]["time"], position[key]), reverse=True)
+    ]
     for item in ordered:
         item["hosts"].sort()
     return ordered[:limit]

@@ -58,9 +58,14 @@ class Run:
     def inventory(self) -> Inventory:
         return self.fleet.inventory
 
+    @property
+    def run_id(self) -> str:
+        return self.lock.token[:12]
 
-def history_line(operation: str, before: str | None, target: str, message: str = "") -> str:
+
+def history_line(operation: str, before: str | None, target: str, message: str = "", run_id: str = "") -> str:
     record: dict[str, Any] = {
+        "run": run_id,  # the same on every host for one operation: `inv history` merges by it
         "time": utc_now(),
         "op": operation,
         "from": before,
@@ -185,7 +190,8 @@ def _switch_command(run: Run, host_plan: HostPlan, request: SwitchRequest) -> tu
         "mode": request.mode,
         "operation": request.operation,
         "previous": host_plan.previous_version if request.mode == "deploy" else "",
-        "history": history_line(request.operation, host_plan.before, target, run.message),
+        "history": history_line(request.operation, host_plan.before, target, run.message, run.run_id),
+        "run": run.run_id,
         "hook_timeout": f"{inventory.timeouts.hook:g}",
         "schema": schema_text(request.schema),
         "pin": request.pin,
@@ -330,6 +336,7 @@ def run_once(
         timeout=f"{inventory.timeouts.migrate:g}",
         schema_from="" if schema_from is None else str(schema_from),
         schema_to="" if schema_to is None else str(schema_to),
+        run=run.run_id,
     )
     for _host, outcome in run.fleet.map(
         lambda connection: connection.run(line, timeout=inventory.timeouts.migrate + 10), [inventory.host(host)]

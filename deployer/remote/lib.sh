@@ -85,7 +85,7 @@ record_history() {
 
 history_event() {
     # history_event OP RELEASE RESULT DETAIL: a non-switch event (hook, health check) in the history.
-    record_history "{\"op\": \"$1\", \"release\": \"$2\", \"result\": \"$3\", \"detail\": \"$(json_text "$4")\", \"time\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\"}"
+    record_history "{\"op\": \"$1\", \"release\": \"$2\", \"result\": \"$3\", \"detail\": \"$(json_text "$4")\", \"run\": \"$(json_text "${opt_run:-}")\", \"time\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\"}"
 }
 
 json_text() {

@@ -4,6 +4,7 @@
 deploy_to=$1
 shift
 opt_release='' opt_name=command opt_command='' opt_timeout=600 opt_schema_from='' opt_schema_to=''
+opt_run=''
 parse_options "$@"
 cd "$deploy_to" || fail 20 "cannot enter $deploy_to"
 [ -d "releases/$opt_release" ] || fail 20 "release $opt_release is not present in $deploy_to/releases"

@@ -15,6 +15,7 @@ opt_before_switch='' opt_after_switch='' opt_after_rollback='' opt_hook_timeout=
 opt_health='' opt_health_timeout=10 opt_health_retries=0 opt_health_interval=1
 opt_schema='' opt_pin='' opt_unpin=0 opt_mark_bad='' opt_bad_info='' opt_prune='' opt_unlock='' opt_unlock_always=0
 opt_operation=''
+opt_run=''
 parse_options "$@"
 target=$opt_target
 mode=$opt_mode

@@ -52,9 +52,18 @@ def test_deploy_then_rollback_on_every_host(make_inventory, views, artifacts, de
         assert view.releases(deploy_to) == sorted([r1, r2])
 
 
-def test_one_connection_per_host_and_session_budgets(make_inventory, artifacts):
-    """Issue 6's budgets, as counts: deploy <= 3 sessions per host, rollback <= 2, one connection each."""
-    inventory = load_inventory(make_inventory())
+EVERYTHING_ON = (
+    "shared: [storage/, logs/, cache/]\n"
+    "health_check: {command: 'test -s VERSION', retries: 2}\n"
+    "hooks: {before_switch: 'true', after_switch: 'true', after_rollback: 'true'}\n"
+)
+
+
+@pytest.mark.parametrize("extra", ["", EVERYTHING_ON], ids=["plain", "hooks-shared-health"])
+def test_one_connection_per_host_and_session_budgets(make_inventory, artifacts, extra):
+    """Issue 6's budgets, as counts: deploy <= 3 sessions per host, rollback <= 2, one connection each,
+    however many hooks and shared paths there are."""
+    inventory = load_inventory(make_inventory(extra=extra))
     counts = {}
     for label, artifact in (("first deploy", "v1"), ("second deploy", "v2")):
         report = operations.deploy(inventory, artifacts[artifact], progress=QUIET)
