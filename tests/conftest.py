@@ -125,6 +125,7 @@ def run_inv(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     return subprocess.run(
         [sys.executable, "-m", "invoke", *args],
         cwd=REPO,
+        stdin=subprocess.DEVNULL,  # never a terminal: prompts must not wait for a person
         capture_output=True,
         text=True,
         timeout=300,

@@ -36,6 +36,14 @@ def lock_folders(views, deploy_to):
     return {name: view.host.run("test -d %s", f"{deploy_to}/.deployer/lock").rc == 0 for name, view in views.items()}
 
 
+def wait_for_lock(views, deploy_to, process):
+    deadline = time.monotonic() + 60
+    while not all(lock_folders(views, deploy_to).values()):
+        assert process.poll() is None, f"the operation ended before it was seen locking: {process.communicate()}"
+        assert time.monotonic() < deadline, "the operation never took the lock"
+        time.sleep(0.05)
+
+
 def test_two_deploys_started_at_the_same_moment_exactly_one_proceeds(make_inventory, views, artifacts, deploy_to):
     # The hook keeps the winner inside its run long enough that the two certainly overlap.
     inventory = make_inventory(extra="hooks: {before_switch: 'sleep 1'}\n")
@@ -54,9 +62,9 @@ def test_two_deploys_started_at_the_same_moment_exactly_one_proceeds(make_invent
 
 
 def test_lock_wait_waits_for_the_running_operation(make_inventory, views, artifacts, deploy_to):
-    inventory = make_inventory(extra="hooks: {before_switch: 'sleep 1'}\n")
+    inventory = make_inventory(extra="hooks: {before_switch: 'sleep 4'}\n")
     first = inv_process("deploy", "--inventory", inventory, "--artifact", artifacts["v1"])
-    time.sleep(0.5)
+    wait_for_lock(views, deploy_to, first)
     second = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v2"], "--lock-wait", "60")
     assert first.wait(timeout=120) == 0
     assert second.returncode == 0, second.stdout + second.stderr
@@ -161,10 +169,7 @@ def test_ctrl_c_releases_the_lock(make_inventory, views, artifacts, deploy_to):
     inventory = make_inventory(validate="sleep 3")
     assert operations.deploy(load_inventory(make_inventory()), artifacts["v1"], progress=QUIET).ok
     process = inv_process("deploy", "--inventory", inventory, "--artifact", artifacts["v2"])
-    deadline = time.monotonic() + 30
-    while not all(lock_folders(views, deploy_to).values()):
-        assert time.monotonic() < deadline, "the deploy never took the lock"
-        time.sleep(0.05)
+    wait_for_lock(views, deploy_to, process)
     os.killpg(process.pid, signal.SIGINT)
     code = process.wait(timeout=60)
     _out, err = process.communicate()
