@@ -162,9 +162,14 @@ def history(inventory: str | None, limit: int, options: Options, as_json: bool) 
             )
         if not entries:
             print("no history recorded yet")
-        for name, reason in sorted(view.unreachable.items()):
-            print(f"warning: {name} unreachable ({reason}); its history is not shown", file=sys.stderr)
-    return 1 if view.unreachable else 0
+    return _warn_unreachable(view.unreachable, "; its history is not shown")
+
+
+def _warn_unreachable(unreachable: dict[str, str], detail: str = "") -> int:
+    """Name each host that could not be read (stderr); exit 1 when any could not."""
+    for name, reason in sorted(unreachable.items()):
+        print(f"warning: {name} unreachable ({reason}){detail}", file=sys.stderr)
+    return 1 if unreachable else 0
 
 
 def releases(inventory: str | None, options: Options, as_json: bool) -> int:
@@ -192,9 +197,7 @@ def releases(inventory: str | None, options: Options, as_json: bool) -> int:
         print(f"{row['id']:<34} {have:<11} {'  '.join(marks)}".rstrip())
     if not rows:
         print("no releases on any host")
-    for name, reason in sorted(view.unreachable.items()):
-        print(f"warning: {name} unreachable ({reason})", file=sys.stderr)
-    return 1 if view.unreachable else 0
+    return _warn_unreachable(view.unreachable)
 
 
 def lock_status(inventory: str | None, options: Options, as_json: bool) -> int:
@@ -210,12 +213,11 @@ def lock_status(inventory: str | None, options: Options, as_json: bool) -> int:
         if lock["stale"]:
             verdict = "STALE: taken on this machine by a process that no longer runs; clear it with `inv unlock`"
         elif lock["stale"] is None:
-            verdict = "cannot tell from here whether its process still runs (taken on another machine)"
+            verdict = "cannot tell from here whether the run that took it is still going"
         else:
             verdict = "HELD by a running process"
         print(f"  {name}: {lock['description']}  [{verdict}]")
-    for name, reason in sorted(view.unreachable.items()):
-        print(f"warning: {name} unreachable ({reason})", file=sys.stderr)
+    _warn_unreachable(view.unreachable)
     return 1 if locks else 0
 
 
