@@ -33,6 +33,9 @@ from deployer.errors import (
 from deployer.inventory import Host, Inventory
 
 log = logging.getLogger(__name__)
+# paramiko logs a traceback at ERROR from its transport thread when a handshake fails; the failure
+# is already reported per host through our errors, so it must never reach the user's terminal raw.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 T = TypeVar("T")
 UPLOAD_CHUNK = 256 * 1024
@@ -84,11 +87,15 @@ def classify_connect_error(host: Host, exc: BaseException, timeout: float) -> Ho
     if isinstance(exc, paramiko.AuthenticationException):
         return AuthFailed(host.name, f"authentication failed for {host.user}@{where}: {exc}")
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        return HostUnreachable(host.name, f"connection to {where} timed out after {timeout:g}s")
+        return HostUnreachable(host.name, f"connection to {where} timed out after {timeout:g}s (host down or hung?)")
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
         return HostUnreachable(host.name, f"connection to {where} refused")
     if isinstance(exc, ConnectionRefusedError):
         return HostUnreachable(host.name, f"connection to {where} refused")
+    if isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower():
+        return HostUnreachable(
+            host.name, f"{where} accepted the connection but sent no SSH banner: timed out after {timeout:g}s (hung?)"
+        )
     if isinstance(exc, (paramiko.SSHException, EOFError)):
         return HostUnreachable(host.name, f"SSH handshake with {where} failed: {exc or type(exc).__name__}")
     if isinstance(exc, OSError):
@@ -223,11 +230,15 @@ class Fleet:
         if existing is not None:
             return existing
         connection = self._new_connection(host)
+        started = time.monotonic()
         try:
             connection.open()
         except Exception as exc:  # noqa: BLE001 - mapped to our error types right here
             connection.close()
-            raise classify_connect_error(host, exc, self.inventory.timeouts.connect) from None
+            timeout = self.inventory.timeouts.connect
+            if time.monotonic() - started >= timeout * 0.9 and isinstance(exc, (paramiko.SSHException, EOFError)):
+                exc = TimeoutError()  # the handshake stalled until our timeout, whatever paramiko called it
+            raise classify_connect_error(host, exc, timeout) from None
         transport = connection.client.get_transport()
         if transport is not None:
             transport.set_keepalive(KEEPALIVE_SECONDS)

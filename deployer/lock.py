@@ -73,9 +73,25 @@ class FleetLock:
                 "pid": os.getpid(),
                 "time": utc_now(),
                 "message": self.message,
+                **process_identity(os.getpid()),
             },
             sort_keys=True,
         )
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def process_identity(pid: int) -> dict[str, str]:
+    """What identifies a process beyond its pid: this machine, this boot, the process's start time."""
+    stat = _read(f"/proc/{pid}/stat")
+    start = stat.rsplit(")", 1)[-1].split()[19] if stat else ""
+    return {"machine": _read("/etc/machine-id"), "boot": _read("/proc/sys/kernel/random/boot_id"), "pid_start": start}
 
 
 def _gather_command(fleet: Fleet, lock: FleetLock | None, history: int = 0) -> str:
@@ -153,6 +169,7 @@ def acquire(
     if not reachable:
         return {}, unreachable
     lead, rest = reachable[0], reachable[1:]
+    cleared = False
     while True:
         states, lost = read_states(fleet, progress, [lead], lock)
         if lead in lost:
@@ -161,6 +178,9 @@ def acquire(
         others = _held_by_others(states)
         if not others:
             return _acquire_rest(fleet, lock, progress, rest, unreachable, deadline, wait, states)
+        if not cleared and _clear_stale(fleet, others, progress):
+            cleared = True  # once: a lock that does not go away is not retried forever
+            continue
         if time.monotonic() >= deadline:
             raise LockHeld(_refusal(others, wait))
         time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
@@ -182,6 +202,8 @@ def _acquire_rest(
         states.update(more)
         unreachable.update(lost)
     others = _held_by_others(states)
+    if others and _clear_stale(fleet, others, progress):
+        return acquire(fleet, lock, progress, max(0.0, deadline - time.monotonic()))
     if others:
         release(fleet, lock, progress)
         if time.monotonic() < deadline:
@@ -189,6 +211,24 @@ def _acquire_rest(
             return acquire(fleet, lock, progress, deadline - time.monotonic())
         raise LockHeld(_refusal(others, wait))
     return states, unreachable
+
+
+def _clear_stale(fleet: Fleet, others: dict[str, LockState], progress: Progress) -> bool:
+    """Remove locks whose run provably no longer exists (each only if it is still that same lock).
+
+    Returns True when every lock in the way was such a lock and is gone, so taking it can be retried.
+    """
+    if not all(is_stale(lock_state) for lock_state in others.values()):
+        return False
+    commands = {
+        name: command_line("finish", fleet.inventory.deploy_to, unlock=lock_state.token or "-")
+        for name, lock_state in others.items()
+    }
+    for name, lock_state in sorted(others.items()):
+        progress.host(name, f"warning: removing a stale lock ({lock_state.describe()}: that process is gone)")
+    targets = [fleet.inventory.host(name) for name in sorted(others)]
+    outcomes = fleet.map(lambda connection: connection.run(commands[connection.host.name]), targets)
+    return not any(isinstance(outcome, HostError) for _host, outcome in outcomes)
 
 
 def release(fleet: Fleet, lock: FleetLock, progress: Progress, **finish: Any) -> dict[str, HostError]:
@@ -214,12 +254,21 @@ def release(fleet: Fleet, lock: FleetLock, progress: Progress, **finish: Any) ->
     return failures
 
 
-def is_stale(lock_state: LockState, controller: str | None = None) -> bool | None:
-    """True when the lock was taken on this machine by a process that no longer runs; None if unknowable."""
+def is_stale(lock_state: LockState) -> bool | None:
+    """True when the run that took the lock provably no longer exists; None when that cannot be known.
+
+    Provable only for locks taken on this machine (same machine id): the machine rebooted since,
+    or no process with that pid and start time runs. Hostnames alone prove nothing (CI runners
+    often share one).
+    """
     info = lock_state.info
-    if not info or info.get("controller") != (controller or socket.gethostname()):
+    pid = info.get("pid") if info else None
+    if not info or not info.get("machine") or not isinstance(pid, int) or pid <= 0:
         return None
-    pid = info.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
+    here = process_identity(os.getpid())
+    if info.get("machine") != here["machine"]:
         return None
-    return not os.path.exists(f"/proc/{pid}")
+    if info.get("boot") != here["boot"]:
+        return True
+    running = process_identity(pid)["pid_start"]
+    return not running or running != info.get("pid_start")

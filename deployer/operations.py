@@ -80,9 +80,25 @@ def _locked_run(
         try:
             states, unreachable = acquire(fleet, lock, progress, options.lock_wait)
             yield run, states, unreachable, Phase("gather", time.monotonic() - started, not unreachable)
+        except KeyboardInterrupt:
+            _interrupted(fleet, lock, progress)
+            raise
         finally:
             if lock.held:
                 release(fleet, lock, progress)
+
+
+def _interrupted(fleet: Fleet, lock: FleetLock, progress: Progress) -> None:
+    """After Ctrl-C: release the lock, then say where each host is (steps already running on a host
+    finish there: each is atomic on its own)."""
+    progress.say("interrupted: releasing the lock, then reading where each host is")
+    release(fleet, lock, progress)
+    states, unreachable = read_states(fleet, progress)
+    for name in sorted(states):
+        state = states[name]
+        progress.host(name, f"current -> {state.current or state.current_problem or 'none'}")
+    for name, reason in sorted(unreachable.items()):
+        progress.host(name, f"unknown: {reason}")
 
 
 def _show_plan(plan: Plan, progress: Progress) -> None:

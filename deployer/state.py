@@ -49,6 +49,7 @@ class LockState:
 
     taken_by_us: bool
     info: Mapping[str, Any]  # empty when the lock folder has no readable details
+    token: str = ""  # the holder's token: lets a stale lock be removed only if it is still that lock
 
     def describe(self) -> str:
         if not self.info:
@@ -133,7 +134,8 @@ def _parse_lock(output: ScriptOutput) -> LockState | None:
         return None
     if record[0] == "taken":
         return LockState(True, {})
-    return LockState(False, _json_object("\t".join(record[1:])) or {})
+    token = record[1] if len(record) > 1 else ""
+    return LockState(False, _json_object("\t".join(record[2:])) or {}, token)
 
 
 def _parse_releases(output: ScriptOutput, deploy_to: str, notes: list[str]) -> dict[str, ReleaseInfo]:

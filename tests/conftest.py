@@ -45,6 +45,7 @@ def make_inventory(local_fleet: LocalFleet, tmp_path: Path, deploy_to: str) -> C
         validate: str = "",
         known_hosts: str | None = None,
         extra: str = "",
+        timeouts: str = "{connect: 5, command: 30, stage: 120}",
     ) -> str:
         chosen = [h for h in local_fleet.hosts() if hosts is None or h.name in hosts]
         lines = [
@@ -53,7 +54,7 @@ def make_inventory(local_fleet: LocalFleet, tmp_path: Path, deploy_to: str) -> C
             "ssh:",
             f"  identity_file: {yaml_quote(local_fleet.identity_file)}",
             f"  known_hosts: {yaml_quote(known_hosts or local_fleet.known_hosts)}",
-            "timeouts: {connect: 5, command: 30, stage: 120}",
+            f"timeouts: {timeouts}",
         ]
         if validate:
             lines.append(f"validate: {yaml_quote(validate)}")

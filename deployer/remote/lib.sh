@@ -96,6 +96,8 @@ json_text() {
 # --- the fleet lock: a folder created with mkdir (atomic), holding "TOKEN\nJSON" in info ---
 
 lock_info() {
+    # The holder writes info just after its mkdir: if it is not there yet, look again once.
+    [ -f .deployer/lock/info ] || sleep 1
     if [ -f .deployer/lock/info ]; then
         sed -n 2p .deployer/lock/info
     fi
@@ -120,7 +122,7 @@ $2"; then
     elif [ "$(lock_token)" = "$1" ]; then
         emit lock taken
     else
-        emit lock held "$(lock_info)"
+        emit lock held "$(lock_token)" "$(lock_info)"
     fi
 }
 

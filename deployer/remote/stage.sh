@@ -18,7 +18,9 @@ fi
 mkdir -p "$deploy_to" || fail 30 "cannot create $deploy_to"
 cd "$deploy_to" || fail 30 "cannot enter $deploy_to"
 deploy_abs=$(pwd -P)
-mkdir -p releases .deployer/meta .deployer/logs .deployer/artifacts .deployer/staging || fail 30 "cannot create folders in $deploy_to"
+if ! reason=$(mkdir -p releases .deployer/meta .deployer/logs .deployer/artifacts .deployer/staging 2>&1); then
+    fail 30 "cannot create folders in $deploy_to: $reason"
+fi
 if [ -e "releases/$release_id" ] || [ -L "releases/$release_id" ]; then
     fail 20 "release $release_id already exists on this host; release folders are never reused"
 fi
@@ -95,7 +97,10 @@ fi
 
 meta="$digest ${opt_meta:-- - -}"
 write_file ".deployer/meta/$release_id" "validating $meta" || { rm -rf "$staging"; fail 30 "cannot write release metadata (disk full?)"; }
-mv "$staging" "releases/$release_id" || fail 30 "cannot move the release into releases/"
+if ! reason=$(mv "$staging" "releases/$release_id" 2>&1); then
+    rm -rf "$staging" ".deployer/meta/$release_id"
+    fail 30 "cannot move the release into $deploy_to/releases/: $reason"
+fi
 
 if [ -n "$opt_validate" ]; then
     log=".deployer/logs/$release_id.validate.log"
