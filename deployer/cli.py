@@ -24,7 +24,7 @@ from deployer.localfleet import FleetError, LocalFleet
 from deployer.operations import Options
 from deployer.plan import describe_pin
 from deployer.release import pack_directory
-from deployer.report import OperationReport, render_json, render_text
+from deployer.report import OperationReport, redact, redact_data, render_json, render_text, set_secrets
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FLEET_DIR = str(REPO_ROOT / ".fleet")
@@ -35,7 +35,9 @@ def resolve_inventory(path: str | None) -> Inventory:
     chosen = path or os.environ.get("DEPLOYER_INVENTORY")
     if not chosen:
         raise InputError("no inventory given: pass --inventory FILE or set DEPLOYER_INVENTORY")
-    return load_inventory(chosen)
+    inventory = load_inventory(chosen)
+    set_secrets(inventory.secrets())
+    return inventory
 
 
 def seconds(value: str | None, flag: str) -> float:
@@ -57,7 +59,7 @@ def guarded(action: Callable[[], int]) -> None:
     try:
         code = action()
     except DeployerError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(redact(f"error: {error}"), file=sys.stderr)
         raise Exit(code=error.exit_code) from None
     except FleetError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -96,8 +98,13 @@ def drill(inventory: str | None, artifact: str | None, options: Options, as_json
     return _emit(report, as_json)
 
 
+def _out(text: str, **kwargs: Any) -> None:
+    """print(), with secret values replaced by ***: host-provided text (hook output, messages) may hold them."""
+    print(redact(text), **kwargs)
+
+
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
+    print(json.dumps(redact_data(data), indent=2, sort_keys=True))
 
 
 def status(inventory: str | None, options: Options, as_json: bool) -> int:
@@ -108,11 +115,11 @@ def status(inventory: str | None, options: Options, as_json: bool) -> int:
         _print_json(data)
         return code
     width = max(len(host["host"]) for host in data["hosts"])
-    print(f"deploy_to: {data['deploy_to']}")
+    _out(f"deploy_to: {data['deploy_to']}")
     for host in data["hosts"]:
         name = f"{host['host']:<{width}}"
         if not host["reachable"]:
-            print(f"  {name}  UNREACHABLE  {host['error']}")
+            _out(f"  {name}  UNREACHABLE  {host['error']}")
             continue
         releases = len(host["releases"])
         current, previous = host["current"] or "-", host["previous_version"] or "-"
@@ -121,22 +128,22 @@ def status(inventory: str | None, options: Options, as_json: bool) -> int:
             line += "  LOCKED"
         for problem in host["problems"]:
             line += f"  PROBLEM: {problem}"
-        print(line)
+        _out(line)
     if data["consistent"]:
-        print(f"fleet consistent on {data['currents'][0]}")
+        _out(f"fleet consistent on {data['currents'][0]}")
     else:
         split = "; ".join(f"{release} on {', '.join(names)}" for release, names in sorted(data["split"].items()))
-        print(f"fleet NOT consistent: {split or 'no host has a release'}")
+        _out(f"fleet NOT consistent: {split or 'no host has a release'}")
     pin = data["pin"]
     if pin:
-        print(f"PINNED: {describe_pin(pin)}; `inv deploy` refuses until `inv unpin`")
+        _out(f"PINNED: {describe_pin(pin)}; `inv deploy` refuses until `inv unpin`")
     if data["locked"]:
         first = next(h for h in data["hosts"] if h.get("lock"))
         stale = " (STALE: the process that took it is gone)" if first["lock"]["stale"] else ""
-        print(f"LOCKED on {', '.join(data['locked'])}: {first['lock']['description']}{stale}")
+        _out(f"LOCKED on {', '.join(data['locked'])}: {first['lock']['description']}{stale}")
     if data["schema"]:
         schema = data["schema"]
-        print(f"database schema {schema['version']} (compatible down to {schema['min_compatible']})")
+        _out(f"database schema {schema['version']} (compatible down to {schema['min_compatible']})")
     return code
 
 
@@ -156,19 +163,19 @@ def history(inventory: str | None, limit: int, options: Options, as_json: bool) 
             else:
                 move = f"{entry.get('release', '')} {entry.get('detail', '')}".strip()
             message = f"  ({entry['message']})" if entry.get("message") else ""
-            print(
+            _out(
                 f"{entry.get('time', '?'):<20}  {what:<19} {move}  {entry.get('result', '')}  "
                 f"by {entry.get('user', '?')}  on {where}{message}"
             )
         if not entries:
-            print("no history recorded yet")
+            _out("no history recorded yet")
     return _warn_unreachable(view.unreachable, "; its history is not shown")
 
 
 def _warn_unreachable(unreachable: dict[str, str], detail: str = "") -> int:
     """Name each host that could not be read (stderr); exit 1 when any could not."""
     for name, reason in sorted(unreachable.items()):
-        print(f"warning: {name} unreachable ({reason}){detail}", file=sys.stderr)
+        _out(f"warning: {name} unreachable ({reason}){detail}", file=sys.stderr)
     return 1 if unreachable else 0
 
 
@@ -194,9 +201,9 @@ def releases(inventory: str | None, options: Options, as_json: bool) -> int:
         if row["failed_on"]:
             marks.append(f"FAILED on {','.join(row['failed_on'])}")
         have = f"{len(row['hosts'])}/{total} hosts"
-        print(f"{row['id']:<34} {have:<11} {'  '.join(marks)}".rstrip())
+        _out(f"{row['id']:<34} {have:<11} {'  '.join(marks)}".rstrip())
     if not rows:
-        print("no releases on any host")
+        _out("no releases on any host")
     return _warn_unreachable(view.unreachable)
 
 
@@ -208,7 +215,7 @@ def lock_status(inventory: str | None, options: Options, as_json: bool) -> int:
         _print_json({"locks": locks, "unreachable": view.unreachable})
         return 1 if locks else 0
     if not locks:
-        print("no host is locked")
+        _out("no host is locked")
     for name, lock in sorted(locks.items()):
         if lock["stale"]:
             verdict = "STALE: taken on this machine by a process that no longer runs; clear it with `inv unlock`"
@@ -216,7 +223,7 @@ def lock_status(inventory: str | None, options: Options, as_json: bool) -> int:
             verdict = "cannot tell from here whether the run that took it is still going"
         else:
             verdict = "HELD by a running process"
-        print(f"  {name}: {lock['description']}  [{verdict}]")
+        _out(f"  {name}: {lock['description']}  [{verdict}]")
     _warn_unreachable(view.unreachable)
     return 1 if locks else 0
 

@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -119,8 +119,10 @@ class HostConnection:
         self.timeouts = inventory.timeouts
         self.sessions = 0
 
-    def run(self, command: str, timeout: float | None = None, upload: memoryview | None = None) -> ExecResult:
-        """Run `command` in one exec session, optionally streaming `upload` to its stdin.
+    def run(
+        self, command: str, timeout: float | None = None, upload: Sequence[bytes | memoryview] | None = None
+    ) -> ExecResult:
+        """Run `command` in one exec session, optionally streaming the `upload` buffers to its stdin.
 
         stdout and stderr are combined; the whole call is bounded by `timeout` seconds.
         """
@@ -140,7 +142,7 @@ class HostConnection:
             channel.set_combine_stderr(True)
             channel.settimeout(limit)
             channel.exec_command(command)
-            if upload is not None:
+            if upload:
                 self._send(channel, upload, deadline)
             channel.shutdown_write()
             while True:
@@ -161,12 +163,14 @@ class HostConnection:
         output = b"".join(chunks).decode("utf-8", errors="replace")
         return ExecResult(status, output, time.monotonic() - started)
 
-    def _send(self, channel: paramiko.Channel, data: memoryview, deadline: float) -> None:
-        """Stream `data` to the channel; stop quietly if the remote side exits early."""
+    def _send(self, channel: paramiko.Channel, parts: Sequence[bytes | memoryview], deadline: float) -> None:
+        """Stream `parts` to the channel, in order; stop quietly if the remote side exits early."""
         try:
-            for offset in range(0, len(data), UPLOAD_CHUNK):
-                channel.settimeout(max(0.01, deadline - time.monotonic()))
-                channel.sendall(data[offset : offset + UPLOAD_CHUNK])  # type: ignore[arg-type]  # buffer protocol suffices
+            for part in parts:
+                data = memoryview(part)
+                for offset in range(0, len(data), UPLOAD_CHUNK):
+                    channel.settimeout(max(0.01, deadline - time.monotonic()))
+                    channel.sendall(data[offset : offset + UPLOAD_CHUNK])  # type: ignore[arg-type]  # buffer protocol suffices
         except TimeoutError:
             raise
         except (OSError, EOFError, paramiko.SSHException):
@@ -201,6 +205,7 @@ class Fleet:
         config = Config(lazy=True, ssh_config=paramiko.SSHConfig())
         connect_kwargs: dict[str, Any] = {
             "key_filename": [self.inventory.identity_file],
+            "passphrase": self.inventory.passphrase or None,
             "allow_agent": False,
             "look_for_keys": False,
             "banner_timeout": timeouts.connect,

@@ -26,6 +26,7 @@ DEFAULT_PARALLEL = 32
 DEFAULT_KEEP_RELEASES = 5
 DEFAULT_KEEP_FAILED_RELEASES = 3
 BATCH_PERCENT_RE = re.compile(r"^([0-9]{1,3})%$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 REMOTE_HOOKS = ("before_switch", "after_switch", "after_rollback")
 LOCAL_HOOKS = ("after_deploy_local", "after_rollback_local")
 
@@ -39,6 +40,15 @@ class Timeouts:
     stage: float = 900.0
     hook: float = 60.0
     migrate: float = 600.0
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One variable for validate, hooks, health checks and migrations; secret ones are never shown."""
+
+    name: str
+    value: str = field(repr=False)
+    secret: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,13 @@ class Inventory:
     hooks: Mapping[str, str] = field(default_factory=dict)
     migrate: str = ""
     rollback_migrations: str = ""
+    env: tuple[EnvVar, ...] = ()
+    passphrase: str = field(default="", repr=False)  # for an encrypted identity file; from ssh.passphrase_env
+
+    def secrets(self) -> list[str]:
+        """Every value that must never appear in output, logs or history."""
+        values = [var.value for var in self.env if var.secret] + ([self.passphrase] if self.passphrase else [])
+        return [value for value in values if value]
 
     def hook(self, name: str) -> str:
         return self.hooks.get(name, "")
@@ -233,8 +250,10 @@ TOP_KEYS = {
     "hooks",
     "migrate",
     "rollback_migrations",
+    "env",
 }
-SSH_KEYS = {"identity_file", "known_hosts"}
+SSH_KEYS = {"identity_file", "known_hosts", "passphrase_env"}
+ENV_VALUE_KEYS = {"value", "from_env", "secret"}
 HOST_KEYS = {"address", "port", "user"}
 TIMEOUT_KEYS = {"connect", "command", "stage", "hook", "migrate"}
 HEALTH_KEYS = {"command", "timeout", "retries", "interval"}
@@ -292,13 +311,46 @@ def _shared(check: _Checker, value: Any) -> tuple[str, ...]:
     return tuple(paths)
 
 
+def _env(check: _Checker, value: Any, environ: Mapping[str, str]) -> tuple[EnvVar, ...]:
+    raw = check.mapping(value, "env", set(value) if isinstance(value, Mapping) else set(), set())
+    variables: list[EnvVar] = []
+    for name, spec in raw.items():
+        key = f"env.{name}"
+        if not ENV_NAME_RE.match(name) or name.startswith("DEPLOYER_"):
+            raise check.error(key, "variable names use letters, digits and '_' (and may not start with DEPLOYER_)")
+        if isinstance(spec, (str, int, float)) and not isinstance(spec, bool):
+            variables.append(EnvVar(name, str(spec)))
+            continue
+        spec = check.mapping(spec, key, ENV_VALUE_KEYS, set())
+        secret = spec.get("secret", False)
+        if not isinstance(secret, bool):
+            raise check.error(f"{key}.secret", f"expected true or false, got {_kind(secret)}")
+        if ("value" in spec) == ("from_env" in spec):
+            raise check.error(key, "give exactly one of value: or from_env:")
+        if "from_env" in spec:
+            source = check.string(spec["from_env"], f"{key}.from_env", ENV_NAME_RE, "variable name")
+            if source not in environ:
+                raise check.error(f"{key}.from_env", f"${source} is not set on this machine")
+            variables.append(EnvVar(name, environ[source], secret))
+        else:
+            text = spec["value"]
+            if not isinstance(text, (str, int, float)) or isinstance(text, bool):
+                raise check.error(f"{key}.value", f"expected a string, got {_kind(text)}")
+            variables.append(EnvVar(name, str(text), secret))
+    return tuple(variables)
+
+
 def _hooks(check: _Checker, value: Any) -> dict[str, str]:
     raw = check.mapping(value, "hooks", set(REMOTE_HOOKS + LOCAL_HOOKS), set())
     return {name: check.string(command, f"hooks.{name}") for name, command in raw.items() if command is not None}
 
 
-def parse_inventory(text: str, path: str) -> Inventory:
-    """Parse and check inventory text; `path` names the file in errors and anchors relative paths."""
+def parse_inventory(text: str, path: str, environ: Mapping[str, str] | None = None) -> Inventory:
+    """Parse and check inventory text; `path` names the file in errors and anchors relative paths.
+
+    `environ` (default: this process's environment) provides `from_env` values and the passphrase.
+    """
+    environ = os.environ if environ is None else environ
     check = _Checker(path)
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
@@ -316,9 +368,15 @@ def parse_inventory(text: str, path: str) -> Inventory:
 
     deploy_to = check.deploy_to(top["deploy_to"], "deploy_to")
     user = check.string(top["user"], "user", USER_RE, "user name")
-    ssh = check.mapping(top["ssh"], "ssh", SSH_KEYS, SSH_KEYS)
+    ssh = check.mapping(top["ssh"], "ssh", SSH_KEYS, {"identity_file", "known_hosts"})
     identity_file = check.local_file(ssh["identity_file"], "ssh.identity_file")
     known_hosts = check.local_file(ssh["known_hosts"], "ssh.known_hosts")
+    passphrase = ""
+    if ssh.get("passphrase_env") is not None:
+        source = check.string(ssh["passphrase_env"], "ssh.passphrase_env", ENV_NAME_RE, "variable name")
+        if source not in environ:
+            raise check.error("ssh.passphrase_env", f"${source} is not set on this machine")
+        passphrase = environ[source]
 
     validate = ""
     if top.get("validate") is not None:
@@ -339,6 +397,7 @@ def parse_inventory(text: str, path: str) -> Inventory:
     )
     shared = _shared(check, top["shared"]) if top.get("shared") is not None else ()
     hooks = _hooks(check, top["hooks"]) if top.get("hooks") is not None else {}
+    env = _env(check, top["env"], environ) if top.get("env") is not None else ()
     migrate = check.string(top["migrate"], "migrate") if top.get("migrate") is not None else ""
     rollback_migrations = ""
     if top.get("rollback_migrations") is not None:
@@ -382,6 +441,8 @@ def parse_inventory(text: str, path: str) -> Inventory:
         hooks=hooks,
         migrate=migrate,
         rollback_migrations=rollback_migrations,
+        env=env,
+        passphrase=passphrase,
     )
 
 

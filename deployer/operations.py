@@ -46,6 +46,7 @@ from deployer.report import (
     OperationReport,
     Phase,
     Progress,
+    set_secrets,
 )
 from deployer.state import HostState, LockState
 
@@ -64,6 +65,7 @@ class Options:
 
 
 def _open_fleet(inventory: Inventory, options: Options) -> Fleet:
+    set_secrets(inventory.secrets())
     return Fleet(inventory, accept_new_host_keys=options.accept_new_host_keys, parallel=options.parallel)
 
 

@@ -8,6 +8,7 @@ hooks. Results come back as values; nothing here prints except through `Progress
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import posixpath
@@ -90,6 +91,16 @@ def pin_info(release: str, why: str) -> str:
     )
 
 
+def env_block(inventory: Inventory) -> bytes:
+    """The inventory's `env` as the block the remote scripts read from stdin (see read_env in lib.sh)."""
+    if not inventory.env:
+        return b""
+    lines = b"".join(
+        var.name.encode() + b" " + base64.b64encode(var.value.encode("utf-8")) + b"\n" for var in inventory.env
+    )
+    return b"DEPLOYER-ENV %d\n" % len(lines) + lines
+
+
 def schema_text(schema: SchemaRecord | None) -> str:
     return f"{schema.version} {schema.min_compatible} {schema.release}" if schema else ""
 
@@ -107,6 +118,7 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
         [staged_at, str(manifest.schema_version) if manifest else "-", str(manifest.min_schema) if manifest else "-"]
     )
     mapped = MappedArtifact(artifact.path)
+    environment = env_block(inventory)
     failures: dict[str, HostError] = {}
 
     def work(connection: HostConnection) -> float:
@@ -120,8 +132,9 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
             validate=inventory.validate,
             meta=meta,
             shared="\n".join(inventory.shared),
+            env="1" if environment else "",
         )
-        upload = mapped.view if source == planning.UPLOAD else None
+        upload = [environment] + ([mapped.view] if source == planning.UPLOAD else [])
         result = connection.run(command, timeout=inventory.timeouts.stage, upload=upload)
         output = parse_output(result.output)
         if result.exit_status != 0:
@@ -201,6 +214,7 @@ def _switch_command(run: Run, host_plan: HostPlan, request: SwitchRequest) -> tu
         "prune": " ".join(request.prune.get(host_plan.host, ())),
         "unlock": run.lock.token if request.unlock else "",
         "unlock_always": "1" if request.unlock and request.mode != "deploy" else "",
+        "env": "1" if inventory.env else "",
     }
     hooks = ("before_switch", "after_switch") if request.mode == "deploy" else ("after_rollback",)
     for hook in hooks:
@@ -221,7 +235,7 @@ def switch_host(connection: HostConnection, run: Run, host_plan: HostPlan, reque
     """Run the shared switch helper on one host and check its read-back against the plan."""
     target = host_plan.target or ""
     command, timeout = _switch_command(run, host_plan, request)
-    result = connection.run(command, timeout=timeout)
+    result = connection.run(command, timeout=timeout, upload=[env_block(run.inventory)])
     output = parse_output(result.output)
     status = result.exit_status
     name = connection.host.name
@@ -337,9 +351,12 @@ def run_once(
         schema_from="" if schema_from is None else str(schema_from),
         schema_to="" if schema_to is None else str(schema_to),
         run=run.run_id,
+        env="1" if inventory.env else "",
     )
+    environment = [env_block(inventory)]
     for _host, outcome in run.fleet.map(
-        lambda connection: connection.run(line, timeout=inventory.timeouts.migrate + 10), [inventory.host(host)]
+        lambda connection: connection.run(line, timeout=inventory.timeouts.migrate + 10, upload=environment),
+        [inventory.host(host)],
     ):
         if isinstance(outcome, HostError):
             return outcome.reason
@@ -368,7 +385,12 @@ def run_local_hook(inventory: Inventory, name: str, environment: Mapping[str, st
     if not command:
         return None
     started = time.monotonic()
-    env = {**os.environ, **environment, "DEPLOYER_INVENTORY": os.path.abspath(inventory.path)}
+    env = {
+        **os.environ,
+        **{var.name: var.value for var in inventory.env},
+        **environment,
+        "DEPLOYER_INVENTORY": os.path.abspath(inventory.path),
+    }
     try:
         done = subprocess.run(
             ["sh", "-c", command],

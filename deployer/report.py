@@ -17,6 +17,30 @@ SKIPPED = "skipped"  # would have acted, but the operation stopped before reachi
 REVERTED = "reverted"  # switched, then switched back to where it was (verified) because the rollout failed
 
 GOOD_STATUSES = (OK, UNCHANGED)
+REDACTED = "***"
+_secrets: set[str] = set()
+
+
+def set_secrets(values: list[str]) -> None:
+    """Values (secret env, key passphrase) replaced by *** in everything this module writes."""
+    _secrets.update(value for value in values if len(value) >= 3)
+
+
+def redact(text: str) -> str:
+    for value in sorted(_secrets, key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    return text
+
+
+def redact_data(data: Any) -> Any:
+    """`redact` applied to every string in JSON-like data (before encoding: escaping would hide values)."""
+    if isinstance(data, str):
+        return redact(data)
+    if isinstance(data, dict):
+        return {redact_data(key): redact_data(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [redact_data(item) for item in data]
+    return data
 
 
 @dataclass
@@ -122,19 +146,18 @@ def render_text(report: OperationReport, stream: TextIO | None = None) -> None:
                 line += f"  {result.seconds:.2f}s"
             if result.message:
                 line += f"  {result.message}"
-            out.write(line.rstrip() + "\n")
+            out.write(redact(line.rstrip()) + "\n")
     for warning in report.warnings:
-        out.write(f"warning: {warning}\n")
+        out.write(redact(f"warning: {warning}") + "\n")
     for note in report.notes:
-        out.write(f"note: {note}\n")
-    out.write(report.verdict() + "\n")
+        out.write(redact(f"note: {note}") + "\n")
+    out.write(redact(report.verdict()) + "\n")
     out.flush()
 
 
 def render_json(report: OperationReport, stream: TextIO | None = None) -> None:
     out = stream or sys.stdout
-    json.dump(report.to_dict(), out, indent=2, sort_keys=True)
-    out.write("\n")
+    out.write(json.dumps(redact_data(report.to_dict()), indent=2, sort_keys=True) + "\n")
     out.flush()
 
 
@@ -147,7 +170,7 @@ class Progress:
 
     def say(self, message: str) -> None:
         if not self.quiet:
-            self.stream.write(message + "\n")
+            self.stream.write(redact(message) + "\n")
             self.stream.flush()
 
     def host(self, host: str, message: str) -> None:

@@ -47,6 +47,31 @@ parse_options() {
     done
 }
 
+read_env() {
+    # With env=1, stdin starts with "DEPLOYER-ENV <bytes>" and that many bytes of "NAME BASE64" lines:
+    # variables for validate, hooks, health checks and migrations, kept off the command line
+    # (which any user of the host can read in ps).
+    [ "${opt_env:-0}" = 1 ] || return 0
+    IFS=' ' read -r env_magic env_size || fail 10 "no environment block on stdin"
+    [ "$env_magic" = DEPLOYER-ENV ] || fail 10 "bad environment block on stdin"
+    env_block=$(dd bs=1 count="$env_size" 2>/dev/null)
+    env_ifs=$IFS
+    IFS='
+'
+    set -f
+    for env_line in $env_block; do
+        env_name=${env_line%% *}
+        case $env_name in
+            '' | *[!A-Za-z0-9_]*) fail 10 "bad variable name in the environment block" ;;
+        esac
+        env_value=$(printf '%s' "${env_line#* }" | base64 -d) || fail 10 "bad value for $env_name"
+        export "$env_name=$env_value"
+    done
+    set +f
+    IFS=$env_ifs
+    unset env_block env_line env_value
+}
+
 sha256_of() {
     if command -v sha256sum >/dev/null 2>&1; then
         sha256sum "$1" | cut -d ' ' -f 1

@@ -6,6 +6,7 @@ shift
 opt_release='' opt_name=command opt_command='' opt_timeout=600 opt_schema_from='' opt_schema_to=''
 opt_run=''
 parse_options "$@"
+read_env
 cd "$deploy_to" || fail 20 "cannot enter $deploy_to"
 [ -d "releases/$opt_release" ] || fail 20 "release $opt_release is not present in $deploy_to/releases"
 mkdir -p .deployer/logs

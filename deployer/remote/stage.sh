@@ -9,6 +9,7 @@ deploy_to=$1
 shift
 opt_release='' opt_digest='' opt_source=upload opt_validate='' opt_meta='' opt_shared=''
 parse_options "$@"
+read_env
 release_id=$opt_release
 digest=$opt_digest
 if [ -z "$release_id" ] || [ -z "$digest" ]; then

@@ -17,6 +17,7 @@ opt_schema='' opt_pin='' opt_unpin=0 opt_mark_bad='' opt_bad_info='' opt_prune='
 opt_operation=''
 opt_run=''
 parse_options "$@"
+read_env
 target=$opt_target
 mode=$opt_mode
 [ -n "$target" ] || fail 10 "switch needs target="

@@ -177,3 +177,43 @@ def test_health_check_may_be_a_plain_command(keyfiles):
     path, _ = inv(keyfiles, GOOD.replace("validate:", "health_check: 'test -f ok'\nvalidate:", 1))
     health = load_inventory(path).health_check
     assert health is not None and health.command == "test -f ok" and health.retries == 3
+
+
+def test_env_values_secrets_and_passphrase(keyfiles):
+    extra = (
+        "env:\n"
+        "  APP_ENV: production\n"
+        "  PORT: 8080\n"
+        "  DB_PASSWORD: {from_env: SOURCE_PW, secret: true}\n"
+        "  API_TOKEN: {value: 'inline token', secret: true}\n"
+    )
+    text = GOOD.replace("validate:", extra + "validate:", 1).replace(
+        "known_hosts: kh", "known_hosts: kh, passphrase_env: KEY_PW"
+    )
+    path, _ = inv(keyfiles, text)
+    inventory = parse_inventory(open(path).read(), path, environ={"SOURCE_PW": "s3cr3t $(x)", "KEY_PW": "phrase"})
+    assert [(v.name, v.value, v.secret) for v in inventory.env] == [
+        ("APP_ENV", "production", False),
+        ("PORT", "8080", False),
+        ("DB_PASSWORD", "s3cr3t $(x)", True),
+        ("API_TOKEN", "inline token", True),
+    ]
+    assert sorted(inventory.secrets()) == ["inline token", "phrase", "s3cr3t $(x)"]
+    assert "s3cr3t" not in repr(inventory) and "phrase'" not in repr(inventory)
+
+
+@pytest.mark.parametrize(
+    "extra, key, words",
+    [
+        ("env: {X: {from_env: NOT_SET_ANYWHERE}}\n", "env.X.from_env", "$NOT_SET_ANYWHERE is not set"),
+        ("env: {'bad-name': 1}\n", "env.bad-name", "variable names"),
+        ("env: {DEPLOYER_RELEASE: 1}\n", "env.DEPLOYER_RELEASE", "DEPLOYER_"),
+        ("env: {X: {secret: true}}\n", "env.X", "exactly one of"),
+        ("env: {X: {value: a, secret: maybe}}\n", "env.X.secret", "true or false"),
+    ],
+)
+def test_env_errors(keyfiles, extra, key, words):
+    path, _ = inv(keyfiles, GOOD.replace("validate:", extra + "validate:", 1))
+    with pytest.raises(InventoryError) as caught:
+        parse_inventory(open(path).read(), path, environ={})
+    assert caught.value.key == key and words in str(caught.value)

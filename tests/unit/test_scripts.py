@@ -221,3 +221,34 @@ def test_health_check_retries_then_reports_failure_after_switching(tmp_path, art
 def test_parse_options_refuses_bad_names(tmp_path):
     code, out = run(command_line("gather", str(tmp_path)) + " 'Bad-Name=1'")
     assert code == 10 and "bad option name" in out.error_message()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=40))
+def test_environment_arrives_intact_over_stdin_never_on_the_command_line(tmp_path, artifact, value):
+    from deployer.inventory import EnvVar
+
+    value = "S3CR3T-" + value
+    from deployer.phases import env_block
+
+    class Holder:
+        env = (EnvVar("SECRET_VALUE", value, True), EnvVar("PLAIN", "x y", False))
+
+    deploy_to = tempfile.mkdtemp(dir=tmp_path)
+    prepared, data = artifact
+    out_file = os.path.join(deploy_to, "seen")
+    command = command_line(
+        "stage",
+        deploy_to,
+        release="r1",
+        digest=prepared.digest,
+        source="upload",
+        validate=f'printf "%s|%s" "$SECRET_VALUE" "$PLAIN" > {out_file}',
+        env="1",
+    )
+    assert "S3CR3T" not in command
+    code, out = run(command, stdin=env_block(Holder()) + data)  # type: ignore[arg-type]
+    assert code == 0, out.text
+    with open(out_file, encoding="utf-8", newline="") as handle:
+        # $(...) in the reader drops trailing newlines, as the shell does for any command substitution
+        assert handle.read() == value.rstrip("\n") + "|x y"
