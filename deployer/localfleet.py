@@ -300,6 +300,22 @@ class LocalFleet:
         if pid is not None:
             os.kill(pid, signal.SIGCONT)
 
+    def freeze_host(self, name: str, sig: int = signal.SIGSTOP) -> None:
+        """Freeze every process of a host (its sshd and all sessions): a machine that stopped mid-command.
+
+        SIGCONT thaws it (`thaw_host`)."""
+        pid = self.pid(name)
+        if pid is None:
+            return
+        namespace = os.readlink(f"/proc/{pid}/ns/mnt")
+        if namespace == os.readlink("/proc/self/ns/mnt"):
+            raise FleetError(f"{name} is not inside its own namespace; refusing to signal the machine's processes")
+        for other in _pids_in_namespace(namespace):
+            _kill(other, sig)
+
+    def thaw_host(self, name: str) -> None:
+        self.freeze_host(name, signal.SIGCONT)
+
     def down(self) -> list[str]:
         """Stop every host this fleet started; returns their names."""
         stopped = []

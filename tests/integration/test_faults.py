@@ -85,6 +85,29 @@ def test_host_dying_mid_validation_switches_no_host_and_a_rerun_succeeds(
     assert {view.version(deploy_to) for view in views.values()} == {"v2"}
 
 
+def test_host_freezing_mid_command_is_cut_off_by_the_step_timeout(
+    local_fleet, make_inventory, views, artifacts, deploy_to
+):
+    base = deploy(make_inventory(), artifacts["v1"]).target
+    slow = make_inventory(validate="sleep 2; sh bin/check", timeouts="{connect: 2, command: 4, stage: 6}")
+    process = inv_process("deploy", "--inventory", slow, "--artifact", artifacts["v2"])
+    deadline = time.monotonic() + 30
+    while "validating" not in views["web4"].host.run("cat %s/.deployer/meta/* 2>/dev/null", deploy_to).stdout:
+        assert time.monotonic() < deadline, "web4 never started validating"
+        time.sleep(0.1)
+    local_fleet.freeze_host("web4")  # the whole machine stops: sshd, the session, the validation
+    try:
+        code = process.wait(timeout=60)  # bounded by timeouts.stage, then the lock release's timeout
+        out, err = process.communicate()
+        assert code == 1, out + err
+        line = next(line for line in out.splitlines() if line.strip().startswith("web4"))
+        assert "did not finish within 6s" in line
+        assert [views[n].current_release(deploy_to) for n in ("web1", "web2", "web3")] == [base] * 3
+    finally:
+        local_fleet.thaw_host("web4")
+    assert views["web4"].current_release(deploy_to) == base
+
+
 @pytest.fixture
 def full_disk_on_web3(local_fleet, deploy_to):
     """A 1 MiB tmpfs as web3's deploy folder, mounted inside that host's own namespace."""
