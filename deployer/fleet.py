@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -252,6 +252,17 @@ class Fleet:
             self.connections[host.name] = handle
             self.connections_opened += 1
         return handle
+
+    def connect_all(self) -> dict[str, Future[HostConnection | HostError]]:
+        """Start connecting to every host in the pool; each future gives the connection or the error."""
+
+        def one(host: Host) -> HostConnection | HostError:
+            try:
+                return self.connect(host)
+            except HostError as error:
+                return error
+
+        return {host.name: self._pool.submit(one, host) for host in self.inventory.hosts}
 
     def map(
         self, work: Callable[[HostConnection], T], hosts: list[Host] | None = None

@@ -159,19 +159,46 @@ def acquire(
 ) -> tuple[dict[str, HostState], Unreachable]:
     """Take the fleet lock and read every host's state (see the module docstring for the protocol)."""
     deadline = time.monotonic() + wait
-    names = [host.name for host in fleet.inventory.hosts]
     unreachable: Unreachable = {}
-    for host, outcome in fleet.map(lambda connection: None):
+    connecting = fleet.connect_all()
+    # The lead is the first host in inventory order that answers; its lock is taken while the
+    # other connections are still being opened.
+    lead = None
+    for name, future in connecting.items():
+        outcome = future.result()
         if isinstance(outcome, HostError):
-            unreachable[host.name] = outcome.reason
-            progress.host(host.name, f"FAILED: {outcome.reason}")
-    reachable = [name for name in names if name not in unreachable]
-    if not reachable:
+            unreachable[name] = outcome.reason
+            progress.host(name, f"FAILED: {outcome.reason}")
+        else:
+            lead = name
+            break
+    if lead is None:
         return {}, unreachable
-    lead, rest = reachable[0], reachable[1:]
+    states, lost = read_states(fleet, progress, [lead], lock)
+    for name, future in connecting.items():
+        outcome = future.result()
+        if isinstance(outcome, HostError) and name not in unreachable:
+            unreachable[name] = outcome.reason
+            progress.host(name, f"FAILED: {outcome.reason}")
+    names = [host.name for host in fleet.inventory.hosts]
+    rest = [name for name in names[names.index(lead) + 1 :] if name not in unreachable]
+    return _acquire_lead(fleet, lock, progress, lead, rest, unreachable, deadline, wait, states, lost)
+
+
+def _acquire_lead(
+    fleet: Fleet,
+    lock: FleetLock,
+    progress: Progress,
+    lead: str,
+    rest: list[str],
+    unreachable: Unreachable,
+    deadline: float,
+    wait: float,
+    states: dict[str, HostState],
+    lost: Unreachable,
+) -> tuple[dict[str, HostState], Unreachable]:
     cleared = False
     while True:
-        states, lost = read_states(fleet, progress, [lead], lock)
         if lead in lost:
             unreachable.update(lost)
             return _acquire_rest(fleet, lock, progress, rest, unreachable, deadline, wait)
@@ -180,10 +207,12 @@ def acquire(
             return _acquire_rest(fleet, lock, progress, rest, unreachable, deadline, wait, states)
         if not cleared and _clear_stale(fleet, others, progress):
             cleared = True  # once: a lock that does not go away is not retried forever
+            states, lost = read_states(fleet, progress, [lead], lock)
             continue
         if time.monotonic() >= deadline:
             raise LockHeld(_refusal(others, wait))
         time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        states, lost = read_states(fleet, progress, [lead], lock)
 
 
 def _acquire_rest(

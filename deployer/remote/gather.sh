@@ -29,7 +29,9 @@ if [ -L current ]; then
     if [ -d current/ ]; then
         emit current_resolved "$(cd current/ && pwd -P)"
         if [ -f current/previousVersion ]; then
-            emit previous_version "$(head -n 1 current/previousVersion)"
+            line=
+            IFS= read -r line < current/previousVersion || true
+            emit previous_version "$line"
         else
             emit previous_version_missing
         fi
@@ -41,25 +43,40 @@ elif [ -e current ]; then
 else
     emit current missing
 fi
+first_line() {
+    # first_line FILE: its first line in $line, with the shell's own read (no process per file).
+    line=
+    IFS= read -r line < "$1" || true
+}
+
 for dir in releases/*/; do
     [ -d "$dir" ] || continue
     id=${dir#releases/}
     id=${id%/}
-    # shellcheck disable=SC2046  # the meta line's fields become separate record fields
-    emit release "$id" $(release_status "$id")
+    meta="unmanaged -"
+    if [ -f ".deployer/meta/$id" ]; then
+        first_line ".deployer/meta/$id"
+        meta=$line
+    fi
+    # shellcheck disable=SC2086  # the meta line's fields become separate record fields
+    emit release "$id" $meta
     if [ -f "releases/$id/previousVersion" ]; then
-        emit release_previous "$id" "$(head -n 1 "releases/$id/previousVersion")"
+        first_line "releases/$id/previousVersion"
+        emit release_previous "$id" "$line"
     fi
     if [ -f ".deployer/bad/$id" ]; then
-        emit bad "$id" "$(head -n 1 ".deployer/bad/$id")"
+        first_line ".deployer/bad/$id"
+        emit bad "$id" "$line"
     fi
 done
 if [ -f .deployer/pin ]; then
-    emit pin "$(head -n 1 .deployer/pin)"
+    first_line .deployer/pin
+    emit pin "$line"
 fi
 if [ -f .deployer/schema ]; then
-    # shellcheck disable=SC2046
-    emit schema $(head -n 1 .deployer/schema)
+    first_line .deployer/schema
+    # shellcheck disable=SC2086
+    emit schema $line
 fi
 if [ -f .deployer/history.jsonl ]; then
     last=$(tail -n 200 .deployer/history.jsonl | grep -E '"op": "(deploy|rollback|revert)"' | tail -n 1)
