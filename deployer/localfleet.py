@@ -300,6 +300,21 @@ class LocalFleet:
         if pid is not None:
             os.kill(pid, signal.SIGCONT)
 
+    def ssh_counts(self) -> dict[str, tuple[int, int]]:
+        """(connections accepted, exec sessions started) per host so far, counted from each sshd's own log.
+
+        sshd logs both at LogLevel VERBOSE (the fleet's default): "Accepted publickey for ..." and
+        "Starting session: command for ...". Independent of the deployer's own counters.
+        """
+        counts = {}
+        for host in self.hosts():
+            try:
+                text = Path(host.log).read_text(errors="replace")
+            except OSError:
+                text = ""
+            counts[host.name] = (text.count("Accepted publickey for "), text.count("Starting session: "))
+        return counts
+
     def freeze_host(self, name: str, sig: int = signal.SIGSTOP) -> None:
         """Freeze every process of a host (its sshd and all sessions): a machine that stopped mid-command.
 

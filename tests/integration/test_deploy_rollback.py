@@ -60,22 +60,27 @@ EVERYTHING_ON = (
 
 
 @pytest.mark.parametrize("extra", ["", EVERYTHING_ON], ids=["plain", "hooks-shared-health"])
-def test_one_connection_per_host_and_session_budgets(make_inventory, artifacts, extra):
-    """Issue 6's budgets, as counts: deploy <= 3 sessions per host, rollback <= 2, one connection each,
-    however many hooks and shared paths there are."""
+def test_one_connection_per_host_and_session_budgets(local_fleet, make_inventory, artifacts, extra):
+    """Issue 6's budgets, as counts read from each sshd's own log: deploy 1 connection and 3 exec
+    sessions per host, rollback 1 and 2, however many hooks and shared paths there are."""
     inventory = load_inventory(make_inventory(extra=extra))
-    counts = {}
-    for label, artifact in (("first deploy", "v1"), ("second deploy", "v2")):
-        report = operations.deploy(inventory, artifacts[artifact], progress=QUIET)
-        assert report.ok
-        counts[label] = (report.connections, report.sessions)
-    report = operations.rollback(inventory, progress=QUIET)
-    assert report.ok
-    counts["rollback"] = (report.connections, report.sessions)
-    hosts = len(inventory.hosts)
-    assert counts["first deploy"] == (hosts, {h.name: 3 for h in inventory.hosts})
-    assert counts["second deploy"] == (hosts, {h.name: 3 for h in inventory.hosts})
-    assert counts["rollback"] == (hosts, {h.name: 2 for h in inventory.hosts})
+    names = [host.name for host in inventory.hosts]
+
+    def measured(operation):
+        before = local_fleet.ssh_counts()
+        report = operation()
+        assert report.ok, report.verdict()
+        after = local_fleet.ssh_counts()
+        from_logs = {n: (after[n][0] - before[n][0], after[n][1] - before[n][1]) for n in names}
+        assert report.connections == len(names)  # the tool's own count agrees with sshd's
+        assert report.sessions == {n: sessions for n, (_c, sessions) in from_logs.items()}
+        return from_logs
+
+    first = measured(lambda: operations.deploy(inventory, artifacts["v1"], progress=QUIET))
+    second = measured(lambda: operations.deploy(inventory, artifacts["v2"], progress=QUIET))
+    back = measured(lambda: operations.rollback(inventory, progress=QUIET))
+    assert first == second == {n: (1, 3) for n in names}
+    assert back == {n: (1, 2) for n in names}
 
 
 def test_drill_deploys_rolls_back_and_redeploys(make_inventory, views, artifacts, deploy_to):
