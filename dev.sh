@@ -2,6 +2,7 @@
 # Set up everything on a fresh Debian machine (as root) and run one job:
 #   ./dev.sh demo   the main job on a local 3-host fleet: deploy v1, deploy v2, rollback, drill, status
 #   ./dev.sh test   the whole test suite (unit + integration against real sshd hosts)
+#   ./dev.sh bench  the benchmark against a plain OpenSSH fan-out (benchmarks/bench.py; args passed on)
 #   ./dev.sh setup  only the set-up (.venv with the project, openssh-server, shellcheck)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -26,9 +27,10 @@ case "${1:-}" in
     demo) exec .venv/bin/inv demo ;;
     test)
         shift
-        .venv/bin/ruff check deployer tasks.py tests
+        .venv/bin/ruff check deployer tasks.py tests benchmarks
         .venv/bin/mypy
         exec .venv/bin/python -m pytest "$@" ;;
+    bench) shift; exec .venv/bin/python benchmarks/bench.py "$@" ;;
     setup) ;;
-    *) echo "usage: ./dev.sh demo|test|setup" >&2; exit 2 ;;
+    *) echo "usage: ./dev.sh demo|test|bench|setup" >&2; exit 2 ;;
 esac

@@ -128,6 +128,7 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
             inventory.deploy_to,
             release=release,
             digest=artifact.digest,
+            size=str(artifact.size),
             source=source,
             validate=inventory.validate,
             meta=meta,

@@ -82,6 +82,17 @@ sha256_of() {
     fi
 }
 
+sha256_stream() {
+    # sha256_stream < DATA: the hex digest of standard input.
+    if command -v sha256sum >/dev/null 2>&1; then
+        sha256sum | cut -d ' ' -f 1
+    elif command -v shasum >/dev/null 2>&1; then
+        shasum -a 256 | cut -d ' ' -f 1
+    else
+        openssl dgst -sha256 -r | cut -d ' ' -f 1
+    fi
+}
+
 write_file() {
     # write_file PATH CONTENT: replace PATH atomically (temp file + rename in the same folder).
     wf_tmp="$1.tmp.$$"

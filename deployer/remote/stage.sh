@@ -1,4 +1,4 @@
-# stage DEPLOY_TO release=ID digest=SHA256 source=upload|cache [validate=CMD] [meta=FIELDS] [shared=PATHS]
+# stage DEPLOY_TO release=ID digest=SHA256 size=BYTES source=upload|cache [validate=CMD] [meta=FIELDS] [shared=PATHS]
 # Puts the artifact (source=upload: read from stdin; source=cache: the copy kept from an earlier
 # upload with the same digest) into releases/ID, links the shared paths (one per line in PATHS; a
 # trailing / marks a folder) to DEPLOY_TO/shared/, and runs the validate command inside it.
@@ -7,7 +7,7 @@
 # shellcheck disable=SC2154  # opt_* are set by parse_options
 deploy_to=$1
 shift
-opt_release='' opt_digest='' opt_source=upload opt_validate='' opt_meta='' opt_shared=''
+opt_release='' opt_digest='' opt_size='' opt_source=upload opt_validate='' opt_meta='' opt_shared=''
 parse_options "$@"
 read_env
 release_id=$opt_release
@@ -27,30 +27,61 @@ if [ -e "releases/$release_id" ] || [ -L "releases/$release_id" ]; then
 fi
 
 cached=".deployer/artifacts/$digest.tar.gz"
-if [ "$opt_source" = upload ]; then
-    part=".deployer/artifacts/.$digest.$$.part"
-    if ! cat > "$part"; then
-        rm -f "$part"
-        fail 30 "could not store the artifact in $deploy_to (disk full?): $(df -Pk . | awk 'NR == 2 { print $4 }') KiB free"
-    fi
-    mv -f "$part" "$cached" || fail 30 "could not store the artifact"
-fi
-[ -f "$cached" ] || fail 20 "no cached artifact $digest on this host"
-actual=$(sha256_of "$cached")
-if [ "$actual" != "$digest" ]; then
-    rm -f "$cached"
-    fail 31 "artifact digest mismatch: expected $digest, got $actual"
-fi
-
 staging=".deployer/staging/$release_id"
 rm -rf "$staging"
 mkdir "$staging" || fail 30 "cannot create $staging"
-if ! tar -xzf "$cached" -C "$staging" 2> "$staging.err"; then
-    reason=$(tail -n 3 "$staging.err" | tr '\n' ' ')
-    rm -rf "$staging" "$staging.err"
-    fail 30 "unpacking failed (disk full?): $reason"
+
+free_kb() {
+    df -Pk . | awk 'NR == 2 { print $4 }'
+}
+
+if [ "$opt_source" = upload ]; then
+    # One pass over the stream: tee keeps the tarball for later redeploys, feeds the hasher through
+    # a FIFO, and tar unpacks it at the same time. Nothing is trusted until the digest and the size
+    # match; until then the release exists only under .deployer/staging/.
+    part=".deployer/artifacts/.$digest.$$.part"
+    fifo=".deployer/staging/.$release_id.$$.fifo"
+    sum=".deployer/staging/.$release_id.$$.sum"
+    rm -f "$fifo"
+    mkfifo "$fifo" || fail 30 "cannot create a FIFO in $deploy_to/.deployer (disk full?)"
+    sha256_stream < "$fifo" > "$sum" &
+    hasher=$!
+    tee "$fifo" "$part" 2> "$staging.tee" | tar -xzf - -C "$staging" 2> "$staging.err"
+    unpacked=$?
+    wait "$hasher"
+    actual=
+    IFS= read -r actual < "$sum" || true
+    size=$(wc -c < "$part" 2>/dev/null | tr -d ' ')
+    reason="$(tail -n 2 "$staging.tee" "$staging.err" 2>/dev/null | grep -v '^==>' | tr '\n' ' ')"
+    rm -f "$fifo" "$sum" "$staging.tee" "$staging.err"
+    if [ "${size:-0}" != "$opt_size" ]; then
+        rm -rf "$staging" "$part"
+        fail 30 "could not store the artifact in $deploy_to (disk full?): $(free_kb) KiB free; $reason"
+    fi
+    if [ "$actual" != "$digest" ]; then
+        rm -rf "$staging" "$part"
+        fail 31 "artifact digest mismatch: expected $digest, got $actual"
+    fi
+    if [ "$unpacked" != 0 ]; then
+        rm -rf "$staging" "$part"
+        fail 30 "unpacking failed (disk full?): $reason"
+    fi
+    mv -f "$part" "$cached" || fail 30 "could not store the artifact"
+else
+    [ -f "$cached" ] || fail 20 "no cached artifact $digest on this host"
+    actual=$(sha256_of "$cached")
+    if [ "$actual" != "$digest" ]; then
+        rm -f "$cached"
+        rm -rf "$staging"
+        fail 31 "artifact digest mismatch: expected $digest, got $actual"
+    fi
+    if ! tar -xzf "$cached" -C "$staging" 2> "$staging.err"; then
+        reason=$(tail -n 3 "$staging.err" | tr '\n' ' ')
+        rm -rf "$staging" "$staging.err"
+        fail 30 "unpacking failed (disk full?): $reason"
+    fi
+    rm -f "$staging.err"
 fi
-rm -f "$staging.err"
 
 link_shared() {
     # link_shared PATH: replace PATH in the staged release by a link to shared/PATH (seeded from the release once).

@@ -32,7 +32,14 @@ def artifact(tmp_path_factory):
 def stage(deploy_to, release, artifact, validate="", **options):
     prepared, data = artifact
     command = command_line(
-        "stage", deploy_to, release=release, digest=prepared.digest, source="upload", validate=validate, **options
+        "stage",
+        deploy_to,
+        release=release,
+        digest=prepared.digest,
+        size=str(len(data)),
+        source="upload",
+        validate=validate,
+        **options,
     )
     return run(command, stdin=data)
 
@@ -120,7 +127,10 @@ def test_validation_failure_marks_release_failed(tmp_path, artifact):
 def test_digest_mismatch_leaves_no_release(tmp_path, artifact):
     deploy_to = str(tmp_path / "app")
     prepared, data = artifact
-    code, out = run(command_line("stage", deploy_to, release="r1", digest="0" * 64, source="upload"), stdin=data)
+    code, out = run(
+        command_line("stage", deploy_to, release="r1", digest="0" * 64, size=str(len(data)), source="upload"),
+        stdin=data,
+    )
     assert code != 0 and "digest mismatch" in out.error_message()
     assert not os.path.exists(os.path.join(deploy_to, "releases", "r1"))
 
@@ -242,6 +252,7 @@ def test_environment_arrives_intact_over_stdin_never_on_the_command_line(tmp_pat
         deploy_to,
         release="r1",
         digest=prepared.digest,
+        size=str(len(data)),
         source="upload",
         validate=f'printf "%s|%s" "$SECRET_VALUE" "$PLAIN" > {out_file}',
         env="1",

@@ -1,0 +1,336 @@
+"""Benchmark: the deployer against a plain OpenSSH fan-out, on local fleets of real sshd hosts.
+
+For each fleet size it starts a local fleet, then runs, interleaved and alternating which goes
+first: the tool (`inv deploy` / `inv rollback`, the whole CLI as a user runs it) and a plain
+OpenSSH fan-out written here (one `ssh` per host, all in parallel: stream the tarball into `tar`,
+switch with `ln -s tmp && mv -T`; roll back with `ln -s && mv -T`). Connections and exec sessions
+per host are counted from each sshd's own log; client CPU is the children's rusage.
+
+    .venv/bin/python benchmarks/bench.py                     # 20, 50, 100 hosts
+    .venv/bin/python benchmarks/bench.py --hosts 20 --runs 3 --latency-ms 25
+
+`--latency-ms` puts a TCP proxy in front of every host that delays each direction by that much,
+to show that round trips, not loopback speed, are what is saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from deployer.localfleet import LocalFleet  # noqa: E402
+from deployer.release import pack_directory  # noqa: E402
+
+TOOL_DIR = "/srv/bench-tool"
+SSH_DIR = "/srv/bench-ssh"
+
+
+@dataclass
+class Sample:
+    seconds: float
+    cpu: float  # client CPU seconds (user + system of the child processes)
+    connections: float  # per host, from sshd logs
+    sessions: float
+
+
+@dataclass
+class Row:
+    hosts: int
+    operation: str
+    tool: list[Sample] = field(default_factory=list)
+    ssh: list[Sample] = field(default_factory=list)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measured(fleet: LocalFleet, hosts: int, action) -> Sample:  # type: ignore[no-untyped-def]
+    before_counts = fleet.ssh_counts()
+    cpu = children_cpu()
+    started = time.perf_counter()
+    action()
+    seconds = time.perf_counter() - started
+    cpu = children_cpu() - cpu
+    time.sleep(0.2)  # let every sshd child finish writing its log lines
+    after_counts = fleet.ssh_counts()
+    connections = sum(after_counts[n][0] - before_counts[n][0] for n in after_counts) / hosts
+    sessions = sum(after_counts[n][1] - before_counts[n][1] for n in after_counts) / hosts
+    return Sample(seconds, cpu, connections, sessions)
+
+
+# --- the tool ---
+
+
+def tool(*args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"tool failed: {' '.join(args)}\n{done.stdout}\n{done.stderr}")
+
+
+# --- the plain OpenSSH fan-out ---
+
+
+def ssh_base(fleet_key: str, known_hosts: str) -> list[str]:
+    return [
+        "ssh",
+        "-i", fleet_key,
+        "-o", "IdentitiesOnly=yes",
+        "-o", "BatchMode=yes",
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "ControlMaster=no",
+        "-o", "ControlPath=none",
+    ]  # fmt: skip
+
+
+def fan_out(endpoints: list[tuple[str, int]], base: list[str], command: str, stdin_path: str | None) -> None:
+    processes = []
+    for address, port in endpoints:
+        stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
+        processes.append(
+            (
+                subprocess.Popen([*base, "-p", str(port), f"deploy@{address}", command], stdin=stdin),
+                stdin,
+            )
+        )
+    failed = 0
+    for process, stdin in processes:
+        failed += process.wait(timeout=900) != 0
+        if stdin is not subprocess.DEVNULL:
+            stdin.close()  # type: ignore[union-attr]
+    if failed:
+        raise SystemExit(f"OpenSSH fan-out: {failed} host(s) failed: {command}")
+
+
+def ssh_deploy_command(release: str) -> str:
+    d = SSH_DIR
+    return (
+        f"set -e; mkdir -p {d}/releases/{release}; tar -xzf - -C {d}/releases/{release}; "
+        f"if [ -L {d}/current ]; then readlink {d}/current > {d}/releases/{release}/previousVersion; fi; "
+        f"ln -s releases/{release} {d}/.current.tmp && mv -T {d}/.current.tmp {d}/current"
+    )
+
+
+def ssh_rollback_command(release: str) -> str:
+    d = SSH_DIR
+    return f"set -e; ln -s releases/{release} {d}/.current.tmp && mv -T {d}/.current.tmp {d}/current"
+
+
+# --- latency proxy ---
+
+
+def proxy_main(pairs: list[tuple[str, int, str, int]], delay: float) -> None:
+    """Forward each listen address to its host, delaying every chunk by `delay` in each direction."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def pump() -> None:
+            while True:
+                due, data = await queue.get()
+                if not data:
+                    break
+                wait = due - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        task = asyncio.create_task(pump())
+        try:
+            while data := await reader.read(65536):
+                queue.put_nowait((time.monotonic() + delay, data))
+        finally:
+            queue.put_nowait((0.0, b""))
+            await task
+
+    def handler(target: tuple[str, int]):  # type: ignore[no-untyped-def]
+        async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+            try:
+                server_reader, server_writer = await asyncio.open_connection(*target)
+            except OSError:
+                client_writer.close()
+                return
+            await asyncio.gather(
+                pipe(client_reader, server_writer), pipe(server_reader, client_writer), return_exceptions=True
+            )
+
+        return handle
+
+    async def main() -> None:
+        servers = [await asyncio.start_server(handler((h, p)), la, lp) for la, lp, h, p in pairs]
+        await asyncio.gather(*(server.serve_forever() for server in servers))
+
+    asyncio.run(main())
+
+
+def start_proxies(fleet: LocalFleet, delay_ms: float, state: str) -> tuple[multiprocessing.Process, str, str]:
+    """Start the proxies; returns the process, an inventory and a known_hosts pointing at them."""
+    hosts = fleet.hosts()
+    pairs = []
+    known = []
+    lines = Path(fleet.inventory_path).read_text().splitlines()
+    host_keys = {
+        line.split()[0]: line.split(maxsplit=1)[1] for line in Path(fleet.known_hosts).read_text().splitlines()
+    }
+    for index, host in enumerate(hosts):
+        listen = host.address.replace("127.0.5.", "127.0.7.")
+        pairs.append((listen, host.port, host.address, host.port))
+        known.append(f"[{listen}]:{host.port} {host_keys[f'[{host.address}]:{host.port}']}")
+        lines = [line.replace(f"address: {host.address},", f"address: {listen},") for line in lines]
+        del index
+    known_hosts = os.path.join(state, "proxy_known_hosts")
+    Path(known_hosts).write_text("\n".join(known) + "\n")
+    inventory = os.path.join(state, "proxy_inventory.yml")
+    text = "\n".join(lines).replace(f'known_hosts: "{fleet.known_hosts}"', f'known_hosts: "{known_hosts}"')
+    Path(inventory).write_text(text + "\n")
+    process = multiprocessing.Process(target=proxy_main, args=(pairs, delay_ms / 1000), daemon=True)
+    process.start()
+    time.sleep(0.5)
+    return process, inventory, known_hosts
+
+
+# --- the run ---
+
+
+def make_artifacts(folder: str, count: int, megabytes: float) -> list[str]:
+    paths = []
+    for index in range(count):
+        tree = os.path.join(folder, f"app{index}")
+        os.makedirs(os.path.join(tree, "public"))
+        Path(tree, "VERSION").write_text(f"bench-{index}\n")
+        Path(tree, "public", "index.html").write_text("<h1>bench</h1>\n")
+        Path(tree, "public", "assets.bin").write_bytes(os.urandom(int(megabytes * 1024 * 1024)))
+        path = os.path.join(folder, f"app{index}.tar.gz")
+        pack_directory(tree, path)
+        paths.append(path)
+    return paths
+
+
+def bench(hosts: int, runs: int, megabytes: float, latency_ms: float) -> list[Row]:
+    state = tempfile.mkdtemp(prefix=f"bench-{hosts}-")
+    fleet = LocalFleet(state)
+    print(f"starting {hosts} sshd hosts ...", file=sys.stderr)
+    fleet.up(hosts, subnet="127.0.5", port=2222)
+    proxy = None
+    try:
+        inventory = Path(fleet.inventory_path).read_text().replace('deploy_to: "/srv/app"', f'deploy_to: "{TOOL_DIR}"')
+        Path(fleet.inventory_path).write_text(inventory)
+        inventory_path, known_hosts = fleet.inventory_path, fleet.known_hosts
+        if latency_ms:
+            proxy, inventory_path, known_hosts = start_proxies(fleet, latency_ms, state)
+        endpoints = []
+        for line in Path(inventory_path).read_text().splitlines():
+            if "address:" in line:
+                address = line.split("address:")[1].split(",")[0].strip()
+                endpoints.append((address, 2222))
+        base = ssh_base(fleet.identity_file, known_hosts)
+        artifacts = make_artifacts(state, runs * 2 + 1, megabytes)
+
+        # Baselines: both sides have a current release before the measured runs.
+        tool("deploy", "-i", inventory_path, "--artifact", artifacts[0])
+        fan_out(endpoints, base, ssh_deploy_command("r0"), artifacts[0])
+
+        deploy, rollback = Row(hosts, f"deploy {megabytes:g} MB"), Row(hosts, "rollback")
+        for run in range(runs):
+            artifact = artifacts[run + 1]
+            release = f"r{run + 1}"
+            pairs = [
+                (deploy.tool, lambda a=artifact: tool("deploy", "-i", inventory_path, "--artifact", a, "--unpin")),
+                (deploy.ssh, lambda r=release, a=artifact: fan_out(endpoints, base, ssh_deploy_command(r), a)),
+            ]
+            for target, action in pairs if run % 2 == 0 else reversed(pairs):
+                target.append(measured(fleet, hosts, action))
+            previous = "r0" if run == 0 else f"r{run}"
+            backs = [
+                (rollback.tool, lambda: tool("rollback", "-i", inventory_path)),
+                (rollback.ssh, lambda p=previous: fan_out(endpoints, base, ssh_rollback_command(p), None)),
+            ]
+            for target, action in backs if run % 2 == 0 else reversed(backs):
+                target.append(measured(fleet, hosts, action))
+            # the OpenSSH side goes forward again to the release it just left, so every run switches
+            fan_out(endpoints, base, ssh_rollback_command(release), None)
+            print(f"  {hosts} hosts: run {run + 1}/{runs} done", file=sys.stderr)
+        return [deploy, rollback]
+    finally:
+        if proxy is not None:
+            proxy.terminate()
+        fleet.down()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def median(samples: list[Sample], attribute: str) -> float:
+    return statistics.median(getattr(sample, attribute) for sample in samples)
+
+
+def table(rows: list[Row], latency_ms: float) -> str:
+    header = (
+        "| hosts | operation | tool s | OpenSSH s | tool/OpenSSH | connections/host | sessions/host "
+        "| client CPU ms/host (tool) | client CPU ms/host (OpenSSH) |"
+    )
+    lines = [header, "|" + "---|" * 9]
+    for row in rows:
+        tool_s, ssh_s = median(row.tool, "seconds"), median(row.ssh, "seconds")
+        lines.append(
+            f"| {row.hosts} | {row.operation}{f' (+{latency_ms:g} ms each way)' if latency_ms else ''} "
+            f"| {tool_s:.2f} | {ssh_s:.2f} | {tool_s / ssh_s:.2f} "
+            f"| {median(row.tool, 'connections'):.1f} (OpenSSH {median(row.ssh, 'connections'):.1f}) "
+            f"| {median(row.tool, 'sessions'):.1f} (OpenSSH {median(row.ssh, 'sessions'):.1f}) "
+            f"| {median(row.tool, 'cpu') * 1000 / row.hosts:.1f} | {median(row.ssh, 'cpu') * 1000 / row.hosts:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    ssh_version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    return (
+        f"{platform.node()}: {cpus} CPUs, {memory:.0f} GiB, {platform.platform()}, Python {platform.python_version()}, "
+        f"{ssh_version}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hosts", default="20,50,100", help="comma-separated fleet sizes")
+    parser.add_argument("--runs", type=int, default=5, help="interleaved runs per operation (median reported)")
+    parser.add_argument("--artifact-mb", type=float, default=4.0, help="size of the incompressible artifact")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay added each way by a TCP proxy")
+    parser.add_argument("--out", help="also write the table (markdown) to this file")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("the benchmark starts real sshd hosts: run it as root", file=sys.stderr)
+        return 2
+    rows: list[Row] = []
+    for hosts in (int(value) for value in args.hosts.split(",")):
+        rows += bench(hosts, args.runs, args.artifact_mb, args.latency_ms)
+    result = f"{machine()}\nmedian of {args.runs} interleaved runs\n\n{table(rows, args.latency_ms)}\n"
+    print(result)
+    if args.out:
+        Path(args.out).write_text(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
