@@ -18,7 +18,7 @@ cd "$deploy_to" || fail 30 "cannot enter $deploy_to"
 if [ "$opt_lock" = take ]; then
     lock_take "$opt_lock_token" "$opt_lock_info"
 elif [ -d .deployer/lock ]; then
-    emit lock held "$(lock_token)" "$(lock_info)"
+    emit_lock_held
 fi
 emit deploy_to present "$(pwd -P)"
 if [ -d releases ]; then

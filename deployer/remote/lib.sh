@@ -131,12 +131,14 @@ json_text() {
 
 # --- the fleet lock: a folder created with mkdir (atomic), holding "TOKEN\nJSON" in info ---
 
-lock_info() {
+emit_lock_held() {
     # The holder writes info just after its mkdir: if it is not there yet, look again once.
     [ -f .deployer/lock/info ] || sleep 1
+    held_token='' held_info=''
     if [ -f .deployer/lock/info ]; then
-        sed -n 2p .deployer/lock/info
+        { IFS= read -r held_token; IFS= read -r held_info; } < .deployer/lock/info || true
     fi
+    emit lock held "$held_token" "$held_info"
 }
 
 lock_token() {
@@ -158,7 +160,7 @@ $2"; then
     elif [ "$(lock_token)" = "$1" ]; then
         emit lock taken
     else
-        emit lock held "$(lock_token)" "$(lock_info)"
+        emit_lock_held
     fi
 }
 

@@ -166,7 +166,9 @@ def test_lock_is_taken_by_exactly_one_of_many_simultaneous_runs(tmp_path):
     holder = f"t{taken[0]}"
     for i, out in enumerate(outputs):
         if i != taken[0]:
-            assert out.first("lock") == ["held", holder, f'{{"who": "{holder}"}}']
+            # Held, naming the holder (or, if read in the instant between mkdir and writing the
+            # details even after waiting, a lock without details: never a second holder).
+            assert out.first("lock") in (["held", holder, f'{{"who": "{holder}"}}'], ["held", "", ""])
     # Taking it again with the holder's token is fine (one run, several phases); others still see it held.
     assert run(gather_locking(deploy_to, holder))[1].first("lock") == ["taken"]
     # Only the holder's token (or "*", inv unlock) removes it.
