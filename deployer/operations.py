@@ -722,7 +722,7 @@ def unpin(inventory: Inventory, options: Options | None = None, progress: Progre
         report.hosts = [
             HostResult(
                 name,
-                FAILED if name in failures else OK,
+                FAILED if name in failures else (OK if state.pin else UNCHANGED),
                 state.current,
                 state.current,
                 True,

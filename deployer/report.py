@@ -100,6 +100,8 @@ class OperationReport:
         bad = [result for result in self.hosts if result.status not in GOOD_STATUSES]
         what = f"{self.operation} {self.target}" if self.target else self.operation
         if self.ok:
+            if not total:
+                return f"{what}: OK (nothing to do)"
             changed = sum(result.status == OK for result in self.hosts)
             return f"{what}: OK on {total}/{total} hosts ({changed} changed and verified)"
         if self.refusal:
