@@ -1,0 +1,36 @@
+"""The installed `deployer` command offers the same tasks as `inv`, with --version."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from deployer import __version__
+from tests.conftest import REPO
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def task_names(listing: str) -> list[str]:
+    return sorted(line.split()[0] for line in listing.splitlines() if line.startswith("  ") and line.split())
+
+
+def test_version_and_same_tasks_as_inv():
+    deployer = os.path.join(os.path.dirname(sys.executable), "deployer")
+    command = [deployer] if os.path.exists(deployer) else [sys.executable, "-m", "deployer.console"]
+    version = run(*command, "--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"deployer {__version__}"
+    ours = run(*command, "--list")
+    theirs = run(sys.executable, "-m", "invoke", "--list")
+    assert ours.returncode == 0 and theirs.returncode == 0
+    assert task_names(ours.stdout) == task_names(theirs.stdout)
+    assert {"deploy", "rollback", "rollback-drill", "status", "unlock"} <= set(task_names(ours.stdout))
+
+
+def test_bad_input_through_the_installed_command_is_one_line_not_a_traceback(tmp_path):
+    result = run(sys.executable, "-m", "deployer.console", "status", "--inventory", str(tmp_path / "missing.yml"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
