@@ -18,13 +18,22 @@ from typing import Any
 from invoke.exceptions import Exit
 
 from deployer import operations
-from deployer.errors import EXIT_HOSTS_FAILED, DeployerError, InputError
+from deployer.errors import EXIT_HOSTS_FAILED, DeployerError, InputError, PlanRefused
 from deployer.inventory import Inventory, load_inventory
 from deployer.localfleet import FleetError, LocalFleet
 from deployer.operations import Options
 from deployer.plan import describe_pin
 from deployer.release import pack_directory
-from deployer.report import OperationReport, redact, redact_data, render_json, render_text, set_secrets
+from deployer.report import (
+    OperationReport,
+    Phase,
+    redact,
+    redact_data,
+    render_json,
+    render_text,
+    set_secrets,
+    write_junit,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FLEET_DIR = str(REPO_ROOT / ".fleet")
@@ -91,10 +100,21 @@ def rollback(inventory: str | None, to: str | None, options: Options, as_json: b
     return _emit(report, as_json)
 
 
-def drill(inventory: str | None, artifact: str | None, options: Options, as_json: bool) -> int:
+def drill(
+    inventory: str | None, artifact: str | None, options: Options, as_json: bool, junit: str | None = None
+) -> int:
     if not artifact:
         raise InputError("no artifact given: pass --artifact PATH (the new version to drill with)")
-    report = operations.drill(resolve_inventory(inventory), artifact, options)
+    try:
+        report = operations.drill(resolve_inventory(inventory), artifact, options)
+    except PlanRefused as refused:
+        if junit:  # CI still gets a report saying why the drill did not run
+            write_junit(
+                OperationReport("rollback-drill", None, phases=[Phase("baseline", 0.0, False, str(refused))]), junit
+            )
+        raise
+    if junit:
+        write_junit(report, junit)
     return _emit(report, as_json)
 
 

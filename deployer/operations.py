@@ -127,6 +127,20 @@ def _show_plan(plan: Plan, progress: Progress) -> None:
         progress.say(f"warning: {warning}")
 
 
+def _plan_data(plan: Plan) -> list[dict[str, Any]]:
+    return [
+        {
+            "host": h.host,
+            "action": h.action,
+            "before": h.before,
+            "target": h.target,
+            "reason": h.reason,
+            "prune": list(plan.prune.get(h.host, ())),
+        }
+        for h in plan.hosts
+    ]
+
+
 def _untouched_result(host_plan: HostPlan, has_target: bool) -> HostResult:
     """The result of a host the operation does not change (kept, refused, unreachable or skipped)."""
     if host_plan.action == planning.UNREACHABLE:
@@ -261,7 +275,7 @@ def run_deploy(
         keep_failed_releases=inventory.keep_failed_releases,
     )
     _show_plan(plan, progress)
-    report = OperationReport("deploy", release)
+    report = OperationReport("deploy", release, plan=_plan_data(plan))
     if _refused_or_dry_run(report, plan, options.dry_run):
         return report
 
@@ -450,7 +464,7 @@ def run_rollback(
         rollback_migrations=bool(inventory.rollback_migrations),
     )
     _show_plan(plan, progress)
-    report = OperationReport("rollback", plan.target)
+    report = OperationReport("rollback", plan.target, plan=_plan_data(plan))
     if _refused_or_dry_run(report, plan, options.dry_run):
         return report
     target = plan.target or ""
@@ -601,9 +615,11 @@ def drill(
     ):
         started = time.monotonic()
 
-        def timed_phase(name: str, detail: str, ok: bool, started: float) -> None:
+        def timed_phase(
+            name: str, detail: str, ok: bool, started: float, hosts: list[HostResult] | None = None
+        ) -> None:
             seconds = time.monotonic() - started
-            report.phases.append(Phase(name, seconds, ok, detail))
+            report.phases.append(Phase(name, seconds, ok, detail, list(hosts or [])))
             progress.say(f"drill phase {name}: {'PASS' if ok else 'FAIL'} in {seconds:.2f}s {detail}".rstrip())
 
         without_release = sorted(name for name, state in states.items() if state.current is None)
@@ -629,7 +645,13 @@ def drill(
                 f"the fleet is {planning.describe_pin(pin)}: a drill would deploy over an incident's rollback; "
                 "run `inv unpin` first if the incident is over"
             )
-        timed_phase("baseline", f"fleet on {next(iter(baseline.values()))}", True, started)
+        timed_phase(
+            "baseline",
+            f"fleet on {next(iter(baseline.values()))}",
+            True,
+            started,
+            [HostResult(n, UNCHANGED, r, r, True) for n, r in sorted(baseline.items())],
+        )
 
         def deploy_and_verify(
             phase: str, states: dict[str, HostState], phase_options: Options, final: bool
@@ -643,8 +665,9 @@ def drill(
                 return result, states
             fresh, _unreachable, problems = _verify_phase(run, {n: result.target for n in baseline})
             ok = result.ok and not problems
-            timed_phase(phase, f"release {result.target}" + _problem_text(problems), ok, started)
-            return _merge(result, problems), fresh
+            merged = _merge(result, problems)
+            timed_phase(phase, f"release {result.target}" + _problem_text(problems), ok, started, merged.hosts)
+            return merged, fresh
 
         first, states = deploy_and_verify("deploy", states, options, final=False)
         if not first.ok:
@@ -655,9 +678,10 @@ def drill(
         back = run_rollback(run, None, states, {}, options, final=False, mark_bad=False)
         states, _unreachable, problems = _verify_phase(run, baseline)
         ok = back.ok and not problems
-        timed_phase("rollback", f"back to {back.target}" + _problem_text(problems), ok, started)
+        back = _merge(back, problems)
+        timed_phase("rollback", f"back to {back.target}" + _problem_text(problems), ok, started, back.hosts)
         if not ok:
-            report.hosts = _merge(back, problems).hosts
+            report.hosts = back.hosts
             return report
 
         again, states = deploy_and_verify("redeploy", states, _with(options, unpin=True), final=True)

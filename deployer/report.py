@@ -60,6 +60,7 @@ class Phase:
     seconds: float
     ok: bool
     detail: str = ""
+    hosts: list[HostResult] = field(default_factory=list)  # per-host outcome of this phase (the drill's)
 
 
 @dataclass
@@ -73,6 +74,7 @@ class OperationReport:
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # fleet-level failures (a local hook, a migration)
     reverted_to_start: bool = False  # a failed rollout put every switched host back (verified)
+    plan: list[dict[str, Any]] = field(default_factory=list)  # per host: action, before, target, reason, prune
     connections: int = 0  # SSH connections opened by this operation
     sessions: dict[str, int] = field(default_factory=dict)  # exec sessions per host
 
@@ -177,3 +179,43 @@ class Progress:
 
     def host(self, host: str, message: str) -> None:
         self.say(f"  {host}: {message}")
+
+
+def write_junit(report: OperationReport, path: str) -> None:
+    """A JUnit XML file: one test case per phase and host (per phase when it has no hosts), for CI."""
+    import xml.etree.ElementTree as ElementTree  # noqa: PLC0415 - only needed for --junit
+
+    cases: list[ElementTree.Element] = []
+    for phase in report.phases:
+        rows = phase.hosts or [HostResult("fleet", "ok" if phase.ok else FAILED, message=phase.detail)]
+        for result in rows:
+            case = ElementTree.Element(
+                "testcase",
+                classname=f"{report.operation}.{phase.name}",
+                name=f"{phase.name} {result.host}",
+                time=f"{(result.seconds or phase.seconds):.3f}",
+            )
+            good = result.status in GOOD_STATUSES and (phase.ok or bool(phase.hosts))
+            if not good:
+                failure = ElementTree.SubElement(
+                    case, "failure", message=redact(result.message or phase.detail or "failed")
+                )
+                failure.text = redact(f"{result.host}: {result.status} {result.before or '-'} -> {result.after or '-'}")
+            else:
+                out = ElementTree.SubElement(case, "system-out")
+                out.text = redact(f"{result.before or '-'} -> {result.after or '-'} {result.message}".strip())
+            cases.append(case)
+    failures = sum(1 for case in cases if case.find("failure") is not None)
+    suite = ElementTree.Element(
+        "testsuite",
+        name=report.operation,
+        tests=str(len(cases)),
+        failures=str(failures),
+        errors="0",
+        time=f"{sum(phase.seconds for phase in report.phases):.3f}",
+    )
+    suite.extend(cases)
+    root = ElementTree.Element("testsuites")
+    root.append(suite)
+    ElementTree.indent(root)
+    ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)

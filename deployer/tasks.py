@@ -97,11 +97,20 @@ def rollback(
     cli.guarded(lambda: cli.rollback(inventory, to, options, json))
 
 
-@task(name="rollback-drill", help={**COMMON_HELP, **LOCK_HELP, "artifact": "the new version to drill with"})
+@task(
+    name="rollback-drill",
+    help={
+        **COMMON_HELP,
+        **LOCK_HELP,
+        "artifact": "the new version to drill with",
+        "junit": "also write a JUnit XML report (one test case per phase and host) to this file",
+    },
+)
 def rollback_drill(
     c: Context,
     inventory: str | None = None,
     artifact: str | None = None,
+    junit: str | None = None,
     lock_wait: str | None = None,
     message: str | None = None,
     json: bool = False,
@@ -110,7 +119,7 @@ def rollback_drill(
 ) -> None:
     """Deploy the artifact, roll back, deploy again, verifying each step (integration fleets)."""
     options = _options(parallel, accept_new_host_keys, lock_wait=lock_wait, message=message)
-    cli.guarded(lambda: cli.drill(inventory, artifact, options, json))
+    cli.guarded(lambda: cli.drill(inventory, artifact, options, json, junit))
 
 
 @task(help=COMMON_HELP)

@@ -1,0 +1,63 @@
+"""Output for CI: JUnit XML from the drill, plain lines without a terminal, one JSON document."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ElementTree
+
+import pytest
+
+from deployer import operations
+from deployer.inventory import load_inventory
+from deployer.report import Progress
+from tests.conftest import run_inv
+
+pytestmark = pytest.mark.fleet
+QUIET = Progress(quiet=True)
+
+
+def test_drill_writes_junit_with_a_case_per_phase_and_host(make_inventory, artifacts, tmp_path):
+    inventory = make_inventory()
+    assert operations.deploy(load_inventory(inventory), artifacts["v1"], progress=QUIET).ok
+    junit = tmp_path / "drill.xml"
+    result = run_inv("rollback-drill", "--inventory", inventory, "--artifact", artifacts["v2"], "--junit", str(junit))
+    assert result.returncode == 0, result.stdout + result.stderr
+    suite = ElementTree.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("name") == "rollback-drill"
+    cases = suite.findall("testcase")
+    names = sorted(case.get("name") for case in cases)
+    phases = ("baseline", "deploy", "rollback", "redeploy")
+    assert names == sorted(f"{phase} web{n}" for phase in phases for n in range(1, 5))
+    assert suite.get("tests") == "16" and suite.get("failures") == "0"
+    assert all(case.find("failure") is None for case in cases)
+
+
+def test_drill_refused_still_writes_a_failing_junit(make_inventory, artifacts, tmp_path):
+    junit = tmp_path / "drill.xml"
+    result = run_inv(
+        "rollback-drill", "--inventory", make_inventory(), "--artifact", artifacts["v2"], "--junit", str(junit)
+    )
+    assert result.returncode == 3
+    suite = ElementTree.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "1"
+    failure = suite.find("testcase/failure")
+    assert failure is not None and "baseline" in failure.get("message", "")
+
+
+def test_without_a_terminal_output_is_plain_lines(make_inventory, artifacts):
+    result = run_inv("deploy", "--inventory", make_inventory(), "--artifact", artifacts["v1"])
+    assert result.returncode == 0
+    for stream in (result.stdout, result.stderr):
+        assert "\x1b" not in stream and "\r" not in stream  # no colours, no cursor movement
+    assert result.stdout.splitlines()[-1].startswith("deploy ") and "OK on 4/4 hosts" in result.stdout
+
+
+def test_json_is_one_document_on_stdout_with_plan_hosts_phases_and_verdict(make_inventory, artifacts):
+    result = run_inv("deploy", "--inventory", make_inventory(), "--artifact", artifacts["v1"], "--json")
+    assert result.returncode == 0
+    data = json.loads(result.stdout)  # the whole of stdout is one document; progress went to stderr
+    assert data["ok"] and data["exit_code"] == 0 and data["verdict"].startswith("deploy ")
+    assert {host["host"] for host in data["hosts"]} == {"web1", "web2", "web3", "web4"}
+    assert [phase["name"] for phase in data["phases"]] == ["gather", "stage", "switch"]
+    assert {(step["host"], step["action"]) for step in data["plan"]} == {(f"web{n}", "stage") for n in range(1, 5)}
+    assert data["sessions"] == {f"web{n}": 3 for n in range(1, 5)} and data["connections"] == 4
