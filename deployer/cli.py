@@ -40,11 +40,14 @@ DEFAULT_FLEET_DIR = str(REPO_ROOT / ".fleet")
 SAMPLE_APP = REPO_ROOT / "sample-app"
 
 
-def resolve_inventory(path: str | None) -> Inventory:
+def resolve_inventory(path: str | None, options: Options | None = None) -> Inventory:
+    """The inventory to work on: --inventory or $DEPLOYER_INVENTORY, narrowed by --hosts/--group."""
     chosen = path or os.environ.get("DEPLOYER_INVENTORY")
     if not chosen:
         raise InputError("no inventory given: pass --inventory FILE or set DEPLOYER_INVENTORY")
     inventory = load_inventory(chosen)
+    if options is not None:
+        inventory = inventory.select(options.hosts, options.groups)
     set_secrets(inventory.secrets())
     return inventory
 
@@ -91,12 +94,12 @@ def _emit(report: OperationReport, as_json: bool) -> int:
 def deploy(inventory: str | None, artifact: str | None, release: str | None, options: Options, as_json: bool) -> int:
     if not artifact:
         raise InputError("no artifact given: pass --artifact PATH (a .tar.gz or a folder)")
-    report = operations.deploy(resolve_inventory(inventory), artifact, release, options)
+    report = operations.deploy(resolve_inventory(inventory, options), artifact, release, options)
     return _emit(report, as_json)
 
 
 def rollback(inventory: str | None, to: str | None, options: Options, as_json: bool) -> int:
-    report = operations.rollback(resolve_inventory(inventory), to, options)
+    report = operations.rollback(resolve_inventory(inventory, options), to, options)
     return _emit(report, as_json)
 
 
@@ -106,7 +109,7 @@ def drill(
     if not artifact:
         raise InputError("no artifact given: pass --artifact PATH (the new version to drill with)")
     try:
-        report = operations.drill(resolve_inventory(inventory), artifact, options)
+        report = operations.drill(resolve_inventory(inventory, options), artifact, options)
     except PlanRefused as refused:
         if junit:  # CI still gets a report saying why the drill did not run
             write_junit(
@@ -128,7 +131,7 @@ def _print_json(data: Any) -> None:
 
 
 def status(inventory: str | None, options: Options, as_json: bool) -> int:
-    view = operations.read_fleet(resolve_inventory(inventory), options)
+    view = operations.read_fleet(resolve_inventory(inventory, options), options)
     data = operations.status_data(view)
     code = operations.status_exit_code(view)
     if as_json:
@@ -168,7 +171,7 @@ def status(inventory: str | None, options: Options, as_json: bool) -> int:
 
 
 def history(inventory: str | None, limit: int, options: Options, as_json: bool) -> int:
-    view = operations.read_fleet(resolve_inventory(inventory), options, history=limit)
+    view = operations.read_fleet(resolve_inventory(inventory, options), options, history=limit)
     entries = operations.history_entries(view, limit)
     if as_json:
         _print_json({"history": entries, "unreachable": view.unreachable})
@@ -200,7 +203,7 @@ def _warn_unreachable(unreachable: dict[str, str], detail: str = "") -> int:
 
 
 def releases(inventory: str | None, options: Options, as_json: bool) -> int:
-    view = operations.read_fleet(resolve_inventory(inventory), options)
+    view = operations.read_fleet(resolve_inventory(inventory, options), options)
     rows = operations.releases_table(view)
     if as_json:
         _print_json({"releases": rows, "unreachable": view.unreachable})
@@ -228,7 +231,7 @@ def releases(inventory: str | None, options: Options, as_json: bool) -> int:
 
 
 def lock_status(inventory: str | None, options: Options, as_json: bool) -> int:
-    view = operations.read_fleet(resolve_inventory(inventory), options)
+    view = operations.read_fleet(resolve_inventory(inventory, options), options)
     data = operations.status_data(view)
     locks = {h["host"]: h["lock"] for h in data["hosts"] if h.get("lock")}
     if as_json:
@@ -257,16 +260,16 @@ def unlock(inventory: str | None, yes: bool, options: Options, as_json: bool) ->
         answer = input(f"{question} [y/N] ")
         return answer.strip().lower() in ("y", "yes")
 
-    report = operations.unlock(resolve_inventory(inventory), confirm, options)
+    report = operations.unlock(resolve_inventory(inventory, options), confirm, options)
     return _emit(report, as_json)
 
 
 def unpin(inventory: str | None, options: Options, as_json: bool) -> int:
-    return _emit(operations.unpin(resolve_inventory(inventory), options), as_json)
+    return _emit(operations.unpin(resolve_inventory(inventory, options), options), as_json)
 
 
 def prune(inventory: str | None, options: Options, as_json: bool) -> int:
-    return _emit(operations.prune(resolve_inventory(inventory), options), as_json)
+    return _emit(operations.prune(resolve_inventory(inventory, options), options), as_json)
 
 
 def fleet_up(hosts: int, state_dir: str | None, subnet: str, port: int) -> int:

@@ -7,6 +7,7 @@ silently ignored.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
 import re
@@ -16,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from deployer.errors import InventoryError
+from deployer.errors import InputError, InventoryError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$", re.IGNORECASE)
@@ -85,6 +86,7 @@ class Host:
     address: str
     port: int = 22
     user: str = ""
+    groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,29 @@ class Inventory:
     rollback_migrations: str = ""
     env: tuple[EnvVar, ...] = ()
     passphrase: str = field(default="", repr=False)  # for an encrypted identity file; from ssh.passphrase_env
+
+    def select(self, hosts: tuple[str, ...] = (), groups: tuple[str, ...] = ()) -> Inventory:
+        """The inventory narrowed to the named hosts and/or the members of the named groups.
+
+        Unknown names are an InputError naming them (nothing is contacted).
+        """
+        if not hosts and not groups:
+            return self
+        known_hosts = {host.name for host in self.hosts}
+        known_groups = {group for host in self.hosts for group in host.groups}
+        unknown = [name for name in hosts if name not in known_hosts]
+        if unknown:
+            raise InputError(
+                f"--hosts: {', '.join(unknown)} not in {self.path} (hosts: {', '.join(sorted(known_hosts))})"
+            )
+        missing = [group for group in groups if group not in known_groups]
+        if missing:
+            have = ", ".join(sorted(known_groups)) or "none"
+            raise InputError(f"--group: {', '.join(missing)} not in {self.path} (groups: {have})")
+        chosen = tuple(
+            host for host in self.hosts if host.name in hosts or any(group in host.groups for group in groups)
+        )
+        return dataclasses.replace(self, hosts=chosen)
 
     def secrets(self) -> list[str]:
         """Every value that must never appear in output, logs or history."""
@@ -251,10 +276,12 @@ TOP_KEYS = {
     "migrate",
     "rollback_migrations",
     "env",
+    "groups",
 }
 SSH_KEYS = {"identity_file", "known_hosts", "passphrase_env"}
 ENV_VALUE_KEYS = {"value", "from_env", "secret"}
-HOST_KEYS = {"address", "port", "user"}
+HOST_KEYS = {"address", "port", "user", "groups"}
+GROUP_KEYS = {"user", "port"}
 TIMEOUT_KEYS = {"connect", "command", "stage", "hook", "migrate"}
 HEALTH_KEYS = {"command", "timeout", "retries", "interval"}
 ROLLOUT_KEYS = {"batch", "pause"}
@@ -408,20 +435,44 @@ def parse_inventory(text: str, path: str, environ: Mapping[str, str] | None = No
         raise check.error("hosts", f"expected a non-empty mapping of host names, got {_kind(hosts_raw)}")
     hosts: list[Host] = []
     endpoints: dict[tuple[str, int], str] = {}
+    group_settings: dict[str, Mapping[str, Any]] = {}
+    if top.get("groups") is not None:
+        raw_groups = check.mapping(
+            top["groups"], "groups", set(top["groups"]) if isinstance(top["groups"], Mapping) else set(), set()
+        )
+        for group, settings in raw_groups.items():
+            if not NAME_RE.match(group):
+                raise check.error(f"groups.{group}", "group names use letters, digits, '.', '_' and '-'")
+            group_settings[group] = check.mapping(settings or {}, f"groups.{group}", GROUP_KEYS, set())
     for name, spec in hosts_raw.items():
         key = f"hosts.{name}"
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise check.error(key, "host names use letters, digits, '.', '_' and '-' (at most 63)")
         spec = check.mapping(spec, key, HOST_KEYS, {"address"})
+        groups: list[str] = []
+        if spec.get("groups") is not None:
+            if not isinstance(spec["groups"], list):
+                raise check.error(f"{key}.groups", f"expected a list of group names, got {_kind(spec['groups'])}")
+            for index, group in enumerate(spec["groups"]):
+                groups.append(check.string(group, f"{key}.groups[{index}]", NAME_RE, "group name"))
+        # Settings: the host's own, else its first group's that has one, else the inventory's.
+        merged: dict[str, Any] = {}
+        source_of: dict[str, str] = {}
+        for group in groups:
+            for setting, value in group_settings.get(group, {}).items():
+                if setting not in merged:
+                    merged[setting], source_of[setting] = value, f"groups.{group}"
+        for setting in GROUP_KEYS & set(spec):
+            merged[setting], source_of[setting] = spec[setting], key
         address = check.string(spec["address"], f"{key}.address", ADDRESS_RE, "address")
-        port = check.number(spec.get("port", 22), f"{key}.port", 1, 65535, integer=True)
+        port = check.number(merged.get("port", 22), f"{source_of.get('port', key)}.port", 1, 65535, integer=True)
         host_user = user
-        if "user" in spec:
-            host_user = check.string(spec["user"], f"{key}.user", USER_RE, "user name")
+        if "user" in merged:
+            host_user = check.string(merged["user"], f"{source_of['user']}.user", USER_RE, "user name")
         if (address, port) in endpoints:
             raise check.error(f"{key}.address", f"{address}:{port} is already used by host {endpoints[address, port]}")
         endpoints[address, port] = name
-        hosts.append(Host(name=name, address=address, port=port, user=host_user))
+        hosts.append(Host(name=name, address=address, port=port, user=host_user, groups=tuple(groups)))
 
     return Inventory(
         path=path,

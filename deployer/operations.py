@@ -62,6 +62,8 @@ class Options:
     unpin: bool = False  # deploy: remove the pin a rollback left
     lock_wait: float = 0.0  # seconds to wait for another operation's lock
     message: str = ""  # why: recorded in the lock, the history, the pin and bad marks
+    hosts: tuple[str, ...] = ()  # --hosts: only these hosts of the inventory
+    groups: tuple[str, ...] = ()  # --group: only members of these groups
 
 
 def _open_fleet(inventory: Inventory, options: Options) -> Fleet:

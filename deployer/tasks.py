@@ -18,6 +18,8 @@ COMMON_HELP = {
     "json": "print one JSON document instead of text",
     "parallel": "hosts worked on at once (default: inventory's parallel, else 32)",
     "accept-new-host-keys": "LOUD opt-in: add unknown host keys to known_hosts (changed keys are still refused)",
+    "hosts": "only these hosts of the inventory (comma-separated names)",
+    "group": "only the members of these groups (comma-separated)",
 }
 
 
@@ -36,7 +38,13 @@ def _options(parallel: int, accept_new_host_keys: bool, dry_run: bool = False, *
         unpin=extra.get("unpin", False),
         lock_wait=cli.seconds(extra.get("lock_wait"), "--lock-wait"),
         message=extra.get("message") or "",
+        hosts=_names(extra.get("hosts")),
+        groups=_names(extra.get("group")),
     )
+
+
+def _names(value: str | None) -> tuple[str, ...]:
+    return tuple(name.strip() for name in (value or "").split(",") if name.strip())
 
 
 @task(
@@ -53,6 +61,8 @@ def _options(parallel: int, accept_new_host_keys: bool, dry_run: bool = False, *
 def deploy(
     c: Context,
     inventory: str | None = None,
+    hosts: str | None = None,
+    group: str | None = None,
     artifact: str | None = None,
     release: str | None = None,
     dry_run: bool = False,
@@ -66,7 +76,15 @@ def deploy(
 ) -> None:
     """Stage a release on every host, validate it, then switch `current` atomically (in batches) and verify."""
     options = _options(
-        parallel, accept_new_host_keys, dry_run, force=force, unpin=unpin, lock_wait=lock_wait, message=message
+        parallel,
+        accept_new_host_keys,
+        dry_run,
+        force=force,
+        unpin=unpin,
+        lock_wait=lock_wait,
+        message=message,
+        hosts=hosts,
+        group=group,
     )
     cli.guarded(lambda: cli.deploy(inventory, artifact, release, options, json))
 
@@ -83,6 +101,8 @@ def deploy(
 def rollback(
     c: Context,
     inventory: str | None = None,
+    hosts: str | None = None,
+    group: str | None = None,
     to: str | None = None,
     dry_run: bool = False,
     force: bool = False,
@@ -93,7 +113,16 @@ def rollback(
     accept_new_host_keys: bool = False,
 ) -> None:
     """Point `current` back to the previous release on every host in parallel, verify, pin, mark bad."""
-    options = _options(parallel, accept_new_host_keys, dry_run, force=force, lock_wait=lock_wait, message=message)
+    options = _options(
+        parallel,
+        accept_new_host_keys,
+        dry_run,
+        force=force,
+        lock_wait=lock_wait,
+        message=message,
+        hosts=hosts,
+        group=group,
+    )
     cli.guarded(lambda: cli.rollback(inventory, to, options, json))
 
 
@@ -109,6 +138,8 @@ def rollback(
 def rollback_drill(
     c: Context,
     inventory: str | None = None,
+    hosts: str | None = None,
+    group: str | None = None,
     artifact: str | None = None,
     junit: str | None = None,
     lock_wait: str | None = None,
@@ -118,64 +149,98 @@ def rollback_drill(
     accept_new_host_keys: bool = False,
 ) -> None:
     """Deploy the artifact, roll back, deploy again, verifying each step (integration fleets)."""
-    options = _options(parallel, accept_new_host_keys, lock_wait=lock_wait, message=message)
+    options = _options(parallel, accept_new_host_keys, lock_wait=lock_wait, message=message, hosts=hosts, group=group)
     cli.guarded(lambda: cli.drill(inventory, artifact, options, json, junit))
 
 
 @task(help=COMMON_HELP)
 def status(
-    c: Context, inventory: str | None = None, json: bool = False, parallel: int = 0, accept_new_host_keys: bool = False
+    c: Context,
+    inventory: str | None = None,
+    hosts: str | None = None,
+    group: str | None = None,
+    json: bool = False,
+    parallel: int = 0,
+    accept_new_host_keys: bool = False,
 ) -> None:
     """Each host's current and previous release and problems; the fleet's split, pin, lock and schema."""
-    cli.guarded(lambda: cli.status(inventory, _options(parallel, accept_new_host_keys), json))
+    cli.guarded(lambda: cli.status(inventory, _options(parallel, accept_new_host_keys, hosts=hosts, group=group), json))
 
 
 @task(help={**COMMON_HELP, "limit": "events to show (newest first)"})
 def history(
     c: Context,
     inventory: str | None = None,
+    hosts: str | None = None,
+    group: str | None = None,
     limit: int = 20,
     json: bool = False,
     parallel: int = 0,
     accept_new_host_keys: bool = False,
 ) -> None:
     """The fleet's deploys, rollbacks, reverts, hook and health failures, newest first."""
-    cli.guarded(lambda: cli.history(inventory, int(limit), _options(parallel, accept_new_host_keys), json))
+    cli.guarded(
+        lambda: cli.history(
+            inventory, int(limit), _options(parallel, accept_new_host_keys, hosts=hosts, group=group), json
+        )
+    )
 
 
 @task(help=COMMON_HELP)
 def releases(
-    c: Context, inventory: str | None = None, json: bool = False, parallel: int = 0, accept_new_host_keys: bool = False
+    c: Context,
+    inventory: str | None = None,
+    hosts: str | None = None,
+    group: str | None = None,
+    json: bool = False,
+    parallel: int = 0,
+    accept_new_host_keys: bool = False,
 ) -> None:
     """Per release: hosts that have it, current, previous, bad, failed, pinned."""
-    cli.guarded(lambda: cli.releases(inventory, _options(parallel, accept_new_host_keys), json))
+    cli.guarded(
+        lambda: cli.releases(inventory, _options(parallel, accept_new_host_keys, hosts=hosts, group=group), json)
+    )
 
 
 @task(name="lock-status", help=COMMON_HELP)
 def lock_status(
-    c: Context, inventory: str | None = None, json: bool = False, parallel: int = 0, accept_new_host_keys: bool = False
+    c: Context,
+    inventory: str | None = None,
+    hosts: str | None = None,
+    group: str | None = None,
+    json: bool = False,
+    parallel: int = 0,
+    accept_new_host_keys: bool = False,
 ) -> None:
     """Who holds the fleet lock, and whether it was left by a run that is gone (exit 1 when locked)."""
-    cli.guarded(lambda: cli.lock_status(inventory, _options(parallel, accept_new_host_keys), json))
+    cli.guarded(
+        lambda: cli.lock_status(inventory, _options(parallel, accept_new_host_keys, hosts=hosts, group=group), json)
+    )
 
 
 @task(help={**COMMON_HELP, "yes": "do not ask for confirmation (scripts)"})
 def unlock(
     c: Context,
     inventory: str | None = None,
+    hosts: str | None = None,
+    group: str | None = None,
     yes: bool = False,
     json: bool = False,
     parallel: int = 0,
     accept_new_host_keys: bool = False,
 ) -> None:
     """Remove a fleet lock left by a killed run, after confirmation."""
-    cli.guarded(lambda: cli.unlock(inventory, yes, _options(parallel, accept_new_host_keys), json))
+    cli.guarded(
+        lambda: cli.unlock(inventory, yes, _options(parallel, accept_new_host_keys, hosts=hosts, group=group), json)
+    )
 
 
 @task(help={**COMMON_HELP, **LOCK_HELP})
 def unpin(
     c: Context,
     inventory: str | None = None,
+    hosts: str | None = None,
+    group: str | None = None,
     lock_wait: str | None = None,
     message: str | None = None,
     json: bool = False,
@@ -183,7 +248,7 @@ def unpin(
     accept_new_host_keys: bool = False,
 ) -> None:
     """Allow deploys again after a rollback pinned the fleet."""
-    options = _options(parallel, accept_new_host_keys, lock_wait=lock_wait, message=message)
+    options = _options(parallel, accept_new_host_keys, lock_wait=lock_wait, message=message, hosts=hosts, group=group)
     cli.guarded(lambda: cli.unpin(inventory, options, json))
 
 
@@ -191,6 +256,8 @@ def unpin(
 def prune(
     c: Context,
     inventory: str | None = None,
+    hosts: str | None = None,
+    group: str | None = None,
     dry_run: bool = False,
     lock_wait: str | None = None,
     message: str | None = None,
@@ -199,7 +266,9 @@ def prune(
     accept_new_host_keys: bool = False,
 ) -> None:
     """Remove releases beyond keep_releases (never current, previous, pinned, or in use anywhere)."""
-    options = _options(parallel, accept_new_host_keys, dry_run, lock_wait=lock_wait, message=message)
+    options = _options(
+        parallel, accept_new_host_keys, dry_run, lock_wait=lock_wait, message=message, hosts=hosts, group=group
+    )
     cli.guarded(lambda: cli.prune(inventory, options, json))
 
 

@@ -46,6 +46,7 @@ def make_inventory(local_fleet: LocalFleet, tmp_path: Path, deploy_to: str) -> C
         known_hosts: str | None = None,
         extra: str = "",
         timeouts: str = "{connect: 5, command: 30, stage: 120}",
+        groups: dict[str, list[str]] | None = None,
     ) -> str:
         chosen = [h for h in local_fleet.hosts() if hosts is None or h.name in hosts]
         lines = [
@@ -59,7 +60,10 @@ def make_inventory(local_fleet: LocalFleet, tmp_path: Path, deploy_to: str) -> C
         if validate:
             lines.append(f"validate: {yaml_quote(validate)}")
         lines.append("hosts:")
-        lines += [f"  {h.name}: {{address: {h.address}, port: {h.port}}}" for h in chosen]
+        for h in chosen:
+            member_of = (groups or {}).get(h.name)
+            extra_keys = f", groups: [{', '.join(member_of)}]" if member_of else ""
+            lines.append(f"  {h.name}: {{address: {h.address}, port: {h.port}{extra_keys}}}")
         path = tmp_path / f"inventory-{len(list(tmp_path.glob('inventory-*')))}.yml"
         path.write_text("\n".join(lines) + "\n" + extra)
         return str(path)

@@ -61,3 +61,21 @@ def test_json_is_one_document_on_stdout_with_plan_hosts_phases_and_verdict(make_
     assert [phase["name"] for phase in data["phases"]] == ["gather", "stage", "switch"]
     assert {(step["host"], step["action"]) for step in data["plan"]} == {(f"web{n}", "stage") for n in range(1, 5)}
     assert data["sessions"] == {f"web{n}": 3 for n in range(1, 5)} and data["connections"] == 4
+
+
+def test_group_and_hosts_filters_touch_only_those_hosts(make_inventory, views, artifacts, deploy_to):
+    inventory = make_inventory(groups={"web1": ["canary", "web"], "web2": ["web"], "web3": ["web"], "web4": ["worker"]})
+    assert run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v1"]).returncode == 0
+    canary = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v2"], "--group", "canary", "--json")
+    assert canary.returncode == 0, canary.stdout + canary.stderr
+    assert [host["host"] for host in json.loads(canary.stdout)["hosts"]] == ["web1"]
+    assert {name: view.version(deploy_to) for name, view in views.items()} == {
+        "web1": "v2",
+        "web2": "v1",
+        "web3": "v1",
+        "web4": "v1",
+    }
+    status = run_inv("status", "--inventory", inventory, "--hosts", "web2,web4")
+    assert status.returncode == 0 and "web1" not in status.stdout and "fleet consistent" in status.stdout
+    unknown = run_inv("status", "--inventory", inventory, "--group", "cache")
+    assert unknown.returncode == 2 and "--group: cache not in" in unknown.stderr

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deployer.errors import InventoryError
+from deployer.errors import InputError, InventoryError
 from deployer.inventory import load_inventory, parse_inventory
 
 
@@ -217,3 +217,49 @@ def test_env_errors(keyfiles, extra, key, words):
     with pytest.raises(InventoryError) as caught:
         parse_inventory(open(path).read(), path, environ={})
     assert caught.value.key == key and words in str(caught.value)
+
+
+GROUPED = """\
+deploy_to: /srv/app
+user: deploy
+ssh: {identity_file: id, known_hosts: kh}
+groups:
+  web: {port: 2200}
+  worker: {user: jobs, port: 2300}
+hosts:
+  web1: {address: 10.0.0.11, groups: [web]}
+  web2: {address: 10.0.0.12, groups: [web], port: 2222}
+  job1: {address: 10.0.0.21, groups: [worker, web]}
+  db1: {address: 10.0.0.31}
+"""
+
+
+def test_groups_give_settings_in_order_host_then_first_group_then_inventory(keyfiles):
+    inventory = load_inventory(inv(keyfiles, GROUPED)[0])
+    by_name = {host.name: host for host in inventory.hosts}
+    assert (by_name["web1"].port, by_name["web1"].user) == (2200, "deploy")
+    assert by_name["web2"].port == 2222  # the host's own setting wins
+    assert (by_name["job1"].port, by_name["job1"].user, by_name["job1"].groups) == (2300, "jobs", ("worker", "web"))
+    assert (by_name["db1"].port, by_name["db1"].groups) == (22, ())
+
+
+def test_select_by_hosts_and_groups(keyfiles):
+    inventory = load_inventory(inv(keyfiles, GROUPED)[0])
+    assert [h.name for h in inventory.select(groups=("web",)).hosts] == ["web1", "web2", "job1"]
+    assert [h.name for h in inventory.select(hosts=("db1",), groups=("worker",)).hosts] == ["job1", "db1"]
+    assert inventory.select() is inventory
+    with pytest.raises(InputError, match="--hosts: web9 not in"):
+        inventory.select(hosts=("web9",))
+    with pytest.raises(InputError, match="--group: cache not in .*groups: web, worker"):
+        inventory.select(groups=("cache",))
+
+
+def test_group_errors_name_the_group_key(keyfiles):
+    path, _ = inv(keyfiles, GROUPED.replace("{user: jobs, port: 2300}", "{user: jobs, port: high}"))
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path)
+    assert caught.value.key == "groups.worker.port"
+    path, _ = inv(keyfiles, GROUPED.replace("groups: [web]}", "groups: web}", 1))
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path)
+    assert caught.value.key == "hosts.web1.groups" and "list" in str(caught.value)
