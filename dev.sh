@@ -11,6 +11,7 @@ need_apt=()
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v ruby >/dev/null 2>&1 || need_apt+=(ruby)  # only to check vagrant/Vagrantfile's syntax in the tests
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "installing: ${need_apt[*]}" >&2

@@ -287,6 +287,19 @@ def fleet_down(state_dir: str | None) -> int:
     return 0
 
 
+def vagrant_inventory(ssh_config: str | None, out: str) -> int:
+    from deployer.vagrant import vagrant_inventory as write  # noqa: PLC0415 - only this task needs it
+
+    hosts = write(ssh_config, out, str(REPO_ROOT / "vagrant"))
+    print(f"{len(hosts)} host(s): {', '.join(h.alias for h in hosts)}; inventory: {out}")
+    print(
+        "host keys were taken from the hosts on first use (ssh-keyscan) into "
+        f"{os.path.splitext(out)[0]}.known_hosts: check them if this network is not yours",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def build_sample(version: str, out: str) -> str:
     """Pack the sample app with VERSION set to `version` into the .tar.gz `out`."""
     if not version or any(ch in version for ch in "\n\0/"):

@@ -294,6 +294,18 @@ def fleet_down(c: Context, state_dir: str | None = None) -> None:
     cli.guarded(lambda: cli.fleet_down(state_dir))
 
 
+@task(
+    name="vagrant-inventory",
+    help={
+        "ssh-config": "saved `vagrant ssh-config` output (default: run it in vagrant/)",
+        "out": "inventory to write (its known_hosts goes next to it)",
+    },
+)
+def vagrant_inventory(c: Context, ssh_config: str | None = None, out: str = "inventories/vagrant.yml") -> None:
+    """Write an inventory (and known_hosts, by ssh-keyscan) for the Vagrant fleet in vagrant/."""
+    cli.guarded(lambda: cli.vagrant_inventory(ssh_config, out))
+
+
 @task(name="build-sample", help={"version": "text for the VERSION file", "out": "output .tar.gz"})
 def build_sample(c: Context, version: str = "v1", out: str = "dist/app.tar.gz") -> None:
     """Pack the sample app from sample-app/ with the given VERSION."""

@@ -79,3 +79,25 @@ def test_group_and_hosts_filters_touch_only_those_hosts(make_inventory, views, a
     assert status.returncode == 0 and "web1" not in status.stdout and "fleet consistent" in status.stdout
     unknown = run_inv("status", "--inventory", inventory, "--group", "cache")
     assert unknown.returncode == 2 and "--group: cache not in" in unknown.stderr
+
+
+def test_vagrant_inventory_from_ssh_config_verifies_host_keys(local_fleet, views, tmp_path):
+    config = tmp_path / "ssh-config"
+    config.write_text(
+        "".join(
+            f"Host {h.name}\n  HostName {h.address}\n  Port {h.port}\n  User vagrant\n"
+            f"  IdentityFile {local_fleet.identity_file}\n  StrictHostKeyChecking no\n"
+            for h in local_fleet.hosts()
+        )
+    )
+    out = tmp_path / "vagrant.yml"
+    made = run_inv("vagrant-inventory", "--ssh-config", str(config), "--out", str(out))
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "first use" in made.stderr
+    known = (tmp_path / "vagrant.known_hosts").read_text()
+    for host in local_fleet.hosts():
+        assert f"[{host.address}]:{host.port} ssh-ed25519" in known
+    status = run_inv("status", "--inventory", str(out), "--json")
+    data = json.loads(status.stdout)
+    assert all(host["reachable"] for host in data["hosts"])
+    assert {host["hostname"] for host in data["hosts"]} == {h.name for h in local_fleet.hosts()}

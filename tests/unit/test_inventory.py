@@ -263,3 +263,22 @@ def test_group_errors_name_the_group_key(keyfiles):
     with pytest.raises(InventoryError) as caught:
         load_inventory(path)
     assert caught.value.key == "hosts.web1.groups" and "list" in str(caught.value)
+
+
+def test_shipped_example_inventories_stay_valid(tmp_path):
+    """inventories/*.yml are parsed with their files swapped for stand-ins: they must follow the schema."""
+    from tests.conftest import REPO
+
+    (tmp_path / "key").write_text("key")
+    (tmp_path / "known").write_text("")
+    environ = {"DEPLOY_KEY_PASSPHRASE": "x", "SHOP_DATABASE_URL": "postgres://x"}
+    for example in sorted((REPO / "inventories").glob("*.yml")):
+        lines = []
+        for line in example.read_text().splitlines():
+            if line.strip().startswith("identity_file:"):
+                line = f"  identity_file: {tmp_path / 'key'}"
+            elif line.strip().startswith("known_hosts:"):
+                line = f"  known_hosts: {tmp_path / 'known'}"
+            lines.append(line)
+        inventory = parse_inventory("\n".join(lines), str(example), environ=environ)
+        assert inventory.hosts, example
