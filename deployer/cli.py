@@ -17,7 +17,7 @@ from typing import Any
 
 from invoke.exceptions import Exit
 
-from deployer import operations
+from deployer import operations, runlog
 from deployer.errors import EXIT_HOSTS_FAILED, DeployerError, InputError, PlanRefused
 from deployer.inventory import Inventory, load_inventory
 from deployer.localfleet import FleetError, LocalFleet
@@ -66,8 +66,9 @@ def seconds(value: str | None, flag: str) -> float:
     return number
 
 
-def guarded(action: Callable[[], int]) -> None:
-    """Run `action`; turn its status and any user-facing error into invoke's Exit."""
+def guarded(action: Callable[[], int], task: str = "run", verbose: bool = False) -> None:
+    """Run `action` with logging set up; turn its status and any user-facing error into invoke's Exit."""
+    runlog.start(task, verbose)
     try:
         code = action()
     except DeployerError as error:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import re
 import socket
 import threading
 import time
@@ -33,6 +34,7 @@ from deployer.errors import (
 from deployer.inventory import Host, Inventory
 
 log = logging.getLogger(__name__)
+SCRIPT_NAME = re.compile(r"' deployer-(\w+)")
 # paramiko logs a traceback at ERROR from its transport thread when a handshake fails; the failure
 # is already reported per host through our errors, so it must never reach the user's terminal raw.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -161,7 +163,17 @@ class HostConnection:
         finally:
             channel.close()
         output = b"".join(chunks).decode("utf-8", errors="replace")
-        return ExecResult(status, output, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        script = SCRIPT_NAME.search(command)
+        log.debug(
+            "%s: %s exited %s in %.3fs (%d bytes out)",
+            self.host.name,
+            script.group(1) if script else command.split(" ", 1)[0],
+            status,
+            seconds,
+            len(output),
+        )
+        return ExecResult(status, output, seconds)
 
     def _send(self, channel: paramiko.Channel, parts: Sequence[bytes | memoryview], deadline: float) -> None:
         """Stream `parts` to the channel, in order; stop quietly if the remote side exits early."""
@@ -247,6 +259,7 @@ class Fleet:
         transport = connection.client.get_transport()
         if transport is not None:
             transport.set_keepalive(KEEPALIVE_SECONDS)
+        log.debug("%s: connected to %s:%s in %.3fs", host.name, host.address, host.port, time.monotonic() - started)
         handle = HostConnection(host, connection, self.inventory)
         with self._lock:
             self.connections[host.name] = handle

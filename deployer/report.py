@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
@@ -17,6 +18,7 @@ SKIPPED = "skipped"  # would have acted, but the operation stopped before reachi
 REVERTED = "reverted"  # switched, then switched back to where it was (verified) because the rollout failed
 
 GOOD_STATUSES = (OK, UNCHANGED)
+log = logging.getLogger("deployer.progress")
 REDACTED = "***"
 _secrets: set[str] = set()
 
@@ -173,6 +175,7 @@ class Progress:
         self.quiet = quiet
 
     def say(self, message: str) -> None:
+        log.info("%s", message)
         if not self.quiet:
             self.stream.write(redact(message) + "\n")
             self.stream.flush()

@@ -20,6 +20,7 @@ COMMON_HELP = {
     "accept-new-host-keys": "LOUD opt-in: add unknown host keys to known_hosts (changed keys are still refused)",
     "hosts": "only these hosts of the inventory (comma-separated names)",
     "group": "only the members of these groups (comma-separated)",
+    "verbose": "also show debug lines (connections, each remote step's exit and time) on stderr",
 }
 
 
@@ -61,6 +62,7 @@ def _names(value: str | None) -> tuple[str, ...]:
 def deploy(
     c: Context,
     inventory: str | None = None,
+    verbose: bool = False,
     hosts: str | None = None,
     group: str | None = None,
     artifact: str | None = None,
@@ -86,7 +88,7 @@ def deploy(
         hosts=hosts,
         group=group,
     )
-    cli.guarded(lambda: cli.deploy(inventory, artifact, release, options, json))
+    cli.guarded(lambda: cli.deploy(inventory, artifact, release, options, json), "deploy", verbose)
 
 
 @task(
@@ -101,6 +103,7 @@ def deploy(
 def rollback(
     c: Context,
     inventory: str | None = None,
+    verbose: bool = False,
     hosts: str | None = None,
     group: str | None = None,
     to: str | None = None,
@@ -123,7 +126,7 @@ def rollback(
         hosts=hosts,
         group=group,
     )
-    cli.guarded(lambda: cli.rollback(inventory, to, options, json))
+    cli.guarded(lambda: cli.rollback(inventory, to, options, json), "rollback", verbose)
 
 
 @task(
@@ -138,6 +141,7 @@ def rollback(
 def rollback_drill(
     c: Context,
     inventory: str | None = None,
+    verbose: bool = False,
     hosts: str | None = None,
     group: str | None = None,
     artifact: str | None = None,
@@ -150,13 +154,14 @@ def rollback_drill(
 ) -> None:
     """Deploy the artifact, roll back, deploy again, verifying each step (integration fleets)."""
     options = _options(parallel, accept_new_host_keys, lock_wait=lock_wait, message=message, hosts=hosts, group=group)
-    cli.guarded(lambda: cli.drill(inventory, artifact, options, json, junit))
+    cli.guarded(lambda: cli.drill(inventory, artifact, options, json, junit), "rollback-drill", verbose)
 
 
 @task(help=COMMON_HELP)
 def status(
     c: Context,
     inventory: str | None = None,
+    verbose: bool = False,
     hosts: str | None = None,
     group: str | None = None,
     json: bool = False,
@@ -164,13 +169,18 @@ def status(
     accept_new_host_keys: bool = False,
 ) -> None:
     """Each host's current and previous release and problems; the fleet's split, pin, lock and schema."""
-    cli.guarded(lambda: cli.status(inventory, _options(parallel, accept_new_host_keys, hosts=hosts, group=group), json))
+    cli.guarded(
+        lambda: cli.status(inventory, _options(parallel, accept_new_host_keys, hosts=hosts, group=group), json),
+        "status",
+        verbose,
+    )
 
 
 @task(help={**COMMON_HELP, "limit": "events to show (newest first)"})
 def history(
     c: Context,
     inventory: str | None = None,
+    verbose: bool = False,
     hosts: str | None = None,
     group: str | None = None,
     limit: int = 20,
@@ -190,6 +200,7 @@ def history(
 def releases(
     c: Context,
     inventory: str | None = None,
+    verbose: bool = False,
     hosts: str | None = None,
     group: str | None = None,
     json: bool = False,
@@ -206,6 +217,7 @@ def releases(
 def lock_status(
     c: Context,
     inventory: str | None = None,
+    verbose: bool = False,
     hosts: str | None = None,
     group: str | None = None,
     json: bool = False,
@@ -222,6 +234,7 @@ def lock_status(
 def unlock(
     c: Context,
     inventory: str | None = None,
+    verbose: bool = False,
     hosts: str | None = None,
     group: str | None = None,
     yes: bool = False,
@@ -239,6 +252,7 @@ def unlock(
 def unpin(
     c: Context,
     inventory: str | None = None,
+    verbose: bool = False,
     hosts: str | None = None,
     group: str | None = None,
     lock_wait: str | None = None,
@@ -249,13 +263,14 @@ def unpin(
 ) -> None:
     """Allow deploys again after a rollback pinned the fleet."""
     options = _options(parallel, accept_new_host_keys, lock_wait=lock_wait, message=message, hosts=hosts, group=group)
-    cli.guarded(lambda: cli.unpin(inventory, options, json))
+    cli.guarded(lambda: cli.unpin(inventory, options, json), "unpin", verbose)
 
 
 @task(help={**COMMON_HELP, **LOCK_HELP, "dry-run": "show what would be removed, change nothing"})
 def prune(
     c: Context,
     inventory: str | None = None,
+    verbose: bool = False,
     hosts: str | None = None,
     group: str | None = None,
     dry_run: bool = False,
@@ -269,7 +284,7 @@ def prune(
     options = _options(
         parallel, accept_new_host_keys, dry_run, lock_wait=lock_wait, message=message, hosts=hosts, group=group
     )
-    cli.guarded(lambda: cli.prune(inventory, options, json))
+    cli.guarded(lambda: cli.prune(inventory, options, json), "prune", verbose)
 
 
 @task(

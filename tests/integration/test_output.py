@@ -101,3 +101,16 @@ def test_vagrant_inventory_from_ssh_config_verifies_host_keys(local_fleet, views
     data = json.loads(status.stdout)
     assert all(host["reachable"] for host in data["hosts"])
     assert {host["hostname"] for host in data["hosts"]} == {h.name for h in local_fleet.hosts()}
+
+
+def test_verbose_shows_debug_lines_and_every_run_leaves_a_log_file(make_inventory, artifacts, tmp_path):
+    logs = tmp_path / "logs"
+    env = {"DEPLOYER_LOG_DIR": str(logs)}
+    quiet = run_inv("deploy", "--inventory", make_inventory(), "--artifact", artifacts["v1"], env=env)
+    assert quiet.returncode == 0 and "debug:" not in quiet.stderr
+    loud = run_inv("status", "--inventory", make_inventory(), "-v", env=env)
+    assert "debug:" in loud.stderr and "gather exited 0" in loud.stderr and "connected to" in loud.stderr
+    files = sorted(logs.glob("*.log"))
+    assert [f.name.split("-")[1] for f in files] == ["deploy", "status"]
+    text = files[0].read_text()
+    assert "staging" in text and "web1: stage exited 0" in text and "OK on 4/4 hosts" not in text

@@ -19,7 +19,7 @@ SECRET = "pa55 'w0rd' $(touch /tmp/pwned) \"x\""
 ENV = "env:\n  APP_ENV: staging\n  DB_PASSWORD: {from_env: TEST_DB_PASSWORD, secret: true}\n"
 
 
-def test_secret_env_is_usable_on_hosts_and_never_shown(make_inventory, views, artifacts, deploy_to):
+def test_secret_env_is_usable_on_hosts_and_never_shown(make_inventory, views, artifacts, deploy_to, tmp_path):
     seen = f"{deploy_to}-seen"
     inventory = make_inventory(
         extra=ENV + f"hooks: {{after_switch: 'printf %s \"$DB_PASSWORD|$APP_ENV\" > {seen}; sleep 3'}}\n"
@@ -49,11 +49,15 @@ def test_secret_env_is_usable_on_hosts_and_never_shown(make_inventory, views, ar
 
     # A validation that prints the secret: the report shows *** instead, in text and JSON.
     leaky = make_inventory(extra=ENV, validate='echo "connecting with $DB_PASSWORD" >&2; exit 1')
-    for extra_args in ((), ("--json",)):
+    env = {**env, "DEPLOYER_LOG_DIR": str(tmp_path / "logs")}
+    for extra_args in ((), ("--json",), ("-v",)):
         result = run_inv("deploy", "--inventory", leaky, "--artifact", artifacts["v2"], *extra_args, env=env)
         assert result.returncode == 1
         assert "connecting with ***" in result.stdout
         assert "w0rd" not in result.stdout + result.stderr
+    logs = list(Path(env["DEPLOYER_LOG_DIR"]).glob("*.log"))
+    assert len(logs) == 3 and all("w0rd" not in log.read_text() for log in logs)
+    assert any("connecting with ***" in log.read_text() for log in logs)
 
 
 @pytest.fixture

@@ -1,0 +1,62 @@
+"""Logging: every run writes a log file; `-v` also shows the debug lines on stderr.
+
+All records pass through the same redaction as the rest of the output, so secrets never reach a
+log. The file is `$DEPLOYER_LOG_DIR` (default `./.deployer-runs/`) `/<UTC time>-<task>-<pid>.log`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import datetime, timezone
+
+from deployer.report import redact
+
+FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
+
+
+class _Redacting(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        return True
+
+
+class _BelowInfo(logging.Filter):
+    """On stderr only the debug lines: the progress lines are already printed there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.INFO
+
+
+def start(task: str, verbose: bool = False) -> str | None:
+    """Configure logging for one run; returns the log file's path (None if it cannot be written)."""
+    root = logging.getLogger("deployer")
+    root.setLevel(logging.DEBUG)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.propagate = False
+    folder = os.environ.get("DEPLOYER_LOG_DIR") or os.path.join(os.getcwd(), ".deployer-runs")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path: str | None = os.path.join(folder, f"{stamp}-{task}-{os.getpid()}.log")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        file_handler = logging.FileHandler(path, encoding="utf-8")  # type: ignore[arg-type]
+    except OSError:
+        path = None
+    else:
+        file_handler.setLevel(logging.DEBUG)
+        file_handler.addFilter(_Redacting())
+        file_handler.setFormatter(logging.Formatter(FORMAT))
+        root.addHandler(file_handler)
+    if verbose:
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setLevel(logging.DEBUG)
+        stderr.addFilter(_BelowInfo())
+        stderr.addFilter(_Redacting())
+        stderr.setFormatter(logging.Formatter("debug: %(threadName)s %(name)s: %(message)s"))
+        root.addHandler(stderr)
+    root.debug("deployer %s: %s", task, " ".join(sys.argv[1:]))
+    return path
