@@ -23,7 +23,7 @@ from deployer.inventory import Inventory, load_inventory
 from deployer.localfleet import FleetError, LocalFleet
 from deployer.operations import Options
 from deployer.plan import describe_pin
-from deployer.release import pack_directory
+from deployer.release import check_release_id, pack_directory
 from deployer.report import (
     OperationReport,
     Phase,
@@ -105,12 +105,28 @@ def rollback(inventory: str | None, to: str | None, options: Options, as_json: b
 
 
 def drill(
-    inventory: str | None, artifact: str | None, options: Options, as_json: bool, junit: str | None = None
+    inventory: str | None,
+    artifact: str | None,
+    options: Options,
+    as_json: bool,
+    junit: str | None = None,
+    verify: bool = True,
 ) -> int:
     if not artifact:
         raise InputError("no artifact given: pass --artifact PATH (the new version to drill with)")
+    chosen = resolve_inventory(inventory, options)
+    check = None
+    if verify:
+        from deployer.verify import verify as run_checks  # noqa: PLC0415 - only with --verify
+
+        def check(release: str) -> tuple[bool, str]:
+            result = run_checks(chosen, release, lock_free=False, quiet=True)
+            failed = [line for line in result.output.splitlines() if line.startswith(("FAILED", "ERROR"))]
+            lines = result.output.strip().splitlines()
+            return result.ok, "; ".join(failed[:5]) or (lines[-1] if lines else "no output")
+
     try:
-        report = operations.drill(resolve_inventory(inventory, options), artifact, options)
+        report = operations.drill(chosen, artifact, options, check=check)
     except PlanRefused as refused:
         if junit:  # CI still gets a report saying why the drill did not run
             write_junit(
@@ -286,6 +302,34 @@ def fleet_down(state_dir: str | None) -> int:
     stopped = LocalFleet(state_dir or DEFAULT_FLEET_DIR).down()
     print(f"stopped {len(stopped)} host(s){': ' + ', '.join(stopped) if stopped else ''}")
     return 0
+
+
+def verify(
+    inventory: str | None, release: str | None, junit: str | None, options: Options, as_json: bool = False
+) -> int:
+    """Check every host with the testinfra suite; the release defaults to the one the fleet is on."""
+    from deployer.verify import verify as run_checks  # noqa: PLC0415 - only this task needs it
+
+    chosen = resolve_inventory(inventory, options)
+    if release is None:
+        view = operations.read_fleet(chosen, options)
+        currents = sorted({state.current or "(none)" for state in view.states.values()})
+        if view.unreachable or len(currents) != 1 or currents == ["(none)"]:
+            split = operations.status_data(view)["split"]
+            raise InputError(
+                f"cannot tell which release to expect (hosts: {split or 'none'}, unreachable: "
+                f"{', '.join(sorted(view.unreachable)) or 'none'}); pass --release ID"
+            )
+        release = currents[0]
+    check_release_id(release)
+    result = run_checks(chosen, release, junit, quiet=as_json)
+    verdict = f"verify {release}: {'PASS' if result.ok else 'FAIL'} on {len(chosen.hosts)} host(s)"
+    if as_json:
+        failed = [line for line in result.output.splitlines() if line.startswith(("FAILED", "ERROR"))]
+        _print_json({"release": release, "ok": result.ok, "verdict": verdict, "failed": failed})
+    else:
+        print(verdict)
+    return 0 if result.ok else 1
 
 
 def vagrant_inventory(ssh_config: str | None, out: str) -> int:

@@ -597,6 +597,7 @@ def drill(
     artifact_source: str,
     options: Options | None = None,
     progress: Progress | None = None,
+    check: Callable[[str], tuple[bool, str]] | None = None,
 ) -> OperationReport:
     """Deploy, verify; roll back, verify each host is on its baseline; deploy again, verify.
 
@@ -618,8 +619,17 @@ def drill(
         started = time.monotonic()
 
         def timed_phase(
-            name: str, detail: str, ok: bool, started: float, hosts: list[HostResult] | None = None
+            name: str,
+            detail: str,
+            ok: bool,
+            started: float,
+            hosts: list[HostResult] | None = None,
+            expected: str | None = None,
         ) -> None:
+            if ok and check is not None and expected:
+                passed, checked = check(expected)  # the independent testinfra suite, over OpenSSH
+                if not passed:
+                    ok, detail = False, f"{detail}; testinfra checks failed: {checked}"
             seconds = time.monotonic() - started
             report.phases.append(Phase(name, seconds, ok, detail, list(hosts or [])))
             progress.say(f"drill phase {name}: {'PASS' if ok else 'FAIL'} in {seconds:.2f}s {detail}".rstrip())
@@ -668,7 +678,11 @@ def drill(
             fresh, _unreachable, problems = _verify_phase(run, {n: result.target for n in baseline})
             ok = result.ok and not problems
             merged = _merge(result, problems)
-            timed_phase(phase, f"release {result.target}" + _problem_text(problems), ok, started, merged.hosts)
+            detail = f"release {result.target}" + _problem_text(problems)
+            timed_phase(phase, detail, ok, started, merged.hosts, result.target)
+            ok = report.phases[-1].ok
+            if not ok and merged.ok:
+                merged.problems.append(report.phases[-1].detail)
             return merged, fresh
 
         first, states = deploy_and_verify("deploy", states, options, final=False)
@@ -681,7 +695,10 @@ def drill(
         states, _unreachable, problems = _verify_phase(run, baseline)
         ok = back.ok and not problems
         back = _merge(back, problems)
-        timed_phase("rollback", f"back to {back.target}" + _problem_text(problems), ok, started, back.hosts)
+        timed_phase(
+            "rollback", f"back to {back.target}" + _problem_text(problems), ok, started, back.hosts, back.target
+        )
+        ok = report.phases[-1].ok
         if not ok:
             report.hosts = back.hosts
             return report

@@ -136,6 +136,7 @@ def rollback(
         **LOCK_HELP,
         "artifact": "the new version to drill with",
         "junit": "also write a JUnit XML report (one test case per phase and host) to this file",
+        "verify": "run the testinfra checks (inv verify) after each phase (default on; --no-verify to skip)",
     },
 )
 def rollback_drill(
@@ -146,6 +147,7 @@ def rollback_drill(
     group: str | None = None,
     artifact: str | None = None,
     junit: str | None = None,
+    verify: bool = True,
     lock_wait: str | None = None,
     message: str | None = None,
     json: bool = False,
@@ -154,7 +156,7 @@ def rollback_drill(
 ) -> None:
     """Deploy the artifact, roll back, deploy again, verifying each step (integration fleets)."""
     options = _options(parallel, accept_new_host_keys, lock_wait=lock_wait, message=message, hosts=hosts, group=group)
-    cli.guarded(lambda: cli.drill(inventory, artifact, options, json, junit), "rollback-drill", verbose)
+    cli.guarded(lambda: cli.drill(inventory, artifact, options, json, junit, verify), "rollback-drill", verbose)
 
 
 @task(help=COMMON_HELP)
@@ -307,6 +309,30 @@ def fleet_up(
 def fleet_down(c: Context, state_dir: str | None = None) -> None:
     """Stop the local fleet's hosts (only the processes it started)."""
     cli.guarded(lambda: cli.fleet_down(state_dir))
+
+
+@task(
+    help={
+        **COMMON_HELP,
+        "release": "the release every host must be on (default: the one the fleet is on)",
+        "junit": "also write the checks' JUnit XML to this file",
+    }
+)
+def verify(
+    c: Context,
+    inventory: str | None = None,
+    release: str | None = None,
+    junit: str | None = None,
+    json: bool = False,
+    verbose: bool = False,
+    hosts: str | None = None,
+    group: str | None = None,
+    parallel: int = 0,
+    accept_new_host_keys: bool = False,
+) -> None:
+    """Check every host over OpenSSH (testinfra): current, previousVersion, lock, shared paths, health."""
+    options = _options(parallel, accept_new_host_keys, hosts=hosts, group=group)
+    cli.guarded(lambda: cli.verify(inventory, release, junit, options, json), "verify", verbose)
 
 
 @task(

@@ -114,3 +114,43 @@ def test_verbose_shows_debug_lines_and_every_run_leaves_a_log_file(make_inventor
     assert [f.name.split("-")[1] for f in files] == ["deploy", "status"]
     text = files[0].read_text()
     assert "staging" in text and "web1: stage exited 0" in text and "OK on 4/4 hosts" not in text
+
+
+def test_verify_checks_every_host_independently(make_inventory, views, artifacts, deploy_to, tmp_path):
+    inventory = make_inventory(extra="shared: ['storage/']\nhealth_check: {command: 'test -s VERSION', retries: 0}\n")
+    first = operations.deploy(load_inventory(inventory), artifacts["v1"], progress=QUIET).target
+    second = operations.deploy(load_inventory(inventory), artifacts["v2"], progress=QUIET).target
+    junit = tmp_path / "verify.xml"
+    good = run_inv("verify", "--inventory", inventory, "--junit", str(junit))
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert f"verify {second}: PASS on 4 host(s)" in good.stdout
+    suite = ElementTree.parse(junit).getroot().find("testsuite")
+    assert suite is not None and int(suite.get("tests", 0)) >= 4 * 6 and suite.get("failures") == "0"
+
+    wrong = run_inv("verify", "--inventory", inventory, "--release", first)
+    assert wrong.returncode == 1 and f"verify {first}: FAIL" in wrong.stdout
+
+    views["web3"].sh("rm %s && mkdir %s", f"{deploy_to}/current/storage", f"{deploy_to}/current/storage")
+    views["web2"].sh("mkdir %s", f"{deploy_to}/.deployer/lock")
+    broken = run_inv("verify", "--inventory", inventory)
+    assert broken.returncode == 1
+    failed = [line for line in broken.stdout.splitlines() if line.startswith("FAILED")]
+    assert any("test_shared_paths_are_linked" in line and "127.0.2.3" in line for line in failed), failed
+    assert any("test_the_lock_is_free" in line and "127.0.2.2" in line for line in failed), failed
+    assert len(failed) == 2
+
+
+def test_drill_runs_the_testinfra_checks_after_each_phase(make_inventory, views, artifacts, deploy_to):
+    inventory = make_inventory(extra="shared: ['storage/']\n")
+    assert operations.deploy(load_inventory(inventory), artifacts["v1"], progress=QUIET).ok
+    good = run_inv("rollback-drill", "--inventory", inventory, "--artifact", artifacts["v2"])
+    assert good.returncode == 0, good.stdout + good.stderr
+    # A hook that quietly breaks the shared link: the deploy itself succeeds, the independent checks do not.
+    breaking = make_inventory(
+        extra="shared: ['storage/']\nhooks: {after_switch: 'rm storage && mkdir storage'}\n", deploy_to=deploy_to
+    )
+    bad = run_inv("rollback-drill", "--inventory", breaking, "--artifact", artifacts["v3"])
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "FAIL in phase deploy" in bad.stdout and "test_shared_paths_are_linked" in bad.stdout
+    skipped = run_inv("rollback-drill", "--inventory", inventory, "--artifact", artifacts["v2"], "--no-verify")
+    assert "testinfra" not in skipped.stdout
