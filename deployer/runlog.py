@@ -23,11 +23,23 @@ class _Redacting(logging.Filter):
         return True
 
 
-class _BelowInfo(logging.Filter):
-    """On stderr only the debug lines: the progress lines are already printed there."""
+class _NotProgress(logging.Filter):
+    """On stderr: warnings always, debug lines with -v; never the INFO progress lines (already printed)."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.INFO
+        if record.levelno >= logging.WARNING:
+            return True
+        return self.verbose and record.levelno < logging.INFO
+
+
+class _Prefixed(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = "debug" if record.levelno < logging.INFO else record.levelname.lower()
+        return f"{prefix}: {record.getMessage()}"
 
 
 def start(task: str, verbose: bool = False) -> str | None:
@@ -51,12 +63,11 @@ def start(task: str, verbose: bool = False) -> str | None:
         file_handler.addFilter(_Redacting())
         file_handler.setFormatter(logging.Formatter(FORMAT))
         root.addHandler(file_handler)
-    if verbose:
-        stderr = logging.StreamHandler(sys.stderr)
-        stderr.setLevel(logging.DEBUG)
-        stderr.addFilter(_BelowInfo())
-        stderr.addFilter(_Redacting())
-        stderr.setFormatter(logging.Formatter("debug: %(threadName)s %(name)s: %(message)s"))
-        root.addHandler(stderr)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(logging.DEBUG)
+    stderr.addFilter(_NotProgress(verbose))
+    stderr.addFilter(_Redacting())
+    stderr.setFormatter(_Prefixed())
+    root.addHandler(stderr)
     root.debug("deployer %s: %s", task, " ".join(sys.argv[1:]))
     return path
