@@ -110,9 +110,12 @@ class OperationReport:
             return f"{what}: OK on {total}/{total} hosts ({changed} changed and verified)"
         if self.refusal:
             return f"{what}: REFUSED: {self.refusal}"
-        failed = [result for result in bad if result.status != REVERTED]
+        failed = [result for result in bad if result.status not in (REVERTED, SKIPPED)]
+        skipped = [result for result in bad if result.status == SKIPPED]
         names = ", ".join(result.host for result in failed)
         text = f"{what}: FAILED on {len(failed)}/{total} hosts ({names})" if failed else f"{what}: FAILED"
+        if skipped:
+            text += f"; not switched: {', '.join(result.host for result in skipped)}"
         if self.problems:
             text += ": " + "; ".join(self.problems)
         if self.reverted_to_start:

@@ -1,0 +1,119 @@
+"""Snapshots of the two output forms for fixed reports: what CI logs and scripts see, byte for byte.
+
+After a deliberate change to the output, regenerate with UPDATE_SNAPSHOTS=1 and review the diff.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from deployer.report import (
+    FAILED,
+    OK,
+    REVERTED,
+    SKIPPED,
+    HostResult,
+    OperationReport,
+    Phase,
+    render_json,
+    render_text,
+)
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+
+
+def reverted_deploy() -> OperationReport:
+    report = OperationReport(
+        "deploy",
+        "20261122T041500Z-1a2b3c4d",
+        hosts=[
+            HostResult(
+                "web1",
+                REVERTED,
+                "20261122T041500Z-1a2b3c4d",
+                "20261122T040000Z-9f8e7d6c",
+                True,
+                0.05,
+                "reverted to 20261122T040000Z-9f8e7d6c (verified)",
+            ),
+            HostResult(
+                "web2",
+                FAILED,
+                "20261122T041500Z-1a2b3c4d",
+                "20261122T040000Z-9f8e7d6c",
+                True,
+                0.07,
+                "health check failed after 2 attempt(s), exit 7: connection refused; "
+                "reverted to 20261122T040000Z-9f8e7d6c (verified)",
+            ),
+            HostResult(
+                "web3",
+                SKIPPED,
+                "20261122T040000Z-9f8e7d6c",
+                "20261122T040000Z-9f8e7d6c",
+                False,
+                0.0,
+                "not switched: batch 2 failed",
+            ),
+        ],
+        phases=[
+            Phase("gather", 0.2, True),
+            Phase("stage", 0.4, True),
+            Phase("switch batch 1", 0.1, True),
+            Phase("switch batch 2", 0.1, False),
+            Phase("revert", 0.1, True),
+        ],
+        warnings=["resuming: 1 host(s) are already on 20261122T041500Z-1a2b3c4d"],
+        reverted_to_start=True,
+        connections=3,
+        sessions={"web1": 4, "web2": 4, "web3": 3},
+    )
+    return report
+
+
+def rollback_ok() -> OperationReport:
+    return OperationReport(
+        "rollback",
+        "20261122T040000Z-9f8e7d6c",
+        hosts=[
+            HostResult("web1", OK, "20261122T041500Z-1a2b3c4d", "20261122T040000Z-9f8e7d6c", True, 0.04),
+            HostResult("web2", OK, "20261122T041500Z-1a2b3c4d", "20261122T040000Z-9f8e7d6c", True, 0.05),
+        ],
+        phases=[Phase("gather", 0.21, True), Phase("switch", 0.09, True)],
+        notes=["the fleet is pinned to 20261122T040000Z-9f8e7d6c: `inv deploy` refuses until `inv unpin`"],
+        connections=2,
+        sessions={"web1": 2, "web2": 2},
+    )
+
+
+REPORTS = {"reverted_deploy": reverted_deploy, "rollback_ok": rollback_ok}
+
+
+def check(name: str, text: str) -> None:
+    path = SNAPSHOTS / name
+    if os.environ.get("UPDATE_SNAPSHOTS") == "1":
+        path.write_text(text)
+    assert path.exists(), f"no snapshot {path}; run with UPDATE_SNAPSHOTS=1 once and review it"
+    assert text == path.read_text()
+
+
+@pytest.mark.parametrize("name", sorted(REPORTS))
+def test_plain_text_snapshot(name):
+    out = io.StringIO()
+    render_text(REPORTS[name](), out)
+    text = out.getvalue()
+    assert "\x1b" not in text and "\r" not in text
+    check(f"{name}.txt", text)
+
+
+@pytest.mark.parametrize("name", sorted(REPORTS))
+def test_json_snapshot(name):
+    out = io.StringIO()
+    render_json(REPORTS[name](), out)
+    json.loads(out.getvalue())  # one valid document
+    check(f"{name}.json", out.getvalue())
