@@ -121,9 +121,8 @@ def drill(
 
         def check(release: str) -> tuple[bool, str]:
             result = run_checks(chosen, release, lock_free=False, quiet=True)
-            failed = [line for line in result.output.splitlines() if line.startswith(("FAILED", "ERROR"))]
             lines = result.output.strip().splitlines()
-            return result.ok, "; ".join(failed[:5]) or (lines[-1] if lines else "no output")
+            return result.ok, "; ".join(result.failed[:5]) or (lines[-1] if lines else "no output")
 
     try:
         report = operations.drill(chosen, artifact, options, check=check)
@@ -325,8 +324,7 @@ def verify(
     result = run_checks(chosen, release, junit, quiet=as_json)
     verdict = f"verify {release}: {'PASS' if result.ok else 'FAIL'} on {len(chosen.hosts)} host(s)"
     if as_json:
-        failed = [line for line in result.output.splitlines() if line.startswith(("FAILED", "ERROR"))]
-        _print_json({"release": release, "ok": result.ok, "verdict": verdict, "failed": failed})
+        _print_json({"release": release, "ok": result.ok, "verdict": verdict, "failed": result.failed})
     else:
         print(verdict)
     return 0 if result.ok else 1

@@ -266,30 +266,23 @@ class Fleet:
             self.connections_opened += 1
         return handle
 
+    def _on(self, host: Host, work: Callable[[HostConnection], T]) -> T | HostError:
+        """`work` on `host`'s connection (opened if needed); a HostError is returned, not raised."""
+        try:
+            return work(self.connect(host))
+        except HostError as error:
+            return error
+
     def connect_all(self) -> dict[str, Future[HostConnection | HostError]]:
         """Start connecting to every host in the pool; each future gives the connection or the error."""
-
-        def one(host: Host) -> HostConnection | HostError:
-            try:
-                return self.connect(host)
-            except HostError as error:
-                return error
-
-        return {host.name: self._pool.submit(one, host) for host in self.inventory.hosts}
+        return {host.name: self._pool.submit(self._on, host, lambda c: c) for host in self.inventory.hosts}
 
     def map(
         self, work: Callable[[HostConnection], T], hosts: list[Host] | None = None
     ) -> Iterator[tuple[Host, T | HostError]]:
         """Run `work` on each host's connection in the pool; yield (host, result or error) as each ends."""
         targets = list(self.inventory.hosts if hosts is None else hosts)
-
-        def one(host: Host) -> T | HostError:
-            try:
-                return work(self.connect(host))
-            except HostError as error:
-                return error
-
-        futures = {self._pool.submit(one, host): host for host in targets}
+        futures = {self._pool.submit(self._on, host, work): host for host in targets}
         for future in as_completed(futures):
             yield futures[future], future.result()
 

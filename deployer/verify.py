@@ -25,6 +25,11 @@ class VerifyResult:
     ok: bool
     output: str
 
+    @property
+    def failed(self) -> list[str]:
+        """pytest's one-line summary of each failed or erroring check (host in the test id)."""
+        return [line for line in self.output.splitlines() if line.startswith(("FAILED", "ERROR"))]
+
 
 def verify(
     inventory: Inventory, release: str, junit: str | None = None, lock_free: bool = True, quiet: bool = False

@@ -29,8 +29,7 @@ if [ -L current ]; then
     if [ -d current/ ]; then
         emit current_resolved "$(cd current/ && pwd -P)"
         if [ -f current/previousVersion ]; then
-            line=
-            IFS= read -r line < current/previousVersion || true
+            first_line current/previousVersion
             emit previous_version "$line"
         else
             emit previous_version_missing
@@ -43,12 +42,6 @@ elif [ -e current ]; then
 else
     emit current missing
 fi
-first_line() {
-    # first_line FILE: its first line in $line, with the shell's own read (no process per file).
-    line=
-    IFS= read -r line < "$1" || true
-}
-
 for dir in releases/*/; do
     [ -d "$dir" ] || continue
     id=${dir#releases/}

@@ -72,15 +72,6 @@ read_env() {
     unset env_block env_line env_value
 }
 
-sha256_of() {
-    if command -v sha256sum >/dev/null 2>&1; then
-        sha256sum "$1" | cut -d ' ' -f 1
-    elif command -v shasum >/dev/null 2>&1; then
-        shasum -a 256 "$1" | cut -d ' ' -f 1
-    else
-        openssl dgst -sha256 -r "$1" | cut -d ' ' -f 1
-    fi
-}
 
 sha256_stream() {
     # sha256_stream < DATA: the hex digest of standard input.
@@ -91,6 +82,17 @@ sha256_stream() {
     else
         openssl dgst -sha256 -r | cut -d ' ' -f 1
     fi
+}
+
+sha256_of() {
+    # sha256_of FILE: the hex digest of FILE.
+    sha256_stream < "$1"
+}
+
+first_line() {
+    # first_line FILE: its first line in $line, with the shell's own read (no process per file).
+    line=
+    IFS= read -r line < "$1" || true
 }
 
 write_file() {
@@ -106,7 +108,8 @@ write_file() {
 release_status() {
     # release_status ID: prints "<status> <digest> ..." from the release's meta file, "unmanaged -" without one.
     if [ -f ".deployer/meta/$1" ]; then
-        head -n 1 ".deployer/meta/$1"
+        first_line ".deployer/meta/$1"
+        printf '%s\n' "$line"
     else
         printf 'unmanaged -\n'
     fi
@@ -142,9 +145,9 @@ emit_lock_held() {
 }
 
 lock_token() {
-    if [ -f .deployer/lock/info ]; then
-        head -n 1 .deployer/lock/info
-    fi
+    line=
+    [ ! -f .deployer/lock/info ] || first_line .deployer/lock/info
+    printf '%s\n' "$line"
 }
 
 lock_take() {
