@@ -6,9 +6,14 @@ deploy_to=$1
 shift
 opt_lock=none opt_lock_token='' opt_lock_info='' opt_history=0
 parse_options "$@"
-emit hostname "$(uname -n)"
-if [ "$opt_lock" = take ]; then
-    mkdir -p "$deploy_to" || fail 30 "cannot create $deploy_to"
+if [ -r /proc/sys/kernel/hostname ]; then
+    first_line /proc/sys/kernel/hostname
+    emit hostname "$line"
+else
+    emit hostname "$(uname -n)"
+fi
+if [ "$opt_lock" = take ] && [ ! -d "$deploy_to/.deployer" ]; then
+    mkdir -p "$deploy_to/.deployer" || fail 30 "cannot create $deploy_to/.deployer"
 fi
 if [ ! -d "$deploy_to" ]; then
     emit deploy_to missing
@@ -72,7 +77,7 @@ if [ -f .deployer/schema ]; then
     emit schema $line
 fi
 if [ -f .deployer/history.jsonl ]; then
-    last=$(tail -n 200 .deployer/history.jsonl | grep -E '"op": "(deploy|rollback|revert)"' | tail -n 1)
+    last=$(awk '/"op": "(deploy|rollback|revert)"/ { last = $0 } END { print last }' .deployer/history.jsonl)
     if [ -n "$last" ]; then
         emit last_op "$last"
     fi
@@ -87,4 +92,6 @@ for cached in .deployer/artifacts/*.tar.gz; do
     name=${cached#.deployer/artifacts/}
     emit cached "${name%.tar.gz}"
 done
-emit free_kb "$(df -Pk . | awk 'NR == 2 { print $4 }')"
+# shellcheck disable=SC2046  # POSIX df -P: a header line, then device, size, used, available, ...
+set -- $(df -Pk . 2>/dev/null)
+emit free_kb "${11:-}"

@@ -76,12 +76,18 @@ read_env() {
 sha256_stream() {
     # sha256_stream < DATA: the hex digest of standard input.
     if command -v sha256sum >/dev/null 2>&1; then
-        sha256sum | cut -d ' ' -f 1
+        sha256sum | first_field
     elif command -v shasum >/dev/null 2>&1; then
-        shasum -a 256 | cut -d ' ' -f 1
+        shasum -a 256 | first_field
     else
-        openssl dgst -sha256 -r | cut -d ' ' -f 1
+        openssl dgst -sha256 -r | first_field
     fi
+}
+
+first_field() {
+    # first_field < LINE: its first space-separated field (the shell's read: no process started).
+    IFS=' ' read -r ff_first _ || true
+    printf '%s\n' "$ff_first"
 }
 
 sha256_of() {
@@ -152,7 +158,7 @@ lock_token() {
 
 lock_take() {
     # lock_take TOKEN INFO: take the lock (or find it already ours); otherwise report who holds it.
-    mkdir -p .deployer || fail 30 "cannot create $(pwd)/.deployer"
+    [ -d .deployer ] || mkdir -p .deployer || fail 30 "cannot create $(pwd)/.deployer"
     if mkdir .deployer/lock 2>/dev/null; then
         if ! write_file .deployer/lock/info "$1
 $2"; then
@@ -171,7 +177,7 @@ lock_release() {
     # lock_release TOKEN: remove the lock only if it is ours ("*" removes any lock: inv unlock).
     [ -d .deployer/lock ] || return 0
     if [ "$1" = "*" ] || [ "$(lock_token)" = "$1" ]; then
-        rm -rf .deployer/lock.gone
+        [ ! -e .deployer/lock.gone ] || rm -rf .deployer/lock.gone
         if mv .deployer/lock .deployer/lock.gone && rm -rf .deployer/lock.gone; then
             emit unlocked
         else
@@ -260,7 +266,7 @@ prune_releases() {
     # prune_releases "ID ID ...": remove these releases (never current), their metadata, and unused cached artifacts.
     [ -n "$1" ] || return 0
     keep_current=$(readlink current 2>/dev/null || true)
-    mkdir -p .deployer/trash
+    [ -d .deployer/trash ] || mkdir -p .deployer/trash
     for id in $1; do
         case $id in
             '' | . | .. | */*) continue ;;
@@ -274,12 +280,19 @@ prune_releases() {
             emit warning "could not remove release $id"
         fi
     done
+    in_use=' '
+    for meta in .deployer/meta/*; do
+        [ -f "$meta" ] || continue
+        first_line "$meta"
+        in_use="$in_use${line#* } "
+    done
     for cached in .deployer/artifacts/*.tar.gz; do
         [ -f "$cached" ] || continue
         digest=${cached#.deployer/artifacts/}
         digest=${digest%.tar.gz}
-        if ! cat .deployer/meta/* 2>/dev/null | cut -d ' ' -f 2 | grep -qxF "$digest"; then
-            rm -f "$cached"
-        fi
+        case $in_use in
+            *" $digest "*) ;;
+            *) rm -f "$cached" ;;
+        esac
     done
 }

@@ -16,19 +16,24 @@ if [ -z "$release_id" ] || [ -z "$digest" ]; then
     fail 10 "stage needs release= and digest="
 fi
 
-mkdir -p "$deploy_to" || fail 30 "cannot create $deploy_to"
+if [ ! -d "$deploy_to/.deployer/staging" ] || [ ! -d "$deploy_to/releases" ]; then
+    set --
+    for dir in releases .deployer/meta .deployer/logs .deployer/artifacts .deployer/staging; do
+        set -- "$@" "$deploy_to/$dir"
+    done
+    if ! reason=$(mkdir -p "$@" 2>&1); then
+        fail 30 "cannot create folders in $deploy_to: $reason"
+    fi
+fi
 cd "$deploy_to" || fail 30 "cannot enter $deploy_to"
 deploy_abs=$(pwd -P)
-if ! reason=$(mkdir -p releases .deployer/meta .deployer/logs .deployer/artifacts .deployer/staging 2>&1); then
-    fail 30 "cannot create folders in $deploy_to: $reason"
-fi
 if [ -e "releases/$release_id" ] || [ -L "releases/$release_id" ]; then
     fail 20 "release $release_id already exists on this host; release folders are never reused"
 fi
 
 cached=".deployer/artifacts/$digest.tar.gz"
 staging=".deployer/staging/$release_id"
-rm -rf "$staging"
+[ ! -e "$staging" ] || rm -rf "$staging"
 mkdir "$staging" || fail 30 "cannot create $staging"
 
 free_kb() {
@@ -42,7 +47,7 @@ if [ "$opt_source" = upload ]; then
     part=".deployer/artifacts/.$digest.$$.part"
     fifo=".deployer/staging/.$release_id.$$.fifo"
     sum=".deployer/staging/.$release_id.$$.sum"
-    rm -f "$fifo"
+    [ ! -e "$fifo" ] || rm -f "$fifo"
     mkfifo "$fifo" || fail 30 "cannot create a FIFO in $deploy_to/.deployer (disk full?)"
     sha256_stream < "$fifo" > "$sum" &
     hasher=$!
@@ -51,8 +56,12 @@ if [ "$opt_source" = upload ]; then
     wait "$hasher"
     actual=
     IFS= read -r actual < "$sum" || true
-    size=$(wc -c < "$part" 2>/dev/null | tr -d ' ')
-    reason="$(tail -n 2 "$staging.tee" "$staging.err" 2>/dev/null | grep -v '^==>' | tr '\n' ' ')"
+    size=$(wc -c < "$part" 2>/dev/null)
+    size=${size#"${size%%[! ]*}"}
+    reason=
+    if [ "${size:-0}" != "$opt_size" ] || [ "$unpacked" != 0 ]; then
+        reason="$(tail -n 2 "$staging.tee" "$staging.err" 2>/dev/null | grep -v '^==>' | tr '\n' ' ')"
+    fi
     rm -f "$fifo" "$sum" "$staging.tee" "$staging.err"
     if [ "${size:-0}" != "$opt_size" ]; then
         rm -rf "$staging" "$part"
@@ -128,7 +137,9 @@ if [ -n "$opt_shared" ]; then
 fi
 
 meta="$digest ${opt_meta:-- - -}"
-write_file ".deployer/meta/$release_id" "validating $meta" || { rm -rf "$staging"; fail 30 "cannot write release metadata (disk full?)"; }
+initial=validating
+[ -n "$opt_validate" ] || initial=ok
+write_file ".deployer/meta/$release_id" "$initial $meta" || { rm -rf "$staging"; fail 30 "cannot write release metadata (disk full?)"; }
 if ! reason=$(mv "$staging" "releases/$release_id" 2>&1); then
     rm -rf "$staging" ".deployer/meta/$release_id"
     fail 30 "cannot move the release into $deploy_to/releases/: $reason"
@@ -147,6 +158,6 @@ if [ -n "$opt_validate" ]; then
         tail -n 20 "$log"
         exit 40
     fi
+    write_file ".deployer/meta/$release_id" "ok $meta" || fail 30 "cannot write release metadata (disk full?)"
 fi
-write_file ".deployer/meta/$release_id" "ok $meta" || fail 30 "cannot write release metadata (disk full?)"
 emit staged "$release_id" "$digest"

@@ -57,7 +57,7 @@ else
     fi
 
     link=".current.$$.tmp"
-    rm -f "$link"
+    [ ! -L "$link" ] || rm -f "$link"
     ln -s "releases/$target" "$link" || fail 30 "cannot create the temporary link"
     if ! mv -Tf "$link" current; then
         rm -f "$link"
