@@ -6,6 +6,8 @@ traceback.
 
 from __future__ import annotations
 
+import dataclasses
+import getpass
 import json
 import os
 import shutil
@@ -40,16 +42,41 @@ DEFAULT_FLEET_DIR = str(REPO_ROOT / ".fleet")
 SAMPLE_APP = REPO_ROOT / "sample-app"
 
 
-def resolve_inventory(path: str | None, options: Options | None = None) -> Inventory:
-    """The inventory to work on: --inventory or $DEPLOYER_INVENTORY, narrowed by --hosts/--group."""
+def resolve_inventory(path: str | None, options: Options | None = None, runs_hooks: bool = False) -> Inventory:
+    """The inventory to work on: --inventory or $DEPLOYER_INVENTORY, narrowed by --hosts/--group.
+
+    `runs_hooks`: the task may run hooks, so a `sudo_password: ask` is asked now, once, for all hosts.
+    """
     chosen = path or os.environ.get("DEPLOYER_INVENTORY")
     if not chosen:
         raise InputError("no inventory given: pass --inventory FILE or set DEPLOYER_INVENTORY")
     inventory = load_inventory(chosen)
     if options is not None:
         inventory = inventory.select(options.hosts, options.groups)
+    dry_run = options is not None and options.dry_run
+    if runs_hooks and inventory.sudo_password_source == "ask" and inventory.uses_sudo and not dry_run:
+        inventory = dataclasses.replace(inventory, sudo_password=ask_sudo_password(inventory))
     set_secrets(inventory.secrets())
     return inventory
+
+
+def ask_sudo_password(inventory: Inventory) -> str:
+    """The sudo password, asked once on the terminal (not echoed); refused without a terminal."""
+    if not sys.stdin.isatty():
+        raise InputError(
+            f"{inventory.path}: sudo_password: ask needs a terminal to ask on; "
+            "in CI use sudo_password_env: NAME (a variable holding the password)"
+        )
+    hosts = [host.name for host in inventory.hosts if host.sudo]
+    users = sorted({host.user or inventory.user for host in inventory.hosts if host.sudo})
+    shown = ", ".join(hosts[:5]) + (f" and {len(hosts) - 5} more" if len(hosts) > 5 else "")
+    try:
+        password = getpass.getpass(f"sudo password for {', '.join(users)} (hooks on {shown}): ")
+    except EOFError:
+        password = ""
+    if not password:
+        raise InputError("no sudo password given; nothing was changed")
+    return password
 
 
 def seconds(value: str | None, flag: str) -> float:
@@ -95,12 +122,12 @@ def _emit(report: OperationReport, as_json: bool) -> int:
 def deploy(inventory: str | None, artifact: str | None, release: str | None, options: Options, as_json: bool) -> int:
     if not artifact:
         raise InputError("no artifact given: pass --artifact PATH (a .tar.gz or a folder)")
-    report = operations.deploy(resolve_inventory(inventory, options), artifact, release, options)
+    report = operations.deploy(resolve_inventory(inventory, options, runs_hooks=True), artifact, release, options)
     return _emit(report, as_json)
 
 
 def rollback(inventory: str | None, to: str | None, options: Options, as_json: bool) -> int:
-    report = operations.rollback(resolve_inventory(inventory, options), to, options)
+    report = operations.rollback(resolve_inventory(inventory, options, runs_hooks=True), to, options)
     return _emit(report, as_json)
 
 
@@ -114,7 +141,7 @@ def drill(
 ) -> int:
     if not artifact:
         raise InputError("no artifact given: pass --artifact PATH (the new version to drill with)")
-    chosen = resolve_inventory(inventory, options)
+    chosen = resolve_inventory(inventory, options, runs_hooks=True)
     check = None
     if verify:
         from deployer.verify import verify as run_checks  # noqa: PLC0415 - only with --verify
@@ -163,6 +190,8 @@ def status(inventory: str | None, options: Options, as_json: bool) -> int:
         releases = len(host["releases"])
         current, previous = host["current"] or "-", host["previous_version"] or "-"
         line = f"  {name}  current={current}  previous={previous}  releases={releases}"
+        if host["deploy_to"] != data["deploy_to"]:
+            line += f"  deploy_to={host['deploy_to']}"
         if host["lock"]:
             line += "  LOCKED"
         for problem in host["problems"]:

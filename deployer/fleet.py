@@ -31,7 +31,7 @@ from deployer.errors import (
     HostKeyRejected,
     HostUnreachable,
 )
-from deployer.inventory import Host, Inventory
+from deployer.inventory import Gateway, Host, Inventory
 
 log = logging.getLogger(__name__)
 SCRIPT_NAME = re.compile(r"' deployer-(\w+)")
@@ -220,6 +220,9 @@ class Fleet:
         self.connections_opened = 0
         self._closed_sessions: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._gateway_lock = threading.Lock()
+        self.gateways: dict[Gateway, HostConnection | HostError] = {}
+        self.gateway_connections_opened = 0
         self._pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="deployer")
 
     def __enter__(self) -> Fleet:
@@ -228,11 +231,11 @@ class Fleet:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _new_connection(self, host: Host) -> Connection:
+    def _new_connection(self, host: Host, sock: paramiko.Channel | None = None) -> Connection:
         timeouts = self.inventory.timeouts
         config = Config(lazy=True, ssh_config=paramiko.SSHConfig())
         connect_kwargs: dict[str, Any] = {
-            "key_filename": [self.inventory.identity_file],
+            "key_filename": [self.inventory.identity_file_of(host)],
             "passphrase": self.inventory.passphrase or None,
             "allow_agent": False,
             "look_for_keys": False,
@@ -240,6 +243,8 @@ class Fleet:
             "auth_timeout": timeouts.connect,
             "channel_timeout": timeouts.connect,
         }
+        if sock is not None:
+            connect_kwargs["sock"] = sock
         connection = Connection(
             host.address,
             user=host.user or self.inventory.user,
@@ -262,7 +267,23 @@ class Fleet:
         existing = self.connections.get(host.name)
         if existing is not None:
             return existing
-        connection = self._new_connection(host)
+        started = time.monotonic()
+        handle = self._open(host, self._tunnel(host) if host.gateway is not None else None)
+        log.debug(
+            "%s: connected to %s:%s%s in %.3fs",
+            host.name,
+            host.address,
+            host.port,
+            f" through {host.gateway}" if host.gateway else "",
+            time.monotonic() - started,
+        )
+        with self._lock:
+            self.connections[host.name] = handle
+            self.connections_opened += 1
+        return handle
+
+    def _open(self, host: Host, sock: paramiko.Channel | None) -> HostConnection:
+        connection = self._new_connection(host, sock)
         started = time.monotonic()
         try:
             connection.open()
@@ -275,12 +296,35 @@ class Fleet:
         transport = connection.client.get_transport()
         if transport is not None:
             transport.set_keepalive(KEEPALIVE_SECONDS)
-        log.debug("%s: connected to %s:%s in %.3fs", host.name, host.address, host.port, time.monotonic() - started)
-        handle = HostConnection(host, connection, self.inventory)
-        with self._lock:
-            self.connections[host.name] = handle
-            self.connections_opened += 1
-        return handle
+        return HostConnection(host, connection, self.inventory)
+
+    def _tunnel(self, host: Host) -> paramiko.Channel:
+        """A direct-tcpip channel to `host` through its gateway; the gateway is connected once per fleet."""
+        gateway = host.gateway
+        assert gateway is not None
+        with self._gateway_lock:
+            opened = self.gateways.get(gateway)
+            if opened is None:
+                as_host = Host(f"gateway {gateway}", gateway.address, gateway.port, gateway.user or self.inventory.user)
+                try:
+                    opened = self._open(as_host, None)
+                    self.gateway_connections_opened += 1
+                except HostError as exc:
+                    opened = exc
+                self.gateways[gateway] = opened
+        if isinstance(opened, HostError):
+            raise HostUnreachable(host.name, f"through gateway {gateway}: {opened.reason}")
+        transport = opened.connection.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise HostUnreachable(host.name, f"the connection to gateway {gateway} was lost")
+        try:
+            return transport.open_channel(
+                "direct-tcpip", (host.address, host.port), ("127.0.0.1", 0), timeout=self.inventory.timeouts.connect
+            )
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise HostUnreachable(
+                host.name, f"gateway {gateway} could not open a tunnel to {host.address}:{host.port}: {exc}"
+            ) from None
 
     def _on(self, host: Host, work: Callable[[HostConnection], T]) -> T | HostError:
         """`work` on `host`'s connection (opened if needed); a HostError is returned, not raised."""
@@ -314,6 +358,10 @@ class Fleet:
             self._closed_sessions[name] = handle.sessions
             handle.close()
         self.connections.clear()
+        for gateway in self.gateways.values():
+            if isinstance(gateway, HostConnection):
+                gateway.close()
+        self.gateways.clear()
 
 
 class MappedArtifact:

@@ -81,12 +81,30 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class Gateway:
+    """A bastion the host is reached through (inventory `gateway`, or ProxyJump in an ssh_config)."""
+
+    address: str
+    port: int = 22
+    user: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.address}:{self.port}" if self.user else f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Host:
+    """One host, with every setting resolved: its own, else its group's, else its ssh_config's, else the inventory's."""
+
     name: str
     address: str
     port: int = 22
     user: str = ""
     groups: tuple[str, ...] = ()
+    deploy_to: str = ""  # "" means the inventory's deploy_to
+    identity_file: str = ""  # "" means the inventory's ssh.identity_file
+    gateway: Gateway | None = None
+    sudo: bool = False  # run this host's hooks with sudo (as root)
 
 
 @dataclass(frozen=True)
@@ -110,6 +128,20 @@ class Inventory:
     rollback_migrations: str = ""
     env: tuple[EnvVar, ...] = ()
     passphrase: str = field(default="", repr=False)  # for an encrypted identity file; from ssh.passphrase_env
+    ssh_config: str = ""
+    sudo_password: str = field(default="", repr=False)  # filled in by the CLI: from sudo_password_env or asked once
+    sudo_password_source: str = ""  # "" (passwordless sudo -n) | "ask" | "env:NAME"
+
+    def deploy_to_of(self, host: Host) -> str:
+        """Where `host` deploys: its own or its group's deploy_to, else the inventory's."""
+        return host.deploy_to or self.deploy_to
+
+    def identity_file_of(self, host: Host) -> str:
+        return host.identity_file or self.identity_file
+
+    @property
+    def uses_sudo(self) -> bool:
+        return any(host.sudo for host in self.hosts)
 
     def select(self, hosts: tuple[str, ...] = (), groups: tuple[str, ...] = ()) -> Inventory:
         """The inventory narrowed to the named hosts and/or the members of the named groups.
@@ -136,7 +168,7 @@ class Inventory:
 
     def secrets(self) -> list[str]:
         """Every value that must never appear in output, logs or history."""
-        values = [var.value for var in self.env if var.secret] + ([self.passphrase] if self.passphrase else [])
+        values = [var.value for var in self.env if var.secret] + [self.passphrase, self.sudo_password]
         return [value for value in values if value]
 
     def hook(self, name: str) -> str:
@@ -277,11 +309,19 @@ TOP_KEYS = {
     "rollback_migrations",
     "env",
     "groups",
+    "gateway",
+    "sudo",
+    "sudo_password",
+    "sudo_password_env",
 }
-SSH_KEYS = {"identity_file", "known_hosts", "passphrase_env"}
+SSH_KEYS = {"identity_file", "known_hosts", "passphrase_env", "config"}
 ENV_VALUE_KEYS = {"value", "from_env", "secret"}
-HOST_KEYS = {"address", "port", "user", "groups"}
-GROUP_KEYS = {"user", "port"}
+GROUP_KEYS = {"user", "port", "deploy_to", "gateway", "sudo"}
+HOST_KEYS = GROUP_KEYS | {"address", "groups", "ssh_alias"}
+GATEWAY_KEYS = {"address", "port", "user"}
+GATEWAY_RE = re.compile(
+    r"^(?:(?P<user>[^@\s]+)@)?(?P<address>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?$"
+)
 TIMEOUT_KEYS = {"connect", "command", "stage", "hook", "migrate"}
 HEALTH_KEYS = {"command", "timeout", "retries", "interval"}
 ROLLOUT_KEYS = {"batch", "pause"}
@@ -297,6 +337,12 @@ def _health_check(check: _Checker, value: Any) -> HealthCheck:
         retries=check.number(raw.get("retries", 3), "health_check.retries", 0, 100, integer=True),
         interval=float(check.number(raw.get("interval", 2), "health_check.interval", 0, 3600)),
     )
+
+
+def _flag(check: _Checker, value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise check.error(key, f"expected true or false, got {_kind(value)}")
+    return value
 
 
 def _rollout(check: _Checker, value: Any) -> Rollout:
@@ -372,6 +418,94 @@ def _hooks(check: _Checker, value: Any) -> dict[str, str]:
     return {name: check.string(command, f"hooks.{name}") for name, command in raw.items() if command is not None}
 
 
+def _gateway(check: _Checker, value: Any, key: str) -> Gateway | None:
+    """`user@address:port` (user and port optional), a mapping, or false for "connect directly"."""
+    if value is False:
+        return None
+    if isinstance(value, str):
+        match = GATEWAY_RE.match(value.strip())
+        if match is None:
+            raise check.error(
+                key, f"{value!r} is not a gateway: use user@address:port, or a mapping with address, port, user"
+            )
+        address, port, user = match["address"].strip("[]"), int(match["port"] or 22), match["user"] or ""
+    else:
+        raw = check.mapping(value, key, GATEWAY_KEYS, {"address"})
+        address = check.string(raw["address"], f"{key}.address", ADDRESS_RE, "address")
+        port = check.number(raw.get("port", 22), f"{key}.port", 1, 65535, integer=True)
+        user = check.string(raw["user"], f"{key}.user", USER_RE, "user name") if raw.get("user") is not None else ""
+    if not 1 <= port <= 65535:
+        raise check.error(key, f"port must be between 1 and 65535, got {port}")
+    if user and not USER_RE.match(user):
+        raise check.error(key, f"{user!r} is not a valid user name")
+    if not ADDRESS_RE.match(address):
+        raise check.error(key, f"{address!r} is not a valid address")
+    return Gateway(address, port, user)
+
+
+class _SshConfig:
+    """An OpenSSH client config file (e.g. `vagrant ssh-config`'s output), read with paramiko's parser."""
+
+    def __init__(self, check: _Checker, path: str) -> None:
+        import paramiko  # only inventories that use an ssh_config pay for the import
+
+        self.check = check
+        self.path = path
+        try:
+            self.config = paramiko.SSHConfig.from_path(path)
+        except (OSError, UnicodeDecodeError, ValueError, paramiko.ssh_exception.ConfigParseError) as exc:
+            raise check.error("ssh.config", f"cannot read {path}: {exc}") from None
+        self.names = self.config.get_hostnames()
+
+    def lookup(self, alias: str, key: str) -> dict[str, Any]:
+        """Address, port, user, identity file and gateway that OpenSSH would use for `alias`."""
+        found = self.config.lookup(alias)
+        if alias not in self.names and set(found) <= {"hostname"}:
+            raise self.check.error(key, f"no Host entry for {alias!r} in {self.path}")
+        where = f"{key} (Host {alias} in {self.path})"
+        if found.get("proxycommand"):
+            raise self.check.error(key, f"ProxyCommand in {self.path} is not supported; use ProxyJump or gateway")
+        settings: dict[str, Any] = {"address": found.get("hostname", alias)}
+        if not ADDRESS_RE.match(settings["address"]):
+            raise self.check.error(key, f"HostName {settings['address']!r} of {alias} in {self.path} is not an address")
+        if "port" in found:
+            if not str(found["port"]).isdigit() or not 1 <= int(found["port"]) <= 65535:
+                raise self.check.error(key, f"Port {found['port']!r} of {alias} in {self.path} is not a port")
+            settings["port"] = int(found["port"])
+        if "user" in found:
+            settings["user"] = found["user"]
+        if found.get("identityfile"):
+            identity = os.path.expanduser(found["identityfile"][0])
+            if not os.path.isabs(identity):
+                identity = os.path.join(os.path.dirname(self.path), identity)
+            if not os.path.isfile(identity):
+                raise self.check.error(key, f"IdentityFile of {alias} in {self.path} not found: {identity}")
+            settings["identity_file"] = os.path.normpath(identity)
+        jump = found.get("proxyjump", "")
+        if jump and jump.lower() != "none":
+            if "," in jump:
+                raise self.check.error(key, f"ProxyJump {jump!r} of {alias}: only one jump host is supported")
+            settings["gateway"] = self._jump(jump, where)
+        return settings
+
+    def _jump(self, jump: str, where: str) -> Gateway:
+        """A ProxyJump value: [user@]host[:port], where host may itself be an alias in the config."""
+        parsed = _gateway(self.check, jump, where)
+        assert parsed is not None
+        if parsed.address in self.names:
+            via = self.config.lookup(parsed.address)
+            if via.get("proxyjump") and via["proxyjump"].lower() != "none":
+                raise self.check.error(
+                    where, f"jump host {parsed.address} has a ProxyJump itself: only one hop is supported"
+                )
+            return Gateway(
+                via.get("hostname", parsed.address),
+                parsed.port if ":" in jump.split("@")[-1] else int(via.get("port", 22)),
+                parsed.user or via.get("user", ""),
+            )
+        return parsed
+
+
 def parse_inventory(text: str, path: str, environ: Mapping[str, str] | None = None) -> Inventory:
     """Parse and check inventory text; `path` names the file in errors and anchors relative paths.
 
@@ -404,6 +538,27 @@ def parse_inventory(text: str, path: str, environ: Mapping[str, str] | None = No
         if source not in environ:
             raise check.error("ssh.passphrase_env", f"${source} is not set on this machine")
         passphrase = environ[source]
+    ssh_config = None
+    if ssh.get("config") is not None:
+        ssh_config = _SshConfig(check, check.local_file(ssh["config"], "ssh.config"))
+    top_gateway = _gateway(check, top["gateway"], "gateway") if top.get("gateway") is not None else None
+    top_sudo = _flag(check, top.get("sudo", False), "sudo")
+    sudo_password = ""
+    sudo_password_source = ""
+    if top.get("sudo_password") is not None and top.get("sudo_password_env") is not None:
+        raise check.error("sudo_password_env", "give either sudo_password: ask or sudo_password_env, not both")
+    if top.get("sudo_password") is not None:
+        if top["sudo_password"] != "ask":
+            raise check.error(
+                "sudo_password",
+                "only 'ask' is allowed here (the password is asked once); never write a password into an inventory",
+            )
+        sudo_password_source = "ask"
+    if top.get("sudo_password_env") is not None:
+        source = check.string(top["sudo_password_env"], "sudo_password_env", ENV_NAME_RE, "variable name")
+        if source not in environ:
+            raise check.error("sudo_password_env", f"${source} is not set on this machine")
+        sudo_password, sudo_password_source = environ[source], f"env:{source}"
 
     validate = ""
     if top.get("validate") is not None:
@@ -434,7 +589,7 @@ def parse_inventory(text: str, path: str, environ: Mapping[str, str] | None = No
     if not isinstance(hosts_raw, Mapping) or not hosts_raw:
         raise check.error("hosts", f"expected a non-empty mapping of host names, got {_kind(hosts_raw)}")
     hosts: list[Host] = []
-    endpoints: dict[tuple[str, int], str] = {}
+    endpoints: dict[tuple[Gateway | None, str, int], str] = {}
     group_settings: dict[str, Mapping[str, Any]] = {}
     if top.get("groups") is not None:
         raw_groups = check.mapping(
@@ -448,31 +603,69 @@ def parse_inventory(text: str, path: str, environ: Mapping[str, str] | None = No
         key = f"hosts.{name}"
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise check.error(key, "host names use letters, digits, '.', '_' and '-' (at most 63)")
-        spec = check.mapping(spec, key, HOST_KEYS, {"address"})
+        if spec is None and ssh_config is not None:
+            spec = {}
+        spec = check.mapping(spec, key, HOST_KEYS, set())
+        if "address" not in spec and ssh_config is None:
+            raise check.error(
+                f"{key}.address", "required key is missing (or set ssh.config and name the host as there)"
+            )
+        if "address" in spec and "ssh_alias" in spec:
+            raise check.error(f"{key}.ssh_alias", "give either address or ssh_alias, not both")
         groups: list[str] = []
         if spec.get("groups") is not None:
             if not isinstance(spec["groups"], list):
                 raise check.error(f"{key}.groups", f"expected a list of group names, got {_kind(spec['groups'])}")
             for index, group in enumerate(spec["groups"]):
                 groups.append(check.string(group, f"{key}.groups[{index}]", NAME_RE, "group name"))
-        # Settings: the host's own, else its first group's that has one, else the inventory's.
+        # Settings: the host's own, else its first group's that has one, else its ssh_config entry's,
+        # else the inventory's.
         merged: dict[str, Any] = {}
         source_of: dict[str, str] = {}
-        for group in groups:
+        if "address" not in spec:
+            assert ssh_config is not None
+            alias = check.string(spec.get("ssh_alias", name), f"{key}.ssh_alias", ADDRESS_RE, "ssh_config alias")
+            for setting, value in ssh_config.lookup(alias, key).items():
+                merged[setting], source_of[setting] = value, f"{key} (ssh_config)"
+        for group in reversed(groups):
             for setting, value in group_settings.get(group, {}).items():
-                if setting not in merged:
-                    merged[setting], source_of[setting] = value, f"groups.{group}"
-        for setting in GROUP_KEYS & set(spec):
+                merged[setting], source_of[setting] = value, f"groups.{group}"
+        for setting in (GROUP_KEYS | {"address"}) & set(spec):
             merged[setting], source_of[setting] = spec[setting], key
-        address = check.string(spec["address"], f"{key}.address", ADDRESS_RE, "address")
+        address = check.string(merged["address"], f"{source_of['address']}.address", ADDRESS_RE, "address")
         port = check.number(merged.get("port", 22), f"{source_of.get('port', key)}.port", 1, 65535, integer=True)
         host_user = user
         if "user" in merged:
             host_user = check.string(merged["user"], f"{source_of['user']}.user", USER_RE, "user name")
-        if (address, port) in endpoints:
-            raise check.error(f"{key}.address", f"{address}:{port} is already used by host {endpoints[address, port]}")
-        endpoints[address, port] = name
-        hosts.append(Host(name=name, address=address, port=port, user=host_user, groups=tuple(groups)))
+        host_deploy_to = ""
+        if merged.get("deploy_to") is not None:
+            host_deploy_to = check.deploy_to(merged["deploy_to"], f"{source_of['deploy_to']}.deploy_to")
+        gateway = top_gateway
+        if "gateway" in merged:
+            value = merged["gateway"]
+            gateway = value if isinstance(value, Gateway) else _gateway(check, value, f"{source_of['gateway']}.gateway")
+        sudo = top_sudo
+        if "sudo" in merged:
+            sudo = _flag(check, merged["sudo"], f"{source_of['sudo']}.sudo")
+        endpoint = (gateway, address, port)
+        if endpoint in endpoints:
+            raise check.error(f"{key}.address", f"{address}:{port} is already used by host {endpoints[endpoint]}")
+        endpoints[endpoint] = name
+        hosts.append(
+            Host(
+                name=name,
+                address=address,
+                port=port,
+                user=host_user,
+                groups=tuple(groups),
+                deploy_to=host_deploy_to if host_deploy_to != deploy_to else "",
+                identity_file=merged.get("identity_file", ""),
+                gateway=gateway,
+                sudo=sudo,
+            )
+        )
+    if sudo_password_source and not any(host.sudo for host in hosts):
+        raise check.error("sudo_password", "no host uses sudo (set sudo: true for the hosts or groups that need it)")
 
     return Inventory(
         path=path,
@@ -494,6 +687,9 @@ def parse_inventory(text: str, path: str, environ: Mapping[str, str] | None = No
         rollback_migrations=rollback_migrations,
         env=env,
         passphrase=passphrase,
+        ssh_config=ssh_config.path if ssh_config is not None else "",
+        sudo_password=sudo_password,
+        sudo_password_source=sudo_password_source,
     )
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from deployer.errors import HostError, PlanRefused, StepFailed
 from deployer.fleet import Fleet, HostConnection
+from deployer.inventory import Inventory
 from deployer.report import Progress
 from deployer.scripts import command_line, parse_output
 from deployer.state import HostState, LockState, parse_state
@@ -94,17 +95,18 @@ def process_identity(pid: int) -> dict[str, str]:
     return {"machine": _read("/etc/machine-id"), "boot": _read("/proc/sys/kernel/random/boot_id"), "pid_start": start}
 
 
-def _gather_command(fleet: Fleet, lock: FleetLock | None, history: int = 0) -> str:
+def _gather_commands(inventory: Inventory, lock: FleetLock | None, history: int = 0) -> dict[str, str]:
+    """The gather command line for each deploy_to of the inventory (one lock info for all)."""
+    folders = {inventory.deploy_to_of(host) for host in inventory.hosts}
     if lock is None:
-        return command_line("gather", fleet.inventory.deploy_to, history=history or None)
-    return command_line(
-        "gather",
-        fleet.inventory.deploy_to,
-        lock="take",
-        lock_token=lock.token,
-        lock_info=lock.info(),
-        history=history or None,
-    )
+        return {folder: command_line("gather", folder, history=history or None) for folder in folders}
+    info = lock.info()
+    return {
+        folder: command_line(
+            "gather", folder, lock="take", lock_token=lock.token, lock_info=info, history=history or None
+        )
+        for folder in folders
+    }
 
 
 def read_states(
@@ -115,11 +117,11 @@ def read_states(
     history: int = 0,
 ) -> tuple[dict[str, HostState], Unreachable]:
     """One `gather` session per host (taking the lock there when `lock` is given)."""
-    deploy_to = fleet.inventory.deploy_to
-    command = _gather_command(fleet, lock, history)
+    commands = _gather_commands(fleet.inventory, lock, history)
 
     def work(connection: HostConnection) -> HostState:
-        result = connection.run(command)
+        deploy_to = fleet.inventory.deploy_to_of(connection.host)
+        result = connection.run(commands[deploy_to])
         output = parse_output(result.output)
         if result.exit_status != 0:
             raise StepFailed(connection.host.name, "reading state", result.exit_status, output.error_message())
@@ -249,8 +251,9 @@ def _clear_stale(fleet: Fleet, others: dict[str, LockState], progress: Progress)
     """
     if not all(is_stale(lock_state) for lock_state in others.values()):
         return False
+    inventory = fleet.inventory
     commands = {
-        name: command_line("finish", fleet.inventory.deploy_to, unlock=lock_state.token or "-")
+        name: command_line("finish", inventory.deploy_to_of(inventory.host(name)), unlock=lock_state.token or "-")
         for name, lock_state in others.items()
     }
     for name, lock_state in sorted(others.items()):
@@ -264,11 +267,11 @@ def release(fleet: Fleet, lock: FleetLock, progress: Progress, **finish: Any) ->
     """Release our lock on every host where we still hold it (one `finish` session each)."""
     if not lock.held:
         return {}
-    command = command_line("finish", fleet.inventory.deploy_to, unlock=lock.token, **finish)
     failures: dict[str, HostError] = {}
 
     def work(connection: HostConnection) -> None:
-        result = connection.run(command)
+        deploy_to = fleet.inventory.deploy_to_of(connection.host)
+        result = connection.run(command_line("finish", deploy_to, unlock=lock.token, **finish))
         output = parse_output(result.output)
         if result.exit_status != 0:
             raise StepFailed(connection.host.name, "releasing the lock", result.exit_status, output.error_message())

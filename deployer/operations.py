@@ -292,9 +292,9 @@ def run_deploy(
             else:
                 results[name] = HostResult(name, SKIPPED, host_plan.before, host_plan.before, False, 0.0, reason)
         report.hosts = list(results.values())
-        report.notes.append(
-            f"no host was switched; staged folders stay in {inventory.deploy_to}/releases/{release} for inspection"
-        )
+        folders = sorted({inventory.deploy_to_of(inventory.host(name)) for name in acting})
+        where = folders[0] if len(folders) == 1 else "{" + ",".join(folders) + "}"
+        report.notes.append(f"no host was switched; staged folders stay in {where}/releases/{release} for inspection")
         return report
 
     to_stage = plan.with_action(planning.STAGE)
@@ -867,13 +867,21 @@ def status_data(view: FleetView) -> dict[str, Any]:
     hosts: list[dict[str, Any]] = []
     for host in view.inventory.hosts:
         if host.name in view.unreachable:
-            hosts.append({"host": host.name, "reachable": False, "error": view.unreachable[host.name]})
+            hosts.append(
+                {
+                    "host": host.name,
+                    "deploy_to": view.inventory.deploy_to_of(host),
+                    "reachable": False,
+                    "error": view.unreachable[host.name],
+                }
+            )
             continue
         state = view.states[host.name]
         previous, previous_problem = state.previous_version(deploy_to)
         hosts.append(
             {
                 "host": host.name,
+                "deploy_to": view.inventory.deploy_to_of(host),
                 "reachable": True,
                 "hostname": state.hostname,
                 "current": state.current,

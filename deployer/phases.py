@@ -9,6 +9,7 @@ hooks. Results come back as values; nothing here prints except through `Progress
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import posixpath
@@ -63,6 +64,11 @@ class Run:
     def run_id(self) -> str:
         return self.lock.token[:12]
 
+    @functools.cached_property
+    def environment(self) -> bytes:
+        """The env block sent on stdin to every session that runs the user's commands (built once)."""
+        return env_block(self.inventory)
+
 
 def history_line(operation: str, before: str | None, target: str, message: str = "", run_id: str = "") -> str:
     record: dict[str, Any] = {
@@ -92,12 +98,17 @@ def pin_info(release: str, why: str) -> str:
 
 
 def env_block(inventory: Inventory) -> bytes:
-    """The inventory's `env` as the block the remote scripts read from stdin (see read_env in lib.sh)."""
-    if not inventory.env:
+    """The inventory's `env` as the block the remote scripts read from stdin (see read_env in lib.sh).
+
+    The sudo password travels here too, as DEPLOYER_SUDO_PASSWORD: lib.sh keeps it in a shell
+    variable for `sudo -S` and never exports it to any command.
+    """
+    pairs = [(var.name, var.value) for var in inventory.env]
+    if inventory.sudo_password:
+        pairs.append(("DEPLOYER_SUDO_PASSWORD", inventory.sudo_password))
+    if not pairs:
         return b""
-    lines = b"".join(
-        var.name.encode() + b" " + base64.b64encode(var.value.encode("utf-8")) + b"\n" for var in inventory.env
-    )
+    lines = b"".join(name.encode() + b" " + base64.b64encode(value.encode("utf-8")) + b"\n" for name, value in pairs)
     return b"DEPLOYER-ENV %d\n" % len(lines) + lines
 
 
@@ -118,14 +129,14 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
         [staged_at, str(manifest.schema_version) if manifest else "-", str(manifest.min_schema) if manifest else "-"]
     )
     mapped = MappedArtifact(artifact.path)
-    environment = env_block(inventory)
+    environment = run.environment
     failures: dict[str, HostError] = {}
 
     def work(connection: HostConnection) -> float:
         source = sources[connection.host.name]
         command = command_line(
             "stage",
-            inventory.deploy_to,
+            inventory.deploy_to_of(connection.host),
             release=release,
             digest=artifact.digest,
             size=str(artifact.size),
@@ -196,6 +207,7 @@ class SwitchRequest:
 
 def _switch_command(run: Run, host_plan: HostPlan, request: SwitchRequest) -> tuple[str, float]:
     inventory = run.inventory
+    host = inventory.host(host_plan.host)
     target = host_plan.target or ""
     health = inventory.health_check
     options: dict[str, Any] = {
@@ -215,7 +227,8 @@ def _switch_command(run: Run, host_plan: HostPlan, request: SwitchRequest) -> tu
         "prune": " ".join(request.prune.get(host_plan.host, ())),
         "unlock": run.lock.token if request.unlock else "",
         "unlock_always": "1" if request.unlock and request.mode != "deploy" else "",
-        "env": "1" if inventory.env else "",
+        "env": "1" if run.environment else "",
+        "sudo": "1" if host.sudo else "",
     }
     hooks = ("before_switch", "after_switch") if request.mode == "deploy" else ("after_rollback",)
     for hook in hooks:
@@ -229,14 +242,14 @@ def _switch_command(run: Run, host_plan: HostPlan, request: SwitchRequest) -> tu
             health_interval=f"{health.interval:g}",
         )
         timeout += health.worst_case_seconds
-    return command_line("switch", inventory.deploy_to, **options), timeout
+    return command_line("switch", inventory.deploy_to_of(host), **options), timeout
 
 
 def switch_host(connection: HostConnection, run: Run, host_plan: HostPlan, request: SwitchRequest) -> Switched:
     """Run the shared switch helper on one host and check its read-back against the plan."""
     target = host_plan.target or ""
     command, timeout = _switch_command(run, host_plan, request)
-    result = connection.run(command, timeout=timeout, upload=[env_block(run.inventory)])
+    result = connection.run(command, timeout=timeout, upload=[run.environment])
     output = parse_output(result.output)
     status = result.exit_status
     name = connection.host.name
@@ -314,7 +327,11 @@ def finish(run: Run, hosts: list[str], unlock: bool = True, **options: Any) -> d
         name = connection.host.name
         token = run.lock.token if unlock and name in run.lock.held else ""
         command = command_line(
-            "finish", run.inventory.deploy_to, unlock=token, prune=" ".join(prune.get(name, ())), **options
+            "finish",
+            run.inventory.deploy_to_of(connection.host),
+            unlock=token,
+            prune=" ".join(prune.get(name, ())),
+            **options,
         )
         result = connection.run(command)
         output = parse_output(result.output)
@@ -344,7 +361,7 @@ def run_once(
     inventory = run.inventory
     line = command_line(
         "run",
-        inventory.deploy_to,
+        inventory.deploy_to_of(inventory.host(host)),
         release=release,
         name=name,
         command=command,
@@ -352,9 +369,9 @@ def run_once(
         schema_from="" if schema_from is None else str(schema_from),
         schema_to="" if schema_to is None else str(schema_to),
         run=run.run_id,
-        env="1" if inventory.env else "",
+        env="1" if run.environment else "",
     )
-    environment = [env_block(inventory)]
+    environment = [run.environment]
     for _host, outcome in run.fleet.map(
         lambda connection: connection.run(line, timeout=inventory.timeouts.migrate + 10, upload=environment),
         [inventory.host(host)],

@@ -245,7 +245,7 @@ def plan_deploy(
             )
             hosts.append(HostPlan(name, REFUSE, before, release_id, reason))
         else:
-            previous = _release_path(deploy_to, before) if before else ""
+            previous = _release_path(state.deploy_to or deploy_to, before) if before else ""
             common = {"expected_link": state.current_link, "previous_version": previous}
             if existing is not None:
                 hosts.append(HostPlan(name, SWITCH, before, release_id, "already staged", **common))

@@ -77,6 +77,7 @@ class HostState:
 
     host: str
     hostname: str = ""
+    deploy_to: str = ""  # where this host deploys ("" in tests that do not care: the plan's default)
     deploy_to_exists: bool = False
     current_kind: str = "missing"  # "link" | "missing" | "notlink"
     current_link: str = ""  # raw link text, exactly as readlink printed it
@@ -96,11 +97,14 @@ class HostState:
     def bad_releases(self) -> dict[str, Mapping[str, Any]]:
         return {rid: info.bad for rid, info in self.releases.items() if info.bad is not None}
 
-    def previous_version(self, deploy_to: str) -> tuple[str | None, str]:
-        """(release id, problem) recorded in current's previousVersion; (None, "") when empty."""
+    def previous_version(self, deploy_to: str = "") -> tuple[str | None, str]:
+        """(release id, problem) recorded in current's previousVersion; (None, "") when empty.
+
+        The host's own deploy_to is used when known; `deploy_to` is the fallback.
+        """
         if self.current is None or self.previous_version_raw is None:
             return None, ""
-        return parse_previous_version(self.previous_version_raw, deploy_to)
+        return parse_previous_version(self.previous_version_raw, self.deploy_to or deploy_to)
 
 
 def parse_previous_version(raw: str, deploy_to: str) -> tuple[str | None, str]:
@@ -174,7 +178,7 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
     deploy_to_record = output.first("deploy_to") or ["missing"]
     lock = _parse_lock(output)
     if deploy_to_record[0] != "present":
-        return HostState(host=host, hostname=hostname, lock=lock)
+        return HostState(host=host, hostname=hostname, deploy_to=deploy_to, lock=lock)
 
     releases_dir = "\t".join(output.first("releases_dir") or [])
     releases = _parse_releases(output, deploy_to, notes)
@@ -238,6 +242,7 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
     return HostState(
         host=host,
         hostname=hostname,
+        deploy_to=deploy_to,
         deploy_to_exists=True,
         current_kind=current_kind,
         current_link=current_link,

@@ -7,6 +7,7 @@ not through the deployer's own connections or scripts.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +19,33 @@ from pathlib import Path
 from deployer.inventory import Inventory
 
 CHECKS = Path(__file__).resolve().parent / "checks" / "test_release.py"
+
+
+def ssh_config_text(inventory: Inventory, control_dir: str) -> str:
+    """An OpenSSH client config reaching every host as the deployer does, host keys verified."""
+    lines: list[str] = []
+    for host in inventory.hosts:
+        lines += [
+            f"Host {host.name}",
+            f"  HostName {host.address}",
+            f"  Port {host.port}",
+            f"  User {host.user or inventory.user}",
+            f"  IdentityFile {inventory.identity_file_of(host)}",
+        ]
+        if host.gateway is not None:
+            gateway = host.gateway
+            lines.append(f"  ProxyJump {gateway.user or inventory.user}@{gateway.address}:{gateway.port}")
+    lines += [
+        "Host *",
+        f"  UserKnownHostsFile {inventory.known_hosts}",
+        "  StrictHostKeyChecking yes",
+        f"  IdentityFile {inventory.identity_file}",
+        "  IdentitiesOnly yes",
+        "  BatchMode yes",
+        f"  ConnectTimeout {max(1, int(inventory.timeouts.connect))}",
+        f"  ControlPath {control_dir}/%C",  # one multiplexed connection per host for all checks
+    ]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -35,19 +63,12 @@ def verify(
     inventory: Inventory, release: str, junit: str | None = None, lock_free: bool = True, quiet: bool = False
 ) -> VerifyResult:
     """Run the checks on every host for `release`; the pytest output is returned (and shown unless quiet)."""
-    hosts = ",".join(f"ssh://{host.user or inventory.user}@{host.address}:{host.port}" for host in inventory.hosts)
     # testinfra does not pass --ssh-extra-args on in every version; an ssh_config file always works.
+    # One Host block per inventory host (its resolved address, port, user, key and gateway).
     control_dir = tempfile.mkdtemp(prefix="deployer-verify-")
     config = os.path.join(control_dir, "ssh_config")
-    Path(config).write_text(
-        "Host *\n"
-        f"  UserKnownHostsFile {inventory.known_hosts}\n"
-        "  StrictHostKeyChecking yes\n"
-        "  IdentitiesOnly yes\n"
-        "  BatchMode yes\n"
-        f"  ConnectTimeout {max(1, int(inventory.timeouts.connect))}\n"
-        f"  ControlPath {control_dir}/%C\n"  # one multiplexed connection per host for all checks
-    )
+    Path(config).write_text(ssh_config_text(inventory, control_dir))
+    hosts = ",".join(f"ssh://{host.name}" for host in inventory.hosts)
     command = [
         sys.executable,
         "-m",
@@ -59,8 +80,6 @@ def verify(
         str(CHECKS.parent),
         "--hosts",
         hosts,
-        "--ssh-identity-file",
-        inventory.identity_file,
         "--ssh-config",
         config,
         "-q",
@@ -72,6 +91,9 @@ def verify(
     env = {
         **os.environ,
         "DEPLOYER_VERIFY_DEPLOY_TO": inventory.deploy_to,
+        "DEPLOYER_VERIFY_DEPLOY_TO_OF": json.dumps(
+            {f"{host.name}": inventory.deploy_to_of(host) for host in inventory.hosts}
+        ),
         "DEPLOYER_VERIFY_RELEASE": release,
         "DEPLOYER_VERIFY_SHARED": "\n".join(inventory.shared),
         "DEPLOYER_VERIFY_HEALTH": inventory.health_check.command if inventory.health_check else "",
@@ -88,9 +110,7 @@ def verify(
                     config,
                     "-O",
                     "exit",
-                    "-p",
-                    str(host.port),
-                    f"{host.user or inventory.user}@{host.address}",
+                    f"{host.name}",
                 ],
                 capture_output=True,
                 timeout=30,

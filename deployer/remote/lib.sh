@@ -59,13 +59,20 @@ read_env() {
     IFS='
 '
     set -f
+    env_pairs=
     for env_line in $env_block; do
         env_name=${env_line%% *}
         case $env_name in
             '' | *[!A-Za-z0-9_]*) fail 10 "bad variable name in the environment block" ;;
         esac
         env_value=$(printf '%s' "${env_line#* }" | base64 -d) || fail 10 "bad value for $env_name"
+        if [ "$env_name" = DEPLOYER_SUDO_PASSWORD ]; then
+            sudo_password=$env_value  # for sudo -S only: never exported, never in a file
+            continue
+        fi
         export "$env_name=$env_value"
+        env_pairs="$env_pairs$env_line
+"
     done
     set +f
     IFS=$env_ifs
@@ -189,12 +196,55 @@ lock_release() {
 # --- hooks, health checks and other commands run on the host ---
 
 run_command() {
-    # run_command DIR SECONDS LOG COMMAND: run COMMAND with sh in DIR, bounded by SECONDS; output to LOG.
+    # run_command DIR SECONDS LOG COMMAND [sudo]: run COMMAND with sh in DIR, bounded by SECONDS; output to LOG.
+    if [ "${5:-}" = sudo ]; then
+        run_as_root "$@"
+        return
+    fi
     if command -v timeout >/dev/null 2>&1; then
         (cd "$1" && exec timeout -k 5 "$2" sh -c "$4") > "$3" 2>&1 < /dev/null
     else
         (cd "$1" && exec sh -c "$4") > "$3" 2>&1 < /dev/null
     fi
+}
+
+# Run as root by sudo: the wrapper loads the variables the command should see from a file only
+# this user and root can read (mktemp: mode 600), removes it, and runs the command. The password,
+# when there is one, reaches `sudo -S` on a pipe; it is never exported, written or on a command line.
+# shellcheck disable=SC2016  # expanded by the root-side sh, not here
+SUDO_WRAPPER='while IFS=" " read -r n v; do [ -n "$n" ] && export "$n=$(printf "%s" "$v" | base64 -d)"; done < "$1"
+rm -f "$1"
+cd "$2" && exec sh -c "$3" < /dev/null'
+
+run_as_root() {
+    # run_as_root DIR SECONDS LOG COMMAND: like run_command, as root through sudo.
+    if ! command -v sudo >/dev/null 2>&1; then
+        printf 'sudo is not installed on this host (the inventory sets sudo: true)\n' > "$3"
+        return 126
+    fi
+    mkdir -p .deployer/tmp
+    sudo_env=$(mktemp .deployer/tmp/sudo-env.XXXXXX) || return 1
+    {
+        printf '%s' "${env_pairs:-}"
+        for name in DEPLOYER_RELEASE DEPLOYER_DEPLOY_TO DEPLOYER_OPERATION DEPLOYER_PREVIOUS; do
+            eval "value=\${$name-}"
+            # shellcheck disable=SC2154  # value is set by the eval above
+            printf '%s %s\n' "$name" "$(printf '%s' "$value" | base64 | tr -d '\n')"
+        done
+    } > "$sudo_env"
+    sudo_env="$(pwd -P)/$sudo_env"
+    limit=
+    command -v timeout >/dev/null 2>&1 && limit="timeout -k 5 $2"
+    if [ -n "${sudo_password:-}" ]; then
+        # shellcheck disable=SC2086  # $limit is empty or the timeout command and its arguments
+        printf '%s\n' "$sudo_password" | $limit sudo -S -p '' -- sh -c "$SUDO_WRAPPER" deployer-sudo "$sudo_env" "$1" "$4" > "$3" 2>&1
+    else
+        # shellcheck disable=SC2086
+        $limit sudo -n -- sh -c "$SUDO_WRAPPER" deployer-sudo "$sudo_env" "$1" "$4" > "$3" 2>&1 < /dev/null
+    fi
+    sudo_code=$?
+    rm -f "$sudo_env"
+    return "$sudo_code"
 }
 
 log_tail() {
@@ -207,7 +257,7 @@ run_hook() {
     [ -n "$5" ] || return 0
     mkdir -p .deployer/logs
     hook_log="$(pwd -P)/.deployer/logs/$4.$1.log"
-    if run_command "$2" "$3" "$hook_log" "$5"; then
+    if run_command "$2" "$3" "$hook_log" "$5" ${opt_sudo:+sudo}; then
         emit hook "$1" ok 0
         return 0
     else

@@ -16,6 +16,7 @@ opt_health='' opt_health_timeout=10 opt_health_retries=0 opt_health_interval=1
 opt_schema='' opt_pin='' opt_unpin=0 opt_mark_bad='' opt_bad_info='' opt_prune='' opt_unlock='' opt_unlock_always=0
 opt_operation=''
 opt_run=''
+opt_sudo=''
 parse_options "$@"
 read_env
 target=$opt_target

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ElementTree
+from pathlib import Path
 
 import pytest
 
@@ -135,8 +136,8 @@ def test_verify_checks_every_host_independently(make_inventory, views, artifacts
     broken = run_inv("verify", "--inventory", inventory)
     assert broken.returncode == 1
     failed = [line for line in broken.stdout.splitlines() if line.startswith("FAILED")]
-    assert any("test_shared_paths_are_linked" in line and "127.0.2.3" in line for line in failed), failed
-    assert any("test_the_lock_is_free" in line and "127.0.2.2" in line for line in failed), failed
+    assert any("test_shared_paths_are_linked" in line and "ssh://web3" in line for line in failed), failed
+    assert any("test_the_lock_is_free" in line and "ssh://web2" in line for line in failed), failed
     assert len(failed) == 2
 
 
@@ -154,3 +155,31 @@ def test_drill_runs_the_testinfra_checks_after_each_phase(make_inventory, views,
     assert "FAIL in phase deploy" in bad.stdout and "test_shared_paths_are_linked" in bad.stdout
     skipped = run_inv("rollback-drill", "--inventory", inventory, "--artifact", artifacts["v2"], "--no-verify")
     assert "testinfra" not in skipped.stdout
+
+
+def test_deploy_to_per_group_and_per_host(make_inventory, views, artifacts, deploy_to):
+    """web1, web2 (group web) deploy to the group's folder, web3 to its own, web4 to the inventory's."""
+    group_dir, own_dir = f"{deploy_to}-web", f"{deploy_to}-own"
+    inventory = make_inventory(
+        groups={"web1": ["web"], "web2": ["web"]}, extra=f"groups:\n  web: {{deploy_to: {group_dir}}}\n"
+    )
+    text = Path(inventory).read_text().replace("web3: {address:", f"web3: {{deploy_to: {own_dir}, address:")
+    Path(inventory).write_text(text)
+    where = {"web1": group_dir, "web2": group_dir, "web3": own_dir, "web4": deploy_to}
+    for version in ("v1", "v2"):
+        done = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts[version])
+        assert done.returncode == 0, done.stdout + done.stderr
+    for name, folder in where.items():
+        assert views[name].version(folder) == "v2"
+        release = views[name].current_release(folder)
+        previous = views[name].previous_version(folder, release)
+        assert previous.startswith(f"{folder}/releases/")  # previousVersion names the host's own folder
+        for other in set(where.values()) - {folder}:
+            assert views[name].current_link(other) is None
+    rolled = run_inv("rollback", "--inventory", inventory)
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert {name: views[name].version(folder) for name, folder in where.items()} == dict.fromkeys(where, "v1")
+    status = run_inv("status", "--inventory", inventory, "--json")
+    assert {h["host"]: h["deploy_to"] for h in json.loads(status.stdout)["hosts"]} == where
+    checked = run_inv("verify", "--inventory", inventory)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -245,6 +245,7 @@ def test_environment_arrives_intact_over_stdin_never_on_the_command_line(tmp_pat
 
     class Holder:
         env = (EnvVar("SECRET_VALUE", value, True), EnvVar("PLAIN", "x y", False))
+        sudo_password = ""
 
     deploy_to = tempfile.mkdtemp(dir=tmp_path)
     prepared, data = artifact
