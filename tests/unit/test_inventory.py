@@ -282,3 +282,106 @@ def test_shipped_example_inventories_stay_valid(tmp_path):
             lines.append(line)
         inventory = parse_inventory("\n".join(lines), str(example), environ=environ)
         assert inventory.hosts, example
+
+
+OVERRIDES = """\
+deploy_to: /srv/app
+user: deploy
+ssh: {identity_file: id, known_hosts: kh, config: ssh_config}
+gateway: jump@10.0.0.1:2200
+groups:
+  web: {deploy_to: /srv/web, sudo: true}
+  lan: {gateway: false}
+hosts:
+  web1: {address: 10.0.0.11, groups: [web]}
+  web2: {address: 10.0.0.12, groups: [web], deploy_to: /srv/own}
+  db1: {address: 10.0.0.21, groups: [lan]}
+  app-a:
+  b: {ssh_alias: app-b, port: 2022}
+"""
+
+SSH_CONFIG = """\
+Host app-a
+  HostName 192.168.56.10
+  Port 2201
+  User vagrant
+  IdentityFile vagrant_key
+Host app-b
+  HostName 192.168.56.11
+  ProxyJump ops@bastion
+Host bastion
+  HostName 203.0.113.5
+  Port 2022
+"""
+
+
+def test_overrides_ssh_config_aliases_and_gateways(keyfiles):
+    (keyfiles / "ssh_config").write_text(SSH_CONFIG)
+    (keyfiles / "vagrant_key").write_text("key")
+    path, _ = inv(keyfiles, OVERRIDES)
+    inventory = load_inventory(path)
+    hosts = {host.name: host for host in inventory.hosts}
+    assert {name: inventory.deploy_to_of(host) for name, host in hosts.items()} == {
+        "web1": "/srv/web",
+        "web2": "/srv/own",  # the host's own beats its group's
+        "db1": "/srv/app",
+        "app-a": "/srv/app",
+        "b": "/srv/app",
+    }
+    assert [name for name, host in hosts.items() if host.sudo] == ["web1", "web2"]
+    assert str(hosts["web1"].gateway) == "jump@10.0.0.1:2200"  # the inventory's gateway
+    assert hosts["db1"].gateway is None  # gateway: false in its group
+    app_a = hosts["app-a"]  # everything from the ssh_config entry
+    assert (app_a.address, app_a.port, app_a.user) == ("192.168.56.10", 2201, "vagrant")
+    assert inventory.identity_file_of(app_a) == str(keyfiles / "vagrant_key")
+    assert str(app_a.gateway) == "jump@10.0.0.1:2200"  # no ProxyJump of its own: the inventory's gateway
+    b = hosts["b"]
+    assert (b.address, b.port, b.user) == ("192.168.56.11", 2022, "deploy")  # the inventory's port beats ssh_config's
+    assert str(b.gateway) == "ops@203.0.113.5:2022"  # ProxyJump through an alias of the same file
+
+
+@pytest.mark.parametrize(
+    "change, key, words",
+    [
+        (("gateway: jump@10.0.0.1:2200", "gateway: 'a b'"), "gateway", "not a gateway"),
+        (("gateway: jump@10.0.0.1:2200", "gateway: {port: 22}"), "gateway.address", "required"),
+        (("  app-a:\n", "  ghost:\n"), "hosts.ghost", "no Host entry for 'ghost'"),
+        (("{ssh_alias: app-b, port: 2022}", "{ssh_alias: app-b, address: 10.1.1.1}"), "hosts.b.ssh_alias", "either"),
+        (("sudo: true}", "sudo: yes please}"), "groups.web.sudo", "true or false"),
+        (("deploy_to: /srv/own", "deploy_to: relative"), "hosts.web2.deploy_to", "absolute"),
+        (("hosts:\n", "sudo_password: hunter2\nhosts:\n"), "sudo_password", "never write a password"),
+        (("hosts:\n", "sudo_password_env: NOT_SET_ANYWHERE_42\nhosts:\n"), "sudo_password_env", "is not set"),
+    ],
+)
+def test_override_and_ssh_config_errors_name_the_key(keyfiles, change, key, words):
+    (keyfiles / "ssh_config").write_text(SSH_CONFIG)
+    (keyfiles / "vagrant_key").write_text("key")
+    path, _ = inv(keyfiles, OVERRIDES.replace(*change))
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path)
+    assert caught.value.key == key
+    assert words in str(caught.value)
+
+
+def test_proxycommand_and_multi_hop_jumps_are_refused_clearly(keyfiles):
+    (keyfiles / "vagrant_key").write_text("key")
+    for config, words in (
+        (SSH_CONFIG.replace("ProxyJump ops@bastion", "ProxyCommand nc %h %p"), "ProxyCommand"),
+        (SSH_CONFIG.replace("ProxyJump ops@bastion", "ProxyJump a@x,b@y"), "only one jump host"),
+        (SSH_CONFIG + "  ProxyJump further@away\n", "only one hop"),
+    ):
+        (keyfiles / "ssh_config").write_text(config)
+        path, _ = inv(keyfiles, OVERRIDES)
+        with pytest.raises(InventoryError, match=words):
+            load_inventory(path)
+
+
+def test_a_sudo_password_needs_a_host_that_uses_sudo(keyfiles, monkeypatch):
+    monkeypatch.setenv("PW_FOR_TEST", "secret-pw")
+    path, _ = inv(keyfiles, GOOD + "sudo_password_env: PW_FOR_TEST\n")
+    with pytest.raises(InventoryError, match="no host uses sudo"):
+        load_inventory(path)
+    path, _ = inv(keyfiles, GOOD + "sudo: true\nsudo_password_env: PW_FOR_TEST\n")
+    inventory = load_inventory(path)
+    assert inventory.sudo_password == "secret-pw" and "secret-pw" in inventory.secrets()
+    assert "secret-pw" not in repr(inventory)
