@@ -13,7 +13,8 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from invoke.exceptions import Exit
 from deployer import operations, runlog
 from deployer.errors import EXIT_HOSTS_FAILED, DeployerError, InputError, PlanRefused
 from deployer.inventory import Inventory, load_inventory
+from deployer.live import wants_live_view
 from deployer.localfleet import FleetError, LocalFleet
 from deployer.operations import Options
 from deployer.plan import describe_pin
@@ -29,6 +31,7 @@ from deployer.release import check_release_id, pack_directory
 from deployer.report import (
     OperationReport,
     Phase,
+    Progress,
     redact,
     redact_data,
     render_json,
@@ -114,20 +117,43 @@ def guarded(action: Callable[[], int], task: str = "run", verbose: bool = False)
 def _emit(report: OperationReport, as_json: bool) -> int:
     if as_json:
         render_json(report)
+    elif sys.stdout.isatty() and wants_live_view(sys.stdout):
+        from deployer.live import render_rich  # noqa: PLC0415 - rich only for terminals
+
+        render_rich(report)
     else:
         render_text(report)
     return report.exit_code
 
 
+@contextmanager
+def _progress(inventory: Inventory) -> Iterator[Progress]:
+    """The live per-host view on a terminal, plain lines otherwise; closed however the run ends."""
+    if wants_live_view():
+        from deployer.live import LiveProgress  # noqa: PLC0415 - rich only for terminals
+
+        progress: Progress = LiveProgress([host.name for host in inventory.hosts])
+    else:
+        progress = Progress()
+    try:
+        yield progress
+    finally:
+        progress.close()
+
+
 def deploy(inventory: str | None, artifact: str | None, release: str | None, options: Options, as_json: bool) -> int:
     if not artifact:
         raise InputError("no artifact given: pass --artifact PATH (a .tar.gz or a folder)")
-    report = operations.deploy(resolve_inventory(inventory, options, runs_hooks=True), artifact, release, options)
+    chosen = resolve_inventory(inventory, options, runs_hooks=True)
+    with _progress(chosen) as progress:
+        report = operations.deploy(chosen, artifact, release, options, progress)
     return _emit(report, as_json)
 
 
 def rollback(inventory: str | None, to: str | None, options: Options, as_json: bool) -> int:
-    report = operations.rollback(resolve_inventory(inventory, options, runs_hooks=True), to, options)
+    chosen = resolve_inventory(inventory, options, runs_hooks=True)
+    with _progress(chosen) as progress:
+        report = operations.rollback(chosen, to, options, progress)
     return _emit(report, as_json)
 
 
@@ -152,7 +178,8 @@ def drill(
             return result.ok, "; ".join(result.failed[:5]) or (lines[-1] if lines else "no output")
 
     try:
-        report = operations.drill(chosen, artifact, options, check=check)
+        with _progress(chosen) as progress:
+            report = operations.drill(chosen, artifact, options, progress=progress, check=check)
     except PlanRefused as refused:
         if junit:  # CI still gets a report saying why the drill did not run
             write_junit(

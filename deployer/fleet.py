@@ -40,6 +40,10 @@ SCRIPT_NAME = re.compile(r"' deployer-(\w+)")
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 T = TypeVar("T")
+# (host name, event, detail) from worker threads: "connecting", "connected", "step" (script name),
+# "upload" ("sent/total" bytes), "step-ok"/"step-failed" (script name and exit status). For live views.
+Observer = Callable[[str, str, str], None]
+UPLOAD_REPORT_BYTES = 256 * 1024  # how often an upload's progress is told to the observer
 IN_FLIGHT = 1024 * 1024  # unconsumed upload bytes allowed at a host's sshd; see HostConnection._send
 KEEPALIVE_SECONDS = 15
 
@@ -115,11 +119,18 @@ class ExecResult:
 class HostConnection:
     """One open SSH connection to one host; runs scripts as exec sessions on it."""
 
-    def __init__(self, host: Host, connection: Connection, inventory: Inventory) -> None:
+    def __init__(
+        self, host: Host, connection: Connection, inventory: Inventory, observer: Observer | None = None
+    ) -> None:
         self.host = host
         self.connection = connection
         self.timeouts = inventory.timeouts
         self.sessions = 0
+        self.observer = observer
+
+    def _tell(self, event: str, detail: str = "") -> None:
+        if self.observer is not None:
+            self.observer(self.host.name, event, detail)
 
     def run(
         self, command: str, timeout: float | None = None, upload: Sequence[bytes | memoryview] | None = None
@@ -139,6 +150,9 @@ class HostConnection:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HostUnreachable(self.host.name, f"cannot open a session: {exc}") from None
         self.sessions += 1
+        script = SCRIPT_NAME.search(command)
+        step = script.group(1) if script else command.split(" ", 1)[0]
+        self._tell("step", step)
         chunks: list[bytes] = []
         try:
             channel.set_combine_stderr(True)
@@ -164,15 +178,8 @@ class HostConnection:
             channel.close()
         output = b"".join(chunks).decode("utf-8", errors="replace")
         seconds = time.monotonic() - started
-        script = SCRIPT_NAME.search(command)
-        log.debug(
-            "%s: %s exited %s in %.3fs (%d bytes out)",
-            self.host.name,
-            script.group(1) if script else command.split(" ", 1)[0],
-            status,
-            seconds,
-            len(output),
-        )
+        self._tell("step-ok" if status == 0 else "step-failed", f"{step} {status}")
+        log.debug("%s: %s exited %s in %.3fs (%d bytes out)", self.host.name, step, status, seconds, len(output))
         return ExecResult(status, output, seconds)
 
     def _send(self, channel: paramiko.Channel, parts: Sequence[bytes | memoryview], deadline: float) -> None:
@@ -187,10 +194,17 @@ class HostConnection:
         """
         window = channel.out_window_size
         packet = max(1024, channel.out_max_packet_size - 64)
+        total = sum(len(part) for part in parts)
+        sent = 0
+        told = 0
         try:
             for part in parts:
                 data = memoryview(part)
                 for offset in range(0, len(data), packet):
+                    if self.observer is not None and (sent - told >= UPLOAD_REPORT_BYTES or sent == 0):
+                        self._tell("upload", f"{sent}/{total}")
+                        told = sent
+                    sent += min(packet, len(data) - offset)
                     with channel.lock:
                         while not channel.closed and window - channel.out_window_size > IN_FLIGHT:
                             left = deadline - time.monotonic()
@@ -203,6 +217,9 @@ class HostConnection:
             raise
         except (OSError, EOFError, paramiko.SSHException):
             log.debug("%s: remote side closed stdin early", self.host.name)
+            return
+        if self.observer is not None and total:
+            self._tell("upload", f"{total}/{total}")
 
     def close(self) -> None:
         self.connection.close()
@@ -211,8 +228,15 @@ class HostConnection:
 class Fleet:
     """The open connections of one operation, and a bounded pool to work on them in parallel."""
 
-    def __init__(self, inventory: Inventory, accept_new_host_keys: bool = False, parallel: int | None = None) -> None:
+    def __init__(
+        self,
+        inventory: Inventory,
+        accept_new_host_keys: bool = False,
+        parallel: int | None = None,
+        observer: Observer | None = None,
+    ) -> None:
         self.inventory = inventory
+        self.observer = observer
         self.parallel = max(1, parallel or inventory.parallel)
         self.known_hosts = paramiko.HostKeys(inventory.known_hosts)
         self.policy = KnownHostsPolicy(inventory.known_hosts, accept_new_host_keys, threading.Lock())
@@ -268,7 +292,12 @@ class Fleet:
         if existing is not None:
             return existing
         started = time.monotonic()
+        if self.observer is not None:
+            self.observer(host.name, "connecting", str(host.gateway or ""))
         handle = self._open(host, self._tunnel(host) if host.gateway is not None else None)
+        handle.observer = self.observer
+        if self.observer is not None:
+            self.observer(host.name, "connected", f"{time.monotonic() - started:.2f}")
         log.debug(
             "%s: connected to %s:%s%s in %.3fs",
             host.name,

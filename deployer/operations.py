@@ -66,9 +66,14 @@ class Options:
     groups: tuple[str, ...] = ()  # --group: only members of these groups
 
 
-def _open_fleet(inventory: Inventory, options: Options) -> Fleet:
+def _open_fleet(inventory: Inventory, options: Options, progress: Progress | None = None) -> Fleet:
     set_secrets(inventory.secrets())
-    return Fleet(inventory, accept_new_host_keys=options.accept_new_host_keys, parallel=options.parallel)
+    return Fleet(
+        inventory,
+        accept_new_host_keys=options.accept_new_host_keys,
+        parallel=options.parallel,
+        observer=progress.observe if progress is not None else None,
+    )
 
 
 @contextmanager
@@ -76,7 +81,7 @@ def _locked_run(
     inventory: Inventory, operation: str, options: Options, progress: Progress
 ) -> Iterator[tuple[Run, dict[str, HostState], Unreachable, Phase]]:
     """Open the fleet, take the lock while reading state; release whatever is still held on the way out."""
-    with _open_fleet(inventory, options) as fleet:
+    with _open_fleet(inventory, options, progress) as fleet:
         lock = FleetLock(operation, options.message)
         run = Run(fleet, lock, progress, options.message)
         started = time.monotonic()

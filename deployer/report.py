@@ -186,6 +186,12 @@ class Progress:
     def host(self, host: str, message: str) -> None:
         self.say(f"  {host}: {message}")
 
+    def observe(self, host: str, event: str, detail: str) -> None:
+        """A step event from a worker thread (see `deployer.fleet.Observer`); plain output shows none."""
+
+    def close(self) -> None:
+        """The operation is over (a live view stops here, leaving its last frame)."""
+
 
 def write_junit(report: OperationReport, path: str) -> None:
     """A JUnit XML file: one test case per phase and host (per phase when it has no hosts), for CI."""

@@ -4,9 +4,12 @@ and independent views of each host (testinfra over the OpenSSH client, not the t
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -136,3 +139,33 @@ def run_inv(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         timeout=300,
         env={**os.environ, **(env or {})},
     )
+
+
+def run_on_a_terminal(
+    args: list[str], answer: str = "", timeout: float = 120, env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """Run the CLI with a pseudo-terminal as its terminal; type `answer` at each password prompt."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(REPO)
+        os.execve(sys.executable, [sys.executable, "-m", "invoke", *args], {**os.environ, **(env or {})})
+    transcript = b""
+    answered = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        transcript += chunk
+        if transcript.count(b"sudo password") > answered:
+            answered += 1
+            os.write(fd, answer.encode() + b"\n")
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), transcript.decode(errors="replace")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from deployer import operations
 from deployer.inventory import load_inventory
 from deployer.report import Progress
-from tests.conftest import run_inv
+from tests.conftest import run_inv, run_on_a_terminal
 
 pytestmark = pytest.mark.fleet
 QUIET = Progress(quiet=True)
@@ -183,3 +184,23 @@ def test_deploy_to_per_group_and_per_host(make_inventory, views, artifacts, depl
     assert {h["host"]: h["deploy_to"] for h in json.loads(status.stdout)["hosts"]} == where
     checked = run_inv("verify", "--inventory", inventory)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_on_a_terminal_a_live_per_host_view_and_a_final_table(make_inventory, views, artifacts, deploy_to):
+    inventory = make_inventory()
+    assert run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v1"]).returncode == 0
+    code, screen = run_on_a_terminal(["deploy", "--inventory", inventory, "--artifact", artifacts["v2"]])
+    assert code == 0, screen
+    assert "\x1b[" in screen  # drawn with terminal control sequences
+    for column in ("host", "step", "upload", "state", "from", "to", "verified"):
+        assert column in screen
+    for name in views:
+        assert name in screen
+    assert "staging" in screen and "switching" in screen  # the steps each host went through
+    assert re.search(r"\x1b\[3[12]m", screen)  # green/red results
+    assert {view.version(deploy_to) for view in views.values()} == {"v2"}
+
+    code, screen = run_on_a_terminal(["rollback", "--inventory", inventory], env={"NO_COLOR": "1"})
+    assert code == 0, screen
+    assert "rollback" in screen and not re.search(r"\x1b\[3[0-7]m", screen)  # NO_COLOR: no colours
+    assert {view.version(deploy_to) for view in views.values()} == {"v1"}

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import secrets
-import select
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from deployer.localfleet import DEPLOY_USER, LocalFleet
-from tests.conftest import REPO, run_inv
+from tests.conftest import run_inv, run_on_a_terminal
 
 SUDOERS = "/etc/sudoers.d/zz-deployer-tests"
 PASSWORD = "Pw-" + secrets.token_hex(8)
@@ -124,34 +120,6 @@ def test_without_a_password_sudo_must_not_prompt_on_the_host(sudo_for_deploy, ma
     done = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v1"])
     assert done.returncode == 1
     assert "a password is required" in done.stdout + done.stderr  # sudo -n: refused at once, no hang
-
-
-def run_on_a_terminal(args: list[str], answer: str, timeout: float = 120) -> tuple[int, str]:
-    """Run the CLI with a pseudo-terminal as its terminal; type `answer` at each password prompt."""
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.chdir(REPO)
-        os.execv(sys.executable, [sys.executable, "-m", "invoke", *args])
-    transcript = b""
-    answered = 0
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1)
-        if not ready:
-            continue
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        transcript += chunk
-        if transcript.count(b"sudo password") > answered:
-            answered += 1
-            os.write(fd, answer.encode() + b"\n")
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    return os.waitstatus_to_exitcode(status), transcript.decode(errors="replace")
 
 
 def test_the_password_is_asked_once_for_all_hosts_and_hooks(

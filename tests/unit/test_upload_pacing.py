@@ -61,6 +61,7 @@ def sender() -> fleet.HostConnection:
     connection = fleet.HostConnection.__new__(fleet.HostConnection)
     connection.host = Host("web1", "127.0.0.1")
     connection.timeouts = SimpleNamespace(command=5.0, connect=5.0)
+    connection.observer = None
     return connection
 
 
