@@ -5,12 +5,26 @@ The same tasks are `inv <task>` (through the repository's tasks.py) and `deploye
 installed command, deployer/console.py).
 """
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from invoke import Context, task
 
-from deployer import cli
-from deployer.operations import Options
+if TYPE_CHECKING:
+    from deployer import cli
+    from deployer.operations import Options
+else:
+
+    class _Lazy:
+        """A module imported on first use: `inv --list` and `--help` need neither paramiko nor fabric."""
+
+        def __init__(self, name: str) -> None:
+            self._name = name
+
+        def __getattr__(self, attribute: str) -> Any:
+            return getattr(importlib.import_module(self._name), attribute)
+
+    cli = _Lazy("deployer.cli")
 
 INVENTORY_HELP = "inventory YAML file (default: $DEPLOYER_INVENTORY)"
 COMMON_HELP = {
@@ -30,7 +44,9 @@ LOCK_HELP = {
 }
 
 
-def _options(parallel: int, accept_new_host_keys: bool, dry_run: bool = False, **extra: Any) -> Options:
+def _options(parallel: int, accept_new_host_keys: bool, dry_run: bool = False, **extra: Any) -> "Options":
+    from deployer.operations import Options  # noqa: PLC0415 - imported when a task runs, not at start-up
+
     return Options(
         accept_new_host_keys=accept_new_host_keys,
         parallel=parallel or None,

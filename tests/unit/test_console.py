@@ -34,3 +34,14 @@ def test_bad_input_through_the_installed_command_is_one_line_not_a_traceback(tmp
     result = run(sys.executable, "-m", "deployer.console", "status", "--inventory", str(tmp_path / "missing.yml"))
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_listing_the_tasks_imports_no_ssh_stack():
+    """`inv --list` and `--help` load only invoke and the task definitions (start-up stays small)."""
+    probe = (
+        "import sys, tasks; heavy = [m for m in ('paramiko', 'fabric', 'cryptography', 'rich') "
+        "if m in sys.modules]; print(','.join(heavy))"
+    )
+    done = run(sys.executable, "-c", probe)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
