@@ -334,7 +334,13 @@ class Fleet:
         with self._gateway_lock:
             opened = self.gateways.get(gateway)
             if opened is None:
-                as_host = Host(f"gateway {gateway}", gateway.address, gateway.port, gateway.user or self.inventory.user)
+                as_host = Host(
+                    f"gateway {gateway}",
+                    gateway.address,
+                    gateway.port,
+                    gateway.user or self.inventory.user,
+                    identity_file=gateway.identity_file,
+                )
                 try:
                     opened = self._open(as_host, None)
                     self.gateway_connections_opened += 1

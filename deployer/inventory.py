@@ -87,6 +87,7 @@ class Gateway:
     address: str
     port: int = 22
     user: str = ""
+    identity_file: str = ""  # "" means the inventory's ssh.identity_file (ProxyJump aliases may name their own)
 
     def __str__(self) -> str:
         return f"{self.user}@{self.address}:{self.port}" if self.user else f"{self.address}:{self.port}"
@@ -475,12 +476,7 @@ class _SshConfig:
         if "user" in found:
             settings["user"] = found["user"]
         if found.get("identityfile"):
-            identity = os.path.expanduser(found["identityfile"][0])
-            if not os.path.isabs(identity):
-                identity = os.path.join(os.path.dirname(self.path), identity)
-            if not os.path.isfile(identity):
-                raise self.check.error(key, f"IdentityFile of {alias} in {self.path} not found: {identity}")
-            settings["identity_file"] = os.path.normpath(identity)
+            settings["identity_file"] = self._identity(found, alias, key)
         jump = found.get("proxyjump", "")
         if jump and jump.lower() != "none":
             if "," in jump:
@@ -502,8 +498,17 @@ class _SshConfig:
                 via.get("hostname", parsed.address),
                 parsed.port if ":" in jump.split("@")[-1] else int(via.get("port", 22)),
                 parsed.user or via.get("user", ""),
+                self._identity(via, parsed.address, where) if via.get("identityfile") else "",
             )
         return parsed
+
+    def _identity(self, found: dict[str, Any], alias: str, key: str) -> str:
+        identity = os.path.expanduser(found["identityfile"][0])
+        if not os.path.isabs(identity):
+            identity = os.path.join(os.path.dirname(self.path), identity)
+        if not os.path.isfile(identity):
+            raise self.check.error(key, f"IdentityFile of {alias} in {self.path} not found: {identity}")
+        return os.path.normpath(identity)
 
 
 def parse_inventory(text: str, path: str, environ: Mapping[str, str] | None = None) -> Inventory:

@@ -35,6 +35,10 @@ def ssh_config_text(inventory: Inventory, control_dir: str) -> str:
         if host.gateway is not None:
             gateway = host.gateway
             lines.append(f"  ProxyJump {gateway.user or inventory.user}@{gateway.address}:{gateway.port}")
+    for gateway in sorted(  # jump hosts with a key of their own (a ProxyJump alias's IdentityFile)
+        {host.gateway for host in inventory.hosts if host.gateway and host.gateway.identity_file}, key=str
+    ):
+        lines += [f"Host {gateway.address}", f"  IdentityFile {gateway.identity_file}"]
     lines += [
         "Host *",
         f"  UserKnownHostsFile {inventory.known_hosts}",

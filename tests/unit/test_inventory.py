@@ -312,6 +312,7 @@ Host app-b
 Host bastion
   HostName 203.0.113.5
   Port 2022
+  IdentityFile vagrant_key
 """
 
 
@@ -338,6 +339,7 @@ def test_overrides_ssh_config_aliases_and_gateways(keyfiles):
     b = hosts["b"]
     assert (b.address, b.port, b.user) == ("192.168.56.11", 2022, "deploy")  # the inventory's port beats ssh_config's
     assert str(b.gateway) == "ops@203.0.113.5:2022"  # ProxyJump through an alias of the same file
+    assert b.gateway is not None and b.gateway.identity_file == str(keyfiles / "vagrant_key")  # the alias's key
 
 
 @pytest.mark.parametrize(
