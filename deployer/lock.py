@@ -22,7 +22,7 @@ import pwd
 import secrets
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -31,7 +31,7 @@ from deployer.errors import HostError, PlanRefused, StepFailed
 from deployer.fleet import Fleet, HostConnection
 from deployer.inventory import Inventory
 from deployer.report import Progress
-from deployer.scripts import command_line, parse_output
+from deployer.scripts import ScriptOutput, command_line, parse_output
 from deployer.state import HostState, LockState, parse_state
 
 Unreachable = dict[str, str]
@@ -251,38 +251,45 @@ def _clear_stale(fleet: Fleet, others: dict[str, LockState], progress: Progress)
     """
     if not all(is_stale(lock_state) for lock_state in others.values()):
         return False
-    inventory = fleet.inventory
-    commands = {
-        name: command_line("finish", inventory.deploy_to_of(inventory.host(name)), unlock=lock_state.token or "-")
-        for name, lock_state in others.items()
-    }
     for name, lock_state in sorted(others.items()):
         progress.host(name, f"warning: removing a stale lock ({lock_state.describe()}: that process is gone)")
-    targets = [fleet.inventory.host(name) for name in sorted(others)]
-    outcomes = fleet.map(lambda connection: connection.run(commands[connection.host.name]), targets)
-    return not any(isinstance(outcome, HostError) for _host, outcome in outcomes)
+    options_of = {name: {"unlock": lock_state.token or "-"} for name, lock_state in others.items()}
+    outcomes = run_finish(fleet, options_of, "removing a stale lock")
+    return not any(isinstance(outcome, HostError) for _name, outcome in outcomes)
+
+
+def run_finish(
+    fleet: Fleet, options_of: Mapping[str, Mapping[str, Any]], step: str
+) -> Iterator[tuple[str, ScriptOutput | HostError]]:
+    """One `finish` session on each named host with its own options (unlock token, pin, marks, prune).
+
+    The one place a lock-releasing `finish` is run: releasing our lock, clearing a stale one, and
+    the end of an operation (`phases.finish`). Yields (host, parsed output) or (host, the error).
+    """
+
+    def work(connection: HostConnection) -> ScriptOutput:
+        name = connection.host.name
+        deploy_to = fleet.inventory.deploy_to_of(connection.host)
+        result = connection.run(command_line("finish", deploy_to, **options_of[name]))
+        output = parse_output(result.output)
+        if result.exit_status != 0:
+            raise StepFailed(name, step, result.exit_status, output.error_message())
+        return output
+
+    for host, outcome in fleet.map(work, [fleet.inventory.host(name) for name in sorted(options_of)]):
+        yield host.name, outcome
 
 
 def release(fleet: Fleet, lock: FleetLock, progress: Progress, **finish: Any) -> dict[str, HostError]:
     """Release our lock on every host where we still hold it (one `finish` session each)."""
-    if not lock.held:
-        return {}
     failures: dict[str, HostError] = {}
-
-    def work(connection: HostConnection) -> None:
-        deploy_to = fleet.inventory.deploy_to_of(connection.host)
-        result = connection.run(command_line("finish", deploy_to, unlock=lock.token, **finish))
-        output = parse_output(result.output)
-        if result.exit_status != 0:
-            raise StepFailed(connection.host.name, "releasing the lock", result.exit_status, output.error_message())
-
-    targets = [fleet.inventory.host(name) for name in sorted(lock.held)]
-    for host, outcome in fleet.map(work, targets):
+    options_of = {name: {"unlock": lock.token, **finish} for name in lock.held}
+    for name, outcome in run_finish(fleet, options_of, "releasing the lock"):
         if isinstance(outcome, HostError):
-            failures[host.name] = outcome
-            progress.host(host.name, f"warning: lock not released: {outcome.reason}")
+            failures[name] = outcome
+            progress.host(name, f"warning: lock not released: {outcome.reason}")
         else:
-            lock.held.discard(host.name)
+            lock.held.discard(name)
     return failures
 
 

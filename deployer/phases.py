@@ -25,7 +25,7 @@ from deployer import plan as planning
 from deployer.errors import HostError, StepFailed
 from deployer.fleet import Fleet, HostConnection, MappedArtifact
 from deployer.inventory import Inventory
-from deployer.lock import FleetLock, local_user, utc_now
+from deployer.lock import FleetLock, local_user, run_finish, utc_now
 from deployer.plan import HostPlan
 from deployer.release import Artifact
 from deployer.report import Progress
@@ -320,34 +320,24 @@ def finish(run: Run, hosts: list[str], unlock: bool = True, **options: Any) -> d
     """Bad mark / pin / unpin / prune, then release our lock (when `unlock`), on `hosts`; failures by host."""
     prune: Mapping[str, tuple[str, ...]] = options.pop("prune", {})
     failures: dict[str, str] = {}
-    if not hosts:
-        return failures
-
-    def work(connection: HostConnection) -> list[str]:
-        name = connection.host.name
-        token = run.lock.token if unlock and name in run.lock.held else ""
-        command = command_line(
-            "finish",
-            run.inventory.deploy_to_of(connection.host),
-            unlock=token,
-            prune=" ".join(prune.get(name, ())),
+    options_of = {
+        name: {
+            "unlock": run.lock.token if unlock and name in run.lock.held else "",
+            "prune": " ".join(prune.get(name, ())),
             **options,
-        )
-        result = connection.run(command)
-        output = parse_output(result.output)
-        if result.exit_status != 0:
-            raise StepFailed(name, "finishing", result.exit_status, output.error_message())
-        if output.first("unlocked") is not None:
-            run.lock.held.discard(name)
-        return [fields[0] for fields in output.all("pruned") if fields]
-
-    targets = [run.inventory.host(name) for name in hosts]
-    for host, outcome in run.fleet.map(work, targets):
+        }
+        for name in hosts
+    }
+    for name, outcome in run_finish(run.fleet, options_of, "finishing"):
         if isinstance(outcome, HostError):
-            failures[host.name] = outcome.reason
-            run.progress.host(host.name, f"warning: {outcome.reason}")
-        elif outcome:
-            run.progress.host(host.name, f"pruned {len(outcome)} old release(s): {' '.join(outcome)}")
+            failures[name] = outcome.reason
+            run.progress.host(name, f"warning: {outcome.reason}")
+            continue
+        if outcome.first("unlocked") is not None:
+            run.lock.held.discard(name)
+        pruned = [fields[0] for fields in outcome.all("pruned") if fields]
+        if pruned:
+            run.progress.host(name, f"pruned {len(pruned)} old release(s): {' '.join(pruned)}")
     return failures
 
 
