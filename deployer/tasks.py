@@ -2,10 +2,16 @@
 
 Thin on purpose: arguments are parsed here; the work happens in `deployer` (see deployer/cli.py).
 The same tasks are `inv <task>` (through the repository's tasks.py) and `deployer <task>` (the
-installed command, deployer/console.py).
+installed command, deployer/console.py). The options every fleet task takes (inventory, hosts,
+group, json, verbose, parallel, accept-new-host-keys; lock-wait and message for tasks that change
+the fleet) are declared once, in `Common`, and added to each task by `fleet_task`.
 """
 
+import functools
 import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from invoke import Context, task
@@ -26,9 +32,8 @@ else:
 
     cli = _Lazy("deployer.cli")
 
-INVENTORY_HELP = "inventory YAML file (default: $DEPLOYER_INVENTORY)"
 COMMON_HELP = {
-    "inventory": INVENTORY_HELP,
+    "inventory": "inventory YAML file (default: $DEPLOYER_INVENTORY)",
     "json": "print one JSON document instead of text",
     "parallel": "hosts worked on at once (default: inventory's parallel, else 32)",
     "accept-new-host-keys": "LOUD opt-in: add unknown host keys to known_hosts (changed keys are still refused)",
@@ -36,273 +41,194 @@ COMMON_HELP = {
     "group": "only the members of these groups (comma-separated)",
     "verbose": "also show debug lines (connections, each remote step's exit and time) on stderr",
 }
-
-
 LOCK_HELP = {
     "lock-wait": "seconds to wait for another operation's lock (default: refuse at once)",
     "message": "why: recorded in the lock, history, pin and bad marks",
 }
+# In this order around each task's own options: invoke gives short flags (-i, -v, -h, -g, ...) to
+# the first option that claims a letter, so the order keeps them the same on every task.
+LEADING_DEFAULTS: dict[str, Any] = {"inventory": None, "verbose": False, "hosts": None, "group": None}
+LOCK_DEFAULTS: dict[str, Any] = {"lock_wait": None, "message": None}
+TRAILING_DEFAULTS: dict[str, Any] = {"json": False, "parallel": 0, "accept_new_host_keys": False}
 
 
-def _options(parallel: int, accept_new_host_keys: bool, dry_run: bool = False, **extra: Any) -> "Options":
-    from deployer.operations import Options  # noqa: PLC0415 - imported when a task runs, not at start-up
+@dataclass(frozen=True)
+class Common:
+    """The options shared by every fleet task, as the user gave them."""
 
-    return Options(
-        accept_new_host_keys=accept_new_host_keys,
-        parallel=parallel or None,
-        dry_run=dry_run,
-        force=extra.get("force", False),
-        unpin=extra.get("unpin", False),
-        lock_wait=cli.seconds(extra.get("lock_wait"), "--lock-wait"),
-        message=extra.get("message") or "",
-        hosts=_names(extra.get("hosts")),
-        groups=_names(extra.get("group")),
-    )
+    inventory: str | None = None
+    hosts: str | None = None
+    group: str | None = None
+    json: bool = False
+    verbose: bool = False
+    parallel: int = 0
+    accept_new_host_keys: bool = False
+    lock_wait: str | None = None
+    message: str | None = None
+
+    def options(self, dry_run: bool = False, force: bool = False, unpin: bool = False) -> "Options":
+        from deployer.operations import Options  # noqa: PLC0415 - imported when a task runs, not at start-up
+
+        return Options(
+            accept_new_host_keys=self.accept_new_host_keys,
+            parallel=self.parallel or None,
+            dry_run=dry_run,
+            force=force,
+            unpin=unpin,
+            lock_wait=cli.seconds(self.lock_wait, "--lock-wait"),
+            message=self.message or "",
+            hosts=_names(self.hosts),
+            groups=_names(self.group),
+        )
+
+    def run(self, task_name: str, action: Callable[[], int]) -> None:
+        """Run the task's action with logging set up (-v, the run log) and user errors mapped to exit codes."""
+        cli.guarded(action, task_name, self.verbose)
 
 
 def _names(value: str | None) -> tuple[str, ...]:
     return tuple(name.strip() for name in (value or "").split(",") if name.strip())
 
 
-@task(
+def fleet_task(
+    name: str | None = None, help: dict[str, str] | None = None, locking: bool = False
+) -> Callable[[Callable[..., None]], Any]:
+    """An invoke task `body(c, common, <own options>)` that also takes the shared options.
+
+    invoke reads a task's options from its signature, so the shared ones are added to the
+    signature here and collected into `Common` when the task runs.
+    """
+    trailing = {**(LOCK_DEFAULTS if locking else {}), **TRAILING_DEFAULTS}
+    shared = {**LEADING_DEFAULTS, **trailing}
+
+    def parameters(defaults: dict[str, Any]) -> list[inspect.Parameter]:
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        return [inspect.Parameter(key, kind, default=default) for key, default in defaults.items()]
+
+    def decorate(body: Callable[..., None]) -> Any:
+        context, _common, *own = inspect.signature(body).parameters.values()
+
+        @functools.wraps(body)
+        def run(c: Context, *args: Any, **kwargs: Any) -> None:
+            common = Common(**{key: kwargs.pop(key, default) for key, default in shared.items()})
+            body(c, common, *args, **kwargs)
+
+        signature = [context, *parameters(LEADING_DEFAULTS), *own, *parameters(trailing)]
+        run.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
+        helps = {**COMMON_HELP, **(LOCK_HELP if locking else {}), **(help or {})}
+        return task(run, name=name or body.__name__.replace("_", "-"), help=helps)
+
+    return decorate
+
+
+@fleet_task(
+    locking=True,
     help={
-        **COMMON_HELP,
-        **LOCK_HELP,
         "artifact": ".tar.gz (or folder) whose contents become the release",
         "release": "release id (default: UTC time + artifact digest)",
         "dry-run": "show the plan (what switches, what is pruned), change nothing",
         "force": "converge a split fleet on this release; deploy despite the schema check",
         "unpin": "remove the pin a rollback left (the fix is ready)",
-    }
+    },
 )
 def deploy(
     c: Context,
-    inventory: str | None = None,
-    verbose: bool = False,
-    hosts: str | None = None,
-    group: str | None = None,
+    common: Common,
     artifact: str | None = None,
     release: str | None = None,
     dry_run: bool = False,
     force: bool = False,
     unpin: bool = False,
-    lock_wait: str | None = None,
-    message: str | None = None,
-    json: bool = False,
-    parallel: int = 0,
-    accept_new_host_keys: bool = False,
 ) -> None:
     """Stage a release on every host, validate it, then switch `current` atomically (in batches) and verify."""
-    options = _options(
-        parallel,
-        accept_new_host_keys,
-        dry_run,
-        force=force,
-        unpin=unpin,
-        lock_wait=lock_wait,
-        message=message,
-        hosts=hosts,
-        group=group,
-    )
-    cli.guarded(lambda: cli.deploy(inventory, artifact, release, options, json), "deploy", verbose)
+    options = common.options(dry_run, force=force, unpin=unpin)
+    common.run("deploy", lambda: cli.deploy(common.inventory, artifact, release, options, common.json))
 
 
-@task(
+@fleet_task(
+    locking=True,
     help={
-        **COMMON_HELP,
-        **LOCK_HELP,
         "to": "release id to roll back to (default: the fleet's previous release that is not marked bad)",
         "dry-run": "show the plan, change nothing",
         "force": "roll back even though the target cannot run against the recorded database schema",
-    }
+    },
 )
-def rollback(
-    c: Context,
-    inventory: str | None = None,
-    verbose: bool = False,
-    hosts: str | None = None,
-    group: str | None = None,
-    to: str | None = None,
-    dry_run: bool = False,
-    force: bool = False,
-    lock_wait: str | None = None,
-    message: str | None = None,
-    json: bool = False,
-    parallel: int = 0,
-    accept_new_host_keys: bool = False,
-) -> None:
+def rollback(c: Context, common: Common, to: str | None = None, dry_run: bool = False, force: bool = False) -> None:
     """Point `current` back to the previous release on every host in parallel, verify, pin, mark bad."""
-    options = _options(
-        parallel,
-        accept_new_host_keys,
-        dry_run,
-        force=force,
-        lock_wait=lock_wait,
-        message=message,
-        hosts=hosts,
-        group=group,
-    )
-    cli.guarded(lambda: cli.rollback(inventory, to, options, json), "rollback", verbose)
+    options = common.options(dry_run, force=force)
+    common.run("rollback", lambda: cli.rollback(common.inventory, to, options, common.json))
 
 
-@task(
-    name="rollback-drill",
+@fleet_task(
+    locking=True,
     help={
-        **COMMON_HELP,
-        **LOCK_HELP,
         "artifact": "the new version to drill with",
         "junit": "also write a JUnit XML report (one test case per phase and host) to this file",
         "verify": "run the testinfra checks (inv verify) after each phase (default on; --no-verify to skip)",
     },
 )
 def rollback_drill(
-    c: Context,
-    inventory: str | None = None,
-    verbose: bool = False,
-    hosts: str | None = None,
-    group: str | None = None,
-    artifact: str | None = None,
-    junit: str | None = None,
-    verify: bool = True,
-    lock_wait: str | None = None,
-    message: str | None = None,
-    json: bool = False,
-    parallel: int = 0,
-    accept_new_host_keys: bool = False,
+    c: Context, common: Common, artifact: str | None = None, junit: str | None = None, verify: bool = True
 ) -> None:
     """Deploy the artifact, roll back, deploy again, verifying each step (integration fleets)."""
-    options = _options(parallel, accept_new_host_keys, lock_wait=lock_wait, message=message, hosts=hosts, group=group)
-    cli.guarded(lambda: cli.drill(inventory, artifact, options, json, junit, verify), "rollback-drill", verbose)
+    options = common.options()
+    common.run("rollback-drill", lambda: cli.drill(common.inventory, artifact, options, common.json, junit, verify))
 
 
-@task(help=COMMON_HELP)
-def status(
-    c: Context,
-    inventory: str | None = None,
-    verbose: bool = False,
-    hosts: str | None = None,
-    group: str | None = None,
-    json: bool = False,
-    parallel: int = 0,
-    accept_new_host_keys: bool = False,
-) -> None:
+@fleet_task()
+def status(c: Context, common: Common) -> None:
     """Each host's current and previous release and problems; the fleet's split, pin, lock and schema."""
-    cli.guarded(
-        lambda: cli.status(inventory, _options(parallel, accept_new_host_keys, hosts=hosts, group=group), json),
-        "status",
-        verbose,
-    )
+    common.run("status", lambda: cli.status(common.inventory, common.options(), common.json))
 
 
-@task(help={**COMMON_HELP, "limit": "events to show (newest first)"})
-def history(
-    c: Context,
-    inventory: str | None = None,
-    verbose: bool = False,
-    hosts: str | None = None,
-    group: str | None = None,
-    limit: int = 20,
-    json: bool = False,
-    parallel: int = 0,
-    accept_new_host_keys: bool = False,
-) -> None:
+@fleet_task(help={"limit": "events to show (newest first)"})
+def history(c: Context, common: Common, limit: int = 20) -> None:
     """The fleet's deploys, rollbacks, reverts, hook and health failures, newest first."""
-    cli.guarded(
-        lambda: cli.history(
-            inventory, int(limit), _options(parallel, accept_new_host_keys, hosts=hosts, group=group), json
-        )
-    )
+    common.run("history", lambda: cli.history(common.inventory, int(limit), common.options(), common.json))
 
 
-@task(help=COMMON_HELP)
-def releases(
-    c: Context,
-    inventory: str | None = None,
-    verbose: bool = False,
-    hosts: str | None = None,
-    group: str | None = None,
-    json: bool = False,
-    parallel: int = 0,
-    accept_new_host_keys: bool = False,
-) -> None:
+@fleet_task()
+def releases(c: Context, common: Common) -> None:
     """Per release: hosts that have it, current, previous, bad, failed, pinned."""
-    cli.guarded(
-        lambda: cli.releases(inventory, _options(parallel, accept_new_host_keys, hosts=hosts, group=group), json)
-    )
+    common.run("releases", lambda: cli.releases(common.inventory, common.options(), common.json))
 
 
-@task(name="lock-status", help=COMMON_HELP)
-def lock_status(
-    c: Context,
-    inventory: str | None = None,
-    verbose: bool = False,
-    hosts: str | None = None,
-    group: str | None = None,
-    json: bool = False,
-    parallel: int = 0,
-    accept_new_host_keys: bool = False,
-) -> None:
+@fleet_task()
+def lock_status(c: Context, common: Common) -> None:
     """Who holds the fleet lock, and whether it was left by a run that is gone (exit 1 when locked)."""
-    cli.guarded(
-        lambda: cli.lock_status(inventory, _options(parallel, accept_new_host_keys, hosts=hosts, group=group), json)
-    )
+    common.run("lock-status", lambda: cli.lock_status(common.inventory, common.options(), common.json))
 
 
-@task(help={**COMMON_HELP, "yes": "do not ask for confirmation (scripts)"})
-def unlock(
-    c: Context,
-    inventory: str | None = None,
-    verbose: bool = False,
-    hosts: str | None = None,
-    group: str | None = None,
-    yes: bool = False,
-    json: bool = False,
-    parallel: int = 0,
-    accept_new_host_keys: bool = False,
-) -> None:
+@fleet_task(help={"yes": "do not ask for confirmation (scripts)"})
+def unlock(c: Context, common: Common, yes: bool = False) -> None:
     """Remove a fleet lock left by a killed run, after confirmation."""
-    cli.guarded(
-        lambda: cli.unlock(inventory, yes, _options(parallel, accept_new_host_keys, hosts=hosts, group=group), json)
-    )
+    common.run("unlock", lambda: cli.unlock(common.inventory, yes, common.options(), common.json))
 
 
-@task(help={**COMMON_HELP, **LOCK_HELP})
-def unpin(
-    c: Context,
-    inventory: str | None = None,
-    verbose: bool = False,
-    hosts: str | None = None,
-    group: str | None = None,
-    lock_wait: str | None = None,
-    message: str | None = None,
-    json: bool = False,
-    parallel: int = 0,
-    accept_new_host_keys: bool = False,
-) -> None:
+@fleet_task(locking=True)
+def unpin(c: Context, common: Common) -> None:
     """Allow deploys again after a rollback pinned the fleet."""
-    options = _options(parallel, accept_new_host_keys, lock_wait=lock_wait, message=message, hosts=hosts, group=group)
-    cli.guarded(lambda: cli.unpin(inventory, options, json), "unpin", verbose)
+    options = common.options()
+    common.run("unpin", lambda: cli.unpin(common.inventory, options, common.json))
 
 
-@task(help={**COMMON_HELP, **LOCK_HELP, "dry-run": "show what would be removed, change nothing"})
-def prune(
-    c: Context,
-    inventory: str | None = None,
-    verbose: bool = False,
-    hosts: str | None = None,
-    group: str | None = None,
-    dry_run: bool = False,
-    lock_wait: str | None = None,
-    message: str | None = None,
-    json: bool = False,
-    parallel: int = 0,
-    accept_new_host_keys: bool = False,
-) -> None:
+@fleet_task(locking=True, help={"dry-run": "show what would be removed, change nothing"})
+def prune(c: Context, common: Common, dry_run: bool = False) -> None:
     """Remove releases beyond keep_releases (never current, previous, pinned, or in use anywhere)."""
-    options = _options(
-        parallel, accept_new_host_keys, dry_run, lock_wait=lock_wait, message=message, hosts=hosts, group=group
-    )
-    cli.guarded(lambda: cli.prune(inventory, options, json), "prune", verbose)
+    options = common.options(dry_run)
+    common.run("prune", lambda: cli.prune(common.inventory, options, common.json))
+
+
+@fleet_task(
+    help={
+        "release": "the release every host must be on (default: the one the fleet is on)",
+        "junit": "also write the checks' JUnit XML to this file",
+    }
+)
+def verify(c: Context, common: Common, release: str | None = None, junit: str | None = None) -> None:
+    """Check every host over OpenSSH (testinfra): current, previousVersion, lock, shared paths, health."""
+    options = common.options()
+    common.run("verify", lambda: cli.verify(common.inventory, release, junit, options, common.json))
 
 
 @task(
@@ -325,30 +251,6 @@ def fleet_up(
 def fleet_down(c: Context, state_dir: str | None = None) -> None:
     """Stop the local fleet's hosts (only the processes it started)."""
     cli.guarded(lambda: cli.fleet_down(state_dir))
-
-
-@task(
-    help={
-        **COMMON_HELP,
-        "release": "the release every host must be on (default: the one the fleet is on)",
-        "junit": "also write the checks' JUnit XML to this file",
-    }
-)
-def verify(
-    c: Context,
-    inventory: str | None = None,
-    release: str | None = None,
-    junit: str | None = None,
-    json: bool = False,
-    verbose: bool = False,
-    hosts: str | None = None,
-    group: str | None = None,
-    parallel: int = 0,
-    accept_new_host_keys: bool = False,
-) -> None:
-    """Check every host over OpenSSH (testinfra): current, previousVersion, lock, shared paths, health."""
-    options = _options(parallel, accept_new_host_keys, hosts=hosts, group=group)
-    cli.guarded(lambda: cli.verify(inventory, release, junit, options, json), "verify", verbose)
 
 
 @task(

@@ -45,3 +45,19 @@ def test_listing_the_tasks_imports_no_ssh_stack():
     done = run(sys.executable, "-c", probe)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+def test_every_fleet_task_takes_the_shared_options_and_changing_tasks_the_lock_ones():
+    from invoke import Collection  # noqa: PLC0415
+
+    import tasks  # noqa: PLC0415
+
+    collection = Collection.from_module(tasks)
+    shared = {"inventory", "verbose", "hosts", "group", "json", "parallel", "accept_new_host_keys"}
+    fleet_tasks = ["deploy", "rollback", "rollback-drill", "status", "history", "releases", "lock-status"]
+    fleet_tasks += ["unlock", "unpin", "prune", "verify"]
+    for name in fleet_tasks:
+        arguments = {argument.name for argument in collection[name].get_arguments()}
+        assert shared <= arguments, name
+        changes_the_fleet = name in ("deploy", "rollback", "rollback-drill", "unpin", "prune")
+        assert ({"lock_wait", "message"} <= arguments) == changes_the_fleet, name
