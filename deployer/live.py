@@ -67,7 +67,9 @@ class LiveProgress(Progress):
         now = time.monotonic()
         with self._lock:
             row = self._rows.setdefault(host, _Row())
-            if event == "connecting":
+            if event == "connect-failed":
+                row.step, row.state, row.detail = "connecting", "failed", detail
+            elif event == "connecting":
                 row.step, row.state, row.started = "connecting" + (f" via {detail}" if detail else ""), "", now
             elif event == "connected":
                 row.step = "connected"
@@ -81,7 +83,8 @@ class LiveProgress(Progress):
             elif event in ("step-ok", "step-failed"):
                 row.state = "ok" if event == "step-ok" else "failed"
                 if event == "step-failed":
-                    row.detail = f"exit {detail.rsplit(' ', 1)[-1]}"
+                    why = detail.rsplit(" ", 1)[-1]
+                    row.detail = f"exit {why}" if why.isdigit() else why  # "timeout", "lost"
             row.seconds = now - row.started if row.started else 0.0
 
     def _table(self) -> Any:
