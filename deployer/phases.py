@@ -139,7 +139,6 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
             inventory.deploy_to_of(connection.host),
             release=release,
             digest=artifact.digest,
-            size=str(artifact.size),
             source=source,
             validate=inventory.validate,
             meta=meta,

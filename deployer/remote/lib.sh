@@ -130,7 +130,7 @@ release_status() {
 
 record_history() {
     # record_history JSON: append one line to the host's history (never fatal: the switch already happened).
-    if ! { mkdir -p .deployer && printf '%s\n' "$1" >> .deployer/history.jsonl; }; then
+    if ! { { [ -d .deployer ] || mkdir -p .deployer; } && printf '%s\n' "$1" >> .deployer/history.jsonl; }; then
         emit warning "history not written (disk full?)"
     fi
 }

@@ -1,4 +1,4 @@
-# stage DEPLOY_TO release=ID digest=SHA256 size=BYTES source=upload|cache [validate=CMD] [meta=FIELDS] [shared=PATHS]
+# stage DEPLOY_TO release=ID digest=SHA256 source=upload|cache [validate=CMD] [meta=FIELDS] [shared=PATHS]
 # Puts the artifact (source=upload: read from stdin; source=cache: the copy kept from an earlier
 # upload with the same digest) into releases/ID, links the shared paths (one per line in PATHS; a
 # trailing / marks a folder) to DEPLOY_TO/shared/, and runs the validate command inside it.
@@ -7,7 +7,7 @@
 # shellcheck disable=SC2154  # opt_* are set by parse_options
 deploy_to=$1
 shift
-opt_release='' opt_digest='' opt_size='' opt_source=upload opt_validate='' opt_meta='' opt_shared=''
+opt_release='' opt_digest='' opt_source=upload opt_validate='' opt_meta='' opt_shared=''
 parse_options "$@"
 read_env
 release_id=$opt_release
@@ -41,39 +41,33 @@ free_kb() {
 }
 
 if [ "$opt_source" = upload ]; then
-    # One pass over the stream: tee keeps the tarball for later redeploys, feeds the hasher through
-    # a FIFO, and tar unpacks it at the same time. Nothing is trusted until the digest and the size
-    # match; until then the release exists only under .deployer/staging/.
+    # One pass over the stream: tee keeps the tarball (for later redeploys) while tar unpacks it;
+    # the kept copy is hashed afterwards (from the page cache). Nothing is trusted until the digest
+    # matches; until then the release exists only under .deployer/staging/. tee writes to stderr
+    # only when it fails (disk full), so a non-empty upload log is the failure signal.
     part=".deployer/artifacts/.$digest.$$.part"
-    fifo=".deployer/staging/.$release_id.$$.fifo"
-    sum=".deployer/staging/.$release_id.$$.sum"
-    [ ! -e "$fifo" ] || rm -f "$fifo"
-    mkfifo "$fifo" || fail 30 "cannot create a FIFO in $deploy_to/.deployer (disk full?)"
-    sha256_stream < "$fifo" > "$sum" &
-    hasher=$!
-    tee "$fifo" "$part" 2> "$staging.tee" | tar -xzf - -C "$staging" 2> "$staging.err"
+    upload_log=".deployer/logs/$release_id.upload.log"
+    unpack_log=".deployer/logs/$release_id.unpack.log"
+    tee "$part" 2> "$upload_log" | tar -xzf - -C "$staging" 2> "$unpack_log"
     unpacked=$?
-    wait "$hasher"
-    actual=
-    IFS= read -r actual < "$sum" || true
-    size=$(wc -c < "$part" 2>/dev/null)
-    size=${size#"${size%%[! ]*}"}
     reason=
-    if [ "${size:-0}" != "$opt_size" ] || [ "$unpacked" != 0 ]; then
-        reason="$(tail -n 2 "$staging.tee" "$staging.err" 2>/dev/null | grep -v '^==>' | tr '\n' ' ')"
+    if [ "$unpacked" != 0 ] || [ -s "$upload_log" ] || [ ! -f "$part" ]; then
+        # Empty on a full disk: the tools' own error messages could not be written there either.
+        reason="$(tail -n 4 "$upload_log" "$unpack_log" 2>/dev/null | grep -v -e '^==>' -e '^$' | tr '\n' ' ')"
+        case $reason in
+            *"No space left"* | *"Disk quota"* | *"File too large"* | "")
+                rm -rf "$staging" "$part"
+                fail 30 "could not store the artifact in $deploy_to (disk full?): $(free_kb) KiB free; $reason" ;;
+        esac
     fi
-    rm -f "$fifo" "$sum" "$staging.tee" "$staging.err"
-    if [ "${size:-0}" != "$opt_size" ]; then
-        rm -rf "$staging" "$part"
-        fail 30 "could not store the artifact in $deploy_to (disk full?): $(free_kb) KiB free; $reason"
-    fi
+    actual=$(sha256_of "$part")
     if [ "$actual" != "$digest" ]; then
         rm -rf "$staging" "$part"
         fail 31 "artifact digest mismatch: expected $digest, got $actual"
     fi
-    if [ "$unpacked" != 0 ]; then
+    if [ -n "$reason" ]; then
         rm -rf "$staging" "$part"
-        fail 30 "unpacking failed (disk full?): $reason"
+        fail 30 "unpacking failed: $reason"
     fi
     mv -f "$part" "$cached" || fail 30 "could not store the artifact"
 else

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -36,7 +37,6 @@ def stage(deploy_to, release, artifact, validate="", **options):
         deploy_to,
         release=release,
         digest=prepared.digest,
-        size=str(len(data)),
         source="upload",
         validate=validate,
         **options,
@@ -128,11 +128,21 @@ def test_digest_mismatch_leaves_no_release(tmp_path, artifact):
     deploy_to = str(tmp_path / "app")
     prepared, data = artifact
     code, out = run(
-        command_line("stage", deploy_to, release="r1", digest="0" * 64, size=str(len(data)), source="upload"),
+        command_line("stage", deploy_to, release="r1", digest="0" * 64, source="upload"),
         stdin=data,
     )
     assert code != 0 and "digest mismatch" in out.error_message()
     assert not os.path.exists(os.path.join(deploy_to, "releases", "r1"))
+
+
+def test_an_upload_that_is_not_a_tarball_fails_as_unpacking_not_as_digest(tmp_path):
+    deploy_to = str(tmp_path / "app")
+    data = b"this is not gzip data\n" * 100
+    digest = hashlib.sha256(data).hexdigest()
+    code, out = run(command_line("stage", deploy_to, release="r1", digest=digest, source="upload"), stdin=data)
+    assert code == 30 and "unpacking failed" in out.error_message() and "gzip" in out.error_message()
+    assert not os.path.exists(os.path.join(deploy_to, "releases", "r1"))
+    assert os.listdir(os.path.join(deploy_to, ".deployer", "artifacts")) == []  # nothing cached
 
 
 def test_release_folders_are_never_reused(tmp_path, artifact):
@@ -255,7 +265,6 @@ def test_environment_arrives_intact_over_stdin_never_on_the_command_line(tmp_pat
         deploy_to,
         release="r1",
         digest=prepared.digest,
-        size=str(len(data)),
         source="upload",
         validate=f'printf "%s|%s" "$SECRET_VALUE" "$PLAIN" > {out_file}',
         env="1",
