@@ -344,18 +344,31 @@ def prune(inventory: str | None, options: Options, as_json: bool) -> int:
     return _emit(operations.prune(resolve_inventory(inventory, options), options), as_json)
 
 
-def fleet_up(hosts: int, state_dir: str | None, subnet: str, port: int) -> int:
+def fleet_up(hosts: int, state_dir: str | None, subnet: str, port: int, as_json: bool = False) -> int:
     fleet = LocalFleet(state_dir or DEFAULT_FLEET_DIR)
     started = fleet.up(hosts, subnet=subnet, port=port)
+    if as_json:
+        _print_json(
+            {
+                "hosts": [{"name": h.name, "address": h.address, "port": h.port, "srv": h.srv} for h in started],
+                "inventory": fleet.inventory_path,
+                "known_hosts": fleet.known_hosts,
+                "identity_file": fleet.identity_file,
+            }
+        )
+        return 0
     for host in started:
         print(f"  {host.name}  {host.address}:{host.port}  /srv -> {host.srv}")
     print(f"{len(started)} host(s) up; inventory: {fleet.inventory_path}")
     return 0
 
 
-def fleet_down(state_dir: str | None) -> int:
+def fleet_down(state_dir: str | None, as_json: bool = False) -> int:
     stopped = LocalFleet(state_dir or DEFAULT_FLEET_DIR).down()
-    print(f"stopped {len(stopped)} host(s){': ' + ', '.join(stopped) if stopped else ''}")
+    if as_json:
+        _print_json({"stopped": stopped})
+    else:
+        print(f"stopped {len(stopped)} host(s){': ' + ', '.join(stopped) if stopped else ''}")
     return 0
 
 
@@ -386,16 +399,29 @@ def verify(
     return 0 if result.ok else 1
 
 
-def vagrant_inventory(ssh_config: str | None, out: str) -> int:
+def vagrant_inventory(ssh_config: str | None, out: str, as_json: bool = False) -> int:
     from deployer.vagrant import vagrant_inventory as write  # noqa: PLC0415 - only this task needs it
 
     hosts = write(ssh_config, out, str(REPO_ROOT / "vagrant"))
-    print(f"{len(hosts)} host(s): {', '.join(h.alias for h in hosts)}; inventory: {out}")
+    known_hosts = f"{os.path.splitext(out)[0]}.known_hosts"
+    if as_json:
+        _print_json({"hosts": [h.alias for h in hosts], "inventory": out, "known_hosts": known_hosts})
+    else:
+        print(f"{len(hosts)} host(s): {', '.join(h.alias for h in hosts)}; inventory: {out}")
     print(
         "host keys were taken from the hosts on first use (ssh-keyscan) into "
         f"{os.path.splitext(out)[0]}.known_hosts: check them if this network is not yours",
         file=sys.stderr,
     )
+    return 0
+
+
+def print_built_sample(version: str, out: str, as_json: bool = False) -> int:
+    path = build_sample(version, out)
+    if as_json:
+        _print_json({"artifact": path, "version": version})
+    else:
+        print(path)
     return 0
 
 

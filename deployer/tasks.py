@@ -238,19 +238,25 @@ def verify(c: Context, common: Common, release: str | None = None, junit: str | 
         "state-dir": "where keys, hosts and inventory live",
         "subnet": "127.X.Y prefix of the host addresses",
         "port": "sshd port on each host",
+        "json": COMMON_HELP["json"],
     },
 )
 def fleet_up(
-    c: Context, hosts: int = 3, state_dir: str | None = None, subnet: str = "127.0.1", port: int = 2222
+    c: Context,
+    hosts: int = 3,
+    state_dir: str | None = None,
+    subnet: str = "127.0.1",
+    port: int = 2222,
+    json: bool = False,
 ) -> None:
     """Start a local fleet of real sshd hosts (root; installs openssh-server if missing)."""
-    cli.guarded(lambda: cli.fleet_up(hosts, state_dir, subnet, port))
+    cli.guarded(lambda: cli.fleet_up(hosts, state_dir, subnet, port, json), "fleet-up")
 
 
-@task(name="fleet-down", help={"state-dir": "the fleet's folder (default: .fleet)"})
-def fleet_down(c: Context, state_dir: str | None = None) -> None:
+@task(name="fleet-down", help={"state-dir": "the fleet's folder (default: .fleet)", "json": COMMON_HELP["json"]})
+def fleet_down(c: Context, state_dir: str | None = None, json: bool = False) -> None:
     """Stop the local fleet's hosts (only the processes it started)."""
-    cli.guarded(lambda: cli.fleet_down(state_dir))
+    cli.guarded(lambda: cli.fleet_down(state_dir, json), "fleet-down")
 
 
 @task(
@@ -258,17 +264,23 @@ def fleet_down(c: Context, state_dir: str | None = None) -> None:
     help={
         "ssh-config": "saved `vagrant ssh-config` output (default: run it in vagrant/)",
         "out": "inventory to write (its known_hosts goes next to it)",
+        "json": COMMON_HELP["json"],
     },
 )
-def vagrant_inventory(c: Context, ssh_config: str | None = None, out: str = "inventories/vagrant.yml") -> None:
+def vagrant_inventory(
+    c: Context, ssh_config: str | None = None, out: str = "inventories/vagrant.yml", json: bool = False
+) -> None:
     """Write an inventory (and known_hosts, by ssh-keyscan) for the Vagrant fleet in vagrant/."""
-    cli.guarded(lambda: cli.vagrant_inventory(ssh_config, out))
+    cli.guarded(lambda: cli.vagrant_inventory(ssh_config, out, json), "vagrant-inventory")
 
 
-@task(name="build-sample", help={"version": "text for the VERSION file", "out": "output .tar.gz"})
-def build_sample(c: Context, version: str = "v1", out: str = "dist/app.tar.gz") -> None:
+@task(
+    name="build-sample",
+    help={"version": "text for the VERSION file", "out": "output .tar.gz", "json": COMMON_HELP["json"]},
+)
+def build_sample(c: Context, version: str = "v1", out: str = "dist/app.tar.gz", json: bool = False) -> None:
     """Pack the sample app from sample-app/ with the given VERSION."""
-    cli.guarded(lambda: print(cli.build_sample(version, out)) or 0)
+    cli.guarded(lambda: cli.print_built_sample(version, out, json), "build-sample")
 
 
 @task

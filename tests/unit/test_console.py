@@ -61,3 +61,14 @@ def test_every_fleet_task_takes_the_shared_options_and_changing_tasks_the_lock_o
         assert shared <= arguments, name
         changes_the_fleet = name in ("deploy", "rollback", "rollback-drill", "unpin", "prune")
         assert ({"lock_wait", "message"} <= arguments) == changes_the_fleet, name
+
+
+def test_every_task_but_the_demo_offers_json():
+    from invoke import Collection  # noqa: PLC0415
+
+    import tasks  # noqa: PLC0415
+
+    collection = Collection.from_module(tasks)
+    for name in collection.task_names:
+        arguments = {argument.name for argument in collection[name].get_arguments()}
+        assert ("json" in arguments) == (name != "demo"), name
