@@ -117,7 +117,7 @@ def guarded(action: Callable[[], int], task: str = "run", verbose: bool = False)
 def _emit(report: OperationReport, as_json: bool) -> int:
     if as_json:
         render_json(report)
-    elif sys.stdout.isatty() and wants_live_view(sys.stdout):
+    elif wants_live_view(sys.stdout):
         from deployer.live import render_rich  # noqa: PLC0415 - rich only for terminals
 
         render_rich(report)

@@ -252,7 +252,6 @@ class Fleet:
         self._lock = threading.Lock()
         self._gateway_lock = threading.Lock()
         self.gateways: dict[Gateway, HostConnection | HostError] = {}
-        self.gateway_connections_opened = 0
         self._pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="deployer")
 
     def __enter__(self) -> Fleet:
@@ -298,29 +297,25 @@ class Fleet:
         if existing is not None:
             return existing
         started = time.monotonic()
-        if self.observer is not None:
-            self.observer(host.name, "connecting", str(host.gateway or ""))
+        self._tell(host, "connecting", str(host.gateway or ""))
         try:
             handle = self._open(host, self._tunnel(host) if host.gateway is not None else None)
         except HostError:
-            if self.observer is not None:
-                self.observer(host.name, "connect-failed", "unreachable")
+            self._tell(host, "connect-failed", "unreachable")
             raise
         handle.observer = self.observer
-        if self.observer is not None:
-            self.observer(host.name, "connected", f"{time.monotonic() - started:.2f}")
-        log.debug(
-            "%s: connected to %s:%s%s in %.3fs",
-            host.name,
-            host.address,
-            host.port,
-            f" through {host.gateway}" if host.gateway else "",
-            time.monotonic() - started,
-        )
+        seconds = time.monotonic() - started
+        self._tell(host, "connected", f"{seconds:.2f}")
+        via = f" through {host.gateway}" if host.gateway else ""
+        log.debug("%s: connected to %s:%s%s in %.3fs", host.name, host.address, host.port, via, seconds)
         with self._lock:
             self.connections[host.name] = handle
             self.connections_opened += 1
         return handle
+
+    def _tell(self, host: Host, event: str, detail: str) -> None:
+        if self.observer is not None:
+            self.observer(host.name, event, detail)
 
     def _open(self, host: Host, sock: paramiko.Channel | None) -> HostConnection:
         connection = self._new_connection(host, sock)
@@ -354,7 +349,6 @@ class Fleet:
                 )
                 try:
                     opened = self._open(as_host, None)
-                    self.gateway_connections_opened += 1
                 except HostError as exc:
                     opened = exc
                 self.gateways[gateway] = opened

@@ -129,7 +129,6 @@ class Inventory:
     rollback_migrations: str = ""
     env: tuple[EnvVar, ...] = ()
     passphrase: str = field(default="", repr=False)  # for an encrypted identity file; from ssh.passphrase_env
-    ssh_config: str = ""
     sudo_password: str = field(default="", repr=False)  # filled in by the CLI: from sudo_password_env or asked once
     sudo_password_source: str = ""  # "" (passwordless sudo -n) | "ask" | "env:NAME"
 
@@ -260,6 +259,13 @@ class _Checker:
         if normal == "/" or ".." in text.split("/"):
             raise self.error(key, f"{text!r} is not a usable deploy folder (not '/', no '..')")
         return normal
+
+    def from_environ(self, value: Any, key: str, environ: Mapping[str, str]) -> tuple[str, str]:
+        """(variable name, its value) for a key naming a variable of this machine's environment."""
+        source = self.string(value, key, ENV_NAME_RE, "variable name")
+        if source not in environ:
+            raise self.error(key, f"${source} is not set on this machine")
+        return source, environ[source]
 
     def local_file(self, value: Any, key: str) -> str:
         text = self.string(value, key)
@@ -396,16 +402,12 @@ def _env(check: _Checker, value: Any, environ: Mapping[str, str]) -> tuple[EnvVa
             variables.append(EnvVar(name, str(spec)))
             continue
         spec = check.mapping(spec, key, ENV_VALUE_KEYS, set())
-        secret = spec.get("secret", False)
-        if not isinstance(secret, bool):
-            raise check.error(f"{key}.secret", f"expected true or false, got {_kind(secret)}")
+        secret = _flag(check, spec.get("secret", False), f"{key}.secret")
         if ("value" in spec) == ("from_env" in spec):
             raise check.error(key, "give exactly one of value: or from_env:")
         if "from_env" in spec:
-            source = check.string(spec["from_env"], f"{key}.from_env", ENV_NAME_RE, "variable name")
-            if source not in environ:
-                raise check.error(f"{key}.from_env", f"${source} is not set on this machine")
-            variables.append(EnvVar(name, environ[source], secret))
+            _source, text = check.from_environ(spec["from_env"], f"{key}.from_env", environ)
+            variables.append(EnvVar(name, text, secret))
         else:
             text = spec["value"]
             if not isinstance(text, (str, int, float)) or isinstance(text, bool):
@@ -430,17 +432,17 @@ def _gateway(check: _Checker, value: Any, key: str) -> Gateway | None:
                 key, f"{value!r} is not a gateway: use user@address:port, or a mapping with address, port, user"
             )
         address, port, user = match["address"].strip("[]"), int(match["port"] or 22), match["user"] or ""
-    else:
-        raw = check.mapping(value, key, GATEWAY_KEYS, {"address"})
-        address = check.string(raw["address"], f"{key}.address", ADDRESS_RE, "address")
-        port = check.number(raw.get("port", 22), f"{key}.port", 1, 65535, integer=True)
-        user = check.string(raw["user"], f"{key}.user", USER_RE, "user name") if raw.get("user") is not None else ""
-    if not 1 <= port <= 65535:
-        raise check.error(key, f"port must be between 1 and 65535, got {port}")
-    if user and not USER_RE.match(user):
-        raise check.error(key, f"{user!r} is not a valid user name")
-    if not ADDRESS_RE.match(address):
-        raise check.error(key, f"{address!r} is not a valid address")
+        if not 1 <= port <= 65535:
+            raise check.error(key, f"port must be between 1 and 65535, got {port}")
+        if user and not USER_RE.match(user):
+            raise check.error(key, f"{user!r} is not a valid user name")
+        if not ADDRESS_RE.match(address):
+            raise check.error(key, f"{address!r} is not a valid address")
+        return Gateway(address, port, user)
+    raw = check.mapping(value, key, GATEWAY_KEYS, {"address"})
+    address = check.string(raw["address"], f"{key}.address", ADDRESS_RE, "address")
+    port = check.number(raw.get("port", 22), f"{key}.port", 1, 65535, integer=True)
+    user = check.string(raw["user"], f"{key}.user", USER_RE, "user name") if raw.get("user") is not None else ""
     return Gateway(address, port, user)
 
 
@@ -539,10 +541,7 @@ def parse_inventory(text: str, path: str, environ: Mapping[str, str] | None = No
     known_hosts = check.local_file(ssh["known_hosts"], "ssh.known_hosts")
     passphrase = ""
     if ssh.get("passphrase_env") is not None:
-        source = check.string(ssh["passphrase_env"], "ssh.passphrase_env", ENV_NAME_RE, "variable name")
-        if source not in environ:
-            raise check.error("ssh.passphrase_env", f"${source} is not set on this machine")
-        passphrase = environ[source]
+        _source, passphrase = check.from_environ(ssh["passphrase_env"], "ssh.passphrase_env", environ)
     ssh_config = None
     if ssh.get("config") is not None:
         ssh_config = _SshConfig(check, check.local_file(ssh["config"], "ssh.config"))
@@ -560,10 +559,8 @@ def parse_inventory(text: str, path: str, environ: Mapping[str, str] | None = No
             )
         sudo_password_source = "ask"
     if top.get("sudo_password_env") is not None:
-        source = check.string(top["sudo_password_env"], "sudo_password_env", ENV_NAME_RE, "variable name")
-        if source not in environ:
-            raise check.error("sudo_password_env", f"${source} is not set on this machine")
-        sudo_password, sudo_password_source = environ[source], f"env:{source}"
+        source, sudo_password = check.from_environ(top["sudo_password_env"], "sudo_password_env", environ)
+        sudo_password_source = f"env:{source}"
 
     validate = ""
     if top.get("validate") is not None:
@@ -692,7 +689,6 @@ def parse_inventory(text: str, path: str, environ: Mapping[str, str] | None = No
         rollback_migrations=rollback_migrations,
         env=env,
         passphrase=passphrase,
-        ssh_config=ssh_config.path if ssh_config is not None else "",
         sudo_password=sudo_password,
         sudo_password_source=sudo_password_source,
     )

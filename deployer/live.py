@@ -55,7 +55,6 @@ class LiveProgress(Progress):
         self.console = Console(file=self.stream, highlight=False)
         self._rows: dict[str, _Row] = {name: _Row() for name in hosts or []}
         self._lock = threading.Lock()
-        self._started = time.monotonic()
         self._live = Live(console=self.console, get_renderable=self._table, refresh_per_second=8, transient=False)
         self._live.start()
 

@@ -81,19 +81,16 @@ def ssh_config(fleet: LocalFleet, tmp_path: Path, jump: bool) -> str:
     return write(tmp_path, "ssh_config", lines)
 
 
+def by_alias(fleet: LocalFleet, tmp_path: Path, config: str, deploy_to: str, host_lines: list[str]) -> str:
+    """An inventory using `config` as its ssh.config, with hosts given by alias."""
+    lines = [*base_lines(fleet, deploy_to, f"  config: {yaml_quote(config)}"), "hosts:", *host_lines]
+    return write(tmp_path, "inventory.yml", lines)
+
+
 def test_hosts_given_by_their_ssh_config_alias(fleet: LocalFleet, tmp_path: Path, artifacts: dict[str, str]) -> None:
     config = ssh_config(fleet, tmp_path, jump=False)
     deploy_to = "/srv/by-alias"
-    inventory = write(
-        tmp_path,
-        "inventory.yml",
-        [
-            *base_lines(fleet, deploy_to, f"  config: {yaml_quote(config)}"),
-            "hosts:",
-            "  app-two: {}",
-            "  three: {ssh_alias: app-three}",
-        ],
-    )
+    inventory = by_alias(fleet, tmp_path, config, deploy_to, ["  app-two: {}", "  three: {ssh_alias: app-three}"])
     done = run_inv("deploy", "-i", inventory, "--artifact", artifacts["v1"], "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     release = json.loads(done.stdout)["target"]
@@ -110,16 +107,7 @@ def test_proxyjump_bastion_is_connected_once_and_tunnels_to_each_host(
 ) -> None:
     config = ssh_config(fleet, tmp_path, jump=True)
     deploy_to = "/srv/via-proxyjump"
-    inventory = write(
-        tmp_path,
-        "inventory.yml",
-        [
-            *base_lines(fleet, deploy_to, f"  config: {yaml_quote(config)}"),
-            "hosts:",
-            "  app-two: {}",
-            "  app-three: {}",
-        ],
-    )
+    inventory = by_alias(fleet, tmp_path, config, deploy_to, ["  app-two: {}", "  app-three: {}"])
     for artifact in ("v1", "v2"):
         before = fleet.ssh_counts()
         tunnels_before = len(tunnels(fleet, "web1"))
@@ -185,11 +173,7 @@ def test_ssh_config_problems_are_named_before_anything_is_contacted(fleet: Local
         "  app-two: {}": "ProxyCommand",
     }
     for host_line, message in cases.items():
-        inventory = write(
-            tmp_path,
-            "inventory.yml",
-            [*base_lines(fleet, "/srv/x", f"  config: {yaml_quote(config)}"), "hosts:", host_line],
-        )
+        inventory = by_alias(fleet, tmp_path, config, "/srv/x", [host_line])
         done = run_inv("status", "-i", inventory)
         assert done.returncode == 2, done.stdout + done.stderr
         assert message in done.stderr and "hosts." in done.stderr
