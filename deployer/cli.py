@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import json
+import logging
 import os
 import shutil
 import sys
@@ -16,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from invoke.exceptions import Exit
 
@@ -32,11 +33,11 @@ from deployer.report import (
     OperationReport,
     Phase,
     Progress,
-    redact,
-    redact_data,
     render_json,
     render_text,
     set_secrets,
+    shown,
+    shown_data,
     write_junit,
 )
 
@@ -91,27 +92,42 @@ def seconds(value: str | None, flag: str) -> float:
     except ValueError:
         number = -1.0
     if not 0 <= number <= 86400:
-        print(f"error: {flag} expects seconds between 0 and 86400, got {value!r}", file=sys.stderr)
-        raise Exit(code=2)
+        raise InputError(f"{flag} expects seconds between 0 and 86400, got {value!r}")
     return number
 
 
-def guarded(action: Callable[[], int], task: str = "run", verbose: bool = False) -> None:
-    """Run `action` with logging set up; turn its status and any user-facing error into invoke's Exit."""
-    runlog.start(task, verbose)
+def guarded(action: Callable[[], int], task: str = "run", verbose: bool = False, as_json: bool = False) -> None:
+    """Run `action` with logging set up; turn its status and any error into invoke's Exit.
+
+    The one place every error ends: a deployer error is its message and exit status; anything
+    else (paramiko, invoke, OSError, a bug) is one line naming what failed and the run log's path
+    (where its traceback is), exit 1. Never a traceback on the terminal. With `as_json`, stdout
+    still gets one JSON document carrying the error and the exit status.
+    """
+    log_path = runlog.start(task, verbose)
     try:
         code = action()
+    except Exit:
+        raise
     except DeployerError as error:
-        print(redact(f"error: {error}"), file=sys.stderr)
-        raise Exit(code=error.exit_code) from None
+        _fail(str(error), error.exit_code, as_json, log_path)
     except FleetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise Exit(code=EXIT_HOSTS_FAILED) from None
+        _fail(str(error), EXIT_HOSTS_FAILED, as_json, log_path)
     except KeyboardInterrupt:
-        print("interrupted: run `inv status` to see each host's state", file=sys.stderr)
-        raise Exit(code=130) from None
+        _fail("interrupted: run `inv status` to see each host's state", 130, as_json, log_path)
+    except Exception as error:  # noqa: BLE001 - the last boundary: one line and the run log, never a traceback
+        logging.getLogger("deployer.crash").debug("unexpected error in %s", task, exc_info=True)
+        where = f"; details in {log_path}" if log_path else ""
+        _fail(f"unexpected error: {type(error).__name__}: {error}{where}", EXIT_HOSTS_FAILED, as_json, log_path)
     if code:
         raise Exit(code=code)
+
+
+def _fail(message: str, code: int, as_json: bool, log_path: str | None) -> NoReturn:
+    print(shown(f"error: {message}"), file=sys.stderr)
+    if as_json:
+        _print_json({"ok": False, "error": message, "exit_code": code, "run_log": log_path})
+    raise Exit(code=code)
 
 
 def _emit(report: OperationReport, as_json: bool) -> int:
@@ -193,11 +209,11 @@ def drill(
 
 def _out(text: str, **kwargs: Any) -> None:
     """print(), with secret values replaced by ***: host-provided text (hook output, messages) may hold them."""
-    print(redact(text), **kwargs)
+    print(shown(text), **kwargs)
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(redact_data(data), indent=2, sort_keys=True))
+    print(json.dumps(shown_data(data), indent=2, sort_keys=True))
 
 
 def status(inventory: str | None, options: Options, as_json: bool) -> int:
@@ -258,6 +274,11 @@ def history(inventory: str | None, limit: int, options: Options, as_json: bool) 
             else:
                 move = f"{entry.get('release', '')} {entry.get('detail', '')}".strip()
             message = f"  ({entry['message']})" if entry.get("message") else ""
+            if entry.get("phases"):
+                steps = ", ".join(
+                    f"{phase.get('drill')} {phase.get('from') or '-'} -> {phase.get('to')}" for phase in entry["phases"]
+                )
+                message += f"  [{steps}]"
             _out(
                 f"{entry.get('time', '?'):<20}  {what:<19} {move}  {entry.get('result', '')}  "
                 f"by {entry.get('user', '?')}  on {where}{message}"
@@ -429,6 +450,11 @@ def build_sample(version: str, out: str) -> str:
     """Pack the sample app with VERSION set to `version` into the .tar.gz `out`."""
     if not version or any(ch in version for ch in "\n\0/"):
         raise InputError(f"sample version {version!r} is not usable")
+    if not SAMPLE_APP.is_dir():
+        raise InputError(
+            f"the sample app is not here ({SAMPLE_APP} is missing): build-sample works from a checkout of the "
+            "deployer repository, not from an installed package"
+        )
     with tempfile.TemporaryDirectory(prefix="deployer-sample-") as workdir:
         tree = os.path.join(workdir, "app")
         shutil.copytree(SAMPLE_APP, tree)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import re
+import select
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -32,9 +32,10 @@ from deployer.errors import (
     HostUnreachable,
 )
 from deployer.inventory import Gateway, Host, Inventory
+from deployer.known_hosts import KnownHosts, load_known_hosts
+from deployer.protocol import MAX_OUTPUT_BYTES, ProtocolError
 
 log = logging.getLogger(__name__)
-SCRIPT_NAME = re.compile(r"' deployer-(\w+)")
 # paramiko logs a traceback at ERROR from its transport thread when a handshake fails; the failure
 # is already reported per host through our errors, so it must never reach the user's terminal raw.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -47,24 +48,34 @@ Observer = Callable[[str, str, str], None]
 UPLOAD_REPORT_BYTES = 256 * 1024  # how often an upload's progress is told to the observer
 IN_FLIGHT = 1024 * 1024  # unconsumed upload bytes allowed at a host's sshd; see HostConnection._send
 KEEPALIVE_SECONDS = 15
+STDERR_TAIL_BYTES = 64 * 1024  # what is kept of a session's stderr (its end: where the errors are)
+
+
+class Interrupted(Exception):
+    """The operation is being interrupted (Ctrl-C): an upload stops at its next packet."""
 
 
 class UnknownHostKey(paramiko.SSHException):
-    def __init__(self, hostname: str, key: paramiko.PKey) -> None:
+    def __init__(self, hostname: str, key: paramiko.PKey, revoked: bool = False) -> None:
         self.hostname = hostname
         self.key = key
+        self.revoked = revoked
         super().__init__(hostname)
 
 
 class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
-    """Called only for hosts absent from known_hosts: refuse, or (opt-in) add like accept-new."""
+    """Called for hosts whose offered key is not trusted: refuse (always for a revoked key), or
+    (opt-in) add it like OpenSSH's accept-new."""
 
-    def __init__(self, path: str, accept_new: bool, lock: threading.Lock) -> None:
-        self.path = path
+    def __init__(self, known: KnownHosts, accept_new: bool, lock: threading.Lock) -> None:
+        self.known = known
+        self.path = known.path
         self.accept_new = accept_new
         self.lock = lock
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        if self.known.is_revoked(key):
+            raise UnknownHostKey(hostname, key, revoked=True)
         if not self.accept_new:
             raise UnknownHostKey(hostname, key)
         with self.lock, open(self.path, "a", encoding="utf-8") as handle:
@@ -79,6 +90,12 @@ def _fingerprint(key: paramiko.PKey) -> str:
 def classify_connect_error(host: Host, exc: BaseException, timeout: float) -> HostError:
     """Map whatever connecting raised to the deployer's error types."""
     where = f"{host.address}:{host.port}"
+    if isinstance(exc, UnknownHostKey) and exc.revoked:
+        return HostKeyRejected(
+            host.name,
+            f"host key for {exc.hostname} is REVOKED in known_hosts ({exc.key.get_name()} {_fingerprint(exc.key)}); "
+            "refusing to connect",
+        )
     if isinstance(exc, UnknownHostKey):
         return HostKeyRejected(
             host.name,
@@ -113,32 +130,68 @@ def classify_connect_error(host: Host, exc: BaseException, timeout: float) -> Ho
 @dataclass(frozen=True)
 class ExecResult:
     exit_status: int
-    output: str
+    stdout: str  # the script's records (deployer/protocol.py); host text inside them is escaped
+    stderr: str  # diagnostics for humans: never parsed for records; only its tail is kept
     seconds: float
+
+
+class _Collected:
+    """Bytes read from one stream of a session, bounded: at most `limit` kept (the head, or the tail)."""
+
+    def __init__(self, limit: int, keep_tail: bool = False) -> None:
+        self.limit = limit
+        self.keep_tail = keep_tail
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.overflow = False
+
+    def add(self, data: bytes) -> None:
+        self.size += len(data)
+        self.chunks.append(data)
+        if self.size > self.limit:
+            self.overflow = True
+            joined = b"".join(self.chunks)
+            self.chunks = [joined[-self.limit :] if self.keep_tail else joined[: self.limit]]
+            self.size = len(self.chunks[0])
+
+    def text(self) -> str:
+        return b"".join(self.chunks).decode("utf-8", errors="replace")
 
 
 class HostConnection:
     """One open SSH connection to one host; runs scripts as exec sessions on it."""
 
     def __init__(
-        self, host: Host, connection: Connection, inventory: Inventory, observer: Observer | None = None
+        self,
+        host: Host,
+        connection: Connection,
+        inventory: Inventory,
+        observer: Observer | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.host = host
         self.connection = connection
         self.timeouts = inventory.timeouts
         self.sessions = 0
         self.observer = observer
+        self.stopping = stopping or threading.Event()  # set on Ctrl-C: uploads stop at the next packet
 
     def _tell(self, event: str, detail: str = "") -> None:
         if self.observer is not None:
             self.observer(self.host.name, event, detail)
 
     def run(
-        self, command: str, timeout: float | None = None, upload: Sequence[bytes | memoryview] | None = None
+        self,
+        command: str,
+        timeout: float | None = None,
+        upload: Sequence[bytes | memoryview] | None = None,
+        step: str = "command",
     ) -> ExecResult:
-        """Run `command` in one exec session, optionally streaming the `upload` buffers to its stdin.
+        """Run `command` (remote script `step`) in one exec session, optionally streaming `upload` to its stdin.
 
-        stdout and stderr are combined; the whole call is bounded by `timeout` seconds.
+        stdout and stderr are read apart (records come from stdout only) and bounded: a host that
+        sends more than MAX_OUTPUT_BYTES on stdout is refused (ProtocolError), only stderr's tail
+        is kept. The whole call is bounded by `timeout` seconds.
         """
         limit = timeout if timeout is not None else self.timeouts.command
         started = time.monotonic()
@@ -151,39 +204,55 @@ class HostConnection:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HostUnreachable(self.host.name, f"cannot open a session: {exc}") from None
         self.sessions += 1
-        script = SCRIPT_NAME.search(command)
-        step = script.group(1) if script else command.split(" ", 1)[0]
         self._tell("step", step)
-        chunks: list[bytes] = []
+        stdout = _Collected(MAX_OUTPUT_BYTES)
+        stderr = _Collected(STDERR_TAIL_BYTES, keep_tail=True)
         try:
-            channel.set_combine_stderr(True)
             channel.settimeout(limit)
             channel.exec_command(command)
             if upload:
                 self._send(channel, upload, deadline)
             channel.shutdown_write()
-            while True:
-                channel.settimeout(max(0.01, deadline - time.monotonic()))
-                data = channel.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
+            self._read(channel, stdout, stderr, deadline)
+            if stdout.overflow:
+                raise ProtocolError(self.host.name, step, f"more than {MAX_OUTPUT_BYTES} bytes on stdout")
             if not channel.status_event.wait(max(0.01, deadline - time.monotonic())):
                 raise TimeoutError()
             status = channel.exit_status
         except TimeoutError:
             self._tell("step-failed", f"{step} timeout")
             raise CommandTimeout(self.host.name, f"remote step did not finish within {limit:g}s") from None
+        except Interrupted:
+            self._tell("step-failed", f"{step} interrupted")
+            raise HostError(self.host.name, f"{step}: stopped by Ctrl-C during the upload") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self._tell("step-failed", f"{step} lost")
             raise HostUnreachable(self.host.name, f"connection lost during a remote step: {exc}") from None
         finally:
             channel.close()
-        output = b"".join(chunks).decode("utf-8", errors="replace")
         seconds = time.monotonic() - started
         self._tell("step-ok" if status == 0 else "step-failed", f"{step} {status}")
-        log.debug("%s: %s exited %s in %.3fs (%d bytes out)", self.host.name, step, status, seconds, len(output))
-        return ExecResult(status, output, seconds)
+        log.debug("%s: %s exited %s in %.3fs (%d bytes out)", self.host.name, step, status, seconds, stdout.size)
+        return ExecResult(status, stdout.text(), stderr.text(), seconds)
+
+    @staticmethod
+    def _read(channel: paramiko.Channel, stdout: _Collected, stderr: _Collected, deadline: float) -> None:
+        """Read both streams until the remote side's EOF, waking on either (the channel's fileno)."""
+        while True:
+            while channel.recv_ready():
+                stdout.add(channel.recv(65536))
+                if stdout.overflow:
+                    return
+            while channel.recv_stderr_ready():
+                stderr.add(channel.recv_stderr(65536))
+            if channel.eof_received or channel.closed:
+                if not channel.recv_ready() and not channel.recv_stderr_ready():
+                    return
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError()
+            select.select([channel], [], [], min(left, 1.0))
 
     def _send(self, channel: paramiko.Channel, parts: Sequence[bytes | memoryview], deadline: float) -> None:
         """Stream `parts` to the channel, in order; stop quietly if the remote side exits early.
@@ -207,6 +276,8 @@ class HostConnection:
             for part in parts:
                 data = memoryview(part)
                 for offset in range(0, len(data), packet):
+                    if self.stopping.is_set():
+                        raise Interrupted()
                     if self.observer is not None and (sent - told >= UPLOAD_REPORT_BYTES or sent == 0):
                         self._tell("upload", f"{sent}/{total}")
                         told = sent
@@ -219,7 +290,7 @@ class HostConnection:
                             channel.out_buffer_cv.wait(min(left, 1.0))
                     channel.settimeout(max(0.01, deadline - time.monotonic()))
                     channel.sendall(data[offset : offset + packet])  # type: ignore[arg-type]  # buffer protocol suffices
-        except TimeoutError:
+        except (TimeoutError, Interrupted):
             raise
         except (OSError, EOFError, paramiko.SSHException):
             log.debug("%s: remote side closed stdin early", self.host.name)
@@ -244,8 +315,8 @@ class Fleet:
         self.inventory = inventory
         self.observer = observer
         self.parallel = max(1, parallel or inventory.parallel)
-        self.known_hosts = paramiko.HostKeys(inventory.known_hosts)
-        self.policy = KnownHostsPolicy(inventory.known_hosts, accept_new_host_keys, threading.Lock())
+        self.known_hosts = load_known_hosts(inventory.known_hosts)
+        self.policy = KnownHostsPolicy(self.known_hosts, accept_new_host_keys, threading.Lock())
         self.connections: dict[str, HostConnection] = {}
         self.connections_opened = 0
         self._closed_sessions: dict[str, int] = {}
@@ -253,6 +324,8 @@ class Fleet:
         self._gateway_lock = threading.Lock()
         self.gateways: dict[Gateway, HostConnection | HostError] = {}
         self._pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="deployer")
+        self._inflight: set[Future[Any]] = set()
+        self.stopping = threading.Event()
 
     def __enter__(self) -> Fleet:
         return self
@@ -285,10 +358,8 @@ class Fleet:
         client = connection.client
         client.set_missing_host_key_policy(self.policy)
         lookup_name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
-        known = self.known_hosts.lookup(lookup_name)
-        if known is not None:
-            for key_type in known:
-                client.get_host_keys().add(lookup_name, key_type, known[key_type])
+        for key_type, key in self.known_hosts.trusted(lookup_name).items():
+            client.get_host_keys().add(lookup_name, key_type, key)
         return connection
 
     def connect(self, host: Host) -> HostConnection:
@@ -331,7 +402,7 @@ class Fleet:
         transport = connection.client.get_transport()
         if transport is not None:
             transport.set_keepalive(KEEPALIVE_SECONDS)
-        return HostConnection(host, connection, self.inventory)
+        return HostConnection(host, connection, self.inventory, stopping=self.stopping)
 
     def _tunnel(self, host: Host) -> paramiko.Channel:
         """A direct-tcpip channel to `host` through its gateway; the gateway is connected once per fleet."""
@@ -373,16 +444,47 @@ class Fleet:
         except HostError as error:
             return error
 
+    def _submit(self, host: Host, work: Callable[[HostConnection], T]) -> Future[T | HostError]:
+        future = self._pool.submit(self._on, host, work)
+        with self._lock:
+            self._inflight.add(future)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._inflight.discard(future)
+
+    def settle(self) -> None:
+        """After an interruption: stop uploads, drop queued work, and wait for the steps already running
+        on hosts to end (each is bounded by its timeout), so nothing still acts after we release
+        the lock. A further Ctrl-C stops the waiting."""
+        self.stopping.set()
+        with self._lock:
+            pending = list(self._inflight)
+        for future in pending:
+            future.cancel()
+        try:
+            wait(pending)
+        except KeyboardInterrupt:
+            log.warning("stopped waiting for the steps still running on hosts")
+        self.stopping.clear()
+
     def connect_all(self) -> dict[str, Future[HostConnection | HostError]]:
         """Start connecting to every host in the pool; each future gives the connection or the error."""
-        return {host.name: self._pool.submit(self._on, host, lambda c: c) for host in self.inventory.hosts}
+        return {host.name: self._submit(host, lambda c: c) for host in self.inventory.hosts}
+
+    def connected(self) -> list[str]:
+        """Hosts with an open connection now."""
+        with self._lock:
+            return sorted(self.connections)
 
     def map(
         self, work: Callable[[HostConnection], T], hosts: list[Host] | None = None
     ) -> Iterator[tuple[Host, T | HostError]]:
         """Run `work` on each host's connection in the pool; yield (host, result or error) as each ends."""
         targets = list(self.inventory.hosts if hosts is None else hosts)
-        futures = {self._pool.submit(self._on, host, work): host for host in targets}
+        futures = {self._submit(host, work): host for host in targets}
         for future in as_completed(futures):
             yield futures[future], future.result()
 
@@ -414,7 +516,12 @@ class MappedArtifact:
         self.view = memoryview(self._map) if self._map is not None else memoryview(b"")
 
     def close(self) -> None:
-        self.view.release()
-        if self._map is not None:
-            self._map.close()
+        """Unmap and close. A slice of the map still referenced (from the traceback of an upload
+        stopped by Ctrl-C) keeps the map alive until it goes: the map is then freed with it."""
+        try:
+            self.view.release()
+            if self._map is not None:
+                self._map.close()
+        except BufferError:
+            log.debug("artifact map still referenced; it is freed when the last reference goes")
         self._file.close()

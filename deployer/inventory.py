@@ -41,6 +41,7 @@ class Timeouts:
     stage: float = 900.0
     hook: float = 60.0
     migrate: float = 600.0
+    validate: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ class _Checker:
             raise self.error(key, f"expected a string, got {_kind(value)}")
         if not value.strip():
             raise self.error(key, "must not be empty")
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             raise self.error(key, f"{value!r} is not a valid {what}")
         return value
 
@@ -329,7 +330,7 @@ GATEWAY_KEYS = {"address", "port", "user"}
 GATEWAY_RE = re.compile(
     r"^(?:(?P<user>[^@\s]+)@)?(?P<address>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?$"
 )
-TIMEOUT_KEYS = {"connect", "command", "stage", "hook", "migrate"}
+TIMEOUT_KEYS = {"connect", "command", "stage", "hook", "migrate", "validate"}
 HEALTH_KEYS = {"command", "timeout", "retries", "interval"}
 ROLLOUT_KEYS = {"batch", "pause"}
 
@@ -359,7 +360,7 @@ def _rollout(check: _Checker, value: Any) -> Rollout:
     if batch is None:
         return Rollout(pause=pause)
     if isinstance(batch, str):
-        match = BATCH_PERCENT_RE.match(batch.strip())
+        match = BATCH_PERCENT_RE.fullmatch(batch.strip())
         if not match or not 1 <= int(match.group(1)) <= 100:
             raise check.error("rollout.batch", f"expected a host count or a percentage like '25%', got {batch!r}")
         return Rollout(percent=int(match.group(1)), pause=pause)
@@ -396,7 +397,7 @@ def _env(check: _Checker, value: Any, environ: Mapping[str, str]) -> tuple[EnvVa
     variables: list[EnvVar] = []
     for name, spec in raw.items():
         key = f"env.{name}"
-        if not ENV_NAME_RE.match(name) or name.startswith("DEPLOYER_"):
+        if not ENV_NAME_RE.fullmatch(name) or name.startswith("DEPLOYER_"):
             raise check.error(key, "variable names use letters, digits and '_' (and may not start with DEPLOYER_)")
         if isinstance(spec, (str, int, float)) and not isinstance(spec, bool):
             variables.append(EnvVar(name, str(spec)))
@@ -426,7 +427,7 @@ def _gateway(check: _Checker, value: Any, key: str) -> Gateway | None:
     if value is False:
         return None
     if isinstance(value, str):
-        match = GATEWAY_RE.match(value.strip())
+        match = GATEWAY_RE.fullmatch(value.strip())
         if match is None:
             raise check.error(
                 key, f"{value!r} is not a gateway: use user@address:port, or a mapping with address, port, user"
@@ -434,9 +435,9 @@ def _gateway(check: _Checker, value: Any, key: str) -> Gateway | None:
         address, port, user = match["address"].strip("[]"), int(match["port"] or 22), match["user"] or ""
         if not 1 <= port <= 65535:
             raise check.error(key, f"port must be between 1 and 65535, got {port}")
-        if user and not USER_RE.match(user):
+        if user and not USER_RE.fullmatch(user):
             raise check.error(key, f"{user!r} is not a valid user name")
-        if not ADDRESS_RE.match(address):
+        if not ADDRESS_RE.fullmatch(address):
             raise check.error(key, f"{address!r} is not a valid address")
         return Gateway(address, port, user)
     raw = check.mapping(value, key, GATEWAY_KEYS, {"address"})
@@ -444,6 +445,17 @@ def _gateway(check: _Checker, value: Any, key: str) -> Gateway | None:
     port = check.number(raw.get("port", 22), f"{key}.port", 1, 65535, integer=True)
     user = check.string(raw["user"], f"{key}.user", USER_RE, "user name") if raw.get("user") is not None else ""
     return Gateway(address, port, user)
+
+
+def _host_patterns(path: str) -> set[str]:
+    """The names and patterns of every `Host` line of an ssh_config file."""
+    names: set[str] = set()
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            words = line.replace("=", " ", 1).split()
+            if len(words) > 1 and words[0].lower() == "host":
+                names.update(word.strip('"') for word in words[1:])
+    return names
 
 
 class _SshConfig:
@@ -458,7 +470,7 @@ class _SshConfig:
             self.config = paramiko.SSHConfig.from_path(path)
         except (OSError, UnicodeDecodeError, ValueError, paramiko.ssh_exception.ConfigParseError) as exc:
             raise check.error("ssh.config", f"cannot read {path}: {exc}") from None
-        self.names = self.config.get_hostnames()
+        self.names = _host_patterns(path)  # paramiko's get_hostnames() fails on a `Match` block
 
     def lookup(self, alias: str, key: str) -> dict[str, Any]:
         """Address, port, user, identity file and gateway that OpenSSH would use for `alias`."""
@@ -469,7 +481,7 @@ class _SshConfig:
         if found.get("proxycommand"):
             raise self.check.error(key, f"ProxyCommand in {self.path} is not supported; use ProxyJump or gateway")
         settings: dict[str, Any] = {"address": found.get("hostname", alias)}
-        if not ADDRESS_RE.match(settings["address"]):
+        if not ADDRESS_RE.fullmatch(settings["address"]):
             raise self.check.error(key, f"HostName {settings['address']!r} of {alias} in {self.path} is not an address")
         if "port" in found:
             if not str(found["port"]).isdigit() or not 1 <= int(found["port"]) <= 65535:
@@ -598,12 +610,12 @@ def parse_inventory(text: str, path: str, environ: Mapping[str, str] | None = No
             top["groups"], "groups", set(top["groups"]) if isinstance(top["groups"], Mapping) else set(), set()
         )
         for group, settings in raw_groups.items():
-            if not NAME_RE.match(group):
+            if not NAME_RE.fullmatch(group):
                 raise check.error(f"groups.{group}", "group names use letters, digits, '.', '_' and '-'")
             group_settings[group] = check.mapping(settings or {}, f"groups.{group}", GROUP_KEYS, set())
     for name, spec in hosts_raw.items():
         key = f"hosts.{name}"
-        if not isinstance(name, str) or not NAME_RE.match(name):
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise check.error(key, "host names use letters, digits, '.', '_' and '-' (at most 63)")
         if spec is None and ssh_config is not None:
             spec = {}

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from deployer.report import FAILED, GOOD_STATUSES, OperationReport, Progress, log, redact
+from deployer.report import FAILED, GOOD_STATUSES, OperationReport, Progress, log, shown
 
 STEP_NAMES = {
     "gather": "reading state",
@@ -60,7 +60,7 @@ class LiveProgress(Progress):
 
     def say(self, message: str) -> None:
         log.info("%s", message)
-        self.console.print(redact(message), markup=False, highlight=False)
+        self.console.print(shown(message), markup=False, highlight=False)
 
     def observe(self, host: str, event: str, detail: str) -> None:
         now = time.monotonic()
@@ -133,11 +133,11 @@ def render_rich(report: OperationReport, console: Any = None) -> None:
                 result.after or "-",
                 "yes" if result.verified else "no",
                 f"{result.seconds:.2f}s" if result.seconds else "",
-                Text(redact(result.message)),
+                Text(shown(result.message)),
             )
         console.print(table)
     for warning in report.warnings:
-        console.print(Text(redact(f"warning: {warning}"), style="yellow"))
+        console.print(Text(shown(f"warning: {warning}"), style="yellow"))
     for note in report.notes:
-        console.print(Text(redact(f"note: {note}")))
-    console.print(Text(redact(report.verdict()), style="bold green" if report.ok else "bold red"))
+        console.print(Text(shown(f"note: {note}")))
+    console.print(Text(shown(report.verdict()), style="bold green" if report.ok else "bold red"))

@@ -11,7 +11,14 @@ with exactly one holding the whole fleet:
    different lead, e.g. another inventory), release ours everywhere and refuse.
 
 The lock folder holds our random token and who/when/what/why as JSON; it is removed only by
-the run holding that token, or by `inv unlock` after confirmation.
+the run holding that token, or by `inv unlock` after confirmation, and always by compare-and-delete
+on the token (a lock taken by someone else in the meantime is never removed).
+
+A lock is cleared automatically only with a proof that cannot collide: the lock names this
+controller's runtime id (a random id the tool creates in a per-boot tmpfs, see `runtime_id`), and
+no process with the recorded pid and start time runs here. `/etc/machine-id`, the kernel's boot
+id and hostnames are shared by cloned VMs and containers built from one image: they are recorded
+for people to read, and never enough on their own.
 """
 
 from __future__ import annotations
@@ -29,9 +36,9 @@ from typing import Any
 
 from deployer.errors import HostError, PlanRefused, StepFailed
 from deployer.fleet import Fleet, HostConnection
-from deployer.inventory import Inventory
+from deployer.protocol import ProtocolError, ScriptOutput
 from deployer.report import Progress
-from deployer.scripts import ScriptOutput, command_line, parse_output
+from deployer.scripts import run_script
 from deployer.state import HostState, LockState, parse_state
 
 Unreachable = dict[str, str]
@@ -88,25 +95,67 @@ def _read(path: str) -> str:
         return ""
 
 
+RUNTIME_FOLDERS = ("/dev/shm", "/run/user/{uid}")  # tmpfs: empty after every boot, per container
+
+
+def runtime_id() -> str:
+    """A random id for this controller's current boot and runtime, made by the tool; "" when none can be.
+
+    Kept in a tmpfs (emptied at boot; each container and each cloned VM has its own), created
+    once with a link (atomic), owned by us and private. Two machines never share one, whatever
+    their machine-id or boot id; so a lock that names ours was taken here, in this boot.
+    """
+    uid = os.getuid()
+    for folder in RUNTIME_FOLDERS:
+        folder = folder.format(uid=uid)
+        if not os.path.isdir(folder):
+            continue
+        path = os.path.join(folder, f"deployer-runtime-{uid}.id")
+        try:
+            if not os.path.lexists(path):
+                temp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
+                descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(descriptor, "w") as handle:
+                    handle.write(secrets.token_hex(16) + "\n")
+                try:
+                    os.link(temp, path)
+                except FileExistsError:
+                    pass  # another run made it first: use theirs
+                finally:
+                    os.unlink(temp)
+            status = os.lstat(path)
+            if status.st_uid != uid or status.st_mode & 0o077 or not os.path.isfile(path):
+                continue  # not ours alone: proves nothing
+            value = _read(path)
+        except OSError:
+            continue
+        if len(value) == 32 and all(ch in "0123456789abcdef" for ch in value):
+            return value
+    return ""
+
+
 def process_identity(pid: int) -> dict[str, str]:
-    """What identifies a process beyond its pid: this machine, this boot, the process's start time."""
+    """What identifies a process beyond its pid: this controller's runtime id, the process's start time,
+    and (for people reading the lock) the machine and boot ids."""
     stat = _read(f"/proc/{pid}/stat")
     start = stat.rsplit(")", 1)[-1].split()[19] if stat else ""
-    return {"machine": _read("/etc/machine-id"), "boot": _read("/proc/sys/kernel/random/boot_id"), "pid_start": start}
-
-
-def _gather_commands(inventory: Inventory, lock: FleetLock | None, history: int = 0) -> dict[str, str]:
-    """The gather command line for each deploy_to of the inventory (one lock info for all)."""
-    folders = {inventory.deploy_to_of(host) for host in inventory.hosts}
-    if lock is None:
-        return {folder: command_line("gather", folder, history=history or None) for folder in folders}
-    info = lock.info()
     return {
-        folder: command_line(
-            "gather", folder, lock="take", lock_token=lock.token, lock_info=info, history=history or None
-        )
-        for folder in folders
+        "runtime": runtime_id(),
+        "machine": _read("/etc/machine-id"),
+        "boot": _read("/proc/sys/kernel/random/boot_id"),
+        "pid_start": start,
     }
+
+
+MAX_HISTORY_LINES = 10000
+
+
+def _gather_options(lock: FleetLock | None, history: int = 0) -> dict[str, Any]:
+    """The gather options (one lock info for all hosts)."""
+    options: dict[str, Any] = {"history": str(min(max(0, history), MAX_HISTORY_LINES)) if history else ""}
+    if lock is not None:
+        options.update(lock="take", lock_token=lock.token, lock_info=lock.info())
+    return options
 
 
 def read_states(
@@ -117,14 +166,16 @@ def read_states(
     history: int = 0,
 ) -> tuple[dict[str, HostState], Unreachable]:
     """One `gather` session per host (taking the lock there when `lock` is given)."""
-    commands = _gather_commands(fleet.inventory, lock, history)
+    options = _gather_options(lock, history)
 
     def work(connection: HostConnection) -> HostState:
         deploy_to = fleet.inventory.deploy_to_of(connection.host)
-        result = connection.run(commands[deploy_to])
-        output = parse_output(result.output)
+        result = run_script(connection, "gather", deploy_to, **options)
+        output = result.output
         if result.exit_status != 0:
             raise StepFailed(connection.host.name, "reading state", result.exit_status, output.error_message())
+        if not output.has("deploy_to"):
+            raise ProtocolError(connection.host.name, "reading state", "no deploy_to record")
         return parse_state(connection.host.name, output, deploy_to)
 
     targets = None if hosts is None else [fleet.inventory.host(name) for name in hosts]
@@ -159,7 +210,10 @@ def _refusal(others: dict[str, LockState], waited: float) -> str:
 def acquire(
     fleet: Fleet, lock: FleetLock, progress: Progress, wait: float = 0.0
 ) -> tuple[dict[str, HostState], Unreachable]:
-    """Take the fleet lock and read every host's state (see the module docstring for the protocol)."""
+    """Take the fleet lock and read every host's state (see the module docstring for the protocol).
+
+    With `wait`, a held lock is tried again (a loop, about once a second) until `wait` seconds passed.
+    """
     deadline = time.monotonic() + wait
     unreachable: Unreachable = {}
     connecting = fleet.connect_all()
@@ -184,64 +238,28 @@ def acquire(
             progress.host(name, f"FAILED: {outcome.reason}")
     names = [host.name for host in fleet.inventory.hosts]
     rest = [name for name in names[names.index(lead) + 1 :] if name not in unreachable]
-    return _acquire_lead(fleet, lock, progress, lead, rest, unreachable, deadline, wait, states, lost)
-
-
-def _acquire_lead(
-    fleet: Fleet,
-    lock: FleetLock,
-    progress: Progress,
-    lead: str,
-    rest: list[str],
-    unreachable: Unreachable,
-    deadline: float,
-    wait: float,
-    states: dict[str, HostState],
-    lost: Unreachable,
-) -> tuple[dict[str, HostState], Unreachable]:
-    cleared = False
+    cleared: set[str] = set()  # hosts whose stale lock was removed: once each, never again and again
     while True:
         if lead in lost:
             unreachable.update(lost)
-            return _acquire_rest(fleet, lock, progress, rest, unreachable, deadline, wait)
-        others = _held_by_others(states)
+            lead_states: dict[str, HostState] = {}
+        else:
+            lead_states = states
+        others = _held_by_others(lead_states)
         if not others:
-            return _acquire_rest(fleet, lock, progress, rest, unreachable, deadline, wait, states)
-        if not cleared and _clear_stale(fleet, others, progress):
-            cleared = True  # once: a lock that does not go away is not retried forever
-            states, lost = read_states(fleet, progress, [lead], lock)
-            continue
-        if time.monotonic() >= deadline:
+            more, lost_rest = read_states(fleet, progress, rest, lock) if rest else ({}, {})
+            others = _held_by_others(more)
+            if not others:
+                unreachable.update(lost_rest)
+                return {**lead_states, **more}, unreachable
+            release(fleet, lock, progress)  # someone else holds part of the fleet: give ours back
+        if not cleared & set(others) and _clear_stale(fleet, others, progress):
+            cleared |= set(others)
+        elif time.monotonic() >= deadline:
             raise LockHeld(_refusal(others, wait))
-        time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
-        states, lost = read_states(fleet, progress, [lead], lock)
-
-
-def _acquire_rest(
-    fleet: Fleet,
-    lock: FleetLock,
-    progress: Progress,
-    rest: list[str],
-    unreachable: Unreachable,
-    deadline: float,
-    wait: float,
-    states: dict[str, HostState] | None = None,
-) -> tuple[dict[str, HostState], Unreachable]:
-    states = dict(states or {})
-    if rest:
-        more, lost = read_states(fleet, progress, rest, lock)
-        states.update(more)
-        unreachable.update(lost)
-    others = _held_by_others(states)
-    if others and _clear_stale(fleet, others, progress):
-        return acquire(fleet, lock, progress, max(0.0, deadline - time.monotonic()))
-    if others:
-        release(fleet, lock, progress)
-        if time.monotonic() < deadline:
+        else:
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
-            return acquire(fleet, lock, progress, deadline - time.monotonic())
-        raise LockHeld(_refusal(others, wait))
-    return states, unreachable
+        states, lost = read_states(fleet, progress, [lead], lock)
 
 
 def _clear_stale(fleet: Fleet, others: dict[str, LockState], progress: Progress) -> bool:
@@ -255,7 +273,7 @@ def _clear_stale(fleet: Fleet, others: dict[str, LockState], progress: Progress)
         progress.host(name, f"warning: removing a stale lock ({lock_state.describe()}: that process is gone)")
     options_of = {name: {"unlock": lock_state.token or "-"} for name, lock_state in others.items()}
     outcomes = run_finish(fleet, options_of, "removing a stale lock")
-    return not any(isinstance(outcome, HostError) for _name, outcome in outcomes)
+    return all(not isinstance(outcome, HostError) and outcome.has("unlocked") for _name, outcome in outcomes)
 
 
 def run_finish(
@@ -270,44 +288,56 @@ def run_finish(
     def work(connection: HostConnection) -> ScriptOutput:
         name = connection.host.name
         deploy_to = fleet.inventory.deploy_to_of(connection.host)
-        result = connection.run(command_line("finish", deploy_to, **options_of[name]))
-        output = parse_output(result.output)
+        result = run_script(connection, "finish", deploy_to, **options_of[name])
+        output = result.output
         if result.exit_status != 0:
             raise StepFailed(name, step, result.exit_status, output.error_message())
+        if not output.has("finished") and not output.has("deploy_to"):
+            raise ProtocolError(name, step, "no finished record")
         return output
 
     for host, outcome in fleet.map(work, [fleet.inventory.host(name) for name in sorted(options_of)]):
         yield host.name, outcome
 
 
-def release(fleet: Fleet, lock: FleetLock, progress: Progress, **finish: Any) -> dict[str, HostError]:
-    """Release our lock on every host where we still hold it (one `finish` session each)."""
+def release(
+    fleet: Fleet, lock: FleetLock, progress: Progress, hosts: Iterable[str] | None = None
+) -> dict[str, HostError]:
+    """Release our lock on every host where we hold it, or on `hosts` (compare-and-delete on our token).
+
+    A host counts as released only when it confirms (@unlocked, or no lock / another's lock there).
+    """
     failures: dict[str, HostError] = {}
-    options_of = {name: {"unlock": lock.token, **finish} for name in lock.held}
+    names = sorted(lock.held if hosts is None else set(hosts))
+    options_of = {name: {"unlock": lock.token} for name in names}
     for name, outcome in run_finish(fleet, options_of, "releasing the lock"):
         if isinstance(outcome, HostError):
             failures[name] = outcome
             progress.host(name, f"warning: lock not released: {outcome.reason}")
-        else:
+        elif outcome.has("unlocked") or outcome.has("lock_absent") or outcome.has("lock_changed"):
             lock.held.discard(name)
+        else:
+            reason = "; ".join(outcome.warnings()) or "the host did not confirm"
+            failures[name] = HostError(name, f"lock not released: {reason}")
+            progress.host(name, f"warning: lock not released: {reason}")
     return failures
 
 
 def is_stale(lock_state: LockState) -> bool | None:
     """True when the run that took the lock provably no longer exists; None when that cannot be known.
 
-    Provable only for locks taken on this machine (same machine id): the machine rebooted since,
-    or no process with that pid and start time runs. Hostnames alone prove nothing (CI runners
-    often share one).
+    Provable only for locks that name this controller's runtime id (this machine, this boot: see
+    `runtime_id`) and whose process (pid and start time) no longer runs. Anything else, a lock
+    from before a reboot included, cannot be judged from here: `inv unlock` is the way. The
+    machine id, the boot id and hostnames prove nothing on their own (clones and containers share them).
     """
     info = lock_state.info
     pid = info.get("pid") if info else None
-    if not info or not info.get("machine") or not isinstance(pid, int) or pid <= 0:
+    here = runtime_id()
+    if not info or not here or info.get("runtime") != here or not isinstance(pid, int) or pid <= 0:
         return None
-    here = process_identity(os.getpid())
-    if info.get("machine") != here["machine"]:
-        return None
-    if info.get("boot") != here["boot"]:
-        return True
+    identity = process_identity(os.getpid())
+    if info.get("machine") != identity["machine"] or info.get("boot") != identity["boot"]:
+        return None  # the runtime id says "here": anything else disagreeing means it cannot be trusted
     running = process_identity(pid)["pid_start"]
     return not running or running != info.get("pid_start")

@@ -9,6 +9,8 @@ killed process leaves it, and `inv lock-status` shows such a lock as stale.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -20,7 +22,7 @@ from deployer import plan as planning
 from deployer.errors import HostError, PlanRefused
 from deployer.fleet import Fleet
 from deployer.inventory import Inventory
-from deployer.lock import FleetLock, acquire, is_stale, read_states, release
+from deployer.lock import FleetLock, acquire, is_stale, read_states, release, run_finish
 from deployer.phases import (
     Run,
     Switched,
@@ -34,7 +36,8 @@ from deployer.phases import (
     switch,
 )
 from deployer.plan import HostPlan, Plan
-from deployer.release import Artifact, PreparedArtifact, check_release_id, new_release_id
+from deployer.protocol import ScriptOutput
+from deployer.release import Artifact, PreparedArtifact, check_release_id
 from deployer.report import (
     FAILED,
     OK,
@@ -90,18 +93,42 @@ def _locked_run(
             states, unreachable = acquire(fleet, lock, progress, options.lock_wait)
             yield run, states, unreachable, Phase("gather", time.monotonic() - started, not unreachable)
         except KeyboardInterrupt:
-            _interrupted(fleet, lock, progress)
+            with shielded_from_ctrl_c(progress):
+                _interrupted(fleet, lock, progress)
             raise
         finally:
             if lock.held:
                 release(fleet, lock, progress)
 
 
+@contextmanager
+def shielded_from_ctrl_c(progress: Progress) -> Iterator[None]:
+    """Clean-up after a Ctrl-C runs to its end: a further Ctrl-C is noted, not obeyed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        yield
+        return
+
+    def noted(_signum: int, _frame: object) -> None:
+        progress.say("still releasing the lock and reading where each host is; one moment")
+
+    signal.signal(signal.SIGINT, noted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _interrupted(fleet: Fleet, lock: FleetLock, progress: Progress) -> None:
-    """After Ctrl-C: release the lock, then say where each host is (steps already running on a host
-    finish there: each is atomic on its own)."""
-    progress.say("interrupted: releasing the lock, then reading where each host is")
-    release(fleet, lock, progress)
+    """After Ctrl-C: let the steps already running on hosts end (uploads stop at once), release our
+    lock wherever it may have been taken (every connected host, compare-and-delete on our token,
+    so a lock taken while the answer was in flight is released too), then say where each host is."""
+    progress.say("interrupted: waiting for running steps, releasing the lock, then reading where each host is")
+    fleet.settle()
+    release(fleet, lock, progress, hosts=set(fleet.connected()) | lock.held)
     states, unreachable = read_states(fleet, progress)
     for name in sorted(states):
         state = states[name]
@@ -194,42 +221,19 @@ def _dry_run_text(plan: Plan, host_plan: HostPlan) -> str:
 def _switch_result(host_plan: HostPlan, outcome: Switched | HostError) -> HostResult:
     if isinstance(outcome, HostError):
         return HostResult(host_plan.host, FAILED, host_plan.before, None, False, 0.0, outcome.reason)
+    warnings = "".join(f"; warning: {text}" for text in outcome.warnings)
     if outcome.failing:
         return HostResult(
-            host_plan.host, FAILED, host_plan.before, host_plan.target, True, outcome.seconds, outcome.failing
+            host_plan.host,
+            FAILED,
+            host_plan.before,
+            host_plan.target,
+            True,
+            outcome.seconds,
+            outcome.failing + warnings,
         )
-    return HostResult(host_plan.host, OK, host_plan.before, host_plan.target, True, outcome.seconds, outcome.health)
-
-
-def _resume_or_new_release_id(states: Mapping[str, HostState], digest: str) -> str:
-    """The id for deploying artifact `digest`: resume an interrupted deploy of it, reuse a good release
-    already staged from it on every host (no second copy), else a fresh fleet-wide id."""
-    current_with_digest = {
-        state.current
-        for state in states.values()
-        if state.current is not None
-        and (info := state.releases.get(state.current)) is not None
-        and info.digest == digest
-        and info.bad is None
-    }
-    if len(current_with_digest) == 1:
-        return next(iter(current_with_digest))
-
-    def good_everywhere(release_id: str) -> bool:
-        return all(
-            (info := state.releases.get(release_id)) is not None
-            and info.status == "ok"
-            and info.digest == digest
-            and info.bad is None
-            for state in states.values()
-        )
-
-    first = next(iter(states.values()), None)
-    ready = [info for info in first.releases.values() if good_everywhere(info.release_id)] if first else []
-    if ready:
-        return max(ready, key=lambda info: info.order_key).release_id
-    taken = {release for state in states.values() for release in state.releases}
-    return new_release_id(datetime.now(timezone.utc), digest, taken)
+    message = (outcome.health + warnings).lstrip("; ")
+    return HostResult(host_plan.host, OK, host_plan.before, host_plan.target, True, outcome.seconds, message)
 
 
 def _local_hook(
@@ -268,7 +272,7 @@ def run_deploy(
     lock is released and old releases are pruned; the drill's earlier phases keep both.
     """
     inventory, progress = run.inventory, run.progress
-    release = release_id or _resume_or_new_release_id(states, artifact.digest)
+    release = release_id or planning.choose_release_id(states, artifact.digest, datetime.now(timezone.utc))
     plan = planning.plan_deploy(
         inventory.deploy_to,
         states,
@@ -336,6 +340,7 @@ def run_deploy(
             schema=plan.schema,
             unpin=options.unpin,
             prune=plan.prune if final and last else {},
+            bad_on_failure=mark_info("deploy failed: its checks failed on this host after the switch"),
         )
         label = f"batch {index + 1}/{len(groups)}: " if len(groups) > 1 else ""
         progress.say(f"{label}switching {len(group)} host(s) to {release}")
@@ -367,8 +372,9 @@ def run_deploy(
             time.sleep(inventory.rollout.pause)
 
     if failure:
-        _revert(run, report, results, [acting[name] for name in attempted], release, failure)
-        finish(run, sorted(run.lock.held), mark_bad=release, bad_info=mark_info(f"deploy failed: {failure}"))
+        _revert(run, report, results, [acting[name] for name in attempted], release, failure, final)
+        if final:
+            finish(run, sorted(run.lock.held))  # only our lock: marks were written by the sessions that switched
         report.hosts = list(results.values())
         return report
 
@@ -397,6 +403,7 @@ def _revert(
     attempted: list[HostPlan],
     release: str,
     failure: str,
+    final: bool = True,
 ) -> None:
     """Put every host this rollout touched back on the release it had (the shared switch helper, mode revert)."""
     progress = run.progress
@@ -417,7 +424,7 @@ def _revert(
     request = SwitchRequest(
         mode="revert",
         operation="revert",
-        unlock=True,
+        unlock=final,
         mark_bad=release,
         bad_info=mark_info(f"deploy failed: {failure}"),
     )
@@ -454,12 +461,15 @@ def run_rollback(
     options: Options,
     final: bool = True,
     mark_bad: bool = True,
+    pin: bool = True,
 ) -> OperationReport:
     """Roll back a locked fleet whose state was just read: all hosts at once (a rollback is urgent).
 
     Each host: switch, verify, record, pin the fleet to the target, mark the release left bad,
     after_rollback hook, health check, unlock. Hosts that fail are reported; the others are not
-    held back by them.
+    held back by them. Pins, bad marks and history are written only by the switch sessions of
+    hosts that switched (a host that did not switch records nothing); the drill asks for no pin
+    and no bad mark at all.
     """
     inventory, progress = run.inventory, run.progress
     plan = planning.plan_rollback(
@@ -499,10 +509,8 @@ def run_rollback(
             return report
 
     bad = plan.mark_bad if mark_bad else None
-    common: dict[str, Any] = {"pin": pin_info(target, options.message or f"rolled back from {plan.mark_bad or '?'}")}
-    if bad:
-        common.update(mark_bad=bad, bad_info=mark_info(options.message or f"rolled back to {target}"))
     results = {h.host: _untouched_result(h, True) for h in plan.hosts if not h.changes}
+    outcomes: dict[str, Switched | HostError] = {}
     if to_switch:
         started = time.monotonic()
         progress.say(f"switching {len(to_switch)} host(s) back to {target}")
@@ -511,9 +519,9 @@ def run_rollback(
             operation="rollback",
             unlock=final,
             schema=plan.schema if plan.migration else None,
-            pin=common["pin"],
-            mark_bad=common.get("mark_bad", ""),
-            bad_info=common.get("bad_info", ""),
+            pin=pin_info(target, options.message or f"rolled back from {plan.mark_bad or '?'}") if pin else "",
+            mark_bad=bad or "",
+            bad_info=mark_info(options.message or f"rolled back to {target}") if bad else "",
         )
         outcomes = switch(run, to_switch, request)
         for host_plan in to_switch:
@@ -521,13 +529,15 @@ def run_rollback(
         report.phases.append(
             Phase("switch", time.monotonic() - started, all(results[h.host].status == OK for h in to_switch))
         )
-    others = sorted(name for name in states if name not in {h.host for h in to_switch})
-    finish(run, others, unlock=final, **common)
+    if final:
+        finish(run, sorted(run.lock.held))  # the lock only: hosts that did not switch record nothing
     report.hosts = list(results.values())
-    report.notes.append(
-        f"the fleet is pinned to {target}: `inv deploy` refuses until `inv unpin` (or `inv deploy --unpin`)"
-    )
-    if bad:
+    confirmed = [outcome for outcome in outcomes.values() if isinstance(outcome, Switched) and outcome.switched]
+    if any("pinned" in outcome.confirmed for outcome in confirmed):
+        report.notes.append(
+            f"the fleet is pinned to {target}: `inv deploy` refuses until `inv unpin` (or `inv deploy --unpin`)"
+        )
+    if bad and any("marked_bad" in outcome.confirmed for outcome in confirmed):
         report.notes.append(f"release {bad} is marked bad: rollback will not pick it again")
     if any(result.status == FAILED for result in report.hosts):
         report.notes.append("run `inv rollback` again once the failed hosts are back: it completes this rollback")
@@ -597,119 +607,150 @@ def _verify_phase(
     return states, unreachable, problems
 
 
+Check = Callable[[str], tuple[bool, str]]
+
+
+class _Drill:
+    """One rollback drill's phases over a locked fleet (the plan, `planning.plan_drill`, decided them)."""
+
+    def __init__(self, run: Run, artifact: Artifact, options: Options, check: Check | None) -> None:
+        self.run = run
+        self.artifact = artifact
+        self.options = options
+        self.check = check
+        self.report = OperationReport("rollback-drill", None)
+
+    def phase(self, name: str, detail: str, ok: bool, started: float, hosts: list[HostResult], expected: str) -> bool:
+        """Record a phase (after the independent testinfra checks, when it passed so far); True if it passed."""
+        if ok and self.check is not None and expected:
+            passed, checked = self.check(expected)  # the independent testinfra suite, over OpenSSH
+            if not passed:
+                ok, detail = False, f"{detail}; testinfra checks failed: {checked}"
+        seconds = time.monotonic() - started
+        self.report.phases.append(Phase(name, seconds, ok, detail, list(hosts)))
+        self.run.progress.say(f"drill phase {name}: {'PASS' if ok else 'FAIL'} in {seconds:.2f}s {detail}".rstrip())
+        return ok
+
+    def deploy(self, name: str, release: str, states: dict[str, HostState]) -> tuple[bool, dict[str, HostState]]:
+        started = time.monotonic()
+        self.run.drill_phase = name
+        result = run_deploy(self.run, self.artifact, release, states, {}, self.options, final=False)
+        self.report.warnings.extend(result.warnings)
+        fresh, _unreachable, problems = _verify_phase(self.run, {n: release for n in states})
+        if result.refusal:
+            return self.phase(name, f"refused: {result.refusal}", False, started, [], ""), fresh
+        merged = _merge(result, problems)
+        detail = f"release {release}" + _problem_text(problems)
+        return self.phase(name, detail, result.ok and not problems, started, merged.hosts, release), fresh
+
+    def rollback(self, target: str, states: dict[str, HostState]) -> tuple[bool, dict[str, HostState]]:
+        started = time.monotonic()
+        self.run.drill_phase = "rollback"
+        back = run_rollback(self.run, target, states, {}, self.options, final=False, mark_bad=False, pin=False)
+        fresh, _unreachable, problems = _verify_phase(self.run, {n: target for n in states})
+        if back.refusal:
+            return self.phase("rollback", f"refused: {back.refusal}", False, started, [], ""), fresh
+        back = _merge(back, problems)
+        detail = f"back to {target}" + _problem_text(problems)
+        return self.phase("rollback", detail, back.ok and not problems, started, back.hosts, target), fresh
+
+    def restore(self, baseline: str, states: dict[str, HostState]) -> dict[str, HostState]:
+        """Put every host that is not on the drill's starting release back on it (verified): a failed
+        drill never leaves the fleet worse than it found it."""
+        away = [
+            HostPlan(name, planning.SWITCH, state.current, baseline, expected_link=state.current_link)
+            for name, state in sorted(states.items())
+            if state.current != baseline
+        ]
+        if not away:
+            return states
+        started = time.monotonic()
+        self.run.drill_phase = "restore"
+        self.run.progress.say(f"drill failed: putting {len(away)} host(s) back on {baseline}")
+        outcomes = switch(self.run, away, SwitchRequest(mode="revert", operation="revert"))
+        results = [_switch_result(host_plan, outcomes[host_plan.host]) for host_plan in away]
+        fresh, _unreachable, problems = _verify_phase(self.run, {n: baseline for n in states})
+        detail = f"back on {baseline}" + _problem_text(problems)
+        seconds = time.monotonic() - started
+        self.report.phases.append(Phase("restore", seconds, not problems, detail, results))
+        self.run.progress.say(f"drill restore: {'done' if not problems else 'INCOMPLETE'} {detail}")
+        return fresh
+
+    def where(self, states: dict[str, HostState], baseline: str | None) -> list[HostResult]:
+        """Where each host ends (read back): the drill's final per-host result."""
+        return [
+            HostResult(
+                name,
+                OK if state.current in (baseline, self.report.target) and state.current else FAILED,
+                baseline,
+                state.current,
+                True,
+                0.0,
+                f"on {state.current or state.current_problem or 'no release'}",
+            )
+            for name, state in sorted(states.items())
+        ]
+
+
 def drill(
     inventory: Inventory,
     artifact_source: str,
     options: Options | None = None,
     progress: Progress | None = None,
-    check: Callable[[str], tuple[bool, str]] | None = None,
+    check: Check | None = None,
 ) -> OperationReport:
-    """Deploy, verify; roll back, verify each host is on its baseline; deploy again, verify.
+    """Deploy, verify; roll back to the starting release, verify; deploy again, verify.
 
-    The whole drill holds the fleet lock. Its rollback pins the fleet and its redeploy unpins it
-    on purpose; the drilled release is not marked bad (nothing was wrong with it).
+    The whole drill holds the fleet lock, pins nothing and marks nothing bad by itself. Its
+    releases are decided up front by the planner (`planning.plan_drill`); when the artifact is
+    already live the drill is live -> previous -> live. A failed phase puts every host back on
+    the release the drill found before it returns, and the report says where each host is.
     """
     options = options or Options()
     progress = progress or Progress()
-    report = OperationReport("rollback-drill", None)
     with (
         PreparedArtifact(artifact_source) as artifact,
-        _locked_run(inventory, "rollback-drill", options, progress) as (
-            run,
-            states,
-            unreachable,
-            _gathered,
-        ),
+        _locked_run(inventory, "rollback-drill", options, progress) as (run, states, unreachable, _gathered),
     ):
         started = time.monotonic()
-
-        def timed_phase(
-            name: str,
-            detail: str,
-            ok: bool,
-            started: float,
-            hosts: list[HostResult] | None = None,
-            expected: str | None = None,
-        ) -> None:
-            if ok and check is not None and expected:
-                passed, checked = check(expected)  # the independent testinfra suite, over OpenSSH
-                if not passed:
-                    ok, detail = False, f"{detail}; testinfra checks failed: {checked}"
-            seconds = time.monotonic() - started
-            report.phases.append(Phase(name, seconds, ok, detail, list(hosts or [])))
-            progress.say(f"drill phase {name}: {'PASS' if ok else 'FAIL'} in {seconds:.2f}s {detail}".rstrip())
-
-        without_release = sorted(name for name, state in states.items() if state.current is None)
-        if unreachable:
-            timed_phase("baseline", f"unreachable: {', '.join(sorted(unreachable))}", False, started)
-            report.hosts = [HostResult(n, FAILED, None, None, False, 0.0, r) for n, r in sorted(unreachable.items())]
-            return report
-        if without_release:
-            timed_phase("baseline", "", False, started)
-            raise PlanRefused(
-                f"the drill needs a baseline release on every host, and {', '.join(without_release)} "
-                "have none: run `inv deploy` once with the current version first"
-            )
-        baseline = {name: state.current for name, state in states.items()}
-        if len(set(baseline.values())) != 1:
-            timed_phase("baseline", "", False, started)
-            split = ", ".join(f"{name}={release}" for name, release in sorted(baseline.items()))
-            raise PlanRefused(f"the drill needs the whole fleet on one release; hosts differ: {split}")
-        pin = planning.fleet_pin(states)
-        if pin is not None:
-            timed_phase("baseline", "", False, started)
-            raise PlanRefused(
-                f"the fleet is {planning.describe_pin(pin)}: a drill would deploy over an incident's rollback; "
-                "run `inv unpin` first if the incident is over"
-            )
-        timed_phase(
+        plan = planning.plan_drill(
+            inventory.deploy_to, states, unreachable, artifact.digest, datetime.now(timezone.utc)
+        )
+        drilled = _Drill(run, artifact, options, check)
+        report = drilled.report
+        if plan.refusal:
+            drilled.phase("baseline", plan.refusal, False, started, [], "")
+            if unreachable:
+                report.hosts = [
+                    HostResult(n, FAILED, None, None, False, 0.0, r) for n, r in sorted(unreachable.items())
+                ]
+                return report
+            raise PlanRefused(plan.refusal)
+        baseline = plan.baseline
+        assert baseline is not None
+        report.target = plan.release_id
+        shape = f"live {baseline} -> {plan.rollback_to} -> {baseline}" if plan.live else f"fleet on {baseline}"
+        drilled.phase(
             "baseline",
-            f"fleet on {next(iter(baseline.values()))}",
+            shape,
             True,
             started,
-            [HostResult(n, UNCHANGED, r, r, True) for n, r in sorted(baseline.items())],
+            [HostResult(n, UNCHANGED, baseline, baseline, True) for n in sorted(states)],
+            "",
         )
-
-        def deploy_and_verify(
-            phase: str, states: dict[str, HostState], phase_options: Options, final: bool
-        ) -> tuple[OperationReport, dict[str, HostState]]:
-            started = time.monotonic()
-            result = run_deploy(run, artifact, None, states, {}, phase_options, final=final)
-            report.target = result.target
-            report.warnings.extend(result.warnings)
-            if result.refusal:
-                timed_phase(phase, f"refused: {result.refusal}", False, started)
-                return result, states
-            fresh, _unreachable, problems = _verify_phase(run, {n: result.target for n in baseline})
-            ok = result.ok and not problems
-            merged = _merge(result, problems)
-            detail = f"release {result.target}" + _problem_text(problems)
-            timed_phase(phase, detail, ok, started, merged.hosts, result.target)
-            ok = report.phases[-1].ok
-            if not ok and merged.ok:
-                merged.problems.append(report.phases[-1].detail)
-            return merged, fresh
-
-        first, states = deploy_and_verify("deploy", states, options, final=False)
-        if not first.ok:
-            report.hosts = first.hosts
-            return report
-
-        started = time.monotonic()
-        back = run_rollback(run, None, states, {}, options, final=False, mark_bad=False)
-        states, _unreachable, problems = _verify_phase(run, baseline)
-        ok = back.ok and not problems
-        back = _merge(back, problems)
-        timed_phase(
-            "rollback", f"back to {back.target}" + _problem_text(problems), ok, started, back.hosts, back.target
-        )
-        ok = report.phases[-1].ok
+        ok, states = drilled.deploy("deploy", plan.release_id, states)
+        if ok:
+            ok, states = drilled.rollback(plan.rollback_to, states)
+        if ok:
+            ok, states = drilled.deploy("redeploy", plan.release_id, states)
         if not ok:
-            report.hosts = back.hosts
-            return report
-
-        again, states = deploy_and_verify("redeploy", states, _with(options, unpin=True), final=True)
-        report.hosts = again.hosts
+            states = drilled.restore(baseline, states)
+        run.drill_phase = ""
+        prune = planning.plan_prune(
+            inventory.deploy_to, states, inventory.keep_releases, inventory.keep_failed_releases
+        )
+        finish(run, sorted(run.lock.held), prune=prune if ok else {})
+        report.hosts = drilled.where(states, baseline)
     return _counted(report, run.fleet)
 
 
@@ -825,7 +866,11 @@ def unlock(
     options: Options | None = None,
     progress: Progress | None = None,
 ) -> OperationReport:
-    """Remove a lock left behind (after `confirm` agrees), on every host that has one."""
+    """Remove the lock shown to the operator (after `confirm` agrees), on every host that has it.
+
+    Compare-and-delete on the token that was shown: a lock taken by a new run while the question
+    waited is left alone, and the report says so.
+    """
     options = options or Options()
     progress = progress or Progress()
     report = OperationReport("unlock", None)
@@ -835,28 +880,38 @@ def unlock(
         if not locked:
             report.notes.append("no host is locked")
         else:
-            description = next(iter(locked.values())).describe()
-            question = f"remove the lock ({description}) on {len(locked)} host(s): {', '.join(sorted(locked))}?"
-            if not confirm(question):
+            by_lock: dict[str, list[str]] = {}
+            for name, held in sorted(locked.items()):
+                by_lock.setdefault(held.describe(), []).append(name)
+            shown = "; ".join(f"{description} on {', '.join(names)}" for description, names in by_lock.items())
+            if not confirm(f"remove the lock ({shown})?"):
                 report.refusal = "not confirmed; nothing was changed"
             else:
-                lock = FleetLock("unlock")
-                run = Run(fleet, lock, progress)
-                failures = finish(run, sorted(locked), unlock=False, force_unlock="1")
-                for name in sorted(locked):
-                    report.hosts.append(
-                        HostResult(
-                            name,
-                            FAILED if name in failures else OK,
-                            states[name].current,
-                            states[name].current,
-                            True,
-                            0.0,
-                            failures.get(name, "lock removed"),
-                        )
-                    )
+                options_of = {name: {"unlock": held.token or "-"} for name, held in locked.items()}
+                for name, outcome in run_finish(fleet, options_of, "removing the lock"):
+                    report.hosts.append(_unlock_result(name, states[name], outcome))
         report.hosts += [HostResult(n, FAILED, None, None, False, 0.0, r) for n, r in sorted(unreachable.items())]
+    if any(result.status == REFUSED for result in report.hosts):
+        report.notes.append("a lock changed since it was shown and was left in place: run `inv unlock` again to see it")
     return report
+
+
+def _unlock_result(name: str, state: HostState, outcome: ScriptOutput | HostError) -> HostResult:
+    """What removing the shown lock did on one host, from the host's own confirmation records."""
+    current = state.current
+    if isinstance(outcome, HostError):
+        return HostResult(name, FAILED, current, current, False, 0.0, outcome.reason)
+    if outcome.has("unlocked"):
+        return HostResult(name, OK, current, current, True, 0.0, "lock removed")
+    if outcome.has("lock_absent"):
+        return HostResult(name, UNCHANGED, current, current, True, 0.0, "the lock was already gone")
+    changed = outcome.first("lock_changed")
+    if changed is not None:
+        return HostResult(
+            name, REFUSED, current, current, True, 0.0, "left in place: another lock was taken since it was shown"
+        )
+    reason = "; ".join(outcome.warnings()) or "the host did not confirm the removal"
+    return HostResult(name, FAILED, current, current, False, 0.0, f"lock not removed: {reason}")
 
 
 def _lock_summary(lock_state: LockState | None) -> dict[str, Any] | None:
@@ -949,7 +1004,46 @@ def history_entries(view: FleetView, limit: int) -> list[dict[str, Any]]:
     ]
     for item in ordered:
         item["hosts"].sort()
-    return ordered[:limit]
+    return _drills_as_one(ordered)[:limit]
+
+
+def _drills_as_one(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A drill's switches (entries carrying `drill`: its phase) as one entry, its phases inside in order."""
+    drills: dict[str, dict[str, Any]] = {}
+    shown: list[dict[str, Any]] = []
+    for entry in entries:
+        phase = entry.get("drill")
+        run_id = str(entry.get("run") or "")
+        if not phase or not run_id:
+            shown.append(entry)
+            continue
+        drill = drills.get(run_id)
+        if drill is None:
+            drill = {
+                "op": "rollback-drill",
+                "run": run_id,
+                "time": entry.get("time", ""),
+                "user": entry.get("user", ""),
+                "hosts": [],
+                "phases": [],
+                "result": "ok",
+            }
+            drills[run_id] = drill
+            shown.append(drill)
+        drill["time"] = min(str(drill["time"]), str(entry.get("time", "")))
+        drill["hosts"] = sorted(set(drill["hosts"]) | set(entry["hosts"]))
+        drill["phases"].insert(
+            0,
+            {key: entry.get(key) for key in ("drill", "op", "from", "to", "result", "time", "hosts") if key in entry},
+        )
+        if entry.get("result") not in (None, "ok"):
+            drill["result"] = "failed"
+    for drill in drills.values():
+        phases = drill["phases"]
+        drill["from"], drill["to"] = phases[0].get("from"), phases[-1].get("to")
+        if phases[-1].get("drill") == "restore":
+            drill["result"] = "failed (restored)"
+    return shown
 
 
 def releases_table(view: FleetView) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import math
 import os
 import posixpath
 import socket
@@ -27,6 +28,7 @@ from deployer.fleet import Fleet, HostConnection, MappedArtifact
 from deployer.inventory import Inventory
 from deployer.lock import FleetLock, local_user, run_finish, utc_now
 from deployer.plan import HostPlan
+from deployer.protocol import ProtocolError
 from deployer.release import Artifact
 from deployer.report import Progress
 from deployer.scripts import (
@@ -35,8 +37,8 @@ from deployer.scripts import (
     EXIT_BEFORE_SWITCH,
     EXIT_HEALTH,
     EXIT_VALIDATE,
-    command_line,
-    parse_output,
+    ScriptResult,
+    run_script,
 )
 from deployer.state import SchemaRecord
 
@@ -55,6 +57,7 @@ class Run:
     lock: FleetLock
     progress: Progress
     message: str = ""
+    drill_phase: str = ""  # set by the drill: its switches are recorded as phases of one drill
 
     @property
     def inventory(self) -> Inventory:
@@ -70,7 +73,9 @@ class Run:
         return env_block(self.inventory)
 
 
-def history_line(operation: str, before: str | None, target: str, message: str = "", run_id: str = "") -> str:
+def history_line(
+    operation: str, before: str | None, target: str, message: str = "", run_id: str = "", drill: str = ""
+) -> str:
     record: dict[str, Any] = {
         "run": run_id,  # the same on every host for one operation: `inv history` merges by it
         "time": utc_now(),
@@ -83,6 +88,8 @@ def history_line(operation: str, before: str | None, target: str, message: str =
     }
     if message:
         record["message"] = message
+    if drill:
+        record["drill"] = drill  # the drill phase: `inv history` shows one drill, with its phases
     return json.dumps(record, sort_keys=True)
 
 
@@ -112,6 +119,11 @@ def env_block(inventory: Inventory) -> bytes:
     return b"DEPLOYER-ENV %d\n" % len(lines) + lines
 
 
+def whole_seconds(seconds: float) -> str:
+    """A time limit for the remote scripts: whole seconds, rounded up (fractions are not POSIX `sleep`)."""
+    return str(max(1, math.ceil(seconds)))
+
+
 def schema_text(schema: SchemaRecord | None) -> str:
     return f"{schema.version} {schema.min_compatible} {schema.release}" if schema else ""
 
@@ -134,27 +146,33 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
 
     def work(connection: HostConnection) -> float:
         source = sources[connection.host.name]
-        command = command_line(
+        upload = [environment] + ([mapped.view] if source == planning.UPLOAD else [])
+        result = run_script(
+            connection,
             "stage",
             inventory.deploy_to_of(connection.host),
+            session_timeout=inventory.timeouts.stage,
+            upload=upload,
             release=release,
             digest=artifact.digest,
             source=source,
             validate=inventory.validate,
+            validate_timeout=whole_seconds(inventory.timeouts.validate),
             meta=meta,
             shared="\n".join(inventory.shared),
             env="1" if environment else "",
+            now=utc_now(),
         )
-        upload = [environment] + ([mapped.view] if source == planning.UPLOAD else [])
-        result = connection.run(command, timeout=inventory.timeouts.stage, upload=upload)
-        output = parse_output(result.output)
+        output = result.output
         if result.exit_status != 0:
             step = "validation" if result.exit_status == EXIT_VALIDATE else "staging"
             message = output.error_message()
-            if result.exit_status == EXIT_VALIDATE:
-                code = (output.first("validate_failed") or ["?"])[0]
-                tail = " | ".join(line.strip() for line in output.text[-3:] if line.strip())
+            failed = output.first("validate_failed")
+            if result.exit_status == EXIT_VALIDATE and failed is not None:
+                code, tail = failed[0], failed[1].strip()
                 message = f"`{inventory.validate}` exited {code}" + (f": {tail}" if tail else "")
+                if code == "124":
+                    message += f" (stopped after timeouts.validate = {inventory.timeouts.validate:g}s)"
             raise StepFailed(connection.host.name, step, result.exit_status, message, output.tail())
         if output.first("staged") != [release, artifact.digest]:
             raise StepFailed(connection.host.name, "staging", 0, "the host did not confirm the staged release")
@@ -168,6 +186,9 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
                 run.progress.host(host.name, f"FAILED: {outcome.reason}")
             else:
                 run.progress.host(host.name, f"staged and validated ({outcome:.2f}s)")
+    except BaseException:
+        run.fleet.settle()  # Ctrl-C: stop the uploads and wait for them before the map goes away
+        raise
     finally:
         mapped.close()
     return failures
@@ -187,6 +208,9 @@ class Switched:
     unlocked: bool = False
     pruned: list[str] = field(default_factory=list)
     health: str = ""
+    switched: bool = True  # False: it was already there (a revert rerun): nothing was recorded
+    confirmed: frozenset[str] = frozenset()  # records the host confirmed: pinned, marked_bad, history_written
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -196,6 +220,7 @@ class SwitchRequest:
     mode: str  # deploy | rollback | revert
     operation: str  # what the history calls it
     unlock: bool = False  # release our lock on success (or always, for rollbacks and reverts)
+    bad_on_failure: str = ""  # deploys: JSON of the bad mark a host writes when its own checks fail after switching
     schema: SchemaRecord | None = None
     pin: str = ""  # JSON of the pin to set
     unpin: bool = False
@@ -204,25 +229,27 @@ class SwitchRequest:
     prune: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def _switch_command(run: Run, host_plan: HostPlan, request: SwitchRequest) -> tuple[str, float]:
+def _switch_options(run: Run, host_plan: HostPlan, request: SwitchRequest) -> tuple[dict[str, Any], float]:
     inventory = run.inventory
     host = inventory.host(host_plan.host)
     target = host_plan.target or ""
     health = inventory.health_check
     options: dict[str, Any] = {
+        "now": utc_now(),
         "target": target,
         "expected": host_plan.expected_link,
         "mode": request.mode,
         "operation": request.operation,
         "previous": host_plan.previous_version if request.mode == "deploy" else "",
-        "history": history_line(request.operation, host_plan.before, target, run.message, run.run_id),
+        "history": history_line(request.operation, host_plan.before, target, run.message, run.run_id, run.drill_phase),
         "run": run.run_id,
-        "hook_timeout": f"{inventory.timeouts.hook:g}",
+        "hook_timeout": whole_seconds(inventory.timeouts.hook),
         "schema": schema_text(request.schema),
         "pin": request.pin,
         "unpin": "1" if request.unpin else "",
         "mark_bad": request.mark_bad,
         "bad_info": request.bad_info,
+        "bad_on_failure": request.bad_on_failure,
         "prune": " ".join(request.prune.get(host_plan.host, ())),
         "unlock": run.lock.token if request.unlock else "",
         "unlock_always": "1" if request.unlock and request.mode != "deploy" else "",
@@ -236,20 +263,21 @@ def _switch_command(run: Run, host_plan: HostPlan, request: SwitchRequest) -> tu
     if health is not None:
         options.update(
             health=health.command,
-            health_timeout=f"{health.timeout:g}",
+            health_timeout=whole_seconds(health.timeout),
             health_retries=str(health.retries),
             health_interval=f"{health.interval:g}",
         )
         timeout += health.worst_case_seconds
-    return command_line("switch", inventory.deploy_to_of(host), **options), timeout
+    return options, timeout
 
 
 def switch_host(connection: HostConnection, run: Run, host_plan: HostPlan, request: SwitchRequest) -> Switched:
     """Run the shared switch helper on one host and check its read-back against the plan."""
     target = host_plan.target or ""
-    command, timeout = _switch_command(run, host_plan, request)
-    result = connection.run(command, timeout=timeout, upload=[run.environment])
-    output = parse_output(result.output)
+    options, timeout = _switch_options(run, host_plan, request)
+    deploy_to = run.inventory.deploy_to_of(connection.host)
+    result = run_script(connection, "switch", deploy_to, session_timeout=timeout, upload=[run.environment], **options)
+    output = result.output
     status = result.exit_status
     name = connection.host.name
     if status not in (0, *SWITCHED_BUT_FAILING):
@@ -262,13 +290,20 @@ def switch_host(connection: HostConnection, run: Run, host_plan: HostPlan, reque
     link, resolved = ((output.first("after") or []) + ["", ""])[:2]
     if link != f"releases/{target}" or posixpath.basename(resolved) != target:
         raise StepFailed(name, "verification", 0, f"current reads back as {link!r} ({resolved!r}), not {target}")
+    if not output.has("switched") and not output.has("already"):
+        raise ProtocolError(name, "switch", "neither a switched nor an already record")
     switched = Switched(
         link,
         resolved,
         result.seconds,
-        unlocked=output.first("unlocked") is not None,
-        pruned=[fields[0] for fields in output.all("pruned") if fields],
+        unlocked=output.has("unlocked"),
+        pruned=[fields[0] for fields in output.all("pruned")],
+        switched=output.has("switched"),
+        confirmed=frozenset(key for key in ("pinned", "marked_bad", "history_written") if output.has(key)),
+        warnings=output.warnings(),
     )
+    if switched.switched and "history_written" not in switched.confirmed and not switched.warnings:
+        switched.warnings.append("the host did not confirm writing its history line")
     health = output.first("health")
     if health and health[0] == "ok":
         switched.health = f"healthy (attempt {health[1] if len(health) > 1 else '?'})"
@@ -316,7 +351,12 @@ def switch(run: Run, hosts: list[HostPlan], request: SwitchRequest) -> dict[str,
 
 
 def finish(run: Run, hosts: list[str], unlock: bool = True, **options: Any) -> dict[str, str]:
-    """Bad mark / pin / unpin / prune, then release our lock (when `unlock`), on `hosts`; failures by host."""
+    """Bad mark / pin / unpin / prune, then release our lock (when `unlock`), on `hosts`.
+
+    Returns failures by host, judged from the host's confirmation records (an error, a warning, or
+    a missing `unpinned`/`unlocked` confirmation is a failure), never from the exit status alone.
+    Hosts where there is nothing to do are not contacted.
+    """
     prune: Mapping[str, tuple[str, ...]] = options.pop("prune", {})
     failures: dict[str, str] = {}
     options_of = {
@@ -327,16 +367,28 @@ def finish(run: Run, hosts: list[str], unlock: bool = True, **options: Any) -> d
         }
         for name in hosts
     }
+    options_of = {name: wanted for name, wanted in options_of.items() if any(wanted.values())}
     for name, outcome in run_finish(run.fleet, options_of, "finishing"):
         if isinstance(outcome, HostError):
             failures[name] = outcome.reason
             run.progress.host(name, f"warning: {outcome.reason}")
             continue
-        if outcome.first("unlocked") is not None:
-            run.lock.held.discard(name)
-        pruned = [fields[0] for fields in outcome.all("pruned") if fields]
+        problems = outcome.warnings()
+        if options_of[name]["unlock"]:
+            if outcome.has("unlocked") or outcome.has("lock_absent") or outcome.has("lock_changed"):
+                run.lock.held.discard(name)
+            else:
+                problems.append("the lock was not confirmed released")
+        if options_of[name].get("unpin") and not (outcome.has("unpinned") or outcome.has("not_pinned")):
+            problems.append("the pin was not confirmed removed")
+        if options_of[name].get("mark_bad") and not outcome.has("marked_bad"):
+            problems.append(f"release {options_of[name]['mark_bad']} was not confirmed marked bad")
+        pruned = [fields[0] for fields in outcome.all("pruned")]
         if pruned:
             run.progress.host(name, f"pruned {len(pruned)} old release(s): {' '.join(pruned)}")
+        if problems:
+            failures[name] = "; ".join(problems)
+            run.progress.host(name, f"warning: {failures[name]}")
     return failures
 
 
@@ -348,26 +400,29 @@ def run_once(
 ) -> str:
     """Run `command` once in releases/`release` on `host`; "" on success, else why it failed."""
     inventory = run.inventory
-    line = command_line(
-        "run",
-        inventory.deploy_to_of(inventory.host(host)),
-        release=release,
-        name=name,
-        command=command,
-        timeout=f"{inventory.timeouts.migrate:g}",
-        schema_from="" if schema_from is None else str(schema_from),
-        schema_to="" if schema_to is None else str(schema_to),
-        run=run.run_id,
-        env="1" if run.environment else "",
-    )
+    options = {
+        "release": release,
+        "name": name,
+        "command": command,
+        "timeout": whole_seconds(inventory.timeouts.migrate),
+        "schema_from": "" if schema_from is None else str(schema_from),
+        "schema_to": "" if schema_to is None else str(schema_to),
+        "run": run.run_id,
+        "env": "1" if run.environment else "",
+        "now": utc_now(),
+    }
     environment = [run.environment]
-    for _host, outcome in run.fleet.map(
-        lambda connection: connection.run(line, timeout=inventory.timeouts.migrate + 10, upload=environment),
-        [inventory.host(host)],
-    ):
+    deploy_to = inventory.deploy_to_of(inventory.host(host))
+
+    def work(connection: HostConnection) -> ScriptResult:
+        return run_script(
+            connection, "run", deploy_to, session_timeout=inventory.timeouts.migrate + 10, upload=environment, **options
+        )
+
+    for _host, outcome in run.fleet.map(work, [inventory.host(host)]):
         if isinstance(outcome, HostError):
             return outcome.reason
-        output = parse_output(outcome.output)
+        output = outcome.output
         if outcome.exit_status != 0:
             ran = output.first("ran") or []
             detail = f"exit {ran[1]}" + (f": {ran[2]}" if len(ran) > 2 and ran[2] else "") if len(ran) > 1 else ""

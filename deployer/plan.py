@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from deployer.release import Manifest
+from deployer.release import Manifest, new_release_id
 from deployer.state import STATUS_FAILED, STATUS_OK, STATUS_VALIDATING, HostState, ReleaseInfo, SchemaRecord
 
 # Per-host actions.
@@ -207,6 +208,60 @@ def _release_path(deploy_to: str, release_id: str) -> str:
     return f"{deploy_to}/releases/{release_id}"
 
 
+def choose_release_id(states: Mapping[str, HostState], digest: str, now: datetime) -> str:
+    """The id for deploying artifact `digest`: resume an interrupted deploy of it, reuse a good release
+    already staged from it on every host (no second copy), else a fresh fleet-wide id."""
+    current_with_digest = {
+        state.current
+        for state in states.values()
+        if state.current is not None
+        and (info := state.releases.get(state.current)) is not None
+        and info.digest == digest
+        and info.bad is None
+    }
+    if len(current_with_digest) == 1:
+        return next(iter(current_with_digest))
+
+    def good_everywhere(release_id: str) -> bool:
+        return all(
+            (info := state.releases.get(release_id)) is not None
+            and info.status == STATUS_OK
+            and info.digest == digest
+            and info.bad is None
+            for state in states.values()
+        )
+
+    first = next(iter(states.values()), None)
+    ready = [info for info in first.releases.values() if good_everywhere(info.release_id)] if first else []
+    if ready:
+        return max(ready, key=lambda info: info.order_key).release_id
+    taken = {release for state in states.values() for release in state.releases}
+    return new_release_id(now, digest, taken)
+
+
+def describe_releases(states: Mapping[str, HostState], limit: int = 10) -> str:
+    """The releases present on the fleet, newest first, with when they were staged and on how many hosts."""
+    seen: dict[str, tuple[ReleaseInfo, int]] = {}
+    for state in states.values():
+        for release_id, info in state.releases.items():
+            known, count = seen.get(release_id, (info, 0))
+            seen[release_id] = (known, count + 1)
+    if not seen:
+        return "no host has any release"
+    ordered = sorted(seen.values(), key=lambda item: item[0].order_key, reverse=True)
+    parts = []
+    for info, count in ordered[:limit]:
+        staged = f"staged {info.staged_at[:19].replace('T', ' ')}" if info.staged_at else "not staged by this tool"
+        marks = [staged, f"on {count}/{len(states)} hosts"]
+        if info.bad is not None:
+            marks.append("BAD")
+        if any(state.current == info.release_id for state in states.values()):
+            marks.append("CURRENT")
+        parts.append(f"{info.release_id} ({', '.join(marks)})")
+    more = f", and {len(ordered) - limit} older" if len(ordered) > limit else ""
+    return "; ".join(parts) + more
+
+
 def plan_deploy(
     deploy_to: str,
     states: Mapping[str, HostState],
@@ -356,6 +411,20 @@ def _rolled_back_to(state: HostState) -> str | None:
     return None
 
 
+def _latest_rollback_targets(states: Mapping[str, HostState]) -> set[str]:
+    """Where the most recent rollback (by the controller's time it records) sent its hosts.
+
+    A host still on the target of an older, finished rollback is not part of an unfinished one.
+    More than one target means rollbacks that cannot be ordered: the caller refuses.
+    """
+    latest: dict[str, set[str]] = {}
+    for state in states.values():
+        target = _rolled_back_to(state)
+        if target is not None and state.last_op is not None:
+            latest.setdefault(str(state.last_op.get("time") or ""), set()).add(target)
+    return latest[max(latest)] if latest else set()
+
+
 def _describe_split(counts: Iterable[tuple[str | None, int]]) -> str:
     return ", ".join(f"{release or 'none'} on {count} host{'s' if count != 1 else ''}" for release, count in counts)
 
@@ -372,7 +441,7 @@ def choose_rollback_target(
       C's previousVersion is B): the target is the previousVersion that C records.
     """
     currents = Counter(state.current for state in states.values() if state.current is not None)
-    pending = {target for state in states.values() if (target := _rolled_back_to(state))}
+    pending = _latest_rollback_targets(states)
     if len(pending) > 1:
         return (
             None,
@@ -398,9 +467,11 @@ def choose_rollback_target(
         (current,) = currents
     elif len(currents) == 2:
         first, second = currents
-        if previous_by_current[first] == {second}:
+        first_after_second = previous_by_current[first] == {second}
+        second_after_first = previous_by_current[second] == {first}
+        if first_after_second and not second_after_first:
             current = first
-        elif previous_by_current[second] == {first}:
+        elif second_after_first and not first_after_second:
             current = second
         else:
             return (
@@ -485,6 +556,13 @@ def plan_rollback(
 
     warnings: list[str] = []
     refusal = ""
+    if to is not None and _release_anywhere(states, to) is None:
+        refusal = f"release {to} is not on any reachable host; the releases there, newest first: " + describe_releases(
+            states
+        )
+    elif not any(h.action == SWITCH for h in hosts) and any(h.action == REFUSE for h in hosts):
+        refused = "; ".join(f"{h.host}: {h.reason}" for h in hosts if h.action == REFUSE)
+        refusal = f"no host can be switched to {target} ({refused})"
     marks = bad_marks(states)
     if target in marks:
         warnings.append(f"release {target} is marked bad ({marks[target].get('why') or 'no reason given'})")
@@ -516,7 +594,7 @@ def plan_rollback(
         elif force:
             warnings.append(problem + "; rolling back anyway (--force)")
         else:
-            refusal = problem + (
+            refusal = refusal or problem + (
                 "; configure rollback_migrations to take the database back first, or use --force if it is compatible"
             )
     return Plan(
@@ -525,9 +603,86 @@ def plan_rollback(
         _held_back(hosts, refusal),
         refusal,
         tuple(warnings),
-        mark_bad=leaving[0] if leaving else None,
+        mark_bad=leaving[0] if leaving and not refusal else None,
         schema=new_schema,
         migration=migration,
         migration_from=recorded.version if recorded else None,
         migration_to=new_schema.version if migration and new_schema else None,
     )
+
+
+@dataclass(frozen=True)
+class DrillPlan:
+    """What a rollback drill will do: deploy `release_id`, roll back to `rollback_to`, deploy
+    `release_id` again; `baseline` is where the fleet is now and where a failed drill puts it back."""
+
+    baseline: str | None
+    release_id: str
+    rollback_to: str
+    live: bool = False  # the artifact is the live release: the drill is live -> previous -> live
+    refusal: str = ""
+
+
+def plan_drill(
+    deploy_to: str, states: Mapping[str, HostState], unreachable: Mapping[str, str], digest: str, now: datetime
+) -> DrillPlan:
+    """Decide a drill before anything changes (its preconditions, its releases, where it goes back to).
+
+    Refused (nothing changed) unless every host is reachable, on one release, and not pinned.
+    When the artifact is what the fleet already runs (a CI job retried), the drill exercises that
+    release's own previousVersion and comes back; it never goes further back than that.
+    """
+    if unreachable:
+        return DrillPlan(None, "", "", refusal=f"unreachable: {', '.join(sorted(unreachable))}")
+    without_release = sorted(name for name, state in states.items() if state.current is None)
+    if without_release:
+        return DrillPlan(
+            None,
+            "",
+            "",
+            refusal=f"the drill needs a baseline release on every host, and {', '.join(without_release)} "
+            "have none: run `inv deploy` once with the current version first",
+        )
+    baselines = {state.current for state in states.values()}
+    if len(baselines) != 1:
+        split = ", ".join(f"{name}={state.current}" for name, state in sorted(states.items()))
+        return DrillPlan(None, "", "", refusal=f"the drill needs the whole fleet on one release; hosts differ: {split}")
+    (baseline,) = baselines
+    assert baseline is not None
+    pin = fleet_pin(states)
+    if pin is not None:
+        return DrillPlan(
+            baseline,
+            "",
+            "",
+            refusal=f"the fleet is {describe_pin(pin)}: a drill would deploy over an incident's rollback; "
+            "run `inv unpin` first if the incident is over",
+        )
+    live = all(
+        (info := state.releases.get(baseline)) is not None and info.digest == digest for state in states.values()
+    )
+    if not live:
+        return DrillPlan(baseline, choose_release_id(states, digest, now), baseline)
+    target, why = choose_rollback_target(deploy_to, states, True)
+    if target is None or target == baseline:
+        return DrillPlan(
+            baseline,
+            baseline,
+            "",
+            live=True,
+            refusal=f"this artifact is already live (release {baseline}) and there is no earlier release to drill "
+            f"back to ({why or 'none recorded'}); nothing was changed",
+        )
+    missing = sorted(
+        name for name, state in states.items() if (info := state.releases.get(target)) is None or not info.usable
+    )
+    if missing:
+        return DrillPlan(
+            baseline,
+            baseline,
+            target,
+            live=True,
+            refusal=f"this artifact is already live (release {baseline}); its previous release {target} "
+            f"is missing or unusable on {', '.join(missing)}, so the drill cannot go back to it; nothing was changed",
+        )
+    return DrillPlan(baseline, baseline, target, live=True)

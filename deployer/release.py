@@ -28,7 +28,7 @@ RESERVED_NAMES = frozenset({"previousVersion"})
 
 
 def is_release_id(value: str) -> bool:
-    return bool(RELEASE_ID_RE.match(value)) and value not in {".", ".."}
+    return bool(RELEASE_ID_RE.fullmatch(value)) and value not in {".", ".."}
 
 
 def check_release_id(value: str) -> str:

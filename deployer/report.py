@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from deployer.errors import EXIT_HOSTS_FAILED, EXIT_OK, EXIT_REFUSED
+from deployer.sanitize import sanitize
 
 OK = "ok"  # changed as planned and verified
 UNCHANGED = "unchanged"  # already in the intended state
@@ -28,20 +29,22 @@ def set_secrets(values: list[str]) -> None:
     _secrets.update(value for value in values if len(value) >= 3)
 
 
-def redact(text: str) -> str:
+def shown(text: str) -> str:
+    """Text as it may be shown anywhere (terminal, plain lines, JSON, logs): secrets replaced by ***,
+    then control characters escaped and length capped (`deployer.sanitize`). The one boundary."""
     for value in sorted(_secrets, key=len, reverse=True):
         text = text.replace(value, REDACTED)
-    return text
+    return sanitize(text)
 
 
-def redact_data(data: Any) -> Any:
-    """`redact` applied to every string in JSON-like data (before encoding: escaping would hide values)."""
+def shown_data(data: Any) -> Any:
+    """`shown` applied to every string in JSON-like data (before encoding: escaping would hide values)."""
     if isinstance(data, str):
-        return redact(data)
+        return shown(data)
     if isinstance(data, dict):
-        return {redact_data(key): redact_data(value) for key, value in data.items()}
+        return {shown_data(key): shown_data(value) for key, value in data.items()}
     if isinstance(data, (list, tuple)):
-        return [redact_data(item) for item in data]
+        return [shown_data(item) for item in data]
     return data
 
 
@@ -155,18 +158,18 @@ def render_text(report: OperationReport, stream: TextIO | None = None) -> None:
                 line += f"  {result.seconds:.2f}s"
             if result.message:
                 line += f"  {result.message}"
-            out.write(redact(line.rstrip()) + "\n")
+            out.write(shown(line.rstrip()) + "\n")
     for warning in report.warnings:
-        out.write(redact(f"warning: {warning}") + "\n")
+        out.write(shown(f"warning: {warning}") + "\n")
     for note in report.notes:
-        out.write(redact(f"note: {note}") + "\n")
-    out.write(redact(report.verdict()) + "\n")
+        out.write(shown(f"note: {note}") + "\n")
+    out.write(shown(report.verdict()) + "\n")
     out.flush()
 
 
 def render_json(report: OperationReport, stream: TextIO | None = None) -> None:
     out = stream or sys.stdout
-    out.write(json.dumps(redact_data(report.to_dict()), indent=2, sort_keys=True) + "\n")
+    out.write(json.dumps(shown_data(report.to_dict()), indent=2, sort_keys=True) + "\n")
     out.flush()
 
 
@@ -180,7 +183,7 @@ class Progress:
     def say(self, message: str) -> None:
         log.info("%s", message)
         if not self.quiet:
-            self.stream.write(redact(message) + "\n")
+            self.stream.write(shown(message) + "\n")
             self.stream.flush()
 
     def host(self, host: str, message: str) -> None:
@@ -210,12 +213,12 @@ def write_junit(report: OperationReport, path: str) -> None:
             good = result.status in GOOD_STATUSES and (phase.ok or bool(phase.hosts))
             if not good:
                 failure = ElementTree.SubElement(
-                    case, "failure", message=redact(result.message or phase.detail or "failed")
+                    case, "failure", message=shown(result.message or phase.detail or "failed")
                 )
-                failure.text = redact(f"{result.host}: {result.status} {result.before or '-'} -> {result.after or '-'}")
+                failure.text = shown(f"{result.host}: {result.status} {result.before or '-'} -> {result.after or '-'}")
             else:
                 out = ElementTree.SubElement(case, "system-out")
-                out.text = redact(f"{result.before or '-'} -> {result.after or '-'} {result.message}".strip())
+                out.text = shown(f"{result.before or '-'} -> {result.after or '-'} {result.message}".strip())
             cases.append(case)
     failures = sum(1 for case in cases if case.find("failure") is not None)
     suite = ElementTree.Element(

@@ -11,14 +11,14 @@ import os
 import sys
 from datetime import datetime, timezone
 
-from deployer.report import redact
+from deployer.report import shown
 
 FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
 
 
 class _Redacting(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage())
+        record.msg = shown(record.getMessage())
         record.args = None
         return True
 

@@ -2,15 +2,22 @@
 
 Each script is sent inline as one `sh -c` exec request: the deploy folder, then `name=value`
 options, each quoted, so a phase costs exactly one SSH session per host and no file is left behind.
-Scripts print records (`@key<TAB>field...`); everything else they print is for humans.
+Scripts answer in records on stdout (`deployer.protocol`); stderr is for humans.
 """
 
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import TYPE_CHECKING
+
+from deployer.protocol import ScriptOutput, parse_output
+
+if TYPE_CHECKING:
+    from deployer.fleet import HostConnection
 
 EXIT_USAGE = 10
 EXIT_REFUSED = 20
@@ -58,40 +65,29 @@ def command_line(script: str, deploy_to: str, /, **options: str | int | float | 
     return f"sh -c {shlex.quote(script_source(script))} deployer-{script} {quoted}"
 
 
-@dataclass
-class ScriptOutput:
-    """What a script printed, split into records and free text."""
+@dataclass(frozen=True)
+class ScriptResult:
+    """A remote script's exit status and its strictly parsed answer."""
 
-    records: list[tuple[str, list[str]]] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
-
-    def first(self, key: str) -> list[str] | None:
-        for record_key, fields in self.records:
-            if record_key == key:
-                return fields
-        return None
-
-    def all(self, key: str) -> list[list[str]]:
-        return [fields for record_key, fields in self.records if record_key == key]
-
-    def error_message(self) -> str:
-        error = self.first("error")
-        if error and len(error) >= 2:
-            return error[1]
-        lines = [line for line in self.text if line.strip()]
-        return lines[-1].strip() if lines else "no output"
-
-    def tail(self, lines: int = 20) -> str:
-        return "\n".join(self.text[-lines:])
+    exit_status: int
+    output: ScriptOutput
+    seconds: float
 
 
-def parse_output(raw: str) -> ScriptOutput:
-    """Split script output into `@key` records and the rest."""
-    output = ScriptOutput()
-    for line in raw.splitlines():
-        if line.startswith("@") and len(line) > 1:
-            key, *fields = line[1:].split("\t")
-            output.records.append((key, fields))
-        else:
-            output.text.append(line)
-    return output
+def run_script(
+    connection: HostConnection,
+    script: str,
+    deploy_to: str,
+    /,
+    session_timeout: float | None = None,
+    upload: Sequence[bytes | memoryview] | None = None,
+    **options: str | int | float | None,
+) -> ScriptResult:
+    """Run remote script `script` on one host in one session; its answer parsed by the protocol.
+
+    Raises a HostError (unreachable, timeout, ProtocolError) when there is no valid answer.
+    """
+    command = command_line(script, deploy_to, **options)
+    result = connection.run(command, timeout=session_timeout, upload=upload, step=script)
+    output = parse_output(result.stdout, result.stderr, connection.host.name, script)
+    return ScriptResult(result.exit_status, output, result.seconds)

@@ -129,7 +129,8 @@ def _json_object(text: str) -> dict[str, Any] | None:
 
 
 def _int_or_none(text: str) -> int | None:
-    return int(text) if text.isdigit() else None
+    """A non-negative decimal number written by the tool; anything else (host text) is None."""
+    return int(text) if 0 < len(text) <= 18 and text.isascii() and text.isdigit() else None
 
 
 def _parse_lock(output: ScriptOutput) -> LockState | None:
@@ -139,19 +140,21 @@ def _parse_lock(output: ScriptOutput) -> LockState | None:
     if record[0] == "taken":
         return LockState(True, {})
     token = record[1] if len(record) > 1 else ""
-    return LockState(False, _json_object("\t".join(record[2:])) or {}, token)
+    return LockState(False, _json_object(record[2]) or {} if len(record) > 2 else {}, token)
 
 
 def _parse_releases(output: ScriptOutput, deploy_to: str, notes: list[str]) -> dict[str, ReleaseInfo]:
-    previous = {fields[0]: "\t".join(fields[1:]) for fields in output.all("release_previous") if fields}
-    bad = {fields[0]: _json_object("\t".join(fields[1:])) or {"why": "unreadable mark"} for fields in output.all("bad")}
+    previous = {fields[0]: fields[1] for fields in output.all("release_previous")}
+    bad = {fields[0]: _json_object(fields[1]) or {"why": "unreadable mark"} for fields in output.all("bad")}
     releases: dict[str, ReleaseInfo] = {}
-    for fields in output.all("release"):
-        release_id = fields[0] if fields else ""
+    for record in output.all("release"):
+        release_id = record[0]
         if not is_release_id(release_id):
             notes.append(f"ignored a folder in releases/ with an invalid name: {release_id!r}")
             continue
-        fields = fields + [""] * (6 - len(fields))
+        # The meta line: status digest staged_at schema min_schema (space-separated, as stage writes it).
+        meta = record[1].split(" ")
+        fields = [release_id, *meta[:5]] + [""] * max(0, 5 - len(meta))
         status = fields[1] or STATUS_UNMANAGED
         digest = fields[2] if fields[2] != "-" else ""
         staged_at = fields[3] if fields[3] != "-" else ""
@@ -180,7 +183,7 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
     if deploy_to_record[0] != "present":
         return HostState(host=host, hostname=hostname, deploy_to=deploy_to, lock=lock)
 
-    releases_dir = "\t".join(output.first("releases_dir") or [])
+    releases_dir = (output.first("releases_dir") or [""])[0]
     releases = _parse_releases(output, deploy_to, notes)
 
     current_kind, current_link, current, problem = "missing", "", None, ""
@@ -188,8 +191,8 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
     record = output.first("current") or ["missing"]
     if record[0] == "link":
         current_kind = "link"
-        current_link = "\t".join(record[1:])
-        resolved = "\t".join(output.first("current_resolved") or [])
+        current_link = record[1] if len(record) > 1 else ""
+        resolved = (output.first("current_resolved") or [""])[0]
         if output.first("current_dangling") is not None:
             problem = f"current is a dangling link to {current_link!r}"
         elif (
@@ -200,7 +203,7 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
             problem = f"current points outside {deploy_to}/releases/: {current_link!r}"
         previous = output.first("previous_version")
         if previous is not None:
-            previous_raw = "\t".join(previous)
+            previous_raw = previous[0]
     elif record[0] == "notlink":
         current_kind = "notlink"
         problem = f"{deploy_to}/current is not a symlink (a real folder or file)"
@@ -208,13 +211,13 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
     last_op: Mapping[str, Any] | None = None
     last = output.first("last_op")
     if last is not None:
-        last_op = _json_object("\t".join(last))
+        last_op = _json_object(last[0])
         if last_op is None:
             notes.append("the last switch recorded in .deployer/history.jsonl is not valid JSON")
     history: list[Mapping[str, Any]] = []
     unreadable = 0
     for fields in output.all("history"):
-        entry = _json_object("\t".join(fields))
+        entry = _json_object(fields[0])
         if entry is None:
             unreadable += 1
         else:
@@ -224,14 +227,14 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
     pin: Mapping[str, Any] | None = None
     pin_record = output.first("pin")
     if pin_record is not None:
-        pin = _json_object("\t".join(pin_record))
+        pin = _json_object(pin_record[0])
         if pin is None or not is_release_id(str(pin.get("release", ""))):
             notes.append(".deployer/pin is unreadable; treating the fleet as pinned to an unknown release")
             pin = {"release": None, "why": "unreadable pin file"}
     schema: SchemaRecord | None = None
     schema_record = output.first("schema")
     if schema_record is not None:
-        fields = schema_record + ["", "", ""]
+        fields = schema_record[0].split(" ") + ["", "", ""]
         version, floor = _int_or_none(fields[0]), _int_or_none(fields[1])
         if version is None or floor is None:
             notes.append(".deployer/schema is unreadable; ignoring it")
@@ -252,7 +255,7 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
         releases=releases,
         last_op=last_op,
         cached_digests=frozenset(fields[0] for fields in output.all("cached") if fields),
-        free_kb=int(free) if free.isdigit() else None,
+        free_kb=_int_or_none(free),
         lock=lock,
         pin=pin,
         schema=schema,

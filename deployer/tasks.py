@@ -83,7 +83,7 @@ class Common:
 
     def run(self, task_name: str, action: Callable[[], int]) -> None:
         """Run the task's action with logging set up (-v, the run log) and user errors mapped to exit codes."""
-        cli.guarded(action, task_name, self.verbose)
+        cli.guarded(action, task_name, self.verbose, self.json)
 
 
 def _names(value: str | None) -> tuple[str, ...]:
@@ -141,8 +141,12 @@ def deploy(
     unpin: bool = False,
 ) -> None:
     """Stage a release on every host, validate it, then switch `current` atomically (in batches) and verify."""
-    options = common.options(dry_run, force=force, unpin=unpin)
-    common.run("deploy", lambda: cli.deploy(common.inventory, artifact, release, options, common.json))
+    common.run(
+        "deploy",
+        lambda: cli.deploy(
+            common.inventory, artifact, release, common.options(dry_run, force=force, unpin=unpin), common.json
+        ),
+    )
 
 
 @fleet_task(
@@ -155,8 +159,9 @@ def deploy(
 )
 def rollback(c: Context, common: Common, to: str | None = None, dry_run: bool = False, force: bool = False) -> None:
     """Point `current` back to the previous release on every host in parallel, verify, pin, mark bad."""
-    options = common.options(dry_run, force=force)
-    common.run("rollback", lambda: cli.rollback(common.inventory, to, options, common.json))
+    common.run(
+        "rollback", lambda: cli.rollback(common.inventory, to, common.options(dry_run, force=force), common.json)
+    )
 
 
 @fleet_task(
@@ -171,8 +176,9 @@ def rollback_drill(
     c: Context, common: Common, artifact: str | None = None, junit: str | None = None, verify: bool = True
 ) -> None:
     """Deploy the artifact, roll back, deploy again, verifying each step (integration fleets)."""
-    options = common.options()
-    common.run("rollback-drill", lambda: cli.drill(common.inventory, artifact, options, common.json, junit, verify))
+    common.run(
+        "rollback-drill", lambda: cli.drill(common.inventory, artifact, common.options(), common.json, junit, verify)
+    )
 
 
 @fleet_task()
@@ -208,15 +214,13 @@ def unlock(c: Context, common: Common, yes: bool = False) -> None:
 @fleet_task(locking=True)
 def unpin(c: Context, common: Common) -> None:
     """Allow deploys again after a rollback pinned the fleet."""
-    options = common.options()
-    common.run("unpin", lambda: cli.unpin(common.inventory, options, common.json))
+    common.run("unpin", lambda: cli.unpin(common.inventory, common.options(), common.json))
 
 
 @fleet_task(locking=True, help={"dry-run": "show what would be removed, change nothing"})
 def prune(c: Context, common: Common, dry_run: bool = False) -> None:
     """Remove releases beyond keep_releases (never current, previous, pinned, or in use anywhere)."""
-    options = common.options(dry_run)
-    common.run("prune", lambda: cli.prune(common.inventory, options, common.json))
+    common.run("prune", lambda: cli.prune(common.inventory, common.options(dry_run), common.json))
 
 
 @fleet_task(
@@ -227,8 +231,7 @@ def prune(c: Context, common: Common, dry_run: bool = False) -> None:
 )
 def verify(c: Context, common: Common, release: str | None = None, junit: str | None = None) -> None:
     """Check every host over OpenSSH (testinfra): current, previousVersion, lock, shared paths, health."""
-    options = common.options()
-    common.run("verify", lambda: cli.verify(common.inventory, release, junit, options, common.json))
+    common.run("verify", lambda: cli.verify(common.inventory, release, junit, common.options(), common.json))
 
 
 @task(
@@ -250,13 +253,13 @@ def fleet_up(
     json: bool = False,
 ) -> None:
     """Start a local fleet of real sshd hosts (root; installs openssh-server if missing)."""
-    cli.guarded(lambda: cli.fleet_up(hosts, state_dir, subnet, port, json), "fleet-up")
+    cli.guarded(lambda: cli.fleet_up(hosts, state_dir, subnet, port, json), "fleet-up", as_json=json)
 
 
 @task(name="fleet-down", help={"state-dir": "the fleet's folder (default: .fleet)", "json": COMMON_HELP["json"]})
 def fleet_down(c: Context, state_dir: str | None = None, json: bool = False) -> None:
     """Stop the local fleet's hosts (only the processes it started)."""
-    cli.guarded(lambda: cli.fleet_down(state_dir, json), "fleet-down")
+    cli.guarded(lambda: cli.fleet_down(state_dir, json), "fleet-down", as_json=json)
 
 
 @task(
@@ -271,7 +274,7 @@ def vagrant_inventory(
     c: Context, ssh_config: str | None = None, out: str = "inventories/vagrant.yml", json: bool = False
 ) -> None:
     """Write an inventory (and known_hosts, by ssh-keyscan) for the Vagrant fleet in vagrant/."""
-    cli.guarded(lambda: cli.vagrant_inventory(ssh_config, out, json), "vagrant-inventory")
+    cli.guarded(lambda: cli.vagrant_inventory(ssh_config, out, json), "vagrant-inventory", as_json=json)
 
 
 @task(
@@ -280,7 +283,7 @@ def vagrant_inventory(
 )
 def build_sample(c: Context, version: str = "v1", out: str = "dist/app.tar.gz", json: bool = False) -> None:
     """Pack the sample app from sample-app/ with the given VERSION."""
-    cli.guarded(lambda: cli.print_built_sample(version, out, json), "build-sample")
+    cli.guarded(lambda: cli.print_built_sample(version, out, json), "build-sample", as_json=json)
 
 
 @task

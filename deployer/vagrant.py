@@ -34,7 +34,7 @@ def parse_ssh_config(text: str) -> list[SshHost]:
         if not current:
             return
         alias = current.get("host", "")
-        if not NAME_RE.match(alias):
+        if not NAME_RE.fullmatch(alias):
             raise InputError(f"ssh config: host alias {alias!r} is not a usable host name")
         if "hostname" not in current or "identityfile" not in current:
             raise InputError(f"ssh config: host {alias} has no HostName or IdentityFile")

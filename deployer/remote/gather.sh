@@ -56,8 +56,7 @@ for dir in releases/*/; do
         first_line ".deployer/meta/$id"
         meta=$line
     fi
-    # shellcheck disable=SC2086  # the meta line's fields become separate record fields
-    emit release "$id" $meta
+    emit release "$id" "$meta"
     if [ -f "releases/$id/previousVersion" ]; then
         first_line "releases/$id/previousVersion"
         emit release_previous "$id" "$line"
@@ -73,16 +72,18 @@ if [ -f .deployer/pin ]; then
 fi
 if [ -f .deployer/schema ]; then
     first_line .deployer/schema
-    # shellcheck disable=SC2086
-    emit schema $line
+    emit schema "$line"
 fi
 if [ -f .deployer/history.jsonl ]; then
-    last=$(awk '/"op": "(deploy|rollback|revert)"/ { last = $0 } END { print last }' .deployer/history.jsonl)
+    # The history is bounded (rotated at 1 MiB, each rotation starting with a switch): its tail
+    # holds the last switch; lines are cut at 16 KiB so no line can flood this answer.
+    last=$(tail -n 2000 .deployer/history.jsonl | cut -b 1-16384 |
+        awk '/"op": "(deploy|rollback|revert)"/ { last = $0 } END { print last }')
     if [ -n "$last" ]; then
         emit last_op "$last"
     fi
     if [ "$opt_history" -gt 0 ] 2>/dev/null; then
-        tail -n "$opt_history" .deployer/history.jsonl | while IFS= read -r line; do
+        tail -n "$opt_history" .deployer/history.jsonl | cut -b 1-16384 | while IFS= read -r line; do
             emit history "$line"
         done
     fi

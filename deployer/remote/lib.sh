@@ -15,12 +15,24 @@ LC_ALL=C
 export LC_ALL
 umask 022
 
+# A newline and a tab, for the field escaping in emit (literal, so no process is started for them).
+NL='
+'
+TAB='	'
+
 emit() {
-    # emit KEY FIELD...: one tab-separated record line.
-    key=$1
+    # emit NAME FIELD...: one record line on stdout (the protocol of deployer/protocol.py). Each
+    # field is escaped (\ -> \\, tab -> \t, newline -> \n) so no text from this host can end a
+    # field or a record; the common case (nothing to escape) starts no process.
+    printf '@%s' "$1"
     shift
-    printf '@%s' "$key"
     for field in "$@"; do
+        case $field in
+            *\\* | *"$TAB"* | *"$NL"*)
+                field=$(printf '%s.' "$field" | sed -e ':a' -e '$!N' -e '$!ba' \
+                    -e 's/\\/\\\\/g' -e "s/$TAB/\\\\t/g" -e 's/\n/\\n/g')
+                field=${field%.} ;;
+        esac
         printf '\t%s' "$field"
     done
     printf '\n'
@@ -128,16 +140,30 @@ release_status() {
     fi
 }
 
+HISTORY_MAX_BYTES=1048576
+
 record_history() {
-    # record_history JSON: append one line to the host's history (never fatal: the switch already happened).
-    if ! { { [ -d .deployer ] || mkdir -p .deployer; } && printf '%s\n' "$1" >> .deployer/history.jsonl; }; then
+    # record_history JSON [rotate]: append one line to the host's history (never fatal: the switch
+    # already happened). With "rotate" (switches only: @history_written confirms it), a history over
+    # HISTORY_MAX_BYTES first becomes history.1.jsonl, so it stays bounded and the new file starts
+    # with this switch.
+    [ -d .deployer ] || mkdir -p .deployer
+    if [ "${2:-}" = rotate ] && [ -f .deployer/history.jsonl ]; then
+        rh_size=$(wc -c < .deployer/history.jsonl)
+        if [ "${rh_size:-0}" -gt "$HISTORY_MAX_BYTES" ] 2>/dev/null; then
+            mv -f .deployer/history.jsonl .deployer/history.1.jsonl || emit warning "history not rotated"
+        fi
+    fi
+    if printf '%s\n' "$1" >> .deployer/history.jsonl; then
+        [ "${2:-}" != rotate ] || emit history_written
+    else
         emit warning "history not written (disk full?)"
     fi
 }
 
 history_event() {
     # history_event OP RELEASE RESULT DETAIL: a non-switch event (hook, health check) in the history.
-    record_history "{\"op\": \"$1\", \"release\": \"$2\", \"result\": \"$3\", \"detail\": \"$(json_text "$4")\", \"run\": \"$(json_text "${opt_run:-}")\", \"time\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\"}"
+    record_history "{\"op\": \"$1\", \"release\": \"$2\", \"result\": \"$3\", \"detail\": \"$(json_text "$4")\", \"run\": \"$(json_text "${opt_run:-}")\", \"time\": \"$(json_text "${opt_now:-}")\"}"
 }
 
 json_text() {
@@ -181,15 +207,25 @@ $2"; then
 }
 
 lock_release() {
-    # lock_release TOKEN: remove the lock only if it is ours ("*" removes any lock: inv unlock).
-    [ -d .deployer/lock ] || return 0
-    if [ "$1" = "*" ] || [ "$(lock_token)" = "$1" ]; then
-        [ ! -e .deployer/lock.gone ] || rm -rf .deployer/lock.gone
-        if mv .deployer/lock .deployer/lock.gone && rm -rf .deployer/lock.gone; then
-            emit unlocked
-        else
-            emit warning "could not remove the lock"
-        fi
+    # lock_release TOKEN: remove the lock only if it holds TOKEN (compare-and-delete; "-" stands for
+    # a lock without a token: no info file yet). @unlocked confirms; @lock_changed TOKEN says whose
+    # lock is there instead (left alone); @lock_absent that there is none.
+    if [ ! -d .deployer/lock ]; then
+        emit lock_absent
+        return 0
+    fi
+    lr_want=$1
+    [ "$lr_want" != - ] || lr_want=
+    lr_have=$(lock_token)
+    if [ "$lr_have" != "$lr_want" ]; then
+        emit lock_changed "$lr_have"
+        return 0
+    fi
+    [ ! -e .deployer/lock.gone ] || rm -rf .deployer/lock.gone
+    if mv .deployer/lock .deployer/lock.gone && rm -rf .deployer/lock.gone; then
+        emit unlocked
+    else
+        emit warning "could not remove the lock"
     fi
 }
 
@@ -201,11 +237,27 @@ run_command() {
         run_as_root "$@"
         return
     fi
+    (cd "$1" && run_bounded "$2" sh -c "$4") > "$3" 2>&1 < /dev/null
+}
+
+run_bounded() {
+    # run_bounded SECONDS COMMAND...: COMMAND, stopped (TERM, KILL 5 s later) after SECONDS.
+    # timeout(1) where the host has it; otherwise a watchdog in the background (POSIX only).
     if command -v timeout >/dev/null 2>&1; then
-        (cd "$1" && exec timeout -k 5 "$2" sh -c "$4") > "$3" 2>&1 < /dev/null
-    else
-        (cd "$1" && exec sh -c "$4") > "$3" 2>&1 < /dev/null
+        timeout -k 5 "$@"
+        return
     fi
+    rb_seconds=$1
+    shift
+    "$@" &
+    rb_pid=$!
+    (sleep "$rb_seconds"; kill -TERM "$rb_pid" 2>/dev/null && sleep 5 && kill -KILL "$rb_pid" 2>/dev/null) \
+        > /dev/null 2>&1 < /dev/null &
+    rb_watchdog=$!
+    wait "$rb_pid"
+    rb_code=$?
+    kill "$rb_watchdog" 2>/dev/null
+    return "$rb_code"
 }
 
 # Run as root by sudo: the wrapper loads the variables the command should see from a file only
@@ -306,9 +358,19 @@ mark_bad() {
 set_pin() {
     # set_pin JSON | set_pin "": pin the fleet to a release, or remove the pin.
     if [ -n "$1" ]; then
-        mkdir -p .deployer && write_file .deployer/pin "$1" && emit pinned
-    elif [ -f .deployer/pin ]; then
-        rm -f .deployer/pin && emit unpinned
+        if mkdir -p .deployer && write_file .deployer/pin "$1"; then
+            emit pinned
+        else
+            emit warning "could not write the pin (disk full?)"
+        fi
+    elif [ -f .deployer/pin ] || [ -L .deployer/pin ]; then
+        if rm -f .deployer/pin; then
+            emit unpinned
+        else
+            emit warning "could not remove the pin"
+        fi
+    else
+        emit not_pinned
     fi
 }
 

@@ -7,7 +7,7 @@
 # shellcheck disable=SC2154  # opt_* are set by parse_options
 deploy_to=$1
 shift
-opt_release='' opt_digest='' opt_source=upload opt_validate='' opt_meta='' opt_shared=''
+opt_release='' opt_digest='' opt_source=upload opt_validate='' opt_validate_timeout=900 opt_meta='' opt_shared=''
 parse_options "$@"
 read_env
 release_id=$opt_release
@@ -140,16 +140,15 @@ if ! reason=$(mv "$staging" "releases/$release_id" 2>&1); then
 fi
 
 if [ -n "$opt_validate" ]; then
-    log=".deployer/logs/$release_id.validate.log"
-    release_dir="$deploy_abs/releases/$release_id"
-    if (cd "releases/$release_id" && DEPLOYER_RELEASE=$release_id DEPLOYER_RELEASE_DIR=$release_dir \
-            DEPLOYER_DEPLOY_TO=$deploy_to sh -c "$opt_validate") > "$log" 2>&1 < /dev/null; then
+    log="$deploy_abs/.deployer/logs/$release_id.validate.log"
+    export DEPLOYER_RELEASE="$release_id" DEPLOYER_RELEASE_DIR="$deploy_abs/releases/$release_id"
+    export DEPLOYER_DEPLOY_TO="$deploy_to"
+    if run_command "releases/$release_id" "$opt_validate_timeout" "$log" "$opt_validate"; then
         :
     else
         code=$?
         write_file ".deployer/meta/$release_id" "failed $meta" || true
-        emit validate_failed "$code"
-        tail -n 20 "$log"
+        emit validate_failed "$code" "$(log_tail "$log")"
         exit 40
     fi
     write_file ".deployer/meta/$release_id" "ok $meta" || fail 30 "cannot write release metadata (disk full?)"

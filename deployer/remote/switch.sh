@@ -13,7 +13,8 @@ shift
 opt_target='' opt_expected='' opt_mode=deploy opt_previous='' opt_history=''
 opt_before_switch='' opt_after_switch='' opt_after_rollback='' opt_hook_timeout=60
 opt_health='' opt_health_timeout=10 opt_health_retries=0 opt_health_interval=1
-opt_schema='' opt_pin='' opt_unpin=0 opt_mark_bad='' opt_bad_info='' opt_prune='' opt_unlock='' opt_unlock_always=0
+opt_schema='' opt_pin='' opt_unpin=0 opt_mark_bad='' opt_bad_info='' opt_bad_on_failure='' opt_prune=''
+opt_unlock='' opt_unlock_always=0
 opt_operation=''
 opt_run=''
 opt_sudo=''
@@ -72,19 +73,19 @@ else
     if [ "$after" != "releases/$target" ] || [ "$resolved" != "$expected_dir" ]; then
         fail 50 "verification failed: current is '$after' ($resolved), expected releases/$target"
     fi
-    [ -z "$opt_history" ] || record_history "$opt_history"
     emit switched "$before" "$after"
+    # Records of the switch, written only by the session that switched (never for "already").
+    [ -z "$opt_history" ] || record_history "$opt_history" rotate
+    if [ -n "$opt_schema" ]; then
+        write_file .deployer/schema "$opt_schema" || emit warning "schema version not recorded (disk full?)"
+    fi
+    if [ -n "$opt_pin" ]; then
+        set_pin "$opt_pin"
+    elif [ "$opt_unpin" = 1 ]; then
+        set_pin ""
+    fi
+    mark_bad "$opt_mark_bad" "$opt_bad_info"
 fi
-
-if [ -n "$opt_schema" ]; then
-    write_file .deployer/schema "$opt_schema" || emit warning "schema version not recorded (disk full?)"
-fi
-if [ -n "$opt_pin" ]; then
-    set_pin "$opt_pin"
-elif [ "$opt_unpin" = 1 ]; then
-    set_pin ""
-fi
-mark_bad "$opt_mark_bad" "$opt_bad_info"
 
 code=0
 if [ "$mode" = deploy ]; then
@@ -97,6 +98,8 @@ if [ "$code" = 0 ]; then
 fi
 if [ "$code" = 0 ]; then
     prune_releases "$opt_prune"
+elif [ "$mode" = deploy ] && [ -n "$opt_bad_on_failure" ]; then
+    mark_bad "$target" "$opt_bad_on_failure"  # this session switched the host and saw it fail
 fi
 if [ "$code" = 0 ] || [ "$opt_unlock_always" = 1 ]; then
     [ -z "$opt_unlock" ] || lock_release "$opt_unlock"

@@ -95,11 +95,12 @@ def test_drill_deploys_rolls_back_and_redeploys(make_inventory, views, artifacts
     for view in views.values():
         assert view.previous_version(deploy_to, final) == f"{deploy_to}/releases/{baseline}"
         history = [json.loads(line) for line in view.sh("cat %s", f"{deploy_to}/.deployer/history.jsonl").splitlines()]
-        assert [(h["op"], h["to"]) for h in history][-3:] == [
-            ("deploy", history[-3]["to"]),
-            ("rollback", baseline),
-            ("deploy", final),
+        assert [(h["op"], h["to"], h.get("drill")) for h in history][-3:] == [
+            ("deploy", final, "deploy"),
+            ("rollback", baseline, "rollback"),
+            ("deploy", final, "redeploy"),
         ]
+        assert view.host.run("test -e %s", f"{deploy_to}/.deployer/pin").rc == 1  # the drill pins nothing
 
 
 def test_drill_without_baseline_explains(make_inventory, views, artifacts, deploy_to):
@@ -199,7 +200,7 @@ def test_rollback_to_specific_release(make_inventory, views, artifacts, deploy_t
     assert data["ok"] and data["target"] == r1
     assert all(view.version(deploy_to) == "v1" for view in views.values())
     missing = run_inv("rollback", "--inventory", inventory, "--to", "no-such-release")
-    assert missing.returncode == 1 and "not present" in missing.stdout
+    assert missing.returncode == 3 and "release no-such-release is not on any reachable host" in missing.stdout
     bad = run_inv("rollback", "--inventory", inventory, "--to", "../../etc")
     assert bad.returncode == 2 and "not valid" in bad.stderr
 

@@ -220,11 +220,13 @@ def test_forced_rollback_past_the_schema_is_allowed_and_said(make_inventory, vie
     assert {view.version(deploy_to) for view in views.values()} == {"s1"}
 
 
-def test_bad_manifest_is_refused_before_any_host_is_touched(make_inventory, views, deploy_to, tmp_path):
+def test_bad_manifest_is_refused_before_any_host_is_touched(make_inventory, views, deploy_to, tmp_path, local_fleet):
     inventory = make_inventory()
     broken = build_app(tmp_path, "x", "schema_version: two\n")
     result = run_inv("deploy", "--inventory", inventory, "--artifact", broken)
     assert result.returncode == 2 and "release.yml" in result.stderr and "schema_version" in result.stderr
     assert "Traceback" not in result.stderr
     assert all(view.host.run("test -e %s", deploy_to).rc == 1 for view in views.values())
-    assert not os.path.exists(os.path.join(deploy_to, "nothing"))
+    # ... and on each host's own disk, read apart from SSH: no folder was made anywhere under its /srv.
+    relative = os.path.relpath(deploy_to, "/srv")
+    assert not any(os.path.lexists(os.path.join(host.srv, relative)) for host in local_fleet.hosts())

@@ -22,6 +22,10 @@ QUIET = Progress(quiet=True)
 
 
 def inv_process(*args: str) -> subprocess.Popen[str]:
+    """The CLI in the background, as an operator's terminal runs it: Ctrl-C (SIGINT) is not ignored.
+
+    A test run started in the background by a non-interactive shell (CI) inherits SIGINT ignored,
+    and Python then never raises KeyboardInterrupt: the child's SIGINT is reset to the default."""
     return subprocess.Popen(
         [sys.executable, "-m", "invoke", *args],
         cwd=REPO,
@@ -29,6 +33,7 @@ def inv_process(*args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

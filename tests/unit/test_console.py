@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from deployer import __version__
 from tests.conftest import REPO
@@ -72,3 +75,47 @@ def test_every_task_but_the_demo_offers_json():
     for name in collection.task_names:
         arguments = {argument.name for argument in collection[name].get_arguments()}
         assert ("json" in arguments) == (name != "demo"), name
+
+
+def test_json_with_bad_input_prints_one_json_document_with_the_error(tmp_path):
+    for args in (
+        ["status", "--inventory", str(tmp_path / "missing.yml")],
+        ["deploy", "--inventory", str(tmp_path / "missing.yml"), "--lock-wait", "forever"],
+        ["rollback", "--to", "../etc"],
+    ):
+        result = run(sys.executable, "-m", "invoke", *args, "--json")
+        document = json.loads(result.stdout)  # exactly one JSON document, nothing else on stdout
+        assert document["ok"] is False and document["exit_code"] == 2 == result.returncode, args
+        assert document["error"] and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_any_unexpected_exception_ends_as_one_line_and_the_run_log(tmp_path, monkeypatch, capsys):
+    """The last boundary (cli.guarded): whatever escapes is one line naming it and the run log."""
+    from invoke.exceptions import Exit  # noqa: PLC0415
+
+    from deployer import cli  # noqa: PLC0415
+
+    monkeypatch.setenv("DEPLOYER_LOG_DIR", str(tmp_path))
+
+    def broken() -> int:
+        raise OSError(5, "Input/output error")
+
+    for as_json in (False, True):
+        with pytest.raises(Exit) as ended:
+            cli.guarded(broken, "deploy", as_json=as_json)
+        assert ended.value.code == 1
+        out, err = capsys.readouterr()
+        (line,) = err.strip().splitlines()
+        assert line.startswith("error: unexpected error: OSError: [Errno 5] Input/output error; details in ")
+        log = line.rsplit("details in ", 1)[1]
+        assert "Traceback" in open(log).read()  # the traceback is in the run log, not on the terminal
+        assert (json.loads(out)["run_log"] == log) if as_json else out == ""
+
+
+def test_build_sample_outside_a_checkout_is_one_clear_line(tmp_path, monkeypatch):
+    from deployer import cli  # noqa: PLC0415
+    from deployer.errors import InputError  # noqa: PLC0415
+
+    monkeypatch.setattr(cli, "SAMPLE_APP", tmp_path / "sample-app")
+    with pytest.raises(InputError, match="sample app is not here"):
+        cli.build_sample("v1", str(tmp_path / "out.tar.gz"))

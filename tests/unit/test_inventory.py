@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -387,3 +389,93 @@ def test_a_sudo_password_needs_a_host_that_uses_sudo(keyfiles, monkeypatch):
     inventory = load_inventory(path)
     assert inventory.sudo_password == "secret-pw" and "secret-pw" in inventory.secrets()
     assert "secret-pw" not in repr(inventory)
+
+
+# A valid inventory (real key and known_hosts files) with one or more sections replaced by
+# arbitrary YAML: the fuzzing reaches hosts, groups, env, gateway, ssh_config and the rest, instead
+# of stopping at ssh.identity_file. Each outcome is an Inventory or an InventoryError naming the file.
+FUZZ_DIR = tempfile.mkdtemp(prefix="deployer-inventory-fuzz-")
+for _name in ("id", "kh"):
+    Path(FUZZ_DIR, _name).write_text("")
+FUZZED_SECTIONS = [
+    "hosts",
+    "groups",
+    "env",
+    "gateway",
+    "rollout",
+    "health_check",
+    "hooks",
+    "shared",
+    "timeouts",
+    "keep_releases",
+    "keep_failed_releases",
+    "sudo",
+    "sudo_password_env",
+    "parallel",
+    "deploy_to",
+    "user",
+    "validate",
+    "migrate",
+    "rollback_migrations",
+]
+host_settings = st.dictionaries(
+    st.sampled_from(["address", "port", "user", "groups", "deploy_to", "gateway", "sudo", "ssh_alias", "x"]),
+    yaml_values,
+    max_size=4,
+)
+ssh_config_text = st.lists(
+    st.sampled_from(
+        [
+            "Host web1",
+            "Host *",
+            "  HostName 10.0.0.9",
+            "  Port 2200",
+            "  User ops",
+            "  ProxyJump b",
+            "  IdentityFile id",
+            "  Port nope",
+            "Match all",
+            "  ProxyCommand nc %h %p",
+            "Host b",
+            "  HostName 10.0.0.1",
+        ]
+    )
+    | st.text(max_size=20),
+    max_size=8,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    sections=st.dictionaries(st.sampled_from(FUZZED_SECTIONS), yaml_values, max_size=3),
+    hosts=st.dictionaries(st.sampled_from(["web1", "web2", "bad name", ""]), host_settings, min_size=1, max_size=3),
+    config=st.none() | ssh_config_text,
+)
+def test_fuzzed_sections_of_a_valid_inventory_give_inventory_or_clear_error(sections, hosts, config):
+    import yaml
+
+    ssh = {"identity_file": str(Path(FUZZ_DIR, "id")), "known_hosts": str(Path(FUZZ_DIR, "kh"))}
+    if config is not None:
+        config_path = Path(FUZZ_DIR, "ssh_config")
+        config_path.write_text("\n".join(config) + "\n")
+        ssh["config"] = str(config_path)
+    data = {"deploy_to": "/srv/app", "user": "deploy", "ssh": ssh, "hosts": hosts, **sections}
+    path = str(Path(FUZZ_DIR, "inv.yml"))
+    try:
+        parse_inventory(yaml.safe_dump(data), path, environ={"TOKEN": "x"})
+    except InventoryError as error:
+        assert str(error).startswith(path)
+        assert error.key or error.problem
+
+
+def test_the_fuzzed_base_inventory_itself_is_valid():
+    """The fuzzer's starting point parses: its examples really reach the fuzzed sections."""
+    import yaml
+
+    data = {
+        "deploy_to": "/srv/app",
+        "user": "deploy",
+        "ssh": {"identity_file": str(Path(FUZZ_DIR, "id")), "known_hosts": str(Path(FUZZ_DIR, "kh"))},
+        "hosts": {"web1": {"address": "10.0.0.1"}},
+    }
+    assert [host.name for host in parse_inventory(yaml.safe_dump(data), "inv.yml").hosts] == ["web1"]

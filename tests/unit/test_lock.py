@@ -1,12 +1,18 @@
-"""When a lock is provably stale: same machine and boot, and its process is gone."""
+"""When a lock is provably stale: it names this controller's runtime id (a random id made by the
+tool in a per-boot tmpfs) and its process is gone. Machine ids, boot ids and hostnames are shared
+by clones and containers: they never prove anything on their own."""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 
-from deployer.lock import FleetLock, is_stale, process_identity
+import pytest
+
+from deployer import lock as locking
+from deployer.lock import FleetLock, is_stale, process_identity, runtime_id
 from deployer.state import LockState
 
 
@@ -16,27 +22,65 @@ def lock_of(**changes):
     return LockState(False, info, "token")
 
 
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
 def test_a_lock_held_by_a_running_process_is_not_stale():
     assert is_stale(lock_of()) is False
 
 
 def test_a_lock_whose_process_is_gone_is_stale():
-    child = subprocess.Popen(["true"])
-    child.wait()
-    assert is_stale(lock_of(pid=child.pid, **process_identity(os.getpid()) | {"pid_start": "1"})) is True
+    assert is_stale(lock_of(pid=dead_pid(), **process_identity(os.getpid()) | {"pid_start": "1"})) is True
 
 
 def test_a_reused_pid_is_not_mistaken_for_the_holder():
     assert is_stale(lock_of(pid_start="12345")) is True  # our pid, but another process start time
 
 
-def test_another_boot_means_stale():
-    assert is_stale(lock_of(boot="00000000-0000-0000-0000-000000000000")) is True
-
-
-def test_another_machine_cannot_be_judged_even_with_the_same_hostname():
-    assert is_stale(lock_of(machine="another-machine")) is None
+@pytest.mark.parametrize(
+    "changes",
+    [
+        # A clone or a container built from the same image: same machine-id and boot id, another runtime.
+        {"runtime": "0" * 32},
+        # A lock from before this runtime id existed (older version, or taken before a reboot).
+        {"runtime": ""},
+        # The runtime id says "here" but the boot id disagrees: the proof is not trusted.
+        {"boot": "00000000-0000-0000-0000-000000000000"},
+        {"machine": "another-machine"},
+        {"pid": "not a number"},
+        {"pid": 0},
+    ],
+    ids=["clone-same-machine-id", "no-runtime-id", "boot-disagrees", "machine-disagrees", "bad-pid", "pid-zero"],
+)
+def test_locks_that_cannot_be_judged_are_never_stale(changes):
+    # The holder's process is gone in every case: only the proof is missing.
+    assert is_stale(lock_of(**{"pid": dead_pid(), **changes})) is None
 
 
 def test_a_lock_without_details_cannot_be_judged():
     assert is_stale(LockState(False, {}, "")) is None
+
+
+def test_runtime_id_is_made_once_private_and_stable(tmp_path, monkeypatch):
+    monkeypatch.setattr(locking, "RUNTIME_FOLDERS", (str(tmp_path),))
+    first = runtime_id()
+    assert len(first) == 32 and runtime_id() == first
+    (made,) = tmp_path.iterdir()
+    assert stat.S_IMODE(made.stat().st_mode) == 0o600
+
+
+def test_a_runtime_id_file_others_can_write_proves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(locking, "RUNTIME_FOLDERS", (str(tmp_path),))
+    path = tmp_path / f"deployer-runtime-{os.getuid()}.id"
+    path.write_text("a" * 32 + "\n")
+    path.chmod(0o666)
+    assert runtime_id() == ""
+    assert is_stale(lock_of(pid=dead_pid(), runtime="")) is None
+
+
+def test_without_a_runtime_folder_no_lock_is_ever_stale(tmp_path, monkeypatch):
+    monkeypatch.setattr(locking, "RUNTIME_FOLDERS", (str(tmp_path / "missing"),))
+    assert is_stale(lock_of(pid=dead_pid())) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from datetime import datetime, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -245,7 +246,7 @@ def test_rerun_after_partial_failure_never_moves_a_host_twice(generated, data):
                 first.target,
                 "",
                 releases=tuple(states[name].releases),
-                last_op={"op": "rollback", "to": first.target},
+                last_op={"op": "rollback", "to": first.target, "time": "2026-12-02T03:00:00Z"},
             )
     second = p.plan_rollback(D, after, down)
     assert second.target == first.target
@@ -254,13 +255,38 @@ def test_rerun_after_partial_failure_never_moves_a_host_twice(generated, data):
         assert again.action == (p.SWITCH if name in failed else p.KEEP)
 
 
-def test_every_combination_of_two_hosts_is_planned_without_error():
+def expected_two_host_target(c1, p1, c2, p2):
+    """An independent statement of the default rollback target for two hosts (None: refused)."""
+    if c1 is None and c2 is None:
+        return None
+    if c1 is None or c2 is None or c1 == c2:
+        current = c1 or c2
+        previous = {prev for cur, prev in ((c1, p1), (c2, p2)) if cur == current and prev}
+        return previous.pop() if len(previous) == 1 else None
+    # An interrupted switch from one release to the other: the newer one names the older as previous.
+    if p1 == c2 and p2 != c1:
+        return c2
+    if p2 == c1 and p1 != c2:
+        return c1
+    return None
+
+
+def test_every_combination_of_two_hosts_is_planned_as_specified():
     for (c1, c2), (p1, p2) in itertools.product(
         itertools.product([None, *RELEASES], repeat=2), itertools.product(["", *RELEASES], repeat=2)
     ):
         states = fleet(host("a", c1, p1, releases=tuple(RELEASES)), host("b", c2, p2, releases=tuple(RELEASES)))
         plan = p.plan_rollback(D, states, {})
-        assert plan.refusal or plan.target in RELEASES
+        want = expected_two_host_target(c1, p1, c2, p2)
+        case = f"a={c1}/{p1} b={c2}/{p2}"
+        if want is None:
+            assert plan.refusal and not plan.acting(), case
+            continue
+        assert not plan.refusal and plan.target == want, case
+        actions = {h.host: h.action for h in plan.hosts}
+        assert actions == {name: p.KEEP if current == want else p.SWITCH for name, current in (("a", c1), ("b", c2))}, (
+            case
+        )
 
 
 # --- pin, drift, bad marks, schema, pruning, batches ---
@@ -414,3 +440,105 @@ def test_batches_cover_every_host_once_in_order(hosts, size):
     groups = p.batches(names, size)
     assert [name for group in groups for name in group] == names
     assert all(1 <= len(group) <= size for group in groups)
+
+
+# --- operations that switch nothing record nothing: refused as a whole ---
+
+
+def test_rollback_to_a_release_no_host_has_is_refused_listing_what_exists():
+    states = fleet(host("a", "r3", "r2"), host("b", "r3", "r2"))
+    states = {
+        name: with_(
+            state,
+            releases={
+                rid: dataclasses.replace(info, staged_at=f"2026-11-2{rid[1]}T00:00:00.000000Z")
+                for rid, info in state.releases.items()
+            },
+        )
+        for name, state in states.items()
+    }
+    plan = p.plan_rollback(D, states, {}, "r9")
+    assert not plan.acting() and plan.mark_bad is None
+    assert plan.refusal.startswith("release r9 is not on any reachable host")
+    listed = plan.refusal.split("newest first: ", 1)[1]
+    assert [part.split(" ")[0] for part in listed.split("; ")] == ["r3", "r2", "r1"]  # newest first
+    assert "CURRENT" in listed.split("; ")[0] and "on 2/2 hosts" in listed
+
+
+def test_rollback_where_every_host_refuses_is_refused_as_a_whole():
+    states = fleet(host("a", "r3", "r2", releases=("r3",)), host("b", "r3", "r2", releases=("r3",)))
+    states = {n: with_(s, releases={**s.releases, "r2": ReleaseInfo("r2", "failed", "d")}) for n, s in states.items()}
+    plan = p.plan_rollback(D, states, {}, "r2")
+    assert plan.refusal.startswith("no host can be switched to r2") and not plan.acting()
+
+
+# --- the drill is decided up front, in the planner ---
+
+NOW = datetime(2026, 12, 2, 3, 0, tzinfo=timezone.utc)
+
+
+def drill_fleet(current="r2", previous="r1", **changes):
+    return fleet(*(with_(host(name, current, previous), **changes) for name in ("a", "b")))
+
+
+@pytest.mark.parametrize(
+    ("states", "unreachable", "digest", "expected"),
+    [
+        # a new artifact: deploy a fresh release, roll back to where the fleet is, deploy again
+        (drill_fleet(), {}, "digest-new", ("r2", "20261202T030000Z-digest-n", "r2", False, "")),
+        # the artifact is already live (a CI job retried): live -> its previous -> live
+        (drill_fleet(), {}, "digest-r2", ("r2", "r2", "r1", True, "")),
+        # live, and its previous is marked bad: the drill skips it like a rollback would (none left here)
+        (
+            {n: bad(s, "r1") for n, s in drill_fleet().items()},
+            {},
+            "digest-r2",
+            ("r2", "r2", "", True, "already live (release r2) and there is no earlier release"),
+        ),
+        # live with no previous release: refused, nothing changes
+        (drill_fleet(previous=""), {}, "digest-r2", ("r2", "r2", "", True, "no earlier release to drill back to")),
+        (drill_fleet(), {"c": "refused"}, "digest-new", (None, "", "", False, "unreachable: c")),
+        (fleet(host("a", "r2", "r1"), host("b", "r1")), {}, "d", (None, "", "", False, "hosts differ: a=r2, b=r1")),
+        (fleet(host("a", "r2", "r1"), host("b", None)), {}, "d", (None, "", "", False, "b have none")),
+        (drill_fleet(pin=PIN), {}, "digest-new", ("r2", "", "", False, "pinned to r1 by ana")),
+    ],
+    ids=[
+        "new-artifact",
+        "live-artifact",
+        "live-previous-bad",
+        "live-no-previous",
+        "unreachable",
+        "split",
+        "empty",
+        "pinned",
+    ],
+)
+def test_drill_plans(states, unreachable, digest, expected):
+    plan = p.plan_drill(D, states, unreachable, digest, NOW)
+    baseline, release_id, rollback_to, live, refusal = expected
+    assert (plan.baseline, plan.live) == (baseline, live)
+    if refusal:
+        assert refusal in plan.refusal
+        return
+    assert not plan.refusal
+    assert plan.release_id.startswith(release_id) and plan.rollback_to == rollback_to
+    assert plan.rollback_to != plan.release_id  # the drill always switches for real
+
+
+def test_live_drill_never_goes_further_back_than_the_live_previous():
+    # r3 is live, r2 before it, r1 before that: a retried drill of r3 goes to r2 and back, never to r1.
+    states = fleet(
+        *(
+            with_(
+                host(n, "r3", "r2"),
+                releases={
+                    "r1": ReleaseInfo("r1", "ok", "digest-r1"),
+                    "r2": ReleaseInfo("r2", "ok", "digest-r2", previous="r1"),
+                    "r3": ReleaseInfo("r3", "ok", "digest-r3", previous="r2"),
+                },
+            )
+            for n in ("a", "b")
+        )
+    )
+    plan = p.plan_drill(D, states, {}, "digest-r3", NOW)
+    assert (plan.release_id, plan.rollback_to, plan.live) == ("r3", "r2", True)

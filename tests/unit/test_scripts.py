@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -11,15 +13,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from deployer.protocol import parse_output
 from deployer.release import PreparedArtifact
-from deployer.scripts import EXIT_CHANGED, EXIT_NOT_SYMLINK, EXIT_VALIDATE, command_line, parse_output
+from deployer.scripts import EXIT_CHANGED, EXIT_NOT_SYMLINK, EXIT_VALIDATE, command_line
 from deployer.state import parse_state
 
 
 def run(command: str, stdin: bytes = b"", cwd: str | None = None):
     # sshd hands the command to the login shell as `sh -c COMMAND`; do the same.
     done = subprocess.run(["sh", "-c", command], input=stdin, capture_output=True, cwd=cwd, timeout=60)
-    return done.returncode, parse_output(done.stdout.decode() + done.stderr.decode())
+    return done.returncode, parse_output(done.stdout.decode(), done.stderr.decode())
 
 
 @pytest.fixture
@@ -68,7 +71,11 @@ HOSTILE = st.text(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=HOSTILE)
 def test_full_cycle_with_hostile_deploy_to(tmp_path, artifact, name):
-    deploy_to = os.path.join(tempfile.mkdtemp(dir=tmp_path), "-" + name.replace("/", "_"))
+    # The hostile characters around commands that would create the marker if anything evaluated them.
+    marker = tmp_path / "pwned"
+    payload = f"$(touch {marker})`touch {marker}`;touch {marker}"
+    folder = "-" + name.replace("/", "_") + payload.replace("/", "#") + name.replace("/", "_")
+    deploy_to = os.path.join(tempfile.mkdtemp(dir=tmp_path), folder.replace("#", "/"))
     code, out = stage(deploy_to, "r1", artifact, validate="test -s VERSION")
     assert code == 0, out.text
     code, out = switch(deploy_to, "r1", "")
@@ -117,7 +124,7 @@ def test_validation_failure_marks_release_failed(tmp_path, artifact):
     deploy_to = str(tmp_path / "app")
     code, out = stage(deploy_to, "r1", artifact, validate="echo broken >&2; exit 7")
     assert code == EXIT_VALIDATE
-    assert out.first("validate_failed") == ["7"] and "broken" in out.tail()
+    assert out.first("validate_failed") == ["7", "broken "]
     state = parse_state("h", run(command_line("gather", deploy_to))[1], deploy_to)
     assert state.releases["r1"].status == "failed"
     assert switch(deploy_to, "r1", "")[0] != 0  # a failed release can never go live
@@ -275,3 +282,70 @@ def test_environment_arrives_intact_over_stdin_never_on_the_command_line(tmp_pat
     with open(out_file, encoding="utf-8", newline="") as handle:
         # $(...) in the reader drops trailing newlines, as the shell does for any command substitution
         assert handle.read() == value.rstrip("\n") + "|x y"
+
+
+def test_history_is_stamped_with_the_controllers_time_never_the_hosts(tmp_path, artifact):
+    deploy_to = str(tmp_path / "app")
+    stage(deploy_to, "r1", artifact)
+    code, out = switch(deploy_to, "r1", "", after_switch="exit 3", now="2001-02-03T04:05:06Z")
+    assert code == 61 and out.has("switched")
+    events = [json.loads(line) for line in open(os.path.join(deploy_to, ".deployer", "history.jsonl"))]
+    hook = next(event for event in events if event.get("op") == "hook")
+    assert hook["time"] == "2001-02-03T04:05:06Z"
+
+
+def test_validate_is_bounded_by_its_time_limit(tmp_path, artifact):
+    deploy_to = str(tmp_path / "app")
+    code, out = stage(deploy_to, "r1", artifact, validate="sleep 60", validate_timeout="1")
+    assert code == EXIT_VALIDATE and out.first("validate_failed")[0] == "124"  # timeout(1): stopped by the limit
+
+
+def test_validate_is_bounded_even_without_timeout_1(tmp_path, artifact):
+    """A host without timeout(1) (macOS, old BusyBox): the POSIX watchdog stops the command."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in (
+        "sh",
+        "sleep",
+        "kill",
+        "tar",
+        "gzip",
+        "tee",
+        "mkdir",
+        "mv",
+        "rm",
+        "sha256sum",
+        "cat",
+        "tail",
+        "tr",
+        "cut",
+        "sed",
+        "df",
+        "awk",
+        "dirname",
+        "ln",
+        "readlink",
+        "pwd",
+        "ls",
+        "grep",
+    ):
+        found = shutil.which(tool)
+        if found:
+            os.symlink(found, bin_dir / tool)
+    deploy_to = str(tmp_path / "app")
+    prepared, data = artifact
+    command = command_line(
+        "stage",
+        deploy_to,
+        release="r1",
+        digest=prepared.digest,
+        source="upload",
+        validate="sleep 60",
+        validate_timeout="1",
+    )
+    done = subprocess.run(
+        ["sh", "-c", command], input=data, capture_output=True, timeout=50, env={"PATH": str(bin_dir)}
+    )
+    assert done.returncode == EXIT_VALIDATE, done.stderr
+    output = parse_output(done.stdout.decode(), done.stderr.decode())
+    assert output.first("validate_failed")[0] == "143"  # ended by the watchdog's TERM, not by finishing

@@ -65,6 +65,7 @@ def sender() -> fleet.HostConnection:
     connection.host = Host("web1", "127.0.0.1")
     connection.timeouts = SimpleNamespace(command=5.0, connect=5.0)
     connection.observer = None
+    connection.stopping = threading.Event()
     return connection
 
 
@@ -88,3 +89,20 @@ def test_a_reader_that_stops_reading_times_the_upload_out():
     finally:
         channel.stop.set()
     assert channel.peak_unconsumed <= fleet.IN_FLIGHT + PACKET
+
+
+def test_ctrl_c_stops_an_upload_at_the_next_packet():
+    """Fleet.settle (after Ctrl-C) sets `stopping`: the sender stops before touching the data again,
+    so the artifact's memory map can be closed safely once the workers are done."""
+    channel = WindowedChannel(consume_per_tick=64 * 1024)
+    connection = sender()
+    payload = b"y" * (8 * 1024 * 1024)
+    stopper = threading.Timer(0.05, connection.stopping.set)
+    stopper.start()
+    try:
+        with pytest.raises(fleet.Interrupted):
+            connection._send(channel, [payload], time.monotonic() + 30)  # type: ignore[arg-type]
+    finally:
+        channel.stop.set()
+        stopper.cancel()
+    assert 0 < len(channel.received) < len(payload)

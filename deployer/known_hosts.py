@@ -1,0 +1,91 @@
+"""known_hosts files as OpenSSH writes them, read once per operation.
+
+Handled: comments and blank lines, several names per line, `[host]:port` and IPv6 names, hashed
+names (`|1|salt|hash`, from `ssh-keygen -H` or `HashKnownHosts yes`), any whitespace between fields.
+Markers: a `@revoked` key is refused wherever it is offered (OpenSSH: "must not ever be accepted");
+`@cert-authority` lines are skipped with a warning (host certificates are not verified here, so
+hosts trusted only through a CA need their own key line). A line that cannot be read is skipped
+with a warning naming the file and line; it never stops the tool.
+"""
+
+from __future__ import annotations
+
+import binascii
+import logging
+from dataclasses import dataclass, field
+
+import paramiko
+from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KnownHosts:
+    """The trusted keys (paramiko matches plain and hashed names), the revoked ones, and what was skipped."""
+
+    path: str
+    keys: paramiko.HostKeys = field(default_factory=paramiko.HostKeys)
+    revoked: set[tuple[str, str]] = field(default_factory=set)  # (key type, base64)
+    warnings: list[str] = field(default_factory=list)
+
+    def is_revoked(self, key: paramiko.PKey) -> bool:
+        return (key.get_name(), key.get_base64()) in self.revoked
+
+    def trusted(self, name: str) -> dict[str, paramiko.PKey]:
+        """The keys known for `name` (`host` or `[host]:port`), revoked ones left out."""
+        found = self.keys.lookup(name)
+        if found is None:
+            return {}
+        return {key_type: key for key_type, key in found.items() if not self.is_revoked(key)}
+
+
+def _entry(text: str) -> HostKeyEntry | None:
+    try:
+        return HostKeyEntry.from_line(text)
+    except (InvalidHostKey, paramiko.SSHException, binascii.Error, ValueError, TypeError, IndexError):
+        return None
+
+
+def parse_known_hosts(text: str, path: str = "known_hosts") -> KnownHosts:
+    """Parse known_hosts `text` (see the module docstring); never raises on a bad line."""
+    known = KnownHosts(path)
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = " ".join(raw.split())
+        if not line or line.startswith("#"):
+            continue
+        marker = ""
+        if line.startswith("@"):
+            marker, _, line = line.partition(" ")
+        entry = _entry(line)
+        if marker == "@cert-authority":
+            known.warnings.append(
+                f"{path}:{number}: @cert-authority line skipped: host certificates are not verified by this "
+                "tool; add the hosts' own keys"
+            )
+            continue
+        if marker and marker != "@revoked":
+            known.warnings.append(f"{path}:{number}: unknown marker {marker[:40]!r}; line skipped")
+            continue
+        if entry is None or entry.key is None:
+            known.warnings.append(f"{path}:{number}: not a known_hosts line this tool can read; skipped")
+            continue
+        if marker == "@revoked":
+            known.revoked.add((entry.key.get_name(), entry.key.get_base64()))
+            continue
+        for name in entry.hostnames:
+            known.keys.add(name, entry.key.get_name(), entry.key)
+    return known
+
+
+def load_known_hosts(path: str) -> KnownHosts:
+    """Read `path` (a missing file is an empty one: every host is then unknown and refused)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return KnownHosts(path)
+    known = parse_known_hosts(text, path)
+    for warning in known.warnings:
+        log.warning("%s", warning)
+    return known
