@@ -1,0 +1,258 @@
+"""The deploy workflow: stage everywhere, migrate once, switch batch by batch; a failing batch is
+reverted (the revert plan comes from `deployer.plan`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+
+from deployer import plan as planning
+from deployer.errors import HostError
+from deployer.inventory import Inventory
+from deployer.operations.outcome import (
+    hook_env,
+    in_inventory_order,
+    local_hook,
+    plan_data,
+    refused_or_dry_run,
+    show_plan,
+    switch_result,
+    untouched_result,
+)
+from deployer.operations.session import Options, Unreachable, counted, locked_run
+from deployer.phases import (
+    Run,
+    Switched,
+    SwitchRequest,
+    finish,
+    mark_info,
+    run_once,
+    stage,
+    switch,
+)
+from deployer.plan import HostPlan
+from deployer.release import Artifact, PreparedArtifact, check_release_id
+from deployer.report import (
+    FAILED,
+    OK,
+    REVERTED,
+    SKIPPED,
+    HostResult,
+    OperationReport,
+    Phase,
+    Progress,
+)
+from deployer.state import HostState
+
+
+def run_deploy(
+    run: Run,
+    artifact: Artifact,
+    release_id: str | None,
+    states: dict[str, HostState],
+    unreachable: Unreachable,
+    options: Options,
+    final: bool = True,
+) -> OperationReport:
+    """Deploy on a locked fleet whose state was just read.
+
+    Stage everywhere; run `migrate` once; switch batch by batch (each host: before_switch, switch,
+    verify, after_switch, health check). A failing batch puts every switched host back on its
+    previous release (verified). `final` runs end the operation: the lock is released and old
+    releases are pruned; the drill's earlier phases keep both.
+    """
+    inventory = run.inventory
+    release = release_id or planning.choose_release_id(states, artifact.digest, datetime.now(timezone.utc))
+    plan = planning.plan_deploy(
+        inventory.deploy_to,
+        states,
+        unreachable,
+        release,
+        artifact.digest,
+        force=options.force,
+        unpin=options.unpin,
+        manifest=artifact.manifest,
+        keep_releases=inventory.keep_releases,
+        keep_failed_releases=inventory.keep_failed_releases,
+    )
+    show_plan(plan, run.progress)
+    report = OperationReport("deploy", release, plan=plan_data(plan))
+    if refused_or_dry_run(report, plan, options.dry_run):
+        return report
+    rollout = _Rollout(run, plan, report, release, final)
+    if not rollout.stage(artifact) or not rollout.migrate():
+        return report
+    attempted, failure = rollout.switch_in_batches(options.unpin)
+    if failure:
+        rollout.revert(attempted, failure)
+        if final:
+            finish(run, sorted(run.lock.held))  # only our lock: marks were written by the sessions that switched
+    elif final:
+        finish(run, sorted(run.lock.held), prune=plan.prune, unpin="1" if options.unpin else "")
+    report.hosts = list(rollout.results.values())
+    if report.ok:
+        local_hook(report, inventory, "after_deploy_local", hook_env("deploy", release, states), run.progress)
+    return report
+
+
+class _Rollout:
+    """One deploy's phases after its plan: stage, migrate, switch in batches, revert on failure."""
+
+    def __init__(self, run: Run, plan: planning.Plan, report: OperationReport, release: str, final: bool) -> None:
+        self.run = run
+        self.plan = plan
+        self.report = report
+        self.release = release
+        self.final = final
+        self.results = {h.host: untouched_result(h, True) for h in plan.with_action(planning.KEEP)}
+        self.acting = {h.host: h for h in plan.acting()}
+
+    def stop_before_switching(self, reason: str, failed: Mapping[str, HostError] | None = None) -> None:
+        for name, host_plan in self.acting.items():
+            error = (failed or {}).get(name)
+            status, message = (FAILED, error.reason) if error is not None else (SKIPPED, reason)
+            self.results[name] = HostResult(name, status, host_plan.before, host_plan.before, False, 0.0, message)
+        self.report.hosts = list(self.results.values())
+        inventory = self.run.inventory
+        folders = sorted({inventory.deploy_to_of(inventory.host(name)) for name in self.acting})
+        where = folders[0] if len(folders) == 1 else "{" + ",".join(folders) + "}"
+        self.report.notes.append(
+            f"no host was switched; staged folders stay in {where}/releases/{self.release} for inspection"
+        )
+
+    def stage(self, artifact: Artifact) -> bool:
+        to_stage = self.plan.with_action(planning.STAGE)
+        if not to_stage:
+            return True
+        started = time.monotonic()
+        self.run.progress.say(
+            f"staging {self.release} on {len(to_stage)} host(s) ({artifact.size} bytes, sha256 {artifact.digest[:12]})"
+        )
+        failed = stage(self.run, artifact, self.release, to_stage)
+        self.report.phases.append(Phase("stage", time.monotonic() - started, not failed))
+        if failed:
+            self.stop_before_switching("staged but not switched: another host failed", failed)
+        return not failed
+
+    def migrate(self) -> bool:
+        plan, inventory = self.plan, self.run.inventory
+        if plan.migration != "migrate" or not inventory.migrate or not self.acting:
+            return True
+        first = in_inventory_order(inventory, list(self.acting))[0]
+        started = time.monotonic()
+        self.run.progress.say(f"running migrate once on {first} (schema {plan.migration_from} -> {plan.migration_to})")
+        problem = run_once(
+            self.run, first, self.release, "migrate", inventory.migrate, plan.migration_from, plan.migration_to
+        )
+        self.report.phases.append(Phase("migrate", time.monotonic() - started, not problem, problem))
+        if problem:
+            self.report.problems.append(f"migration failed: {problem}")
+            self.stop_before_switching("not switched: the migration failed")
+        return not problem
+
+    def switch_in_batches(self, unpin: bool) -> tuple[list[str], str]:
+        """Switch batch by batch in inventory order; (hosts attempted, why the rollout stopped or "")."""
+        inventory, progress = self.run.inventory, self.run.progress
+        order = in_inventory_order(inventory, list(self.acting))
+        groups = planning.batches(order, inventory.rollout.batch_size(len(order)))
+        attempted: list[str] = []
+        for index, group in enumerate(groups):
+            last = index == len(groups) - 1
+            request = SwitchRequest(
+                mode="deploy",
+                operation="deploy",
+                unlock=self.final and last,
+                schema=self.plan.schema,
+                unpin=unpin,
+                prune=self.plan.prune if self.final and last else {},
+                bad_on_failure=mark_info("deploy failed: its checks failed on this host after the switch"),
+            )
+            label = f"batch {index + 1}/{len(groups)}: " if len(groups) > 1 else ""
+            progress.say(f"{label}switching {len(group)} host(s) to {self.release}")
+            started = time.monotonic()
+            outcomes = switch(self.run, [self.acting[name] for name in group], request)
+            attempted += group
+            for name in group:
+                self.results[name] = switch_result(self.acting[name], outcomes[name])
+            failed = [name for name in group if self.results[name].status != OK]
+            phase_name = f"switch batch {index + 1}" if len(groups) > 1 else "switch"
+            self.report.phases.append(Phase(phase_name, time.monotonic() - started, not failed))
+            if failed:
+                for name in (name for later in groups[index + 1 :] for name in later):
+                    before = self.acting[name].before
+                    message = f"not switched: batch {index + 1} failed"
+                    self.results[name] = HostResult(name, SKIPPED, before, before, False, 0.0, message)
+                return attempted, ", ".join(f"{name}: {self.results[name].message}" for name in failed)
+            if not last and inventory.rollout.pause:
+                progress.say(f"batch {index + 1} healthy; pausing {inventory.rollout.pause:g}s")
+                time.sleep(inventory.rollout.pause)
+        return attempted, ""
+
+    def revert(self, attempted: list[str], failure: str) -> None:
+        """Put every host this rollout touched back on the release it had (the planner's revert plan)."""
+        back, stuck = planning.plan_revert([self.acting[name] for name in attempted], self.release)
+        for name in stuck:
+            self.results[name].message += "; no earlier release here to go back to"
+            self.results[name].status = FAILED
+        if not back:
+            return
+        self.run.progress.say(f"rollout failed ({failure}); reverting {len(back)} host(s) to their previous release")
+        started = time.monotonic()
+        request = SwitchRequest(
+            mode="revert",
+            operation="revert",
+            unlock=self.final,
+            mark_bad=self.release,
+            bad_info=mark_info(f"deploy failed: {failure}"),
+        )
+        outcomes = switch(self.run, back, request)
+        for host_plan in back:
+            _reverted(self.results[host_plan.host], host_plan, outcomes[host_plan.host])
+        all_back = all(not isinstance(outcomes[h.host], HostError) for h in back)
+        self.report.phases.append(Phase("revert", time.monotonic() - started, all_back))
+        self.report.reverted_to_start = all_back
+
+
+def _reverted(result: HostResult, host_plan: HostPlan, outcome: Switched | HostError) -> None:
+    """A host's result after its revert: back on its release (verified), or the revert's failure."""
+    if isinstance(outcome, HostError):
+        prefix = result.message + "; " if result.status != OK else ""
+        result.status = FAILED
+        result.after = None
+        result.verified = False
+        result.message = prefix + f"REVERT FAILED: {outcome.reason}"
+        return
+    result.after = host_plan.target
+    result.verified = True
+    extra = f"; after revert: {outcome.failing}" if outcome.failing else ""
+    if result.status == OK:
+        result.status = REVERTED
+        result.message = f"reverted to {host_plan.target} (verified){extra}"
+    else:
+        result.message += f"; reverted to {host_plan.target} (verified){extra}"
+
+
+def deploy(
+    inventory: Inventory,
+    artifact_source: str,
+    release_id: str | None = None,
+    options: Options | None = None,
+    progress: Progress | None = None,
+) -> OperationReport:
+    options = options or Options()
+    progress = progress or Progress()
+    if release_id is not None:
+        check_release_id(release_id)
+    with (
+        PreparedArtifact(artifact_source) as artifact,
+        locked_run(inventory, "deploy", options, progress) as (
+            run,
+            states,
+            unreachable,
+            gathered,
+        ),
+    ):
+        report = run_deploy(run, artifact, release_id, states, unreachable, options)
+        report.phases.insert(0, gathered)
+    return counted(report, run.fleet)

@@ -1,0 +1,123 @@
+"""One operation's run: the fleet opened once, the lock taken while reading state, and released on
+every way out (success, failure, Ctrl-C: running steps settle first, then the lock goes by token)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from deployer.fleet import Fleet
+from deployer.inventory import Inventory
+from deployer.lock import FleetLock, acquire, read_states, release
+from deployer.phases import (
+    Run,
+)
+from deployer.report import (
+    OperationReport,
+    Phase,
+    Progress,
+    set_secrets,
+)
+from deployer.state import HostState
+
+Unreachable = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Options:
+    accept_new_host_keys: bool = False
+    parallel: int | None = None
+    dry_run: bool = False
+    force: bool = False  # deploy: converge a split fleet / ignore the schema check; rollback: ignore the schema check
+    unpin: bool = False  # deploy: remove the pin a rollback left
+    lock_wait: float = 0.0  # seconds to wait for another operation's lock
+    message: str = ""  # why: recorded in the lock, the history, the pin and bad marks
+    hosts: tuple[str, ...] = ()  # --hosts: only these hosts of the inventory
+    groups: tuple[str, ...] = ()  # --group: only members of these groups
+
+
+def open_fleet(inventory: Inventory, options: Options, progress: Progress | None = None) -> Fleet:
+    set_secrets(inventory.secrets())
+    return Fleet(
+        inventory,
+        accept_new_host_keys=options.accept_new_host_keys,
+        parallel=options.parallel,
+        observer=progress.observe if progress is not None else None,
+    )
+
+
+@contextmanager
+def locked_run(
+    inventory: Inventory, operation: str, options: Options, progress: Progress
+) -> Iterator[tuple[Run, dict[str, HostState], Unreachable, Phase]]:
+    """Open the fleet, take the lock while reading state; release whatever is still held on the way out."""
+    with open_fleet(inventory, options, progress) as fleet:
+        lock = FleetLock(operation, options.message)
+        run = Run(fleet, lock, progress, options.message)
+        started = time.monotonic()
+        progress.say(f"{operation}: locking and reading state of {len(inventory.hosts)} host(s)")
+        try:
+            states, unreachable = acquire(fleet, lock, progress, options.lock_wait)
+            yield run, states, unreachable, Phase("gather", time.monotonic() - started, not unreachable)
+        except KeyboardInterrupt:
+            with shielded_from_ctrl_c(progress):
+                interrupted(fleet, lock, progress)
+            raise
+        finally:
+            if lock.held:
+                release(fleet, lock, progress)
+
+
+@contextmanager
+def shielded_from_ctrl_c(progress: Progress) -> Iterator[None]:
+    """Clean-up after a Ctrl-C runs to its end: a further Ctrl-C is noted, not obeyed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        yield
+        return
+
+    def noted(_signum: int, _frame: object) -> None:
+        progress.say("still releasing the lock and reading where each host is; one moment")
+
+    signal.signal(signal.SIGINT, noted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def interrupted(fleet: Fleet, lock: FleetLock, progress: Progress) -> None:
+    """After Ctrl-C: let the steps already running on hosts end (uploads stop at once), release our
+    lock wherever it may have been taken (every connected host, compare-and-delete on our token,
+    so a lock taken while the answer was in flight is released too), then say where each host is."""
+    progress.say("interrupted: waiting for running steps, releasing the lock, then reading where each host is")
+    fleet.settle()
+    release(fleet, lock, progress, hosts=set(fleet.connected()) | lock.held)
+    states, unreachable = read_states(fleet, progress)
+    for name in sorted(states):
+        state = states[name]
+        progress.host(name, f"current -> {state.current or state.current_problem or 'none'}")
+    for name, reason in sorted(unreachable.items()):
+        progress.host(name, f"unknown: {reason}")
+
+
+def counted(report: OperationReport, fleet: Fleet) -> OperationReport:
+    """Record how many connections and sessions the operation used (issue 6's budgets, asserted in tests)."""
+    report.connections = fleet.connections_opened
+    report.sessions = fleet.sessions_by_host()
+    return report
+
+
+@contextmanager
+def quick_locked(
+    inventory: Inventory, operation: str, options: Options, progress: Progress
+) -> Iterator[tuple[Run, dict[str, HostState], Unreachable]]:
+    with locked_run(inventory, operation, options, progress) as (run, states, unreachable, _gathered):
+        yield run, states, unreachable

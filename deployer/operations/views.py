@@ -1,0 +1,198 @@
+"""Read-only views of the fleet: status, history, releases, lock status (no lock taken)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from deployer import plan as planning
+from deployer.inventory import Inventory
+from deployer.lock import is_stale, read_states
+from deployer.operations.session import Options, Unreachable, open_fleet
+from deployer.report import (
+    Progress,
+)
+from deployer.state import HostState, LockState
+
+
+@dataclass(frozen=True)
+class FleetView:
+    """Every host's state as read (no lock taken), for status, history, releases, lock-status."""
+
+    inventory: Inventory
+    states: dict[str, HostState]
+    unreachable: Unreachable
+
+
+def read_fleet(inventory: Inventory, options: Options | None = None, history: int = 0) -> FleetView:
+    options = options or Options()
+    with open_fleet(inventory, options) as fleet:
+        states, unreachable = read_states(fleet, Progress(quiet=True), history=history)
+    return FleetView(inventory, states, unreachable)
+
+
+def _lock_summary(lock_state: LockState | None) -> dict[str, Any] | None:
+    if lock_state is None:
+        return None
+    stale = is_stale(lock_state)
+    return {"holder": dict(lock_state.info), "description": lock_state.describe(), "stale": stale}
+
+
+def status_data(view: FleetView) -> dict[str, Any]:
+    """Each host's current and previous release, releases, lock, pin, problems; the fleet's split."""
+    deploy_to = view.inventory.deploy_to
+    hosts: list[dict[str, Any]] = []
+    for host in view.inventory.hosts:
+        if host.name in view.unreachable:
+            hosts.append(
+                {
+                    "host": host.name,
+                    "deploy_to": view.inventory.deploy_to_of(host),
+                    "reachable": False,
+                    "error": view.unreachable[host.name],
+                }
+            )
+            continue
+        state = view.states[host.name]
+        previous, previous_problem = state.previous_version(deploy_to)
+        hosts.append(
+            {
+                "host": host.name,
+                "deploy_to": view.inventory.deploy_to_of(host),
+                "reachable": True,
+                "hostname": state.hostname,
+                "current": state.current,
+                "current_link": state.current_link or None,
+                "previous_version": previous,
+                "problems": [p for p in (state.current_problem, previous_problem) if p] + list(state.notes),
+                "releases": [
+                    {
+                        "id": info.release_id,
+                        "status": info.status,
+                        "digest": info.digest or None,
+                        "bad": dict(info.bad) if info.bad is not None else None,
+                    }
+                    for info in sorted(state.releases.values(), key=lambda i: i.order_key)
+                ],
+                "lock": _lock_summary(state.lock),
+                "pin": dict(state.pin) if state.pin else None,
+                "free_kb": state.free_kb,
+            }
+        )
+    split = planning.split_of(view.states)
+    pin = planning.fleet_pin(view.states)
+    schema = planning.fleet_schema(view.states)
+    return {
+        "deploy_to": deploy_to,
+        "hosts": hosts,
+        "consistent": len(split) <= 1 and all(s.current for s in view.states.values()) and not view.unreachable,
+        "split": {release: sorted(n for n, s in view.states.items() if s.current == release) for release in split},
+        "currents": sorted({s.current or "-" for s in view.states.values()}),
+        "pin": dict(pin) if pin else None,
+        "schema": schema.__dict__ if schema else None,
+        "locked": sorted(name for name, state in view.states.items() if state.lock is not None),
+    }
+
+
+def status_exit_code(view: FleetView) -> int:
+    problems = view.unreachable or any(s.current_problem for s in view.states.values())
+    return 1 if problems or len(planning.split_of(view.states)) > 1 else 0
+
+
+def history_entries(view: FleetView, limit: int) -> list[dict[str, Any]]:
+    """The fleet's history, newest first: identical events on several hosts are shown once, with their hosts."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    position: dict[tuple[Any, ...], int] = {}
+    fields = ("op", "from", "to", "release", "user", "result")
+    for name, state in view.states.items():
+        seen: dict[tuple[str, ...], int] = {}
+        for index, entry in enumerate(state.history):
+            # One operation's event on several hosts is one line: keyed by its run id (not by the
+            # second it happened in, which differs between hosts); old entries without one by time.
+            event = (str(entry.get("run") or entry.get("time", "")), *(str(entry.get(f, "")) for f in fields))
+            seen[event] = seen.get(event, 0) + 1
+            key = (*event, seen[event])
+            item = merged.setdefault(key, {**entry, "hosts": []})
+            item["hosts"].append(name)
+            item["time"] = min(str(item.get("time", "")), str(entry.get("time", "")))
+            position[key] = max(position.get(key, -(10**9)), index - len(state.history))
+    ordered = [
+        merged[key] for key in sorted(merged, key=lambda key: (merged[key]["time"], position[key]), reverse=True)
+    ]
+    for item in ordered:
+        item["hosts"].sort()
+    return _drills_as_one(ordered)[:limit]
+
+
+def _drills_as_one(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A drill's switches (entries carrying `drill`: its phase) as one entry, its phases inside in order."""
+    drills: dict[str, dict[str, Any]] = {}
+    shown: list[dict[str, Any]] = []
+    for entry in entries:
+        phase = entry.get("drill")
+        run_id = str(entry.get("run") or "")
+        if not phase or not run_id:
+            shown.append(entry)
+            continue
+        drill = drills.get(run_id)
+        if drill is None:
+            drill = {
+                "op": "rollback-drill",
+                "run": run_id,
+                "time": entry.get("time", ""),
+                "user": entry.get("user", ""),
+                "hosts": [],
+                "phases": [],
+                "result": "ok",
+            }
+            drills[run_id] = drill
+            shown.append(drill)
+        drill["time"] = min(str(drill["time"]), str(entry.get("time", "")))
+        drill["hosts"] = sorted(set(drill["hosts"]) | set(entry["hosts"]))
+        drill["phases"].insert(
+            0,
+            {key: entry.get(key) for key in ("drill", "op", "from", "to", "result", "time", "hosts") if key in entry},
+        )
+        if entry.get("result") not in (None, "ok"):
+            drill["result"] = "failed"
+    for drill in drills.values():
+        phases = drill["phases"]
+        drill["from"], drill["to"] = phases[0].get("from"), phases[-1].get("to")
+        if phases[-1].get("drill") == "restore":
+            drill["result"] = "failed (restored)"
+    return shown
+
+
+def releases_table(view: FleetView) -> list[dict[str, Any]]:
+    """Per release: which hosts have it, are on it, record it as previous; bad, failed, pinned."""
+    pin = planning.fleet_pin(view.states)
+    pinned = pin.get("release") if pin else None
+    table: dict[str, dict[str, Any]] = {}
+    for name, state in sorted(view.states.items()):
+        previous, _problem = state.previous_version(view.inventory.deploy_to)
+        for info in state.releases.values():
+            row = table.setdefault(
+                info.release_id,
+                {
+                    "id": info.release_id,
+                    "staged_at": info.staged_at or None,
+                    "digest": info.digest or None,
+                    "schema": info.schema,
+                    "hosts": [],
+                    "current_on": [],
+                    "previous_on": [],
+                    "failed_on": [],
+                    "bad": None,
+                    "pinned": info.release_id == pinned,
+                },
+            )
+            row["hosts"].append(name)
+            if state.current == info.release_id:
+                row["current_on"].append(name)
+            if previous == info.release_id:
+                row["previous_on"].append(name)
+            if info.status in ("failed", "validating"):
+                row["failed_on"].append(name)
+            if info.bad is not None and row["bad"] is None:
+                row["bad"] = dict(info.bad)
+    return sorted(table.values(), key=lambda row: (row["staged_at"] or "", row["id"]), reverse=True)

@@ -1,0 +1,117 @@
+"""Facts about the fleet drawn from every host's state: the split, the pin, the schema, bad marks, releases."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from deployer.release import Manifest
+from deployer.state import HostState, ReleaseInfo, SchemaRecord
+
+
+def split_of(states: Mapping[str, HostState]) -> Counter[str]:
+    """How many hosts are on each release (hosts without a current release are not counted)."""
+    return Counter(state.current for state in states.values() if state.current is not None)
+
+
+def describe_split(states: Mapping[str, HostState]) -> str:
+    by_release: dict[str, list[str]] = {}
+    for name, state in sorted(states.items()):
+        by_release.setdefault(state.current or "(none)", []).append(name)
+    return "; ".join(f"{release}: {', '.join(names)}" for release, names in sorted(by_release.items()))
+
+
+def fleet_pin(states: Mapping[str, HostState]) -> Mapping[str, Any] | None:
+    """The pin any host records (they are written together; the first found is shown)."""
+    for _name, state in sorted(states.items()):
+        if state.pin is not None:
+            return state.pin
+    return None
+
+
+def fleet_schema(states: Mapping[str, HostState]) -> SchemaRecord | None:
+    """The newest schema any host records: the database is shared, so the highest version wins."""
+    records = [state.schema for state in states.values() if state.schema is not None]
+    return max(records, key=lambda record: (record.version, record.min_compatible)) if records else None
+
+
+def bad_marks(states: Mapping[str, HostState]) -> dict[str, Mapping[str, Any]]:
+    marks: dict[str, Mapping[str, Any]] = {}
+    for state in states.values():
+        for release_id, info in state.bad_releases().items():
+            marks.setdefault(release_id, info)
+    return marks
+
+
+def describe_pin(pin: Mapping[str, Any]) -> str:
+    text = f"pinned to {pin.get('release') or 'an unknown release'}"
+    if pin.get("user"):
+        text += f" by {pin['user']}"
+    if pin.get("time"):
+        text += f" at {pin['time']}"
+    if pin.get("why"):
+        text += f" ({pin['why']})"
+    return text
+
+
+def schema_problem(release_id: str, manifest: Manifest | None, recorded: SchemaRecord | None) -> str:
+    """Why `release_id` cannot run against the recorded database schema; "" when it can (or nothing is known)."""
+    if recorded is None:
+        return ""
+    if manifest is None:
+        if recorded.min_compatible <= 0:
+            return ""
+        return (
+            f"release {release_id} declares no schema_version, and the database is at schema {recorded.version} "
+            f"(compatible down to {recorded.min_compatible}, recorded by {recorded.release or 'an earlier release'})"
+        )
+    if manifest.schema_version < recorded.min_compatible:
+        return (
+            f"release {release_id} is written for schema {manifest.schema_version}, but the database is at "
+            f"schema {recorded.version}, which is compatible only down to {recorded.min_compatible} "
+            f"(recorded by {recorded.release or 'an earlier release'})"
+        )
+    return ""
+
+
+def manifest_of(info: ReleaseInfo | None) -> Manifest | None:
+    if info is None or info.schema is None:
+        return None
+    return Manifest(info.schema, info.min_schema if info.min_schema is not None else info.schema)
+
+
+def release_anywhere(states: Mapping[str, HostState], release_id: str) -> ReleaseInfo | None:
+    for _name, state in sorted(states.items()):
+        info = state.releases.get(release_id)
+        if info is not None:
+            return info
+    return None
+
+
+def describe_releases(states: Mapping[str, HostState], limit: int = 10) -> str:
+    """The releases present on the fleet, newest first, with when they were staged and on how many hosts."""
+    seen: dict[str, tuple[ReleaseInfo, int]] = {}
+    for state in states.values():
+        for release_id, info in state.releases.items():
+            known, count = seen.get(release_id, (info, 0))
+            seen[release_id] = (known, count + 1)
+    if not seen:
+        return "no host has any release"
+    ordered = sorted(seen.values(), key=lambda item: item[0].order_key, reverse=True)
+    parts = []
+    for info, count in ordered[:limit]:
+        staged = f"staged {info.staged_at[:19].replace('T', ' ')}" if info.staged_at else "not staged by this tool"
+        marks = [staged, f"on {count}/{len(states)} hosts"]
+        if info.bad is not None:
+            marks.append("BAD")
+        if any(state.current == info.release_id for state in states.values()):
+            marks.append("CURRENT")
+        parts.append(f"{info.release_id} ({', '.join(marks)})")
+    more = f", and {len(ordered) - limit} older" if len(ordered) > limit else ""
+    return "; ".join(parts) + more
+
+
+def digest_of(states: Mapping[str, HostState], release_id: str) -> str:
+    info = release_anywhere(states, release_id)
+    return info.digest if info else ""
