@@ -11,8 +11,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployer.errors import InputError
+from deployer.errors import InputError, InventoryError
 from deployer.inventory import NAME_RE
+from deployer.inventory.checks import Checker
+from deployer.inventory.ssh_config import SshConfig, host_blocks
 
 HEALTH = "curl -fsS http://127.0.0.1:8080/health"
 
@@ -26,36 +28,28 @@ class SshHost:
 
 
 def parse_ssh_config(text: str) -> list[SshHost]:
-    """The `Host` blocks of an ssh_config text (as `vagrant ssh-config` prints), in order."""
-    hosts: list[SshHost] = []
-    current: dict[str, str] = {}
+    """The `Host` blocks of an ssh_config text (as `vagrant ssh-config` prints), in order.
 
-    def flush() -> None:
-        if not current:
-            return
-        alias = current.get("host", "")
+    Read with the inventory's own ssh_config reader (`deployer.inventory.ssh_config`), so an
+    inventory naming these hosts by alias resolves them the same way.
+    """
+    try:
+        config = SshConfig(Checker("ssh config"), "ssh config", text)
+    except InventoryError as error:
+        raise InputError(error.problem) from None
+    hosts: list[SshHost] = []
+    for patterns, keywords in host_blocks(text):
+        alias = patterns[0] if len(patterns) == 1 else " ".join(patterns)
         if not NAME_RE.fullmatch(alias):
             raise InputError(f"ssh config: host alias {alias!r} is not a usable host name")
-        if "hostname" not in current or "identityfile" not in current:
+        found = config.raw(alias)
+        if "hostname" not in keywords or not found.get("identityfile"):
             raise InputError(f"ssh config: host {alias} has no HostName or IdentityFile")
-        port = current.get("port", "22")
+        port = str(found.get("port", "22"))
         if not port.isdigit():
             raise InputError(f"ssh config: host {alias} has port {port!r}")
-        identity = current["identityfile"].strip('"')
-        hosts.append(SshHost(alias, current["hostname"], int(port), os.path.expanduser(identity)))
-
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.partition(" ")
-        key, value = key.lower(), value.strip()
-        if key == "host":
-            flush()
-            current = {"host": value}
-        elif current and key not in current:  # like ssh: the first value of a keyword wins
-            current[key] = value
-    flush()
+        identity = found["identityfile"][0].strip('"')
+        hosts.append(SshHost(alias, found["hostname"], int(port), os.path.expanduser(identity)))
     if not hosts:
         raise InputError("ssh config: no Host entries (is the Vagrant fleet up? `cd vagrant && vagrant up`)")
     identities = {host.identity_file for host in hosts}
