@@ -25,7 +25,7 @@ from deployer import operations, runlog
 from deployer.errors import EXIT_HOSTS_FAILED, DeployerError, InputError, PlanRefused
 from deployer.inventory import Inventory, load_inventory
 from deployer.live import wants_live_view
-from deployer.localfleet import FleetError, LocalFleet
+from deployer.localfleet import LocalFleet
 from deployer.operations import Options
 from deployer.plan import describe_pin
 from deployer.release import check_release_id, pack_directory
@@ -111,8 +111,6 @@ def guarded(action: Callable[[], int], task: str = "run", verbose: bool = False,
         raise
     except DeployerError as error:
         _fail(str(error), error.exit_code, as_json, log_path)
-    except FleetError as error:
-        _fail(str(error), EXIT_HOSTS_FAILED, as_json, log_path)
     except KeyboardInterrupt:
         _fail("interrupted: run `inv status` to see each host's state", 130, as_json, log_path)
     except Exception as error:  # noqa: BLE001 - the last boundary: one line and the run log, never a traceback

@@ -1,8 +1,24 @@
 """The deployer's error hierarchy: every failure a user can see is one of these.
 
-Paramiko, socket and invoke exceptions are translated into it in one place
-(`deployer.fleet.classify_connect_error`), so the rest of the code and the reporter
-only ever deal with these types.
+    DeployerError                 exit 1 unless said otherwise; str() is the whole message
+    ├── InputError                exit 2: bad input, nothing contacted or changed
+    │   ├── InventoryError        names the file and the key
+    │   └── ArtifactError         unreadable or unsafe artifact
+    ├── PlanRefused               exit 3: refused as a whole, nothing changed
+    │   └── LockHeld              another operation holds the fleet lock
+    ├── HostError                 one host failed; `reason` is its line in the summary
+    │   ├── HostUnreachable       connect, handshake or the connection itself failed
+    │   ├── HostKeyRejected       unknown, changed or revoked host key
+    │   ├── AuthFailed            credentials refused
+    │   ├── CommandTimeout        a remote step outlived its limit
+    │   ├── StepFailed            a remote step exited non-zero (exit code, output)
+    │   └── ProtocolError         a host's answer broke the protocol (deployer.protocol)
+    └── FleetError                the local test fleet could not start or stop
+
+Paramiko, socket and EOF errors become these in one place, `deployer.fleet` (connecting:
+`classify_connect_error`; an open connection: `transport_errors`), so the rest of the code and
+the reporter only ever see these types. `deployer.cli.guarded` is where everything ends: these
+as their message and exit status, anything else as one line and the run log.
 """
 
 from __future__ import annotations
@@ -45,6 +61,14 @@ class PlanRefused(DeployerError):
     """The plan refuses the operation as a whole (nothing to roll back to, drift, ...)."""
 
     exit_code = EXIT_REFUSED
+
+
+class LockHeld(PlanRefused):
+    """Another operation holds the fleet lock."""
+
+
+class FleetError(DeployerError):
+    """The local fleet of test hosts could not be started, used or stopped."""
 
 
 class HostError(DeployerError):

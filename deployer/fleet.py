@@ -1,5 +1,6 @@
 """Fleet execution: one SSH connection per host for a whole operation, a bounded worker pool,
-and one exec session per remote script.
+and one exec session per remote script. The mapping boundary of transport errors: paramiko and
+socket errors become `deployer.errors` here (`classify_connect_error`, `transport_errors`), only.
 
 Fabric's `Connection` is used to build and open the paramiko client, but its defaults are
 corrected here: host keys are checked against the inventory's known_hosts (parsed once for the
@@ -18,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -127,6 +129,18 @@ def classify_connect_error(host: Host, exc: BaseException, timeout: float) -> Ho
     return HostError(host.name, f"unexpected error while connecting to {where}: {type(exc).__name__}: {exc}")
 
 
+@contextmanager
+def transport_errors(host: str, doing: str) -> Iterator[None]:
+    """The one mapping of an open connection's paramiko, socket and EOF errors to `HostUnreachable`
+    (naming what was being done). Timeouts pass through: the caller knows which limit it was."""
+    try:
+        yield
+    except TimeoutError:
+        raise
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise HostUnreachable(host, f"{doing}: {exc or type(exc).__name__}") from None
+
+
 @dataclass(frozen=True)
 class ExecResult:
     exit_status: int
@@ -199,35 +213,34 @@ class HostConnection:
         transport = self.connection.client.get_transport()
         if transport is None or not transport.is_active():
             raise HostUnreachable(self.host.name, "the SSH connection was lost")
-        try:
+        with transport_errors(self.host.name, "cannot open a session"):
             channel = transport.open_session(timeout=min(limit, self.timeouts.connect))
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise HostUnreachable(self.host.name, f"cannot open a session: {exc}") from None
         self.sessions += 1
         self._tell("step", step)
         stdout = _Collected(MAX_OUTPUT_BYTES)
         stderr = _Collected(STDERR_TAIL_BYTES, keep_tail=True)
         try:
-            channel.settimeout(limit)
-            channel.exec_command(command)
-            if upload:
-                self._send(channel, upload, deadline)
-            channel.shutdown_write()
-            self._read(channel, stdout, stderr, deadline)
-            if stdout.overflow:
-                raise ProtocolError(self.host.name, step, f"more than {MAX_OUTPUT_BYTES} bytes on stdout")
-            if not channel.status_event.wait(max(0.01, deadline - time.monotonic())):
-                raise TimeoutError()
-            status = channel.exit_status
+            with transport_errors(self.host.name, "connection lost during a remote step"):
+                channel.settimeout(limit)
+                channel.exec_command(command)
+                if upload:
+                    self._send(channel, upload, deadline)
+                channel.shutdown_write()
+                self._read(channel, stdout, stderr, deadline)
+                if stdout.overflow:
+                    raise ProtocolError(self.host.name, step, f"more than {MAX_OUTPUT_BYTES} bytes on stdout")
+                if not channel.status_event.wait(max(0.01, deadline - time.monotonic())):
+                    raise TimeoutError()
+                status = channel.exit_status
         except TimeoutError:
             self._tell("step-failed", f"{step} timeout")
             raise CommandTimeout(self.host.name, f"remote step did not finish within {limit:g}s") from None
         except Interrupted:
             self._tell("step-failed", f"{step} interrupted")
             raise HostError(self.host.name, f"{step}: stopped by Ctrl-C during the upload") from None
-        except (paramiko.SSHException, OSError, EOFError) as exc:
+        except HostUnreachable:
             self._tell("step-failed", f"{step} lost")
-            raise HostUnreachable(self.host.name, f"connection lost during a remote step: {exc}") from None
+            raise
         finally:
             channel.close()
         seconds = time.monotonic() - started
@@ -428,14 +441,10 @@ class Fleet:
         transport = opened.connection.client.get_transport()
         if transport is None or not transport.is_active():
             raise HostUnreachable(host.name, f"the connection to gateway {gateway} was lost")
-        try:
+        with transport_errors(host.name, f"gateway {gateway} could not open a tunnel to {host.address}:{host.port}"):
             return transport.open_channel(
                 "direct-tcpip", (host.address, host.port), ("127.0.0.1", 0), timeout=self.inventory.timeouts.connect
             )
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise HostUnreachable(
-                host.name, f"gateway {gateway} could not open a tunnel to {host.address}:{host.port}: {exc}"
-            ) from None
 
     def _on(self, host: Host, work: Callable[[HostConnection], T]) -> T | HostError:
         """`work` on `host`'s connection (opened if needed); a HostError is returned, not raised."""

@@ -22,13 +22,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from deployer.errors import FleetError
+
 DEPLOY_USER = "deploy"
 SSHD = "/usr/sbin/sshd"
 DEFAULT_PORT = 2222
-
-
-class FleetError(RuntimeError):
-    """The local fleet could not be started or stopped; the message says why."""
 
 
 @dataclass(frozen=True)

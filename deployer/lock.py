@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from deployer.errors import HostError, PlanRefused, StepFailed
+from deployer.errors import HostError, LockHeld, StepFailed
 from deployer.fleet import Fleet, HostConnection
 from deployer.protocol import ProtocolError, ScriptOutput
 from deployer.report import Progress
@@ -42,10 +42,6 @@ from deployer.scripts import run_script
 from deployer.state import HostState, LockState, parse_state
 
 Unreachable = dict[str, str]
-
-
-class LockHeld(PlanRefused):
-    """Another operation holds the fleet lock."""
 
 
 def local_user() -> str:
