@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
-import json
 import logging
 import os
 import shutil
@@ -24,22 +23,15 @@ from invoke.exceptions import Exit
 from deployer import operations, runlog
 from deployer.errors import EXIT_HOSTS_FAILED, DeployerError, InputError, PlanRefused
 from deployer.inventory import Inventory, load_inventory
-from deployer.live import wants_live_view
 from deployer.localfleet import LocalFleet
 from deployer.operations import Options
-from deployer.plan import describe_pin
 from deployer.release import check_release_id, pack_directory
-from deployer.report import (
-    OperationReport,
-    Phase,
-    Progress,
-    render_json,
-    render_text,
-    set_secrets,
-    shown,
-    shown_data,
-    write_junit,
-)
+from deployer.render import text
+from deployer.render.json import print_json, render_json
+from deployer.render.junit import write_junit
+from deployer.render.live import wants_live_view
+from deployer.render.text import render_text
+from deployer.report import OperationReport, Phase, Progress, shown
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FLEET_DIR = str(REPO_ROOT / ".fleet")
@@ -60,7 +52,6 @@ def resolve_inventory(path: str | None, options: Options | None = None, runs_hoo
     dry_run = options is not None and options.dry_run
     if runs_hooks and inventory.sudo_password_source == "ask" and inventory.uses_sudo and not dry_run:
         inventory = dataclasses.replace(inventory, sudo_password=ask_sudo_password(inventory))
-    set_secrets(inventory.secrets())
     return inventory
 
 
@@ -81,19 +72,6 @@ def ask_sudo_password(inventory: Inventory) -> str:
     if not password:
         raise InputError("no sudo password given; nothing was changed")
     return password
-
-
-def seconds(value: str | None, flag: str) -> float:
-    """A number of seconds from the command line; a bad value ends the run with a clear error (exit 2)."""
-    if value in (None, ""):
-        return 0.0
-    try:
-        number = float(str(value))
-    except ValueError:
-        number = -1.0
-    if not 0 <= number <= 86400:
-        raise InputError(f"{flag} expects seconds between 0 and 86400, got {value!r}")
-    return number
 
 
 def guarded(action: Callable[[], int], task: str = "run", verbose: bool = False, as_json: bool = False) -> None:
@@ -132,7 +110,7 @@ def _emit(report: OperationReport, as_json: bool) -> int:
     if as_json:
         render_json(report)
     elif wants_live_view(sys.stdout):
-        from deployer.live import render_rich  # noqa: PLC0415 - rich only for terminals
+        from deployer.render.live import render_rich  # noqa: PLC0415 - rich only for terminals
 
         render_rich(report)
     else:
@@ -144,7 +122,7 @@ def _emit(report: OperationReport, as_json: bool) -> int:
 def _progress(inventory: Inventory) -> Iterator[Progress]:
     """The live per-host view on a terminal, plain lines otherwise; closed however the run ends."""
     if wants_live_view():
-        from deployer.live import LiveProgress  # noqa: PLC0415 - rich only for terminals
+        from deployer.render.live import LiveProgress  # noqa: PLC0415 - rich only for terminals
 
         progress: Progress = LiveProgress([host.name for host in inventory.hosts])
     else:
@@ -211,7 +189,7 @@ def _out(text: str, **kwargs: Any) -> None:
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(shown_data(data), indent=2, sort_keys=True))
+    print_json(data)
 
 
 def status(inventory: str | None, options: Options, as_json: bool) -> int:
@@ -221,38 +199,7 @@ def status(inventory: str | None, options: Options, as_json: bool) -> int:
     if as_json:
         _print_json(data)
         return code
-    width = max(len(host["host"]) for host in data["hosts"])
-    _out(f"deploy_to: {data['deploy_to']}")
-    for host in data["hosts"]:
-        name = f"{host['host']:<{width}}"
-        if not host["reachable"]:
-            _out(f"  {name}  UNREACHABLE  {host['error']}")
-            continue
-        releases = len(host["releases"])
-        current, previous = host["current"] or "-", host["previous_version"] or "-"
-        line = f"  {name}  current={current}  previous={previous}  releases={releases}"
-        if host["deploy_to"] != data["deploy_to"]:
-            line += f"  deploy_to={host['deploy_to']}"
-        if host["lock"]:
-            line += "  LOCKED"
-        for problem in host["problems"]:
-            line += f"  PROBLEM: {problem}"
-        _out(line)
-    if data["consistent"]:
-        _out(f"fleet consistent on {data['currents'][0]}")
-    else:
-        split = "; ".join(f"{release} on {', '.join(names)}" for release, names in sorted(data["split"].items()))
-        _out(f"fleet NOT consistent: {split or 'no host has a release'}")
-    pin = data["pin"]
-    if pin:
-        _out(f"PINNED: {describe_pin(pin)}; `inv deploy` refuses until `inv unpin`")
-    if data["locked"]:
-        first = next(h for h in data["hosts"] if h.get("lock"))
-        stale = " (STALE: the process that took it is gone)" if first["lock"]["stale"] else ""
-        _out(f"LOCKED on {', '.join(data['locked'])}: {first['lock']['description']}{stale}")
-    if data["schema"]:
-        schema = data["schema"]
-        _out(f"database schema {schema['version']} (compatible down to {schema['min_compatible']})")
+    text.status(data)
     return code
 
 
@@ -262,27 +209,7 @@ def history(inventory: str | None, limit: int, options: Options, as_json: bool) 
     if as_json:
         _print_json({"history": entries, "unreachable": view.unreachable})
     else:
-        total = len(view.inventory.hosts)
-        for entry in entries:
-            hosts = entry["hosts"]
-            where = "all hosts" if len(hosts) == total else ", ".join(hosts)
-            what = entry.get("op", "?")
-            if "to" in entry:
-                move = f"{entry.get('from') or '-'} -> {entry.get('to')}"
-            else:
-                move = f"{entry.get('release', '')} {entry.get('detail', '')}".strip()
-            message = f"  ({entry['message']})" if entry.get("message") else ""
-            if entry.get("phases"):
-                steps = ", ".join(
-                    f"{phase.get('drill')} {phase.get('from') or '-'} -> {phase.get('to')}" for phase in entry["phases"]
-                )
-                message += f"  [{steps}]"
-            _out(
-                f"{entry.get('time', '?'):<20}  {what:<19} {move}  {entry.get('result', '')}  "
-                f"by {entry.get('user', '?')}  on {where}{message}"
-            )
-        if not entries:
-            _out("no history recorded yet")
+        text.history(entries, len(view.inventory.hosts))
     return _warn_unreachable(view.unreachable, "; its history is not shown")
 
 
@@ -299,25 +226,7 @@ def releases(inventory: str | None, options: Options, as_json: bool) -> int:
     if as_json:
         _print_json({"releases": rows, "unreachable": view.unreachable})
         return 1 if view.unreachable else 0
-    total = len(view.states)
-    for row in rows:
-        marks = []
-        if row["current_on"]:
-            marks.append("CURRENT" + ("" if len(row["current_on"]) == total else f" on {','.join(row['current_on'])}"))
-        if row["previous_on"]:
-            marks.append("previous")
-        if row["pinned"]:
-            marks.append("PINNED")
-        if row["bad"]:
-            marks.append(
-                f"BAD ({row['bad'].get('why', '')}, {row['bad'].get('user', '?')} {row['bad'].get('time', '')})"
-            )
-        if row["failed_on"]:
-            marks.append(f"FAILED on {','.join(row['failed_on'])}")
-        have = f"{len(row['hosts'])}/{total} hosts"
-        _out(f"{row['id']:<34} {have:<11} {'  '.join(marks)}".rstrip())
-    if not rows:
-        _out("no releases on any host")
+    text.releases(rows, len(view.states))
     return _warn_unreachable(view.unreachable)
 
 
@@ -328,16 +237,7 @@ def lock_status(inventory: str | None, options: Options, as_json: bool) -> int:
     if as_json:
         _print_json({"locks": locks, "unreachable": view.unreachable})
         return 1 if locks else 0
-    if not locks:
-        _out("no host is locked")
-    for name, lock in sorted(locks.items()):
-        if lock["stale"]:
-            verdict = "STALE: taken on this machine by a process that no longer runs; clear it with `inv unlock`"
-        elif lock["stale"] is None:
-            verdict = "cannot tell from here whether the run that took it is still going"
-        else:
-            verdict = "HELD by a running process"
-        _out(f"  {name}: {lock['description']}  [{verdict}]")
+    text.lock_status(locks)
     _warn_unreachable(view.unreachable)
     return 1 if locks else 0
 

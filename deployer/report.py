@@ -1,8 +1,9 @@
-"""Per-host results as values, and the one place that turns them into text or JSON."""
+"""Per-host results as values (HostResult, Phase, OperationReport), plain progress lines, and
+`shown`: the one boundary every output form passes text through (secrets redacted, host text
+sanitized). The forms themselves are in `deployer.render` (text, JSON, JUnit, the live view)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import asdict, dataclass, field
@@ -143,36 +144,6 @@ class OperationReport:
         return data
 
 
-def render_text(report: OperationReport, stream: TextIO | None = None) -> None:
-    """The per-host summary table and the verdict, in plain text (no colours, no control codes)."""
-    out = stream or sys.stdout
-    if report.hosts:
-        width = max(len(result.host) for result in report.hosts)
-        for result in sorted(report.hosts, key=lambda r: r.host):
-            move = f"{result.before or '-'} -> {result.after or '-'}"
-            check = "verified" if result.verified else ""
-            line = f"  {result.host:<{width}}  {result.status:<9} {move}"
-            if check:
-                line += f"  [{check}]"
-            if result.seconds:
-                line += f"  {result.seconds:.2f}s"
-            if result.message:
-                line += f"  {result.message}"
-            out.write(shown(line.rstrip()) + "\n")
-    for warning in report.warnings:
-        out.write(shown(f"warning: {warning}") + "\n")
-    for note in report.notes:
-        out.write(shown(f"note: {note}") + "\n")
-    out.write(shown(report.verdict()) + "\n")
-    out.flush()
-
-
-def render_json(report: OperationReport, stream: TextIO | None = None) -> None:
-    out = stream or sys.stdout
-    out.write(json.dumps(shown_data(report.to_dict()), indent=2, sort_keys=True) + "\n")
-    out.flush()
-
-
 class Progress:
     """Plain, line-per-event progress on stderr, written only from the main thread."""
 
@@ -194,43 +165,3 @@ class Progress:
 
     def close(self) -> None:
         """The operation is over (a live view stops here, leaving its last frame)."""
-
-
-def write_junit(report: OperationReport, path: str) -> None:
-    """A JUnit XML file: one test case per phase and host (per phase when it has no hosts), for CI."""
-    import xml.etree.ElementTree as ElementTree  # noqa: PLC0415 - only needed for --junit
-
-    cases: list[ElementTree.Element] = []
-    for phase in report.phases:
-        rows = phase.hosts or [HostResult("fleet", "ok" if phase.ok else FAILED, message=phase.detail)]
-        for result in rows:
-            case = ElementTree.Element(
-                "testcase",
-                classname=f"{report.operation}.{phase.name}",
-                name=f"{phase.name} {result.host}",
-                time=f"{(result.seconds or phase.seconds):.3f}",
-            )
-            good = result.status in GOOD_STATUSES and (phase.ok or bool(phase.hosts))
-            if not good:
-                failure = ElementTree.SubElement(
-                    case, "failure", message=shown(result.message or phase.detail or "failed")
-                )
-                failure.text = shown(f"{result.host}: {result.status} {result.before or '-'} -> {result.after or '-'}")
-            else:
-                out = ElementTree.SubElement(case, "system-out")
-                out.text = shown(f"{result.before or '-'} -> {result.after or '-'} {result.message}".strip())
-            cases.append(case)
-    failures = sum(1 for case in cases if case.find("failure") is not None)
-    suite = ElementTree.Element(
-        "testsuite",
-        name=report.operation,
-        tests=str(len(cases)),
-        failures=str(failures),
-        errors="0",
-        time=f"{sum(phase.seconds for phase in report.phases):.3f}",
-    )
-    suite.extend(cases)
-    root = ElementTree.Element("testsuites")
-    root.append(suite)
-    ElementTree.indent(root)
-    ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)

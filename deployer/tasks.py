@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from invoke import Context, task
 
+from deployer.errors import InputError
+
 if TYPE_CHECKING:
     from deployer import cli
     from deployer.operations import Options
@@ -75,7 +77,7 @@ class Common:
             dry_run=dry_run,
             force=force,
             unpin=unpin,
-            lock_wait=cli.seconds(self.lock_wait, "--lock-wait"),
+            lock_wait=seconds(self.lock_wait, "--lock-wait"),
             message=self.message or "",
             hosts=_names(self.hosts),
             groups=_names(self.group),
@@ -84,6 +86,19 @@ class Common:
     def run(self, task_name: str, action: Callable[[], int]) -> None:
         """Run the task's action with logging set up (-v, the run log) and user errors mapped to exit codes."""
         cli.guarded(action, task_name, self.verbose, self.json)
+
+
+def seconds(value: str | None, flag: str) -> float:
+    """A number of seconds from the command line; a bad value ends the run with a clear error (exit 2)."""
+    if value in (None, ""):
+        return 0.0
+    try:
+        number = float(str(value))
+    except ValueError:
+        number = -1.0
+    if not 0 <= number <= 86400:
+        raise InputError(f"{flag} expects seconds between 0 and 86400, got {value!r}")
+    return number
 
 
 def _names(value: str | None) -> tuple[str, ...]:

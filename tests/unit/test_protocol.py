@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 
 from deployer import plan as planning
 from deployer.protocol import RECORDS, ProtocolError, escape, parse_output, parse_record
-from deployer.report import HostResult, OperationReport, Progress, render_json, render_text, shown, shown_data
+from deployer.render.json import render_json
+from deployer.render.text import render_text
+from deployer.report import HostResult, OperationReport, Progress, shown, shown_data
 from deployer.scripts import SCRIPT_NAMES, command_line, script_source
 from deployer.state import parse_state
 

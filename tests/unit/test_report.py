@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from deployer.render.json import render_json
+from deployer.render.text import render_text
 from deployer.report import (
     FAILED,
     OK,
@@ -20,8 +22,6 @@ from deployer.report import (
     HostResult,
     OperationReport,
     Phase,
-    render_json,
-    render_text,
 )
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
