@@ -1,0 +1,47 @@
+"""run: a one-off command (a migration) once, on one host."""
+
+from __future__ import annotations
+
+from deployer.errors import HostError
+from deployer.fleet import HostConnection
+from deployer.lock import utc_now
+from deployer.phases.run import Run, whole_seconds
+from deployer.scripts import (
+    ScriptResult,
+    run_script,
+)
+
+
+def run_once(
+    run: Run, host: str, release: str, name: str, command: str, schema_from: int | None, schema_to: int | None
+) -> str:
+    """Run `command` once in releases/`release` on `host`; "" on success, else why it failed."""
+    inventory = run.inventory
+    options = {
+        "release": release,
+        "name": name,
+        "command": command,
+        "timeout": whole_seconds(inventory.timeouts.migrate),
+        "schema_from": "" if schema_from is None else str(schema_from),
+        "schema_to": "" if schema_to is None else str(schema_to),
+        "run": run.run_id,
+        "env": "1" if run.environment else "",
+        "now": utc_now(),
+    }
+    environment = [run.environment]
+    deploy_to = inventory.deploy_to_of(inventory.host(host))
+
+    def work(connection: HostConnection) -> ScriptResult:
+        return run_script(
+            connection, "run", deploy_to, session_timeout=inventory.timeouts.migrate + 10, upload=environment, **options
+        )
+
+    for _host, outcome in run.fleet.map(work, [inventory.host(host)]):
+        if isinstance(outcome, HostError):
+            return outcome.reason
+        output = outcome.output
+        if outcome.exit_status != 0:
+            ran = output.first("ran") or []
+            detail = f"exit {ran[1]}" + (f": {ran[2]}" if len(ran) > 2 and ran[2] else "") if len(ran) > 1 else ""
+            return f"`{command}` failed on {host} ({detail or output.error_message()})"
+    return ""

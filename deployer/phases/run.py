@@ -1,0 +1,97 @@
+"""One operation's open fleet, lock and progress (`Run`), and the records the act steps write on
+hosts: history lines, bad marks, pins (JSON), the env block sent on stdin."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import math
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from deployer.fleet import Fleet
+from deployer.inventory import Inventory
+from deployer.lock import FleetLock, local_user, utc_now
+from deployer.report import Progress
+from deployer.state import SchemaRecord
+
+
+@dataclass
+class Run:
+    """One operation's open fleet, lock, progress and switches."""
+
+    fleet: Fleet
+    lock: FleetLock
+    progress: Progress
+    message: str = ""
+    drill_phase: str = ""  # set by the drill: its switches are recorded as phases of one drill
+
+    @property
+    def inventory(self) -> Inventory:
+        return self.fleet.inventory
+
+    @property
+    def run_id(self) -> str:
+        return self.lock.token[:12]
+
+    @functools.cached_property
+    def environment(self) -> bytes:
+        """The env block sent on stdin to every session that runs the user's commands (built once)."""
+        return env_block(self.inventory)
+
+
+def history_line(
+    operation: str, before: str | None, target: str, message: str = "", run_id: str = "", drill: str = ""
+) -> str:
+    record: dict[str, Any] = {
+        "run": run_id,  # the same on every host for one operation: `inv history` merges by it
+        "time": utc_now(),
+        "op": operation,
+        "from": before,
+        "to": target,
+        "user": local_user(),
+        "controller": socket.gethostname(),
+        "result": "ok",
+    }
+    if message:
+        record["message"] = message
+    if drill:
+        record["drill"] = drill  # the drill phase: `inv history` shows one drill, with its phases
+    return json.dumps(record, sort_keys=True)
+
+
+def mark_info(why: str) -> str:
+    return json.dumps({"why": why, "user": local_user(), "time": utc_now()}, sort_keys=True)
+
+
+def pin_info(release: str, why: str) -> str:
+    return json.dumps(
+        {"release": release, "why": why, "user": local_user(), "time": utc_now(), "controller": socket.gethostname()},
+        sort_keys=True,
+    )
+
+
+def env_block(inventory: Inventory) -> bytes:
+    """The inventory's `env` as the block the remote scripts read from stdin (see read_env in lib.sh).
+
+    The sudo password travels here too, as DEPLOYER_SUDO_PASSWORD: lib.sh keeps it in a shell
+    variable for `sudo -S` and never exports it to any command.
+    """
+    pairs = [(var.name, var.value) for var in inventory.env]
+    if inventory.sudo_password:
+        pairs.append(("DEPLOYER_SUDO_PASSWORD", inventory.sudo_password))
+    if not pairs:
+        return b""
+    lines = b"".join(name.encode() + b" " + base64.b64encode(value.encode("utf-8")) + b"\n" for name, value in pairs)
+    return b"DEPLOYER-ENV %d\n" % len(lines) + lines
+
+
+def whole_seconds(seconds: float) -> str:
+    """A time limit for the remote scripts: whole seconds, rounded up (fractions are not POSIX `sleep`)."""
+    return str(max(1, math.ceil(seconds)))
+
+
+def schema_text(schema: SchemaRecord | None) -> str:
+    return f"{schema.version} {schema.min_compatible} {schema.release}" if schema else ""

@@ -1,0 +1,80 @@
+"""stage: upload (or reuse the cached tarball), unpack, link shared paths, validate; one session per host."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from deployer import plan as planning
+from deployer.errors import HostError, StepFailed
+from deployer.fleet import HostConnection, MappedArtifact
+from deployer.lock import utc_now
+from deployer.phases.run import Run, whole_seconds
+from deployer.plan import HostPlan
+from deployer.release import Artifact
+from deployer.scripts import (
+    EXIT_VALIDATE,
+    run_script,
+)
+
+
+def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> dict[str, HostError]:
+    """Upload (or reuse the cached tarball), unpack, link shared paths, validate: one session per host."""
+    inventory = run.inventory
+    sources = {host_plan.host: host_plan.source for host_plan in hosts}
+    manifest = artifact.manifest
+    staged_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # orders releases; never mtimes
+    meta = " ".join(
+        [staged_at, str(manifest.schema_version) if manifest else "-", str(manifest.min_schema) if manifest else "-"]
+    )
+    mapped = MappedArtifact(artifact.path)
+    environment = run.environment
+    failures: dict[str, HostError] = {}
+
+    def work(connection: HostConnection) -> float:
+        source = sources[connection.host.name]
+        upload = [environment] + ([mapped.view] if source == planning.UPLOAD else [])
+        result = run_script(
+            connection,
+            "stage",
+            inventory.deploy_to_of(connection.host),
+            session_timeout=inventory.timeouts.stage,
+            upload=upload,
+            release=release,
+            digest=artifact.digest,
+            source=source,
+            validate=inventory.validate,
+            validate_timeout=whole_seconds(inventory.timeouts.validate),
+            meta=meta,
+            shared="\n".join(inventory.shared),
+            env="1" if environment else "",
+            now=utc_now(),
+        )
+        output = result.output
+        if result.exit_status != 0:
+            step = "validation" if result.exit_status == EXIT_VALIDATE else "staging"
+            message = output.error_message()
+            failed = output.first("validate_failed")
+            if result.exit_status == EXIT_VALIDATE and failed is not None:
+                code, tail = failed[0], failed[1].strip()
+                message = f"`{inventory.validate}` exited {code}" + (f": {tail}" if tail else "")
+                if code == "124":
+                    message += f" (stopped after timeouts.validate = {inventory.timeouts.validate:g}s)"
+            raise StepFailed(connection.host.name, step, result.exit_status, message, output.tail())
+        if output.first("staged") != [release, artifact.digest]:
+            raise StepFailed(connection.host.name, "staging", 0, "the host did not confirm the staged release")
+        return result.seconds
+
+    try:
+        targets = [inventory.host(name) for name in sources]
+        for host, outcome in run.fleet.map(work, targets):
+            if isinstance(outcome, HostError):
+                failures[host.name] = outcome
+                run.progress.host(host.name, f"FAILED: {outcome.reason}")
+            else:
+                run.progress.host(host.name, f"staged and validated ({outcome:.2f}s)")
+    except BaseException:
+        run.fleet.settle()  # Ctrl-C: stop the uploads and wait for them before the map goes away
+        raise
+    finally:
+        mapped.close()
+    return failures

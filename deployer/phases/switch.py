@@ -1,0 +1,180 @@
+"""switch: the one helper deploy, rollback and automatic revert use to point `current` at a release
+(hooks, atomic rename, read-back, records, health check, prune, unlock); one session per host."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from deployer.errors import HostError, StepFailed
+from deployer.fleet import HostConnection
+from deployer.lock import utc_now
+from deployer.phases.run import Run, history_line, schema_text, whole_seconds
+from deployer.plan import HostPlan
+from deployer.protocol import ProtocolError
+from deployer.scripts import (
+    EXIT_AFTER_ROLLBACK,
+    EXIT_AFTER_SWITCH,
+    EXIT_BEFORE_SWITCH,
+    EXIT_HEALTH,
+    run_script,
+)
+from deployer.state import SchemaRecord
+
+SWITCHED_BUT_FAILING = {
+    EXIT_AFTER_SWITCH: "after_switch hook",
+    EXIT_HEALTH: "health check",
+    EXIT_AFTER_ROLLBACK: "after_rollback hook",
+}
+
+
+@dataclass
+class Switched:
+    """A host whose `current` now points where the switch put it (read back)."""
+
+    link: str
+    resolved: str
+    seconds: float
+    failing: str = ""  # which check failed after the switch ("health check", ...), with its output
+    unlocked: bool = False
+    pruned: list[str] = field(default_factory=list)
+    health: str = ""
+    switched: bool = True  # False: it was already there (a revert rerun): nothing was recorded
+    confirmed: frozenset[str] = frozenset()  # records the host confirmed: pinned, marked_bad, history_written
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SwitchRequest:
+    """What a switch phase does on each host beyond pointing `current` at the target."""
+
+    mode: str  # deploy | rollback | revert
+    operation: str  # what the history calls it
+    unlock: bool = False  # release our lock on success (or always, for rollbacks and reverts)
+    bad_on_failure: str = ""  # deploys: JSON of the bad mark a host writes when its own checks fail after switching
+    schema: SchemaRecord | None = None
+    pin: str = ""  # JSON of the pin to set
+    unpin: bool = False
+    mark_bad: str = ""
+    bad_info: str = ""
+    prune: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def _switch_options(run: Run, host_plan: HostPlan, request: SwitchRequest) -> tuple[dict[str, Any], float]:
+    inventory = run.inventory
+    host = inventory.host(host_plan.host)
+    target = host_plan.target or ""
+    health = inventory.health_check
+    options: dict[str, Any] = {
+        "now": utc_now(),
+        "target": target,
+        "expected": host_plan.expected_link,
+        "mode": request.mode,
+        "operation": request.operation,
+        "previous": host_plan.previous_version if request.mode == "deploy" else "",
+        "history": history_line(request.operation, host_plan.before, target, run.message, run.run_id, run.drill_phase),
+        "run": run.run_id,
+        "hook_timeout": whole_seconds(inventory.timeouts.hook),
+        "schema": schema_text(request.schema),
+        "pin": request.pin,
+        "unpin": "1" if request.unpin else "",
+        "mark_bad": request.mark_bad,
+        "bad_info": request.bad_info,
+        "bad_on_failure": request.bad_on_failure,
+        "prune": " ".join(request.prune.get(host_plan.host, ())),
+        "unlock": run.lock.token if request.unlock else "",
+        "unlock_always": "1" if request.unlock and request.mode != "deploy" else "",
+        "env": "1" if run.environment else "",
+        "sudo": "1" if host.sudo else "",
+    }
+    hooks = ("before_switch", "after_switch") if request.mode == "deploy" else ("after_rollback",)
+    for hook in hooks:
+        options[hook] = inventory.hook(hook)
+    timeout = inventory.timeouts.command + inventory.timeouts.hook * len([h for h in hooks if inventory.hook(h)])
+    if health is not None:
+        options.update(
+            health=health.command,
+            health_timeout=whole_seconds(health.timeout),
+            health_retries=str(health.retries),
+            health_interval=f"{health.interval:g}",
+        )
+        timeout += health.worst_case_seconds
+    return options, timeout
+
+
+def switch_host(connection: HostConnection, run: Run, host_plan: HostPlan, request: SwitchRequest) -> Switched:
+    """Run the shared switch helper on one host and check its read-back against the plan."""
+    target = host_plan.target or ""
+    options, timeout = _switch_options(run, host_plan, request)
+    deploy_to = run.inventory.deploy_to_of(connection.host)
+    result = run_script(connection, "switch", deploy_to, session_timeout=timeout, upload=[run.environment], **options)
+    output = result.output
+    status = result.exit_status
+    name = connection.host.name
+    if status not in (0, *SWITCHED_BUT_FAILING):
+        step = "before_switch hook" if status == EXIT_BEFORE_SWITCH else "switch"
+        message = output.error_message()
+        hook = output.first("hook")
+        if status == EXIT_BEFORE_SWITCH and hook and len(hook) > 3 and hook[3]:
+            message += f": {hook[3]}"
+        raise StepFailed(name, step, status, message)
+    link, resolved = ((output.first("after") or []) + ["", ""])[:2]
+    if link != f"releases/{target}" or posixpath.basename(resolved) != target:
+        raise StepFailed(name, "verification", 0, f"current reads back as {link!r} ({resolved!r}), not {target}")
+    if not output.has("switched") and not output.has("already"):
+        raise ProtocolError(name, "switch", "neither a switched nor an already record")
+    switched = Switched(
+        link,
+        resolved,
+        result.seconds,
+        unlocked=output.has("unlocked"),
+        pruned=[fields[0] for fields in output.all("pruned")],
+        switched=output.has("switched"),
+        confirmed=frozenset(key for key in ("pinned", "marked_bad", "history_written") if output.has(key)),
+        warnings=output.warnings(),
+    )
+    if switched.switched and "history_written" not in switched.confirmed and not switched.warnings:
+        switched.warnings.append("the host did not confirm writing its history line")
+    health = output.first("health")
+    if health and health[0] == "ok":
+        switched.health = f"healthy (attempt {health[1] if len(health) > 1 else '?'})"
+    if status in SWITCHED_BUT_FAILING:
+        what = SWITCHED_BUT_FAILING[status]
+        detail = ""
+        if status == EXIT_HEALTH and health and len(health) > 3:
+            detail = f" after {health[1]} attempt(s), exit {health[2]}: {health[3]}".rstrip(": ")
+        else:
+            hook = next((fields for fields in output.all("hook") if len(fields) > 1 and fields[1] == "failed"), None)
+            if hook:
+                detail = f" (exit {hook[2]})" + (f": {hook[3]}" if len(hook) > 3 and hook[3] else "")
+        switched.failing = f"{what} failed{detail}"
+    return switched
+
+
+def switch(run: Run, hosts: list[HostPlan], request: SwitchRequest) -> dict[str, Switched | HostError]:
+    """The switch phase on `hosts`, in parallel; outcomes per host."""
+    by_name = {host_plan.host: host_plan for host_plan in hosts}
+    outcomes: dict[str, Switched | HostError] = {}
+
+    def work(connection: HostConnection) -> Switched:
+        return switch_host(connection, run, by_name[connection.host.name], request)
+
+    targets = [run.inventory.host(name) for name in by_name]
+    for host, outcome in run.fleet.map(work, targets):
+        outcomes[host.name] = outcome
+        if isinstance(outcome, HostError):
+            run.progress.host(host.name, f"FAILED: {outcome.reason}")
+            continue
+        if outcome.unlocked:
+            run.lock.held.discard(host.name)
+        text = f"current -> {outcome.link} (verified)"
+        if outcome.health:
+            text += f", {outcome.health}"
+        if outcome.pruned:
+            text += f", pruned {len(outcome.pruned)} old release(s)"
+        if outcome.failing:
+            text += f"; FAILED: {outcome.failing}"
+        run.progress.host(host.name, text)
+    return outcomes
