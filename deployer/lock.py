@@ -269,19 +269,52 @@ def _clear_stale(fleet: Fleet, others: dict[str, LockState], progress: Progress)
         progress.host(name, f"warning: removing a stale lock ({lock_state.describe()}: that process is gone)")
     options_of = {name: {"unlock": lock_state.token or "-"} for name, lock_state in others.items()}
     outcomes = run_finish(fleet, options_of, "removing a stale lock")
-    return all(not isinstance(outcome, HostError) and outcome.has("unlocked") for _name, outcome in outcomes)
+    return all(not isinstance(outcome, HostError) and outcome.lock == "unlocked" for _name, outcome in outcomes)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What one host confirmed a `finish` did (from its records, never from the exit status)."""
+
+    lock: (
+        str  # "unlocked" | "absent" (no lock there) | "changed" (another's lock, left alone) | "" (not asked/confirmed)
+    )
+    pin: str  # "unpinned" | "not_pinned" | "pinned" | ""
+    marked_bad: bool
+    pruned: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+    @property
+    def lock_settled(self) -> bool:
+        """Our lock is no longer there (removed now, already gone, or another's stands in its place)."""
+        return self.lock in ("unlocked", "absent", "changed")
+
+    @classmethod
+    def parse(cls, output: ScriptOutput) -> Finished:
+        lock = next((name for key, name in _LOCK_RECORDS.items() if output.has(key)), "")
+        pin = next((key for key in ("unpinned", "not_pinned", "pinned") if output.has(key)), "")
+        return cls(
+            lock,
+            pin,
+            output.has("marked_bad"),
+            tuple(fields[0] for fields in output.all("pruned")),
+            tuple(output.warnings()),
+        )
+
+
+_LOCK_RECORDS = {"unlocked": "unlocked", "lock_absent": "absent", "lock_changed": "changed"}
 
 
 def run_finish(
     fleet: Fleet, options_of: Mapping[str, Mapping[str, Any]], step: str
-) -> Iterator[tuple[str, ScriptOutput | HostError]]:
+) -> Iterator[tuple[str, Finished | HostError]]:
     """One `finish` session on each named host with its own options (unlock token, pin, marks, prune).
 
-    The one place a lock-releasing `finish` is run: releasing our lock, clearing a stale one, and
-    the end of an operation (`phases.finish`). Yields (host, parsed output) or (host, the error).
+    The one place a `finish` is run: releasing our lock, clearing a stale one, unlock, and the end
+    of an operation (`phases.finish`). Yields (host, what it confirmed) or (host, the error).
     """
 
-    def work(connection: HostConnection) -> ScriptOutput:
+    def work(connection: HostConnection) -> Finished:
         name = connection.host.name
         deploy_to = fleet.inventory.deploy_to_of(connection.host)
         result = run_script(connection, "finish", deploy_to, **options_of[name])
@@ -290,7 +323,7 @@ def run_finish(
             raise StepFailed(name, step, result.exit_status, output.error_message())
         if not output.has("finished") and not output.has("deploy_to"):
             raise ProtocolError(name, step, "no finished record")
-        return output
+        return Finished.parse(output)
 
     for host, outcome in fleet.map(work, [fleet.inventory.host(name) for name in sorted(options_of)]):
         yield host.name, outcome
@@ -310,10 +343,10 @@ def release(
         if isinstance(outcome, HostError):
             failures[name] = outcome
             progress.host(name, f"warning: lock not released: {outcome.reason}")
-        elif outcome.has("unlocked") or outcome.has("lock_absent") or outcome.has("lock_changed"):
+        elif outcome.lock_settled:
             lock.held.discard(name)
         else:
-            reason = "; ".join(outcome.warnings()) or "the host did not confirm"
+            reason = "; ".join(outcome.warnings) or "the host did not confirm"
             failures[name] = HostError(name, f"lock not released: {reason}")
             progress.host(name, f"warning: lock not released: {reason}")
     return failures

@@ -7,12 +7,11 @@ from collections.abc import Callable
 from deployer import plan as planning
 from deployer.errors import HostError
 from deployer.inventory import Inventory
-from deployer.lock import read_states, run_finish
+from deployer.lock import Finished, read_states, run_finish
 from deployer.operations.session import Options, open_fleet, quick_locked
 from deployer.phases import (
     finish,
 )
-from deployer.protocol import ScriptOutput
 from deployer.report import (
     FAILED,
     OK,
@@ -121,19 +120,18 @@ def unlock(
     return report
 
 
-def _unlock_result(name: str, state: HostState, outcome: ScriptOutput | HostError) -> HostResult:
+def _unlock_result(name: str, state: HostState, outcome: Finished | HostError) -> HostResult:
     """What removing the shown lock did on one host, from the host's own confirmation records."""
     current = state.current
     if isinstance(outcome, HostError):
         return HostResult(name, FAILED, current, current, False, 0.0, outcome.reason)
-    if outcome.has("unlocked"):
+    if outcome.lock == "unlocked":
         return HostResult(name, OK, current, current, True, 0.0, "lock removed")
-    if outcome.has("lock_absent"):
+    if outcome.lock == "absent":
         return HostResult(name, UNCHANGED, current, current, True, 0.0, "the lock was already gone")
-    changed = outcome.first("lock_changed")
-    if changed is not None:
+    if outcome.lock == "changed":
         return HostResult(
             name, REFUSED, current, current, True, 0.0, "left in place: another lock was taken since it was shown"
         )
-    reason = "; ".join(outcome.warnings()) or "the host did not confirm the removal"
+    reason = "; ".join(outcome.warnings) or "the host did not confirm the removal"
     return HostResult(name, FAILED, current, current, False, 0.0, f"lock not removed: {reason}")

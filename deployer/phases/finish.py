@@ -34,17 +34,17 @@ def finish(run: Run, hosts: list[str], unlock: bool = True, **options: Any) -> d
             failures[name] = outcome.reason
             run.progress.host(name, f"warning: {outcome.reason}")
             continue
-        problems = outcome.warnings()
+        problems = list(outcome.warnings)
         if options_of[name]["unlock"]:
-            if outcome.has("unlocked") or outcome.has("lock_absent") or outcome.has("lock_changed"):
+            if outcome.lock_settled:
                 run.lock.held.discard(name)
             else:
                 problems.append("the lock was not confirmed released")
-        if options_of[name].get("unpin") and not (outcome.has("unpinned") or outcome.has("not_pinned")):
+        if options_of[name].get("unpin") and outcome.pin not in ("unpinned", "not_pinned"):
             problems.append("the pin was not confirmed removed")
-        if options_of[name].get("mark_bad") and not outcome.has("marked_bad"):
+        if options_of[name].get("mark_bad") and not outcome.marked_bad:
             problems.append(f"release {options_of[name]['mark_bad']} was not confirmed marked bad")
-        pruned = [fields[0] for fields in outcome.all("pruned")]
+        pruned = outcome.pruned
         if pruned:
             run.progress.host(name, f"pruned {len(pruned)} old release(s): {' '.join(pruned)}")
         if problems:
