@@ -19,6 +19,14 @@ STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 STATUS_VALIDATING = "validating"
 STATUS_UNMANAGED = "unmanaged"
+STATUS_DAMAGED = "damaged"  # its metadata file is empty or torn (a power cut): never switched to
+DAMAGED_FILES = {
+    "previous_version": "releases/{name}/previousVersion",
+    "meta": ".deployer/meta/{name}",
+    "bad": ".deployer/bad/{name}",
+    "pin": ".deployer/pin",
+    "schema": ".deployer/schema",
+}
 USABLE_STATUSES = frozenset({STATUS_OK, STATUS_UNMANAGED})
 
 
@@ -93,6 +101,7 @@ class HostState:
     schema: SchemaRecord | None = None
     history: tuple[Mapping[str, Any], ...] = ()
     notes: tuple[str, ...] = ()
+    damaged: tuple[str, ...] = ()  # state files found empty or torn (a power cut), never read as data
 
     def bad_releases(self) -> dict[str, Mapping[str, Any]]:
         return {rid: info.bad for rid, info in self.releases.items() if info.bad is not None}
@@ -102,6 +111,8 @@ class HostState:
 
         The host's own deploy_to is used when known; `deploy_to` is the fallback.
         """
+        if self.current is not None and f"releases/{self.current}/previousVersion" in self.damaged:
+            return None, "previousVersion is damaged (empty or torn: a power cut?); host left untouched"
         if self.current is None or self.previous_version_raw is None:
             return None, ""
         return parse_previous_version(self.previous_version_raw, self.deploy_to or deploy_to)
@@ -172,6 +183,19 @@ def _parse_releases(output: ScriptOutput, deploy_to: str, notes: list[str]) -> d
             bad=bad.get(release_id),
         )
     return releases
+
+
+def _damaged(output: ScriptOutput, current: str | None) -> tuple[str, ...]:
+    """The state files gather found empty or torn, as paths inside deploy_to."""
+    found = []
+    for what, name in output.all("damaged"):
+        template = DAMAGED_FILES.get(what)
+        if template is None or (name != what and not is_release_id(name) and name != "current"):
+            continue
+        if name == "current" and current is None:
+            continue
+        found.append(template.format(name=current if name == "current" else name))
+    return tuple(sorted(set(found)))
 
 
 def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
@@ -252,6 +276,7 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
         current=current,
         current_problem=problem,
         previous_version_raw=previous_raw,
+        damaged=_damaged(output, current),
         releases=releases,
         last_op=last_op,
         cached_digests=frozenset(fields[0] for fields in output.all("cached") if fields),

@@ -65,6 +65,7 @@ def status_data(view: FleetView) -> dict[str, Any]:
                 "current_link": state.current_link or None,
                 "previous_version": previous,
                 "problems": [p for p in (state.current_problem, previous_problem) if p] + list(state.notes),
+                "damaged": list(state.damaged),
                 "releases": [
                     {
                         "id": info.release_id,
@@ -95,7 +96,7 @@ def status_data(view: FleetView) -> dict[str, Any]:
 
 
 def status_exit_code(view: FleetView) -> int:
-    problems = view.unreachable or any(s.current_problem for s in view.states.values())
+    problems = view.unreachable or any(s.current_problem or s.damaged for s in view.states.values())
     return 1 if problems or len(planning.split_of(view.states)) > 1 else 0
 
 

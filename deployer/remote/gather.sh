@@ -35,7 +35,11 @@ if [ -L current ]; then
         emit current_resolved "$(cd current/ && pwd -P)"
         if [ -f current/previousVersion ]; then
             first_line current/previousVersion
-            emit previous_version "$line"
+            if [ "$line_ok" = 1 ]; then
+                emit previous_version "$line"
+            else
+                emit damaged previous_version current
+            fi
         else
             emit previous_version_missing
         fi
@@ -51,28 +55,47 @@ for dir in releases/*/; do
     [ -d "$dir" ] || continue
     id=${dir#releases/}
     id=${id%/}
+    # A state file that is empty or torn (no complete line: a power cut) is reported as damaged
+    # and never read as data.
     meta="unmanaged -"
     if [ -f ".deployer/meta/$id" ]; then
         first_line ".deployer/meta/$id"
         meta=$line
+        if [ "$line_ok" != 1 ]; then
+            meta="damaged -"
+            emit damaged meta "$id"
+        fi
     fi
     emit release "$id" "$meta"
     if [ -f "releases/$id/previousVersion" ]; then
         first_line "releases/$id/previousVersion"
-        emit release_previous "$id" "$line"
+        if [ "$line_ok" = 1 ]; then
+            emit release_previous "$id" "$line"
+        else
+            emit damaged previous_version "$id"
+        fi
     fi
     if [ -f ".deployer/bad/$id" ]; then
         first_line ".deployer/bad/$id"
-        emit bad "$id" "$line"
+        [ "$line_ok" = 1 ] || emit damaged bad "$id"
+        emit bad "$id" "$line"  # a damaged mark still counts: the release was marked bad
     fi
 done
 if [ -f .deployer/pin ]; then
     first_line .deployer/pin
-    emit pin "$line"
+    if [ "$line_ok" = 1 ]; then
+        emit pin "$line"
+    else
+        emit damaged pin pin
+    fi
 fi
 if [ -f .deployer/schema ]; then
     first_line .deployer/schema
-    emit schema "$line"
+    if [ "$line_ok" = 1 ]; then
+        emit schema "$line"
+    else
+        emit damaged schema schema
+    fi
 fi
 if [ -f .deployer/history.jsonl ]; then
     # The history is bounded (rotated at 1 MiB, each rotation starting with a switch): its tail

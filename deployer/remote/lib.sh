@@ -114,16 +114,41 @@ sha256_of() {
     sha256_stream < "$1"
 }
 
+# shellcheck disable=SC2034  # line_ok is read by the scripts that judge damage (gather)
 first_line() {
     # first_line FILE: its first line in $line, with the shell's own read (no process per file).
+    # line_ok=1 when that line is complete (ends with a newline, as write_file always writes);
+    # line_ok=0 for an empty or torn file: damaged data (a power cut before it reached the disk).
     line=
-    IFS= read -r line < "$1" || true
+    line_ok=0
+    if IFS= read -r line < "$1"; then
+        line_ok=1
+    fi
+}
+
+flush() {
+    # flush PATH: what was written on PATH's file system reaches stable storage before going on
+    # (sync -f, the file system only, where the host's sync has it; else a whole sync).
+    if [ -z "${flush_with:-}" ]; then
+        command -v sync >/dev/null 2>&1 || fail 30 "this host has no sync command: nothing can be made durable"
+        flush_with=sync
+        if sync -f "$1" 2>/dev/null; then  # the probe is the first flush itself
+            flush_with=syncfs
+            return 0
+        fi
+    fi
+    if [ "$flush_with" = syncfs ]; then
+        sync -f "$1"
+    else
+        sync
+    fi
 }
 
 write_file() {
-    # write_file PATH CONTENT: replace PATH atomically (temp file + rename in the same folder).
+    # write_file PATH CONTENT: replace PATH durably and atomically: a temp file in the same folder,
+    # flushed, then renamed (a crash leaves the old or the new content, never an empty file).
     wf_tmp="$1.tmp.$$"
-    if printf '%s\n' "$2" > "$wf_tmp" && mv -f "$wf_tmp" "$1"; then
+    if printf '%s\n' "$2" > "$wf_tmp" && flush "$wf_tmp" && mv -f "$wf_tmp" "$1"; then
         return 0
     fi
     rm -f "$wf_tmp"
@@ -134,7 +159,11 @@ release_status() {
     # release_status ID: prints "<status> <digest> ..." from the release's meta file, "unmanaged -" without one.
     if [ -f ".deployer/meta/$1" ]; then
         first_line ".deployer/meta/$1"
-        printf '%s\n' "$line"
+        if [ "$line_ok" = 1 ]; then
+            printf '%s\n' "$line"
+        else
+            printf 'damaged -\n'  # empty or torn (a power cut): never switched to
+        fi
     else
         printf 'unmanaged -\n'
     fi
@@ -154,7 +183,7 @@ record_history() {
             mv -f .deployer/history.jsonl .deployer/history.1.jsonl || emit warning "history not rotated"
         fi
     fi
-    if printf '%s\n' "$1" >> .deployer/history.jsonl; then
+    if printf '%s\n' "$1" >> .deployer/history.jsonl && flush .deployer/history.jsonl; then
         [ "${2:-}" != rotate ] || emit history_written
     else
         emit warning "history not written (disk full?)"

@@ -153,4 +153,7 @@ if [ -n "$opt_validate" ]; then
     fi
     write_file ".deployer/meta/$release_id" "ok $meta" || fail 30 "cannot write release metadata (disk full?)"
 fi
+# Durable before visible: every file of the release (and its metadata) is on stable storage before
+# any host can switch to it, so a power cut after the switch never leaves `current` on empty files.
+flush "releases/$release_id" || fail 30 "cannot flush the release to disk"
 emit staged "$release_id" "$digest"

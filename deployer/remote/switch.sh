@@ -66,6 +66,8 @@ else
         fail 30 "cannot rename the temporary link over current"
     fi
 
+    # The folder holding `current` is flushed: a verified switch stays switched after a power cut.
+    flush . || emit warning "the switch could not be flushed to disk"
     after=$(readlink current)
     resolved=$(cd current/ 2>/dev/null && pwd -P)
     expected_dir=$(cd "releases/$target" && pwd -P)

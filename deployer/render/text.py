@@ -56,6 +56,8 @@ def status(data: dict[str, Any], out: TextIO | None = None) -> None:
             line += "  LOCKED"
         for problem in host["problems"]:
             line += f"  PROBLEM: {problem}"
+        if host.get("damaged"):
+            line += f"  DAMAGED (empty or torn, a power cut?): {', '.join(host['damaged'])}"
         _out(line, out)
     if data["consistent"]:
         _out(f"fleet consistent on {data['currents'][0]}", out)

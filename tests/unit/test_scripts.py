@@ -323,6 +323,7 @@ def test_validate_is_bounded_even_without_timeout_1(tmp_path, artifact):
         "df",
         "awk",
         "dirname",
+        "sync",
         "ln",
         "readlink",
         "pwd",

@@ -1,0 +1,144 @@
+"""Durable before visible, and damaged data never trusted (the scripts run locally, no SSH).
+
+A power cut is proven on real VMs (issue 13's VM suite); here the scripts' order of operations is
+checked with a `sync` that records, at each call, what the folder looked like, and state files are
+truncated the way a power cut leaves them (empty, or without their final newline)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deployer import plan as planning
+from deployer.protocol import parse_output
+from deployer.release import PreparedArtifact
+from deployer.scripts import command_line
+from deployer.state import STATUS_DAMAGED, parse_state
+
+RECORDING_SYNC = """#!/bin/sh
+# Record each call: its arguments, whether the release folder exists, where `current` points.
+{
+    printf 'args=%s' "$*"
+    printf ' release=%s' "$([ -d "$DEPLOY_TO/releases/r1" ] && echo yes || echo no)"
+    printf ' current=%s\\n' "$(readlink "$DEPLOY_TO/current" 2>/dev/null)"
+} >> "$SYNC_LOG"
+exec REAL_SYNC "$@"
+"""
+
+
+@pytest.fixture
+def artifact(tmp_path_factory):
+    tree = tmp_path_factory.mktemp("app")
+    (tree / "VERSION").write_text("v1\n")
+    with PreparedArtifact(str(tree)) as prepared:
+        yield prepared, Path(prepared.path).read_bytes()
+
+
+@pytest.fixture
+def recorded(tmp_path):
+    """PATH with a `sync` that logs each call; returns (environment, log path)."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    fake = folder / "sync"
+    fake.write_text(RECORDING_SYNC.replace("REAL_SYNC", shutil.which("sync") or "/bin/sync"))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "sync.log"
+    deploy_to = tmp_path / "app"
+    env = {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}", "SYNC_LOG": str(log), "DEPLOY_TO": str(deploy_to)}
+    return env, log, str(deploy_to)
+
+
+def run(command: str, env: dict[str, str] | None = None, stdin: bytes = b""):
+    done = subprocess.run(["sh", "-c", command], input=stdin, capture_output=True, env=env, timeout=60)
+    return done.returncode, parse_output(done.stdout.decode(), done.stderr.decode())
+
+
+def test_a_release_is_on_disk_before_it_is_confirmed_staged(artifact, recorded):
+    env, log, deploy_to = recorded
+    prepared, data = artifact
+    command = command_line("stage", deploy_to, release="r1", digest=prepared.digest, source="upload", validate="true")
+    code, out = run(command, env, data)
+    assert code == 0 and out.first("staged") == ["r1", prepared.digest]
+    calls = log.read_text().splitlines()
+    # The last flush covers the whole release, made once it is in releases/ with its final metadata.
+    assert calls and "release=yes" in calls[-1]
+    assert calls[-1].startswith(("args=-f releases/r1 ", "args= "))  # sync -f on the release, or a whole sync
+    # Its metadata went through a temp file flushed before the rename (never an empty meta file).
+    assert any(".deployer/meta/r1.tmp." in call for call in calls)
+
+
+def test_the_switch_is_flushed_after_the_rename_and_before_it_is_reported(artifact, recorded):
+    env, log, deploy_to = recorded
+    prepared, data = artifact
+    run(command_line("stage", deploy_to, release="r1", digest=prepared.digest, source="upload"), env, data)
+    log.write_text("")
+    code, out = run(command_line("switch", deploy_to, target="r1", expected="", mode="deploy", history="{}"), env)
+    assert code == 0 and out.has("switched") and out.has("history_written")
+    calls = log.read_text().splitlines()
+    flushed_after_rename = [call for call in calls if call.endswith("current=releases/r1")]
+    assert flushed_after_rename, calls  # the folder holding `current` was flushed once it pointed at r1
+    before_rename = [call for call in calls if call.endswith("current=")]
+    assert any("previousVersion.tmp." in call for call in before_rename)  # written, flushed, then renamed
+
+
+def truncated(path: Path, how: str) -> None:
+    text = path.read_text()
+    path.write_text("" if how == "empty" else text.rstrip("\n")[: max(1, len(text) // 2)])
+
+
+def staged_host(tmp_path: Path, artifact) -> str:
+    prepared, data = artifact
+    deploy_to = str(tmp_path / "app")
+    for release in ("r1", "r2"):
+        command = command_line("stage", deploy_to, release=release, digest=prepared.digest, source="upload")
+        assert run(command, stdin=data)[0] == 0
+    assert run(command_line("switch", deploy_to, target="r1", expected="", mode="deploy", history="{}"))[0] == 0
+    previous = f"{deploy_to}/releases/r1"
+    switched = command_line(
+        "switch", deploy_to, target="r2", expected="releases/r1", mode="deploy", previous=previous, history="{}"
+    )
+    assert run(switched)[0] == 0
+    return deploy_to
+
+
+def gathered(deploy_to: str):
+    code, out = run(command_line("gather", deploy_to))
+    assert code == 0
+    return parse_state("web1", out, deploy_to)
+
+
+@pytest.mark.parametrize("how", ["empty", "torn"])
+def test_a_damaged_previous_version_is_reported_and_never_followed(tmp_path, artifact, how):
+    deploy_to = staged_host(tmp_path, artifact)
+    truncated(Path(deploy_to, "releases", "r2", "previousVersion"), how)
+    state = gathered(deploy_to)
+    assert "releases/r2/previousVersion" in state.damaged
+    plan = planning.plan_rollback(deploy_to, {"web1": state}, {})
+    assert not plan.acting() and plan.refusal  # the host is left untouched, not sent anywhere
+
+
+@pytest.mark.parametrize("how", ["empty", "torn"])
+def test_a_damaged_release_metadata_makes_the_release_unusable(tmp_path, artifact, how):
+    deploy_to = staged_host(tmp_path, artifact)
+    truncated(Path(deploy_to, ".deployer", "meta", "r1"), how)
+    state = gathered(deploy_to)
+    assert state.releases["r1"].status == STATUS_DAMAGED and ".deployer/meta/r1" in state.damaged
+    assert planning.plan_rollback(deploy_to, {"web1": state}, {}, "r1").refusal
+    # And the host's own switch refuses it too, whatever the controller asked.
+    code, out = run(command_line("switch", deploy_to, target="r1", expected="releases/r2", mode="rollback"))
+    assert code == 20 and "not usable (status: damaged)" in out.error_message()
+
+
+@pytest.mark.parametrize("how", ["empty", "torn"])
+def test_a_damaged_pin_is_reported_never_trusted(tmp_path, artifact, how):
+    deploy_to = staged_host(tmp_path, artifact)
+    pin = Path(deploy_to, ".deployer", "pin")
+    pin.write_text('{"release": "r1", "why": "incident"}\n')
+    truncated(pin, how)
+    state = gathered(deploy_to)
+    assert state.pin is None and ".deployer/pin" in state.damaged
