@@ -11,8 +11,6 @@ waits have explicit timeouts. Paramiko/socket errors are mapped to `deployer.err
 from __future__ import annotations
 
 import logging
-import mmap
-import os
 import select
 import socket
 import threading
@@ -34,7 +32,7 @@ from deployer.errors import (
     HostUnreachable,
 )
 from deployer.inventory import Gateway, Host, Inventory
-from deployer.known_hosts import KnownHosts, load_known_hosts
+from deployer.known_hosts import KnownHostsPolicy, UnknownHostKey, fingerprint, load_known_hosts
 from deployer.protocol import MAX_OUTPUT_BYTES, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -57,58 +55,26 @@ class Interrupted(Exception):
     """The operation is being interrupted (Ctrl-C): an upload stops at its next packet."""
 
 
-class UnknownHostKey(paramiko.SSHException):
-    def __init__(self, hostname: str, key: paramiko.PKey, revoked: bool = False) -> None:
-        self.hostname = hostname
-        self.key = key
-        self.revoked = revoked
-        super().__init__(hostname)
-
-
-class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
-    """Called for hosts whose offered key is not trusted: refuse (always for a revoked key), or
-    (opt-in) add it like OpenSSH's accept-new."""
-
-    def __init__(self, known: KnownHosts, accept_new: bool, lock: threading.Lock) -> None:
-        self.known = known
-        self.path = known.path
-        self.accept_new = accept_new
-        self.lock = lock
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        if self.known.is_revoked(key):
-            raise UnknownHostKey(hostname, key, revoked=True)
-        if not self.accept_new:
-            raise UnknownHostKey(hostname, key)
-        with self.lock, open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-        log.warning("added new host key for %s (%s %s) to %s", hostname, key.get_name(), _fingerprint(key), self.path)
-
-
-def _fingerprint(key: paramiko.PKey) -> str:
-    return str(key.fingerprint) if hasattr(key, "fingerprint") else key.get_base64()[:16]
-
-
 def classify_connect_error(host: Host, exc: BaseException, timeout: float) -> HostError:
     """Map whatever connecting raised to the deployer's error types."""
     where = f"{host.address}:{host.port}"
     if isinstance(exc, UnknownHostKey) and exc.revoked:
         return HostKeyRejected(
             host.name,
-            f"host key for {exc.hostname} is REVOKED in known_hosts ({exc.key.get_name()} {_fingerprint(exc.key)}); "
+            f"host key for {exc.hostname} is REVOKED in known_hosts ({exc.key.get_name()} {fingerprint(exc.key)}); "
             "refusing to connect",
         )
     if isinstance(exc, UnknownHostKey):
         return HostKeyRejected(
             host.name,
-            f"host key for {exc.hostname} is not in known_hosts ({exc.key.get_name()} {_fingerprint(exc.key)}); "
+            f"host key for {exc.hostname} is not in known_hosts ({exc.key.get_name()} {fingerprint(exc.key)}); "
             "refusing to connect (add it, or use --accept-new-host-keys)",
         )
     if isinstance(exc, paramiko.BadHostKeyException):
         return HostKeyRejected(
             host.name,
-            f"HOST KEY CHANGED for {where}: known_hosts has {_fingerprint(exc.expected_key)}, "
-            f"the server offered {_fingerprint(exc.key)}; refusing to connect",
+            f"HOST KEY CHANGED for {where}: known_hosts has {fingerprint(exc.expected_key)}, "
+            f"the server offered {fingerprint(exc.key)}; refusing to connect",
         )
     if isinstance(exc, paramiko.AuthenticationException):
         return AuthFailed(host.name, f"authentication failed for {host.user}@{where}: {exc}")
@@ -513,24 +479,3 @@ class Fleet:
             if isinstance(gateway, HostConnection):
                 gateway.close()
         self.gateways.clear()
-
-
-class MappedArtifact:
-    """The artifact file mapped into memory once and shared, read-only, by every upload."""
-
-    def __init__(self, path: str) -> None:
-        self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
-        size = os.fstat(self._file.fileno()).st_size
-        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-        self.view = memoryview(self._map) if self._map is not None else memoryview(b"")
-
-    def close(self) -> None:
-        """Unmap and close. A slice of the map still referenced (from the traceback of an upload
-        stopped by Ctrl-C) keeps the map alive until it goes: the map is then freed with it."""
-        try:
-            self.view.release()
-            if self._map is not None:
-                self._map.close()
-        except BufferError:
-            log.debug("artifact map still referenced; it is freed when the last reference goes")
-        self._file.close()

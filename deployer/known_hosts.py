@@ -1,4 +1,4 @@
-"""known_hosts files as OpenSSH writes them, read once per operation.
+"""known_hosts files as OpenSSH writes them, read once per operation, and the policy that applies them.
 
 Handled: comments and blank lines, several names per line, `[host]:port` and IPv6 names, hashed
 names (`|1|salt|hash`, from `ssh-keygen -H` or `HashKnownHosts yes`), any whitespace between fields.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import binascii
 import logging
+import threading
 from dataclasses import dataclass, field
 
 import paramiko
@@ -89,3 +90,35 @@ def load_known_hosts(path: str) -> KnownHosts:
     for warning in known.warnings:
         log.warning("%s", warning)
     return known
+
+
+class UnknownHostKey(paramiko.SSHException):
+    def __init__(self, hostname: str, key: paramiko.PKey, revoked: bool = False) -> None:
+        self.hostname = hostname
+        self.key = key
+        self.revoked = revoked
+        super().__init__(hostname)
+
+
+class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
+    """Called for hosts whose offered key is not trusted: refuse (always for a revoked key), or
+    (opt-in) add it like OpenSSH's accept-new."""
+
+    def __init__(self, known: KnownHosts, accept_new: bool, lock: threading.Lock) -> None:
+        self.known = known
+        self.path = known.path
+        self.accept_new = accept_new
+        self.lock = lock
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        if self.known.is_revoked(key):
+            raise UnknownHostKey(hostname, key, revoked=True)
+        if not self.accept_new:
+            raise UnknownHostKey(hostname, key)
+        with self.lock, open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        log.warning("added new host key for %s (%s %s) to %s", hostname, key.get_name(), fingerprint(key), self.path)
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    return str(key.fingerprint) if hasattr(key, "fingerprint") else key.get_base64()[:16]

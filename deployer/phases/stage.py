@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import mmap
+import os
 from datetime import datetime, timezone
 
 from deployer import plan as planning
 from deployer.errors import HostError, StepFailed
-from deployer.fleet import HostConnection, MappedArtifact
+from deployer.fleet import HostConnection
 from deployer.lock import utc_now
 from deployer.phases.run import Run, whole_seconds
 from deployer.plan import HostPlan
@@ -15,6 +18,8 @@ from deployer.scripts import (
     EXIT_VALIDATE,
     run_script,
 )
+
+log = logging.getLogger(__name__)
 
 
 def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> dict[str, HostError]:
@@ -78,3 +83,24 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
     finally:
         mapped.close()
     return failures
+
+
+class MappedArtifact:
+    """The artifact file mapped into memory once and shared, read-only, by every upload."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        size = os.fstat(self._file.fileno()).st_size
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        self.view = memoryview(self._map) if self._map is not None else memoryview(b"")
+
+    def close(self) -> None:
+        """Unmap and close. A slice of the map still referenced (from the traceback of an upload
+        stopped by Ctrl-C) keeps the map alive until it goes: the map is then freed with it."""
+        try:
+            self.view.release()
+            if self._map is not None:
+                self._map.close()
+        except BufferError:
+            log.debug("artifact map still referenced; it is freed when the last reference goes")
+        self._file.close()

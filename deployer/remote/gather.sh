@@ -57,15 +57,8 @@ for dir in releases/*/; do
     id=${id%/}
     # A state file that is empty or torn (no complete line: a power cut) is reported as damaged
     # and never read as data.
-    meta="unmanaged -"
-    if [ -f ".deployer/meta/$id" ]; then
-        first_line ".deployer/meta/$id"
-        meta=$line
-        if [ "$line_ok" != 1 ]; then
-            meta="damaged -"
-            emit damaged meta "$id"
-        fi
-    fi
+    read_meta "$id"
+    [ "$meta_ok" = 1 ] || emit damaged meta "$id"
     emit release "$id" "$meta"
     if [ -f "releases/$id/previousVersion" ]; then
         first_line "releases/$id/previousVersion"
@@ -116,6 +109,4 @@ for cached in .deployer/artifacts/*.tar.gz; do
     name=${cached#.deployer/artifacts/}
     emit cached "${name%.tar.gz}"
 done
-# shellcheck disable=SC2046  # POSIX df -P: a header line, then device, size, used, available, ...
-set -- $(df -Pk . 2>/dev/null)
-emit free_kb "${11:-}"
+emit free_kb "$(free_kb)"

@@ -155,18 +155,28 @@ write_file() {
     return 1
 }
 
-release_status() {
-    # release_status ID: prints "<status> <digest> ..." from the release's meta file, "unmanaged -" without one.
-    if [ -f ".deployer/meta/$1" ]; then
-        first_line ".deployer/meta/$1"
-        if [ "$line_ok" = 1 ]; then
-            printf '%s\n' "$line"
-        else
-            printf 'damaged -\n'  # empty or torn (a power cut): never switched to
-        fi
-    else
-        printf 'unmanaged -\n'
+# shellcheck disable=SC2034  # meta_ok is read by gather
+read_meta() {
+    # read_meta ID: "<status> <digest> <staged at> <schema> <min_schema>" of release ID in $meta
+    # ("unmanaged -" without a meta file, "damaged -" for an empty or torn one); $meta_ok=0 when
+    # damaged. One read by the shell, no process: gather calls it for every release.
+    meta="unmanaged -"
+    meta_ok=1
+    [ -f ".deployer/meta/$1" ] || return 0
+    first_line ".deployer/meta/$1"
+    meta=$line
+    if [ "$line_ok" != 1 ]; then
+        meta="damaged -"
+        meta_ok=0
     fi
+}
+
+free_kb() {
+    # free_kb: KiB available on the current folder's file system (POSIX df -P: a header line, then
+    # device, size, used, available, ...).
+    # shellcheck disable=SC2046  # the fields of df's output become positional parameters
+    set -- $(df -Pk . 2>/dev/null)
+    printf '%s\n' "${11:-}"
 }
 
 HISTORY_MAX_BYTES=1048576

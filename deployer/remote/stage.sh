@@ -36,10 +36,6 @@ staging=".deployer/staging/$release_id"
 [ ! -e "$staging" ] || rm -rf "$staging"
 mkdir "$staging" || fail 30 "cannot create $staging"
 
-free_kb() {
-    df -Pk . | awk 'NR == 2 { print $4 }'
-}
-
 if [ "$opt_source" = upload ]; then
     # One pass over the stream: tee keeps the tarball (for later redeploys) while tar unpacks it;
     # the kept copy is hashed afterwards (from the page cache). Nothing is trusted until the digest

@@ -28,10 +28,10 @@ cd "$deploy_to" || fail 20 "cannot enter $deploy_to"
 if [ ! -d "releases/$target" ] || [ -L "releases/$target" ]; then
     fail 20 "release $target is not present in $deploy_to/releases"
 fi
-status=$(release_status "$target")
-case $status in
+read_meta "$target"
+case $meta in
     ok\ * | unmanaged\ *) ;;
-    *) fail 20 "release $target is not usable (status: ${status%% *})" ;;
+    *) fail 20 "release $target is not usable (status: ${meta%% *})" ;;
 esac
 if [ -L current ]; then
     before=$(readlink current)
