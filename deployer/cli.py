@@ -11,8 +11,10 @@ import getpass
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,7 +76,13 @@ def ask_sudo_password(inventory: Inventory) -> str:
     return password
 
 
-def guarded(action: Callable[[], int], task: str = "run", verbose: bool = False, as_json: bool = False) -> None:
+def guarded(
+    action: Callable[[], int],
+    task: str = "run",
+    verbose: bool = False,
+    as_json: bool = False,
+    settled_exit: bool = False,
+) -> None:
     """Run `action` with logging set up; turn its status and any error into invoke's Exit.
 
     The one place every error ends: a deployer error is its message and exit status; anything
@@ -83,6 +91,8 @@ def guarded(action: Callable[[], int], task: str = "run", verbose: bool = False,
     still gets one JSON document carrying the error and the exit status.
     """
     log_path = runlog.start(task, verbose)
+    global _settle_before_verdict
+    _settle_before_verdict = settled_exit
     try:
         code = action()
     except Exit:
@@ -99,6 +109,20 @@ def guarded(action: Callable[[], int], task: str = "run", verbose: bool = False,
         raise Exit(code=code)
 
 
+_settle_before_verdict = False  # set by guarded for the CLI process (never in-process callers)
+
+
+def _ignore_ctrl_c_from_now_on() -> None:
+    """The operation is over and its verdict is about to be printed: a Ctrl-C from here on (the
+    process winding down, threads and connections closing) can no longer change anything, so it
+    must not change the exit status either (a Python killed by SIGINT would report 130 for a deploy
+    that succeeded). Done before the verdict is printed, so no Ctrl-C sent after seeing it counts."""
+    if not _settle_before_verdict or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _fail(message: str, code: int, as_json: bool, log_path: str | None) -> NoReturn:
     print(shown(f"error: {message}"), file=sys.stderr)
     if as_json:
@@ -107,6 +131,7 @@ def _fail(message: str, code: int, as_json: bool, log_path: str | None) -> NoRet
 
 
 def _emit(report: OperationReport, as_json: bool) -> int:
+    _ignore_ctrl_c_from_now_on()
     if as_json:
         render_json(report)
     elif wants_live_view(sys.stdout):

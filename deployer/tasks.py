@@ -85,7 +85,7 @@ class Common:
 
     def run(self, task_name: str, action: Callable[[], int]) -> None:
         """Run the task's action with logging set up (-v, the run log) and user errors mapped to exit codes."""
-        cli.guarded(action, task_name, self.verbose, self.json)
+        cli.guarded(action, task_name, self.verbose, self.json, settled_exit=True)
 
 
 def seconds(value: str | None, flag: str) -> float:
@@ -268,13 +268,13 @@ def fleet_up(
     json: bool = False,
 ) -> None:
     """Start a local fleet of real sshd hosts (root; installs openssh-server if missing)."""
-    cli.guarded(lambda: cli.fleet_up(hosts, state_dir, subnet, port, json), "fleet-up", as_json=json)
+    cli.guarded(lambda: cli.fleet_up(hosts, state_dir, subnet, port, json), "fleet-up", as_json=json, settled_exit=True)
 
 
 @task(name="fleet-down", help={"state-dir": "the fleet's folder (default: .fleet)", "json": COMMON_HELP["json"]})
 def fleet_down(c: Context, state_dir: str | None = None, json: bool = False) -> None:
     """Stop the local fleet's hosts (only the processes it started)."""
-    cli.guarded(lambda: cli.fleet_down(state_dir, json), "fleet-down", as_json=json)
+    cli.guarded(lambda: cli.fleet_down(state_dir, json), "fleet-down", as_json=json, settled_exit=True)
 
 
 @task(
@@ -289,7 +289,9 @@ def vagrant_inventory(
     c: Context, ssh_config: str | None = None, out: str = "inventories/vagrant.yml", json: bool = False
 ) -> None:
     """Write an inventory (and known_hosts, by ssh-keyscan) for the Vagrant fleet in vagrant/."""
-    cli.guarded(lambda: cli.vagrant_inventory(ssh_config, out, json), "vagrant-inventory", as_json=json)
+    cli.guarded(
+        lambda: cli.vagrant_inventory(ssh_config, out, json), "vagrant-inventory", as_json=json, settled_exit=True
+    )
 
 
 @task(
@@ -298,10 +300,10 @@ def vagrant_inventory(
 )
 def build_sample(c: Context, version: str = "v1", out: str = "dist/app.tar.gz", json: bool = False) -> None:
     """Pack the sample app from sample-app/ with the given VERSION."""
-    cli.guarded(lambda: cli.print_built_sample(version, out, json), "build-sample", as_json=json)
+    cli.guarded(lambda: cli.print_built_sample(version, out, json), "build-sample", as_json=json, settled_exit=True)
 
 
 @task
 def demo(c: Context) -> None:
     """The main job on a 3-host local fleet: deploy v1, v2, rollback (pin), unpin, drill, history, status."""
-    cli.guarded(cli.demo)
+    cli.guarded(cli.demo)  # several operations in one process: Ctrl-C stays live between them

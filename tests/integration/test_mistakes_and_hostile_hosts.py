@@ -5,6 +5,7 @@ folder on this machine), never from the tool's own report."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -265,6 +266,22 @@ def test_ctrl_c_at_any_moment_of_a_deploy(make_inventory, views, artifacts, depl
     time.sleep(delay)
     os.killpg(process.pid, signal.SIGINT)
     assert_clean_interrupt(process, views, deploy_to, base, expect_130=False)
+
+
+def test_ctrl_c_after_the_verdict_does_not_change_the_exit_status(make_inventory, views, artifacts, deploy_to):
+    """Once the verdict is printed the work is done: a Ctrl-C while the process winds down (threads
+    and connections closing) must not turn a successful deploy into "interrupted"."""
+    deploy(make_inventory(), artifacts["v1"])
+    process = inv_process("deploy", "--inventory", make_inventory(), "--artifact", artifacts["v2"])
+    verdict = ""
+    while not verdict.startswith("deploy ") and process.poll() is None:
+        verdict = process.stdout.readline()
+    assert ": OK on 4/4 hosts" in verdict, verdict
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(timeout=60) == 0
+    assert not any(lock_folders(views, deploy_to).values())
+    assert {view.version(deploy_to) for view in views.values()} == {"v2"}
 
 
 MARK = 'touch "$DEPLOYER_DEPLOY_TO/.deployer/reached"; sleep 2'  # the host reached this step
