@@ -69,7 +69,8 @@ def locked_run(
             raise
         finally:
             if lock.held:
-                release(fleet, lock, progress)
+                with shielded_from_ctrl_c(progress):  # a Ctrl-C now must not leave the lock behind
+                    release(fleet, lock, progress)
 
 
 @contextmanager
@@ -84,7 +85,7 @@ def shielded_from_ctrl_c(progress: Progress) -> Iterator[None]:
         return
 
     def noted(_signum: int, _frame: object) -> None:
-        progress.say("still releasing the lock and reading where each host is; one moment")
+        progress.say("still releasing the lock; one moment")
 
     signal.signal(signal.SIGINT, noted)
     try:
