@@ -350,3 +350,22 @@ def test_validate_is_bounded_even_without_timeout_1(tmp_path, artifact):
     assert done.returncode == EXIT_VALIDATE, done.stderr
     output = parse_output(done.stdout.decode(), done.stderr.decode())
     assert output.first("validate_failed")[0] == "143"  # ended by the watchdog's TERM, not by finishing
+
+
+@pytest.mark.parametrize("separators", [(", ", ": "), (",", ":")], ids=["default", "compact"])
+def test_the_last_switch_is_found_however_history_lines_are_spaced(tmp_path, artifact, separators):
+    """The rerun rule ("a rerun completes the same rollback") reads the last switch from the history:
+    gather's pattern must find what phases.history_line writes, whatever the JSON spacing."""
+    from deployer.phases import history_line  # noqa: PLC0415
+
+    deploy_to = str(tmp_path / "app")
+    stage(deploy_to, "r1", artifact)
+    stage(deploy_to, "r2", artifact)
+    switch(deploy_to, "r1", "")
+    switch(deploy_to, "r2", "releases/r1")
+    switch(deploy_to, "r1", "releases/r2", mode="rollback")
+    line = json.dumps(json.loads(history_line("rollback", "r2", "r1", run_id="run1")), separators=separators)
+    with open(os.path.join(deploy_to, ".deployer", "history.jsonl"), "a") as handle:
+        handle.write(line + "\n" + '{"op": "hook", "release": "r1", "result": "failed"}\n')
+    state = parse_state("h", run(command_line("gather", deploy_to))[1], deploy_to)
+    assert state.last_op is not None and (state.last_op["op"], state.last_op["to"]) == ("rollback", "r1")
