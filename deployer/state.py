@@ -199,84 +199,30 @@ def _damaged(output: ScriptOutput, current: str | None) -> tuple[str, ...]:
 
 
 def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
-    """Build a HostState from gather's records."""
+    """Build a HostState from gather's records (each part parsed by its own small reader below)."""
     notes: list[str] = []
     hostname = (output.first("hostname") or [""])[0]
-    deploy_to_record = output.first("deploy_to") or ["missing"]
     lock = _parse_lock(output)
-    if deploy_to_record[0] != "present":
+    if (output.first("deploy_to") or ["missing"])[0] != "present":
         return HostState(host=host, hostname=hostname, deploy_to=deploy_to, lock=lock)
-
-    releases_dir = (output.first("releases_dir") or [""])[0]
     releases = _parse_releases(output, deploy_to, notes)
-
-    current_kind, current_link, current, problem = "missing", "", None, ""
-    previous_raw: str | None = None
-    record = output.first("current") or ["missing"]
-    if record[0] == "link":
-        current_kind = "link"
-        current_link = record[1] if len(record) > 1 else ""
-        resolved = (output.first("current_resolved") or [""])[0]
-        if output.first("current_dangling") is not None:
-            problem = f"current is a dangling link to {current_link!r}"
-        elif (
-            releases_dir and posixpath.dirname(resolved) == releases_dir and is_release_id(posixpath.basename(resolved))
-        ):
-            current = posixpath.basename(resolved)
-        else:
-            problem = f"current points outside {deploy_to}/releases/: {current_link!r}"
-        previous = output.first("previous_version")
-        if previous is not None:
-            previous_raw = previous[0]
-    elif record[0] == "notlink":
-        current_kind = "notlink"
-        problem = f"{deploy_to}/current is not a symlink (a real folder or file)"
-
-    last_op: Mapping[str, Any] | None = None
-    last = output.first("last_op")
-    if last is not None:
-        last_op = _json_object(last[0])
-        if last_op is None:
-            notes.append("the last switch recorded in .deployer/history.jsonl is not valid JSON")
-    history: list[Mapping[str, Any]] = []
-    unreadable = 0
-    for fields in output.all("history"):
-        entry = _json_object(fields[0])
-        if entry is None:
-            unreadable += 1
-        else:
-            history.append(entry)
-    if unreadable:
-        notes.append(f"skipped {unreadable} unreadable line(s) in .deployer/history.jsonl")
-    pin: Mapping[str, Any] | None = None
-    pin_record = output.first("pin")
-    if pin_record is not None:
-        pin = _json_object(pin_record[0])
-        if pin is None or not is_release_id(str(pin.get("release", ""))):
-            notes.append(".deployer/pin is unreadable; treating the fleet as pinned to an unknown release")
-            pin = {"release": None, "why": "unreadable pin file"}
-    schema: SchemaRecord | None = None
-    schema_record = output.first("schema")
-    if schema_record is not None:
-        fields = schema_record[0].split(" ") + ["", "", ""]
-        version, floor = _int_or_none(fields[0]), _int_or_none(fields[1])
-        if version is None or floor is None:
-            notes.append(".deployer/schema is unreadable; ignoring it")
-        else:
-            schema = SchemaRecord(version, floor, fields[2])
-
+    current = _parse_current(output, deploy_to)
+    last_op = _parse_last_op(output, notes)  # the notes keep the order of the records they are about
+    history = _parse_history(output, notes)
+    pin = _parse_pin(output, notes)
+    schema = _parse_schema(output, notes)
     free = (output.first("free_kb") or [""])[0]
     return HostState(
         host=host,
         hostname=hostname,
         deploy_to=deploy_to,
         deploy_to_exists=True,
-        current_kind=current_kind,
-        current_link=current_link,
-        current=current,
-        current_problem=problem,
-        previous_version_raw=previous_raw,
-        damaged=_damaged(output, current),
+        current_kind=current.kind,
+        current_link=current.link,
+        current=current.release,
+        current_problem=current.problem,
+        previous_version_raw=current.previous_raw,
+        damaged=_damaged(output, current.release),
         releases=releases,
         last_op=last_op,
         cached_digests=frozenset(fields[0] for fields in output.all("cached") if fields),
@@ -284,6 +230,75 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
         lock=lock,
         pin=pin,
         schema=schema,
-        history=tuple(history),
+        history=history,
         notes=tuple(notes),
     )
+
+
+@dataclass(frozen=True)
+class _Current:
+    kind: str = "missing"  # "link" | "missing" | "notlink"
+    link: str = ""
+    release: str | None = None
+    problem: str = ""
+    previous_raw: str | None = None
+
+
+def _parse_current(output: ScriptOutput, deploy_to: str) -> _Current:
+    """`current`: the release it resolves to, only when that is a folder directly inside releases/."""
+    record = output.first("current") or ["missing"]
+    if record[0] == "notlink":
+        return _Current("notlink", problem=f"{deploy_to}/current is not a symlink (a real folder or file)")
+    if record[0] != "link":
+        return _Current()
+    link = record[1] if len(record) > 1 else ""
+    releases_dir = (output.first("releases_dir") or [""])[0]
+    resolved = (output.first("current_resolved") or [""])[0]
+    previous = output.first("previous_version")
+    previous_raw = previous[0] if previous is not None else None
+    if output.first("current_dangling") is not None:
+        return _Current("link", link, None, f"current is a dangling link to {link!r}", previous_raw)
+    if releases_dir and posixpath.dirname(resolved) == releases_dir and is_release_id(posixpath.basename(resolved)):
+        return _Current("link", link, posixpath.basename(resolved), "", previous_raw)
+    return _Current("link", link, None, f"current points outside {deploy_to}/releases/: {link!r}", previous_raw)
+
+
+def _parse_last_op(output: ScriptOutput, notes: list[str]) -> Mapping[str, Any] | None:
+    last = output.first("last_op")
+    if last is None:
+        return None
+    last_op = _json_object(last[0])
+    if last_op is None:
+        notes.append("the last switch recorded in .deployer/history.jsonl is not valid JSON")
+    return last_op
+
+
+def _parse_history(output: ScriptOutput, notes: list[str]) -> tuple[Mapping[str, Any], ...]:
+    entries = [_json_object(fields[0]) for fields in output.all("history")]
+    unreadable = sum(1 for entry in entries if entry is None)
+    if unreadable:
+        notes.append(f"skipped {unreadable} unreadable line(s) in .deployer/history.jsonl")
+    return tuple(entry for entry in entries if entry is not None)
+
+
+def _parse_pin(output: ScriptOutput, notes: list[str]) -> Mapping[str, Any] | None:
+    record = output.first("pin")
+    if record is None:
+        return None
+    pin = _json_object(record[0])
+    if pin is None or not is_release_id(str(pin.get("release", ""))):
+        notes.append(".deployer/pin is unreadable; treating the fleet as pinned to an unknown release")
+        return {"release": None, "why": "unreadable pin file"}
+    return pin
+
+
+def _parse_schema(output: ScriptOutput, notes: list[str]) -> SchemaRecord | None:
+    record = output.first("schema")
+    if record is None:
+        return None
+    fields = record[0].split(" ") + ["", "", ""]
+    version, floor = _int_or_none(fields[0]), _int_or_none(fields[1])
+    if version is None or floor is None:
+        notes.append(".deployer/schema is unreadable; ignoring it")
+        return None
+    return SchemaRecord(version, floor, fields[2])
