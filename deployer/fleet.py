@@ -5,7 +5,7 @@ socket errors become `deployer.errors` here (`classify_connect_error`, `transpor
 Fabric's `Connection` is used to build and open the paramiko client, but its defaults are
 corrected here: host keys are checked against the inventory's known_hosts (parsed once for the
 fleet) and unknown or changed keys are refused; every host gets its own connect arguments; all
-waits have explicit timeouts. Paramiko/socket errors are mapped to `deployer.errors` here only.
+waits have explicit timeouts.
 """
 
 from __future__ import annotations

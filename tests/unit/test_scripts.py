@@ -19,9 +19,9 @@ from deployer.scripts import EXIT_CHANGED, EXIT_NOT_SYMLINK, EXIT_VALIDATE, comm
 from deployer.state import parse_state
 
 
-def run(command: str, stdin: bytes = b"", cwd: str | None = None):
+def run(command: str, stdin: bytes = b"", cwd: str | None = None, env: dict[str, str] | None = None):
     # sshd hands the command to the login shell as `sh -c COMMAND`; do the same.
-    done = subprocess.run(["sh", "-c", command], input=stdin, capture_output=True, cwd=cwd, timeout=60)
+    done = subprocess.run(["sh", "-c", command], input=stdin, capture_output=True, cwd=cwd, timeout=60, env=env)
     return done.returncode, parse_output(done.stdout.decode(), done.stderr.decode())
 
 
@@ -33,7 +33,7 @@ def artifact(tmp_path_factory):
         yield prepared, open(prepared.path, "rb").read()
 
 
-def stage(deploy_to, release, artifact, validate="", **options):
+def stage(deploy_to, release, artifact, validate="", env=None, **options):
     prepared, data = artifact
     command = command_line(
         "stage",
@@ -44,7 +44,7 @@ def stage(deploy_to, release, artifact, validate="", **options):
         validate=validate,
         **options,
     )
-    return run(command, stdin=data)
+    return run(command, stdin=data, env=env)
 
 
 def switch(deploy_to, release, expected, mode="deploy", previous="", **options):
@@ -334,21 +334,10 @@ def test_validate_is_bounded_even_without_timeout_1(tmp_path, artifact):
         if found:
             os.symlink(found, bin_dir / tool)
     deploy_to = str(tmp_path / "app")
-    prepared, data = artifact
-    command = command_line(
-        "stage",
-        deploy_to,
-        release="r1",
-        digest=prepared.digest,
-        source="upload",
-        validate="sleep 60",
-        validate_timeout="1",
+    code, output = stage(
+        deploy_to, "r1", artifact, validate="sleep 60", validate_timeout="1", env={"PATH": str(bin_dir)}
     )
-    done = subprocess.run(
-        ["sh", "-c", command], input=data, capture_output=True, timeout=50, env={"PATH": str(bin_dir)}
-    )
-    assert done.returncode == EXIT_VALIDATE, done.stderr
-    output = parse_output(done.stdout.decode(), done.stderr.decode())
+    assert code == EXIT_VALIDATE, output.stderr
     assert output.first("validate_failed")[0] == "143"  # ended by the watchdog's TERM, not by finishing
 
 
