@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +28,7 @@ from deployer.errors import EXIT_HOSTS_FAILED, DeployerError, InputError, PlanRe
 from deployer.inventory import Inventory, load_inventory
 from deployer.localfleet import LocalFleet
 from deployer.operations import Options
-from deployer.release import check_release_id, pack_directory
+from deployer.release import check_release_id, pack_directory, sha256_file
 from deployer.render import text
 from deployer.render.json import print_json, render_json
 from deployer.render.junit import write_junit
@@ -316,6 +317,31 @@ def fleet_down(state_dir: str | None, as_json: bool = False) -> int:
     return 0
 
 
+def vm_fleet_up(vms: int, memory: int, out: str, as_json: bool = False) -> int:
+    from deployer import vmfleet  # noqa: PLC0415 - only these tasks need it
+
+    vmfleet.up(vmfleet.VmFleetSettings(vms, memory), _vagrant_log("vm-fleet-up"))
+    return vagrant_inventory(None, out, as_json)
+
+
+def vm_fleet_down(as_json: bool = False) -> int:
+    from deployer import vmfleet  # noqa: PLC0415 - only these tasks need it
+
+    vmfleet.down(_vagrant_log("vm-fleet-down"))
+    if as_json:
+        _print_json({"down": True})
+    else:
+        print("VM fleet destroyed; libvirt daemons started by vm-fleet-up stopped")
+    return 0
+
+
+def _vagrant_log(task: str) -> Path:
+    """Where vagrant's own output goes: next to the run logs."""
+    folder = os.environ.get("DEPLOYER_LOG_DIR") or os.path.join(os.getcwd(), ".deployer-runs")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return Path(folder) / f"{stamp}-{task}-vagrant.log"
+
+
 def verify(
     inventory: str | None, release: str | None, junit: str | None, options: Options, as_json: bool = False
 ) -> int:
@@ -346,17 +372,29 @@ def verify(
 def vagrant_inventory(ssh_config: str | None, out: str, as_json: bool = False) -> int:
     from deployer.vagrant import vagrant_inventory as write  # noqa: PLC0415 - only this task needs it
 
-    hosts = write(ssh_config, out, str(REPO_ROOT / "vagrant"))
+    hosts, checked = write(ssh_config, out, str(REPO_ROOT / "vagrant"))
     known_hosts = f"{os.path.splitext(out)[0]}.known_hosts"
+    first_use = [h.alias for h in hosts if h.alias not in checked]
     if as_json:
-        _print_json({"hosts": [h.alias for h in hosts], "inventory": out, "known_hosts": known_hosts})
+        _print_json(
+            {
+                "hosts": [h.alias for h in hosts],
+                "inventory": out,
+                "known_hosts": known_hosts,
+                "keys_checked_on_console": checked,
+                "keys_taken_on_first_use": first_use,
+            }
+        )
     else:
         print(f"{len(hosts)} host(s): {', '.join(h.alias for h in hosts)}; inventory: {out}")
-    print(
-        "host keys were taken from the hosts on first use (ssh-keyscan) into "
-        f"{os.path.splitext(out)[0]}.known_hosts: check them if this network is not yours",
-        file=sys.stderr,
-    )
+    if checked:
+        print(f"host keys of {', '.join(checked)} match what each VM printed on its serial console", file=sys.stderr)
+    if first_use:
+        print(
+            f"host keys of {', '.join(first_use)} were taken on first use (ssh-keyscan) into "
+            f"{known_hosts}: check them if this network is not yours",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -382,9 +420,22 @@ def build_sample(version: str, out: str) -> str:
         tree = os.path.join(workdir, "app")
         shutil.copytree(SAMPLE_APP, tree)
         Path(tree, "VERSION").write_text(version + "\n")
+        write_manifest(tree)
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         pack_directory(tree, out)
     return out
+
+
+def write_manifest(tree: str) -> None:
+    """`MANIFEST.sha256` in `tree`: every other file's sha256, as `sha256sum -c` reads it (sorted paths)."""
+    lines = []
+    for root, dirs, files in os.walk(tree):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.relpath(os.path.join(root, name), tree)
+            if path != "MANIFEST.sha256":
+                lines.append(f"{sha256_file(os.path.join(tree, path))[0]}  {path}\n")
+    Path(tree, "MANIFEST.sha256").write_text("".join(sorted(lines, key=lambda line: line[66:])))
 
 
 def demo() -> int:

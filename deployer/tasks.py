@@ -295,6 +295,28 @@ def vagrant_inventory(
 
 
 @task(
+    name="vm-fleet-up",
+    help={
+        "vms": "how many VMs (web1..webN, 1-9)",
+        "memory": "MB of memory per VM",
+        "out": "inventory to write (its known_hosts goes next to it)",
+        "json": COMMON_HELP["json"],
+    },
+)
+def vm_fleet_up(
+    c: Context, vms: int = 3, memory: int = 512, out: str = "inventories/vagrant.yml", json: bool = False
+) -> None:
+    """Bring the Vagrant VM fleet of vagrant/ up on libvirt (root; builds the box and starts libvirt if needed)."""
+    cli.guarded(lambda: cli.vm_fleet_up(vms, memory, out, json), "vm-fleet-up", as_json=json, settled_exit=True)
+
+
+@task(name="vm-fleet-down", help={"json": COMMON_HELP["json"]})
+def vm_fleet_down(c: Context, json: bool = False) -> None:
+    """Destroy the VM fleet and stop the libvirt daemons vm-fleet-up started (by pid)."""
+    cli.guarded(lambda: cli.vm_fleet_down(json), "vm-fleet-down", as_json=json, settled_exit=True)
+
+
+@task(
     name="build-sample",
     help={"version": "text for the VERSION file", "out": "output .tar.gz", "json": COMMON_HELP["json"]},
 )

@@ -1,46 +1,62 @@
 #!/bin/sh
-# provision.sh DEPLOY_TO PORT: make a Debian VM a deploy target for the sample app.
-# - a `deploy` user that owns DEPLOY_TO and logs in with the same key as the `vagrant` user;
-# - the app: a static HTTP server on PORT serving DEPLOY_TO/current/public (it follows the
-#   `current` link on every request, so a switch is live at once), with /health answering
-#   from the release that is live;
-# - sudo for the deploy user limited to reloading that service (for an after_switch hook).
-# Safe to run again.
+# provision.sh DEPLOY_TO PORT DEPLOY_PUBLIC_KEY: make a Debian VM a deploy target for the sample app.
+# - a `deploy` user that owns DEPLOY_TO and logs in with DEPLOY_PUBLIC_KEY (the fleet's deploy key,
+#   made next to the Vagrantfile; not the vagrant user's per-VM key);
+# - the app: the systemd service `sample-app`, running DEPLOY_TO/current/bin/serve on PORT as the
+#   deploy user (it serves the release it started from; /health says which; reload re-executes it
+#   from the new `current`). Before the first deploy it waits, retrying every 2 s;
+# - sudo for the deploy user limited to reloading/restarting that service (the deploy hooks).
+# Installs nothing when the box already has python3, curl and sudo (the local box does: no network
+# needed). Safe to run again.
 set -eu
 deploy_to=${1:-/srv/app}
 port=${2:-8080}
+deploy_key=${3:-}
 
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq python3 curl sudo >/dev/null
+missing=
+for tool in python3 curl sudo; do
+    command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+done
+if [ -n "$missing" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086 # a list of package names
+    apt-get install -y -qq $missing >/dev/null
+fi
 
 if ! id deploy >/dev/null 2>&1; then
     useradd --create-home --shell /bin/bash deploy
 fi
 install -d -m 700 -o deploy -g deploy /home/deploy/.ssh
-if [ -f /home/vagrant/.ssh/authorized_keys ]; then
-    install -m 600 -o deploy -g deploy /home/vagrant/.ssh/authorized_keys /home/deploy/.ssh/authorized_keys
+if [ -n "$deploy_key" ]; then
+    printf '%s\n' "$deploy_key" > /home/deploy/.ssh/authorized_keys
+elif [ -f /home/vagrant/.ssh/authorized_keys ]; then
+    cp /home/vagrant/.ssh/authorized_keys /home/deploy/.ssh/authorized_keys
 fi
+chown deploy:deploy /home/deploy/.ssh/authorized_keys
+chmod 600 /home/deploy/.ssh/authorized_keys
 install -d -o deploy -g deploy "$deploy_to"
 
 cat > /etc/systemd/system/sample-app.service <<UNIT
 [Unit]
-Description=deployer sample app (serves $deploy_to/current/public)
+Description=deployer sample app (the release $deploy_to/current points at, on :$port)
 After=network.target
+StartLimitIntervalSec=0
 
 [Service]
 User=deploy
-ExecStart=/usr/bin/python3 -m http.server $port --bind 0.0.0.0 --directory $deploy_to/current/public
+WorkingDirectory=$deploy_to
+ExecStart=/usr/bin/python3 $deploy_to/current/bin/serve --port $port --app $deploy_to/current
 ExecReload=/bin/kill -HUP \$MAINPID
 Restart=always
-RestartSec=1
+RestartSec=2
 
 [Install]
 WantedBy=multi-user.target
 UNIT
 
 cat > /etc/sudoers.d/deploy-sample-app <<SUDO
-deploy ALL=(root) NOPASSWD: /bin/systemctl restart sample-app, /bin/systemctl reload sample-app
+deploy ALL=(root) NOPASSWD: /usr/bin/systemctl reload-or-restart sample-app, /usr/bin/systemctl restart sample-app, /bin/systemctl reload-or-restart sample-app, /bin/systemctl restart sample-app
 SUDO
 chmod 440 /etc/sudoers.d/deploy-sample-app
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from deployer.errors import InputError
-from deployer.vagrant import parse_ssh_config
+from deployer.vagrant import SshHost, check_against_console, key_fingerprint, parse_ssh_config
 from tests.conftest import REPO
 
 SSH_CONFIG = """\
@@ -59,8 +59,26 @@ def test_bad_ssh_config_is_a_clear_error(text, words):
         parse_ssh_config(text)
 
 
-def test_vagrantfile_is_valid_ruby_and_provision_script_is_shellcheck_clean():
+def test_vagrantfile_is_valid_ruby_and_its_scripts_are_shellcheck_clean():
     ruby = subprocess.run(["ruby", "-c", str(REPO / "vagrant" / "Vagrantfile")], capture_output=True, text=True)
     assert ruby.returncode == 0 and "Syntax OK" in ruby.stdout, ruby.stderr
-    check = subprocess.run(["shellcheck", "-s", "sh", str(REPO / "vagrant" / "provision.sh")], capture_output=True)
-    assert check.returncode == 0, check.stdout.decode()
+    for script in ("provision.sh", "box/build.sh"):
+        check = subprocess.run(["shellcheck", "-s", "sh", str(REPO / "vagrant" / script)], capture_output=True)
+        assert check.returncode == 0, check.stdout.decode()
+
+
+def test_scanned_keys_are_checked_against_the_fingerprints_a_vm_printed_on_its_console(tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
+    public = (tmp_path / "key.pub").read_text().split()
+    line = f"10.0.0.5 {public[0]} {public[1]}"
+    printed = subprocess.run(["ssh-keygen", "-l", "-f", str(tmp_path / "key.pub")], capture_output=True, text=True)
+    assert key_fingerprint(line) == printed.stdout.split()[1]  # the same text OpenSSH shows
+    host = SshHost("web1", "10.0.0.5", 22, "k")
+    console = tmp_path / "web1.log"
+    console.write_text(f"[  OK  ] noise\r\nhost-key-fingerprint: {printed.stdout.strip()}\r\n")
+    assert check_against_console(host, [line], str(console)) is True
+    assert check_against_console(host, [line], str(tmp_path / "absent.log")) is False  # no console: first use
+    other = tmp_path / "other.log"
+    other.write_text("host-key-fingerprint: 256 SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA x (ED25519)\n")
+    with pytest.raises(InputError, match="did not print on its console"):
+        check_against_console(host, [line], str(other))
