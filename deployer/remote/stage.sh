@@ -127,9 +127,9 @@ if [ -n "$opt_shared" ]; then
 fi
 
 meta="$digest ${opt_meta:-- - -}"
-initial=validating
-[ -n "$opt_validate" ] || initial=ok
-write_file ".deployer/meta/$release_id" "$initial $meta" || { rm -rf "$staging"; fail 30 "cannot write release metadata (disk full?)"; }
+# "validating" until the release is validated and on stable storage: only then "ok", the one status
+# a later deploy reuses or a rollback switches to (a power cut in between leaves "validating").
+write_file ".deployer/meta/$release_id" "validating $meta" || { rm -rf "$staging"; fail 30 "cannot write release metadata (disk full?)"; }
 if ! reason=$(mv "$staging" "releases/$release_id" 2>&1); then
     rm -rf "$staging" ".deployer/meta/$release_id"
     fail 30 "cannot move the release into $deploy_to/releases/: $reason"
@@ -147,9 +147,10 @@ if [ -n "$opt_validate" ]; then
         emit validate_failed "$code" "$(log_tail "$log")"
         exit 40
     fi
-    write_file ".deployer/meta/$release_id" "ok $meta" || fail 30 "cannot write release metadata (disk full?)"
 fi
-# Durable before visible: every file of the release (and its metadata) is on stable storage before
-# any host can switch to it, so a power cut after the switch never leaves `current` on empty files.
+# Durable before usable: every file of the release is on stable storage before its status says
+# "ok" (itself written durably), so no host switches to it, now or after a power cut, and a later
+# deploy never reuses a release whose files a cut emptied.
 flush "releases/$release_id" || fail 30 "cannot flush the release to disk"
+write_file ".deployer/meta/$release_id" "ok $meta" || fail 30 "cannot write release metadata (disk full?)"
 emit staged "$release_id" "$digest"

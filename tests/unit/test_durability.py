@@ -25,7 +25,8 @@ RECORDING_SYNC = """#!/bin/sh
 {
     printf 'args=%s' "$*"
     printf ' release=%s' "$([ -d "$DEPLOY_TO/releases/r1" ] && echo yes || echo no)"
-    printf ' current=%s\\n' "$(readlink "$DEPLOY_TO/current" 2>/dev/null)"
+    printf ' current=%s' "$(readlink "$DEPLOY_TO/current" 2>/dev/null)"
+    printf ' meta=%s\\n' "$(cut -d' ' -f1 "$DEPLOY_TO/.deployer/meta/r1" 2>/dev/null)"
 } >> "$SYNC_LOG"
 exec REAL_SYNC "$@"
 """
@@ -58,18 +59,23 @@ def run(command: str, env: dict[str, str] | None = None, stdin: bytes = b""):
     return done.returncode, parse_output(done.stdout.decode(), done.stderr.decode())
 
 
-def test_a_release_is_on_disk_before_it_is_confirmed_staged(artifact, recorded):
+@pytest.mark.parametrize("validate", ["true", None])
+def test_a_release_is_on_disk_before_its_status_says_ok(artifact, recorded, validate):
     env, log, deploy_to = recorded
     prepared, data = artifact
-    command = command_line("stage", deploy_to, release="r1", digest=prepared.digest, source="upload", validate="true")
+    options = {"validate": validate} if validate else {}
+    command = command_line("stage", deploy_to, release="r1", digest=prepared.digest, source="upload", **options)
     code, out = run(command, env, data)
     assert code == 0 and out.first("staged") == ["r1", prepared.digest]
     calls = log.read_text().splitlines()
-    # The last flush covers the whole release, made once it is in releases/ with its final metadata.
-    assert calls and "release=yes" in calls[-1]
-    assert calls[-1].startswith(("args=-f releases/r1 ", "args= "))  # sync -f on the release, or a whole sync
-    # Its metadata went through a temp file flushed before the rename (never an empty meta file).
-    assert any(".deployer/meta/r1.tmp." in call for call in calls)
+    # The whole release is flushed once it is in releases/, while its status still says "validating"
+    # (a later deploy reuses, and a rollback switches to, only "ok" releases)...
+    release_flush = [i for i, call in enumerate(calls) if call.startswith(("args=-f releases/r1 ", "args= "))]
+    assert release_flush, calls
+    assert "release=yes" in calls[release_flush[-1]] and "meta=validating" in calls[release_flush[-1]]
+    # ...and only then "ok" is written, through a temp file flushed before the rename.
+    assert ".deployer/meta/r1.tmp." in calls[-1] and release_flush[-1] < len(calls) - 1
+    assert Path(deploy_to, ".deployer", "meta", "r1").read_text().startswith("ok ")
 
 
 def test_the_switch_is_flushed_after_the_rename_and_before_it_is_reported(artifact, recorded):
@@ -80,9 +86,9 @@ def test_the_switch_is_flushed_after_the_rename_and_before_it_is_reported(artifa
     code, out = run(command_line("switch", deploy_to, target="r1", expected="", mode="deploy", history="{}"), env)
     assert code == 0 and out.has("switched") and out.has("history_written")
     calls = log.read_text().splitlines()
-    flushed_after_rename = [call for call in calls if call.endswith("current=releases/r1")]
+    flushed_after_rename = [call for call in calls if " current=releases/r1 " in call]
     assert flushed_after_rename, calls  # the folder holding `current` was flushed once it pointed at r1
-    before_rename = [call for call in calls if call.endswith("current=")]
+    before_rename = [call for call in calls if " current= " in call]
     assert any("previousVersion.tmp." in call for call in before_rename)  # written, flushed, then renamed
 
 
