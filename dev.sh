@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh Debian machine (as root) and run one job:
 #   ./dev.sh demo   the main job on a local 3-host fleet: deploy v1, deploy v2, rollback, drill, status
-#   ./dev.sh test   the whole test suite (unit + integration against real sshd hosts)
+#   ./dev.sh test   the whole test suite (unit, integration against real sshd hosts, the VM suite)
 #   ./dev.sh bench  the benchmark against a plain OpenSSH fan-out (benchmarks/bench.py; args passed on)
-#   ./dev.sh setup  only the set-up (.venv with the project, openssh-server, shellcheck)
+#   ./dev.sh setup  only the set-up (.venv with the project, openssh-server, shellcheck, vagrant/libvirt/qemu)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -14,10 +14,16 @@ command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v ruby >/dev/null 2>&1 || need_apt+=(ruby)  # only to check vagrant/Vagrantfile's syntax in the tests
 command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)  # the tests of `sudo: true` hooks
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# the VM fleet (vagrant/, tests/vm/): Vagrant with libvirt and QEMU, and what builds its box
+for tool in vagrant:vagrant virsh:libvirt-clients libvirtd:libvirt-daemon-system qemu-system-x86_64:qemu-system-x86 \
+    qemu-img:qemu-utils mmdebstrap:mmdebstrap dnsmasq:dnsmasq-base iptables:iptables ebtables:ebtables; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || need_apt+=("${tool#*:}")
+done
+compgen -G '/usr/share/rubygems-integration/all/gems/vagrant-libvirt-*' >/dev/null || need_apt+=(vagrant-libvirt)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "installing: ${need_apt[*]}" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 if [ ! -x .venv/bin/inv ] || [ pyproject.toml -nt .venv/.installed ]; then
     python3 -m venv .venv

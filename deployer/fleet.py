@@ -48,11 +48,30 @@ Observer = Callable[[str, str, str], None]
 UPLOAD_REPORT_BYTES = 256 * 1024  # how often an upload's progress is told to the observer
 IN_FLIGHT = 1024 * 1024  # unconsumed upload bytes allowed at a host's sshd; see HostConnection._send
 KEEPALIVE_SECONDS = 15
+# A host that vanishes (power cut, network gone) answers nothing, and TCP alone would keep
+# retransmitting for about 15 minutes, so a run would hang on it until the step's timeout
+# (stage: 900 s). With data always in flight (the keepalives above), TCP_USER_TIMEOUT closes the
+# connection once nothing was acknowledged for this long; the host then fails as "connection lost".
+DEAD_PEER_SECONDS = 30
 STDERR_TAIL_BYTES = 64 * 1024  # what is kept of a session's stderr (its end: where the errors are)
 
 
 class Interrupted(Exception):
     """The operation is being interrupted (Ctrl-C): an upload stops at its next packet."""
+
+
+def detect_dead_peer(sock: object) -> None:
+    """Make a TCP connection fail within DEAD_PEER_SECONDS of its peer vanishing (Linux; elsewhere
+    TCP keepalive only, where the platform offers its settings). A tunnel (a channel through a
+    gateway) is not a socket: only the gateway's own connection gets this."""
+    if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_SECONDS), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_PEER_SECONDS * 1000)
 
 
 def classify_connect_error(host: Host, exc: BaseException, timeout: float) -> HostError:
@@ -198,6 +217,8 @@ class HostConnection:
                 if not channel.status_event.wait(max(0.01, deadline - time.monotonic())):
                     raise TimeoutError()
                 status = channel.exit_status
+                if status == -1 and not transport.is_active():  # no exit status: the connection died
+                    raise HostUnreachable(self.host.name, f"the SSH connection was lost during {step}")
         except TimeoutError:
             self._tell("step-failed", f"{step} timeout")
             raise CommandTimeout(self.host.name, f"remote step did not finish within {limit:g}s") from None
@@ -381,6 +402,7 @@ class Fleet:
         transport = connection.client.get_transport()
         if transport is not None:
             transport.set_keepalive(KEEPALIVE_SECONDS)
+            detect_dead_peer(transport.sock)
         return HostConnection(host, connection, self.inventory, stopping=self.stopping)
 
     def _tunnel(self, host: Host) -> paramiko.Channel:

@@ -182,9 +182,17 @@ def ensure_box(log_file: Path) -> None:
         shutil.copyfile(cache / name, target)
         target.chmod(0o644)
     if _added_box_stamp() != stamp:
+        if _machines_exist():
+            # their disks are overlays on the added box's volume: replacing it would break them
+            _log(f"the box {BOX_NAME} was rebuilt; the running VMs keep the old one until `inv vm-fleet-down`")
+            return
         _log(f"adding the box {BOX_NAME} to Vagrant")
         _logged(["vagrant", "box", "add", "--force", "--name", BOX_NAME, str(built)], log_file, "vagrant box add")
         _forget_box_volumes()
+
+
+def _machines_exist() -> bool:
+    return any((VAGRANT_DIR / ".vagrant" / "machines").glob("*/libvirt/id"))
 
 
 def _stamp_box(box: Path, stamp: str) -> None:
@@ -257,7 +265,7 @@ def up(settings: VmFleetSettings, log_file: Path) -> None:
 def down(log_file: Path) -> None:
     """Destroy the fleet's VMs and stop the libvirt daemons this module started (by their pid files)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    if (VAGRANT_DIR / ".vagrant" / "machines").is_dir() and shutil.which("vagrant"):
+    if _machines_exist() and shutil.which("vagrant"):
         if not _libvirt_answers() and any((RUN_DIR / f"{d}.pid").exists() for d in ("libvirtd", "virtlogd")):
             ensure_libvirt()
         _log("destroying the VMs (vagrant destroy -f)")

@@ -85,6 +85,46 @@ def test_host_dying_mid_validation_switches_no_host_and_a_rerun_succeeds(
     assert {view.version(deploy_to) for view in views.values()} == {"v2"}
 
 
+def test_host_vanishing_from_the_network_fails_as_lost_long_before_the_step_timeout(
+    local_fleet, make_inventory, views, artifacts, deploy_to
+):
+    """A host that loses power answers nothing at all (not even TCP): its packets are dropped here.
+    With stage and validate timeouts of 15 minutes, only detecting the dead peer can end the run;
+    it must, with that host failed, no host switched, and the next run converging."""
+    base = deploy(make_inventory(), artifacts["v1"]).target
+    held = make_inventory(
+        validate=f'while [ -e "{deploy_to}/hold" ]; do sleep 0.2; done; sh bin/check',
+        timeouts="{connect: 5, command: 900, stage: 900, validate: 900}",
+    )
+    views["web2"].host.run("touch %s/hold", deploy_to)
+    process = inv_process("deploy", "--inventory", held, "--artifact", artifacts["v2"])
+    deadline = time.monotonic() + 60
+    while "validating" not in views["web2"].host.run("cat %s/.deployer/meta/* 2>/dev/null", deploy_to).stdout:
+        assert time.monotonic() < deadline, "web2 never started validating"
+        time.sleep(0.1)
+    web2 = local_fleet.host("web2")
+    rules = [
+        ["OUTPUT", "-d", web2.address, "-p", "tcp", "--dport", str(web2.port), "-j", "DROP"],
+        ["INPUT", "-s", web2.address, "-p", "tcp", "--sport", str(web2.port), "-j", "DROP"],
+    ]
+    for rule in rules:
+        subprocess.run(["iptables", "-I", *rule], check=True)
+    try:
+        code = process.wait(timeout=180)  # a hang guard: the step timeouts are 900 s
+        out, _err = process.communicate()
+        assert code == 1, out
+        line = next(line for line in out.splitlines() if line.strip().startswith("web2"))
+        assert "lost" in line, out
+        assert [views[n].current_release(deploy_to) for n in ("web1", "web3", "web4")] == [base] * 3
+    finally:
+        for rule in rules:
+            subprocess.run(["iptables", "-D", *rule], check=True)
+        views["web2"].host.run("rm -f %s/hold", deploy_to)
+    again = run_inv("deploy", "--inventory", make_inventory(), "--artifact", artifacts["v2"])
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(set(currents(views, deploy_to).values())) == 1 and views["web2"].current_release(deploy_to) != base
+
+
 def test_host_freezing_mid_command_is_cut_off_by_the_step_timeout(
     local_fleet, make_inventory, views, artifacts, deploy_to
 ):

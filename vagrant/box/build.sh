@@ -5,8 +5,9 @@
 #   vmlinuz, initrd   the guest's kernel and initrd, booted directly by QEMU (the disk has no
 #                     partition table and no boot loader; the box's Vagrantfile names their
 #                     copies under /var/lib/libvirt/boot, which `inv vm-fleet-up` makes)
+#   vagrant_key       the vagrant user's SSH key (made once; the box's Vagrantfile names it)
 # The guest: Debian bookworm (minbase + systemd, OpenSSH, ifupdown, python3, curl, sudo), a
-# `vagrant` user with Vagrant's insecure key and passwordless sudo, an empty /etc/machine-id and no
+# `vagrant` user with that key and passwordless sudo, an empty /etc/machine-id and no
 # SSH host keys: each VM makes its own at first boot and prints their fingerprints on the serial
 # console, so they can be checked out of band. About a minute with a warm package cache.
 set -eu
@@ -17,12 +18,10 @@ out=$(cd "$out" && pwd)
 work=$(mktemp -d "$out/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-pub=
-for candidate in /usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub \
-    /opt/vagrant/embedded/gems/gems/vagrant-*/keys/vagrant.pub; do
-    [ -f "$candidate" ] && pub=$candidate && break
-done
-[ -n "$pub" ] || { echo "build.sh: Vagrant's insecure public key (keys/vagrant.pub) was not found; is vagrant installed?" >&2; exit 1; }
+# The box's own key for the vagrant user (not Vagrant's public insecure key): made once, kept in
+# OUT_DIR (mode 600), named by the box's Vagrantfile, so Vagrant has no key to replace at `up`.
+[ -f "$out/vagrant_key" ] || ssh-keygen -q -t ed25519 -N '' -C deployer-box -f "$out/vagrant_key"
+pub="$out/vagrant_key.pub"
 
 echo "build.sh: debootstrapping bookworm (mmdebstrap)" >&2
 mmdebstrap --quiet --variant=minbase \
@@ -30,7 +29,7 @@ mmdebstrap --quiet --variant=minbase \
     bookworm "$work/root"
 
 root="$work/root"
-# the vagrant user: Vagrant's insecure key (replaced by a per-VM key at the first `vagrant up`)
+# the vagrant user (administration, provisioning), with the box's own key
 chroot "$root" useradd --create-home --shell /bin/bash vagrant
 install -d -m 700 "$root/home/vagrant/.ssh"
 install -m 600 "$pub" "$root/home/vagrant/.ssh/authorized_keys"
@@ -97,8 +96,10 @@ Vagrant.configure("2") do |config|
   config.vm.provider "libvirt" do |lv|
     lv.kernel = "$boot_dir/deployer-bookworm-vmlinuz"
     lv.initrd = "$boot_dir/deployer-bookworm-initrd"
-    lv.cmd_line = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
+    lv.cmd_line = "root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet"
   end
+  config.ssh.private_key_path = "$out/vagrant_key"
+  config.ssh.insert_key = false
 end
 BOXFILE
 (cd "$work" && tar -cf "$work/bookworm.box" metadata.json Vagrantfile box.img)
