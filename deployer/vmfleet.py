@@ -270,8 +270,9 @@ def down(log_file: Path) -> None:
             ensure_libvirt()
         _log("destroying the VMs (vagrant destroy -f)")
         _logged(["vagrant", "destroy", "-f"], log_file, "vagrant destroy", vagrant_env(VmFleetSettings()))
-    for network in ("vagrant-libvirt", "vagrant0"):
-        if _libvirt_answers():
+    if _libvirt_answers() and not _virsh("list", "--all", "--name", check=False).stdout.strip():
+        # the networks vagrant-libvirt made, once no VM at all is left that could use them
+        for network in ("vagrant-libvirt", "vagrant0"):
             _virsh("net-destroy", network, check=False)
             _virsh("net-undefine", network, check=False)
     for daemon in ("libvirtd", "virtlogd"):
