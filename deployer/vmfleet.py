@@ -191,8 +191,13 @@ def ensure_box(log_file: Path) -> None:
         _forget_box_volumes()
 
 
+def _machines() -> set[str]:
+    """The fleet's VMs that exist (Vagrant keeps each one's libvirt id until it is destroyed)."""
+    return {path.parent.parent.name for path in (VAGRANT_DIR / ".vagrant" / "machines").glob("*/libvirt/id")}
+
+
 def _machines_exist() -> bool:
-    return any((VAGRANT_DIR / ".vagrant" / "machines").glob("*/libvirt/id"))
+    return bool(_machines())
 
 
 def _stamp_box(box: Path, stamp: str) -> None:
@@ -252,12 +257,18 @@ def up(settings: VmFleetSettings, log_file: Path) -> None:
         )
     if os.geteuid() != 0:
         raise FleetError("vm-fleet-up runs as root here (it starts libvirt and builds a disk image)")
+    extra = sorted(_machines() - {f"web{n}" for n in range(1, settings.vms + 1)})
+    if extra:
+        raise FleetError(
+            f"the fleet already has {', '.join(extra)} beyond --vms {settings.vms}: "
+            "`inv vm-fleet-down` first, or ask for that many"
+        )
     log_file.parent.mkdir(parents=True, exist_ok=True)
     ensure_libvirt()
     ensure_box(log_file)
     console_dir().mkdir(exist_ok=True)
     env = vagrant_env(settings)
-    kind = "KVM" if env["DEPLOYER_VM_DRIVER"] == "kvm" else "QEMU without KVM (TCG): about 3 minutes"
+    kind = "KVM" if env["DEPLOYER_VM_DRIVER"] == "kvm" else "QEMU without KVM (TCG): a minute or more per VM pair"
     _log(f"starting {settings.vms} VMs with {kind}; vagrant's output: {log_file}")
     _logged(["vagrant", "up", "--provider", "libvirt"], log_file, "vagrant up", env)
 
@@ -269,7 +280,9 @@ def down(log_file: Path) -> None:
         if not _libvirt_answers() and any((RUN_DIR / f"{d}.pid").exists() for d in ("libvirtd", "virtlogd")):
             ensure_libvirt()
         _log("destroying the VMs (vagrant destroy -f)")
-        _logged(["vagrant", "destroy", "-f"], log_file, "vagrant destroy", vagrant_env(VmFleetSettings()))
+        # no settings in the environment: the Vagrantfile reads those the fleet was brought up with,
+        # so it names every VM that exists
+        _logged(["vagrant", "destroy", "-f"], log_file, "vagrant destroy")
     if _libvirt_answers() and not _virsh("list", "--all", "--name", check=False).stdout.strip():
         # the networks vagrant-libvirt made, once no VM at all is left that could use them
         for network in ("vagrant-libvirt", "vagrant0"):
