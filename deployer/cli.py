@@ -337,9 +337,8 @@ def vm_fleet_down(as_json: bool = False) -> int:
 
 def _vagrant_log(task: str) -> Path:
     """Where vagrant's own output goes: next to the run logs."""
-    folder = os.environ.get("DEPLOYER_LOG_DIR") or os.path.join(os.getcwd(), ".deployer-runs")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return Path(folder) / f"{stamp}-{task}-vagrant.log"
+    return Path(runlog.folder()) / f"{stamp}-{task}-vagrant.log"
 
 
 def verify(

@@ -42,6 +42,11 @@ class _Prefixed(logging.Formatter):
         return f"{prefix}: {record.getMessage()}"
 
 
+def folder() -> str:
+    """Where run logs (and vagrant's output) go: `$DEPLOYER_LOG_DIR`, else `./.deployer-runs`."""
+    return os.environ.get("DEPLOYER_LOG_DIR") or os.path.join(os.getcwd(), ".deployer-runs")
+
+
 def start(task: str, verbose: bool = False) -> str | None:
     """Configure logging for one run; returns the log file's path (None if it cannot be written)."""
     root = logging.getLogger("deployer")
@@ -50,11 +55,11 @@ def start(task: str, verbose: bool = False) -> str | None:
         root.removeHandler(handler)
         handler.close()
     root.propagate = False
-    folder = os.environ.get("DEPLOYER_LOG_DIR") or os.path.join(os.getcwd(), ".deployer-runs")
+    log_folder = folder()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path: str | None = os.path.join(folder, f"{stamp}-{task}-{os.getpid()}.log")
+    path: str | None = os.path.join(log_folder, f"{stamp}-{task}-{os.getpid()}.log")
     try:
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(log_folder, exist_ok=True)
         file_handler = logging.FileHandler(path, encoding="utf-8")  # type: ignore[arg-type]
     except OSError:
         path = None

@@ -128,7 +128,7 @@ def views(local_fleet: LocalFleet) -> dict[str, HostView]:
     return {host.name: HostView(local_fleet, host.name) for host in local_fleet.hosts()}
 
 
-def run_inv(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_inv(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """The CLI as a user runs it, from the repository root."""
     return subprocess.run(
         [sys.executable, "-m", "invoke", *args],
@@ -136,7 +136,7 @@ def run_inv(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         stdin=subprocess.DEVNULL,  # never a terminal: prompts must not wait for a person
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 

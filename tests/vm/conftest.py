@@ -29,22 +29,11 @@ import yaml
 from deployer.cli import SAMPLE_APP, write_manifest
 from deployer.release import pack_directory
 from tests.conftest import REPO
+from tests.conftest import run_inv as inv
 
 VMS = ["web1", "web2"]  # two VMs: a fleet (revert of the others) at the lowest boot cost under TCG
 DEPLOY_TO = "/srv/app"
 LIBVIRT = "qemu:///system"
-
-
-def inv(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def inv_background(*args: str, prefix: list[str] | None = None) -> subprocess.Popen[str]:
