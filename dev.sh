@@ -13,6 +13,11 @@ command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v ruby >/dev/null 2>&1 || need_apt+=(ruby)  # only to check vagrant/Vagrantfile's syntax in the tests
 command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)  # the tests of `sudo: true` hooks
+# the local fleet's other userlands and login shells (inv fleet-up --userland), and the shells the
+# remote scripts are tested under
+command -v tcsh >/dev/null 2>&1 || need_apt+=(tcsh)
+command -v fish >/dev/null 2>&1 || need_apt+=(fish)
+[ -x /bin/busybox ] || need_apt+=(busybox-static)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # the VM fleet (vagrant/, tests/vm/): Vagrant with libvirt and QEMU, and what builds its box
 for tool in vagrant:vagrant virsh:libvirt-clients libvirtd:libvirt-daemon-system qemu-system-x86_64:qemu-system-x86 \

@@ -182,9 +182,15 @@ def read_states(
             unreachable[host.name] = outcome.reason
             progress.host(host.name, f"FAILED: {outcome.reason}")
             continue
-        states[host.name] = outcome
         if lock is not None and outcome.lock is not None and outcome.lock.taken_by_us:
             lock.held.add(host.name)
+        if lock is not None and outcome.lacks_tools():
+            # Nothing is changed on a host that could not finish: it counts as failed (its lock,
+            # if taken, is released with the others).
+            unreachable[host.name] = outcome.lacks_tools()
+            progress.host(host.name, f"FAILED: {outcome.lacks_tools()}")
+            continue
+        states[host.name] = outcome
         for note in outcome.notes:
             progress.host(host.name, f"warning: {note}")
     return states, unreachable

@@ -1,7 +1,15 @@
 """The remote side: POSIX sh scripts shipped in `deployer/remote/`, and how to call and read them.
 
-Each script is sent inline as one `sh -c` exec request: the deploy folder, then `name=value`
-options, each quoted, so a phase costs exactly one SSH session per host and no file is left behind.
+Each script is sent inline as one exec request, so a phase costs exactly one SSH session per host
+and no file is left behind. sshd hands that request to the deploy user's login shell, which may be
+sh, bash, zsh, tcsh or fish: the request is one fixed form that all of them parse alike,
+
+    exec /bin/sh -c 'eval "$(printf %b "$1")"' deployer-NAME 'ENCODED'
+
+where ENCODED is the script (its arguments set by a first `set --` line) with every byte outside
+printable ASCII, and every backslash, quote and `!`, written as a `\\0ooo` octal escape (undone by
+the builtin `printf %b`, POSIX). So the login shell sees no newline, backslash sequence, history
+`!` or quote to mangle, and only POSIX `sh` ever interprets the script.
 Scripts answer in records on stdout (`deployer.protocol`); stderr is for humans.
 """
 
@@ -46,6 +54,26 @@ def script_source(name: str) -> str:
     return (folder / "lib.sh").read_text("utf-8") + "\n" + (folder / f"{name}.sh").read_text("utf-8")
 
 
+# The shell that runs every script on the host (tests swap in BusyBox ash or bash --posix).
+REMOTE_SHELL = "/bin/sh"
+# Printable ASCII that no login shell treats specially inside single quotes (csh: `!`; fish: `\`).
+_PLAIN_BYTES = frozenset(range(0x20, 0x7F)) - {ord("\\"), ord("'"), ord("!")}
+
+
+def octal_escaped(text: str) -> str:
+    """TEXT with every byte that is not plain written as `\\0ooo`, for `printf %b` to restore exactly."""
+    return "".join(chr(byte) if byte in _PLAIN_BYTES else f"\\0{byte:03o}" for byte in text.encode("utf-8"))
+
+
+def exec_request(name: str, program: str, args: Sequence[str]) -> str:
+    """The shell-agnostic exec request running `program` under POSIX sh with positional `args`."""
+    for arg in args:
+        if "\0" in arg:
+            raise ValueError(f"argument for {name} contains a NUL character")
+    text = "set -- " + " ".join(shlex.quote(arg) for arg in args) + "\n" + program
+    return f"exec {REMOTE_SHELL} -c 'eval \"$(printf %b \"$1\")\"' deployer-{name} '{octal_escaped(text)}'"
+
+
 def command_line(script: str, deploy_to: str, /, **options: str | int | float | None) -> str:
     """The exec request for `script`; every argument is quoted, so none can inject.
 
@@ -58,11 +86,7 @@ def command_line(script: str, deploy_to: str, /, **options: str | int | float | 
         if value is None or value == "":
             continue
         args.append(f"{key}={value}")
-    for arg in args:
-        if "\0" in arg:
-            raise ValueError(f"argument for {script} contains a NUL character")
-    quoted = " ".join(shlex.quote(arg) for arg in args)
-    return f"sh -c {shlex.quote(script_source(script))} deployer-{script} {quoted}"
+    return exec_request(script, script_source(script), args)
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,13 @@ class HostState:
     history: tuple[Mapping[str, Any], ...] = ()
     notes: tuple[str, ...] = ()
     damaged: tuple[str, ...] = ()  # state files found empty or torn (a power cut), never read as data
+    missing_tools: tuple[str, ...] = ()  # required tools the host lacks (README: "Host requirements")
+
+    def lacks_tools(self) -> str:
+        """Why nothing can be changed on this host for want of tools; "" when it has them all."""
+        if not self.missing_tools:
+            return ""
+        return f"host {self.host} has no {', no '.join(self.missing_tools)} (see the README, \"Host requirements\")"
 
     def bad_releases(self) -> dict[str, Mapping[str, Any]]:
         return {rid: info.bad for rid, info in self.releases.items() if info.bad is not None}
@@ -203,8 +210,9 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
     notes: list[str] = []
     hostname = (output.first("hostname") or [""])[0]
     lock = _parse_lock(output)
+    missing = tuple(fields[0] for fields in output.all("missing") if fields)
     if (output.first("deploy_to") or ["missing"])[0] != "present":
-        return HostState(host=host, hostname=hostname, deploy_to=deploy_to, lock=lock)
+        return HostState(host=host, hostname=hostname, deploy_to=deploy_to, lock=lock, missing_tools=missing)
     releases = _parse_releases(output, deploy_to, notes)
     current = _parse_current(output, deploy_to)
     last_op = _parse_last_op(output, notes)  # the notes keep the order of the records they are about
@@ -232,6 +240,7 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
         schema=schema,
         history=history,
         notes=tuple(notes),
+        missing_tools=missing,
     )
 
 

@@ -3,7 +3,6 @@ hosts: history lines, bad marks, pins (JSON), the env block sent on stdin."""
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import math
@@ -15,6 +14,7 @@ from deployer.fleet import Fleet
 from deployer.inventory import Inventory
 from deployer.lock import FleetLock, local_user, utc_now
 from deployer.report import Progress
+from deployer.scripts import octal_escaped
 from deployer.state import SchemaRecord
 
 
@@ -84,7 +84,7 @@ def env_block(inventory: Inventory) -> bytes:
         pairs.append(("DEPLOYER_SUDO_PASSWORD", inventory.sudo_password))
     if not pairs:
         return b""
-    lines = b"".join(name.encode() + b" " + base64.b64encode(value.encode("utf-8")) + b"\n" for name, value in pairs)
+    lines = "".join(f"{name} {octal_escaped(value)}\n" for name, value in pairs).encode("ascii")
     return b"DEPLOYER-ENV %d\n" % len(lines) + lines
 
 

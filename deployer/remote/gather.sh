@@ -12,6 +12,7 @@ if [ -r /proc/sys/kernel/hostname ]; then
 else
     emit hostname "$(uname -n)"
 fi
+missing_tools
 if [ "$opt_lock" = take ] && [ ! -d "$deploy_to/.deployer" ]; then
     mkdir -p "$deploy_to/.deployer" || fail 30 "cannot create $deploy_to/.deployer"
 fi
@@ -30,7 +31,7 @@ if [ -d releases ]; then
     emit releases_dir "$(cd releases && pwd -P)"
 fi
 if [ -L current ]; then
-    emit current link "$(readlink current)"
+    emit current link "$(link_text current)"
     if [ -d current/ ]; then
         emit current_resolved "$(cd current/ && pwd -P)"
         if [ -f current/previousVersion ]; then

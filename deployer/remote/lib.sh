@@ -1,4 +1,4 @@
-# shellcheck shell=sh disable=SC2317  # helpers are called by the script appended below
+# shellcheck shell=sh disable=SC2317,SC2329  # helpers are called by the script appended below
 # Shared helpers, prepended to every remote script by deployer/scripts.py.
 #
 # Calling convention: SCRIPT DEPLOY_TO NAME=VALUE...; each NAME=VALUE sets $opt_NAME (values are
@@ -60,7 +60,7 @@ parse_options() {
 }
 
 read_env() {
-    # With env=1, stdin starts with "DEPLOYER-ENV <bytes>" and that many bytes of "NAME BASE64" lines:
+    # With env=1, stdin starts with "DEPLOYER-ENV <bytes>" and that many bytes of "NAME ESCAPED" lines:
     # variables for validate, hooks, health checks and migrations, kept off the command line
     # (which any user of the host can read in ps).
     [ "${opt_env:-0}" = 1 ] || return 0
@@ -77,7 +77,10 @@ read_env() {
         case $env_name in
             '' | *[!A-Za-z0-9_]*) fail 10 "bad variable name in the environment block" ;;
         esac
-        env_value=$(printf '%s' "${env_line#* }" | base64 -d) || fail 10 "bad value for $env_name"
+        # The value is octal-escaped (see octal_escaped in deployer/scripts.py): printf %b, a builtin,
+        # restores it byte for byte; the "." keeps trailing newlines from $(...).
+        env_value=$(printf '%b.' "${env_line#* }")
+        env_value=${env_value%.}
         if [ "$env_name" = DEPLOYER_SUDO_PASSWORD ]; then
             sudo_password=$env_value  # for sudo -S only: never exported, never in a file
             continue
@@ -93,14 +96,49 @@ read_env() {
 
 
 sha256_stream() {
-    # sha256_stream < DATA: the hex digest of standard input.
+    # sha256_stream < DATA: the hex digest of standard input (GNU/BusyBox sha256sum, macOS and
+    # Perl shasum, BSD sha256, OpenSSL: the first one the host has).
     if command -v sha256sum >/dev/null 2>&1; then
         sha256sum | first_field
     elif command -v shasum >/dev/null 2>&1; then
         shasum -a 256 | first_field
+    elif command -v sha256 >/dev/null 2>&1; then
+        sha256 | first_field
     else
         openssl dgst -sha256 -r | first_field
     fi
+}
+
+link_text() {
+    # link_text PATH: the text of symbolic link PATH (readlink where the host has one, else ls -l).
+    if command -v readlink >/dev/null 2>&1; then
+        readlink "$1"
+        return
+    fi
+    lt_long=$(ls -ld "$1") || return 1
+    case $lt_long in
+        l*" -> "*) printf '%s\n' "${lt_long#* -> }" ;;
+        *) return 1 ;;
+    esac
+}
+
+pause() {
+    # pause SECONDS: sleep, rounding a fraction up to whole seconds where sleep takes only those (POSIX).
+    sleep "$1" 2>/dev/null || sleep "$((${1%%.*} + 1))"
+}
+
+# What every host must have (README, "Host requirements"); gather reports the missing ones.
+REQUIRED_TOOLS='awk cat cp cut dd df gzip ln ls mkdir mv od rm sed sleep sync tail tar tee tr wc'
+
+missing_tools() {
+    # missing_tools: emit @missing TOOL for each required tool the host lacks (command -v: no process).
+    for tool in $REQUIRED_TOOLS; do
+        command -v "$tool" >/dev/null 2>&1 || emit missing "$tool"
+    done
+    for tool in sha256sum shasum sha256 openssl ''; do
+        [ -n "$tool" ] || emit missing "sha256sum (or shasum, sha256, openssl)"
+        [ -z "$tool" ] || ! command -v "$tool" >/dev/null 2>&1 || break
+    done
 }
 
 first_field() {
@@ -280,32 +318,70 @@ run_command() {
 }
 
 run_bounded() {
-    # run_bounded SECONDS COMMAND...: COMMAND, stopped (TERM, KILL 5 s later) after SECONDS.
-    # timeout(1) where the host has it; otherwise a watchdog in the background (POSIX only).
-    if command -v timeout >/dev/null 2>&1; then
-        timeout -k 5 "$@"
-        return
-    fi
+    # run_bounded SECONDS COMMAND...: COMMAND with its standard input, stopped after SECONDS (TERM,
+    # then KILL 5 s later) with exit status 124, with every process it started. A watchdog in POSIX
+    # sh on every host: timeout(1) is missing (macOS) or differs (-k, exit status) between hosts.
     rb_seconds=$1
     shift
-    "$@" &
+    rb_fired="${TMPDIR:-/tmp}/deployer-fired.$$"
+    rm -f "$rb_fired"
+    exec 3<&0  # an asynchronous command would otherwise read /dev/null
+    "$@" <&3 3<&- &
     rb_pid=$!
-    (sleep "$rb_seconds"; kill -TERM "$rb_pid" 2>/dev/null && sleep 5 && kill -KILL "$rb_pid" 2>/dev/null) \
-        > /dev/null 2>&1 < /dev/null &
+    exec 3<&-
+    (
+        trap 'kill "$rb_sleep" 2>/dev/null; exit 0' TERM
+        sleep "$rb_seconds" &
+        rb_sleep=$!
+        wait "$rb_sleep"
+        : > "$rb_fired"
+        rb_tree="$rb_pid $(descendants "$rb_pid")"
+        # shellcheck disable=SC2086  # the pids, one word each
+        kill -TERM $rb_tree 2>/dev/null
+        sleep 5 &
+        rb_sleep=$!
+        wait "$rb_sleep"
+        # shellcheck disable=SC2086
+        kill -KILL $rb_tree 2>/dev/null
+    ) > /dev/null 2>&1 < /dev/null &
     rb_watchdog=$!
     wait "$rb_pid"
     rb_code=$?
     kill "$rb_watchdog" 2>/dev/null
+    wait "$rb_watchdog"
+    if [ -e "$rb_fired" ]; then
+        rm -f "$rb_fired"
+        rb_code=124
+    fi
     return "$rb_code"
+}
+
+descendants() {
+    # descendants PID: the pids of every process PID started, and theirs (POSIX ps -A -o).
+    ps -A -o pid= -o ppid= 2>/dev/null | awk -v root="$1" '
+        { parent[$1] = $2 }
+        END {
+            found[root] = 1
+            do {
+                more = 0
+                for (pid in parent) if (!(pid in found) && (parent[pid] in found)) { found[pid] = 1; more = 1 }
+            } while (more)
+            for (pid in found) if (pid != root) printf "%s ", pid
+        }'
 }
 
 # Run as root by sudo: the wrapper loads the variables the command should see from a file only
 # this user and root can read (mktemp: mode 600), removes it, and runs the command. The password,
 # when there is one, reaches `sudo -S` on a pipe; it is never exported, written or on a command line.
 # shellcheck disable=SC2016  # expanded by the root-side sh, not here
-SUDO_WRAPPER='while IFS=" " read -r n v; do [ -n "$n" ] && export "$n=$(printf "%s" "$v" | base64 -d)"; done < "$1"
+SUDO_WRAPPER='while IFS=" " read -r n v; do [ -n "$n" ] && v=$(printf "%b." "$v") && export "$n=${v%.}"; done < "$1"
 rm -f "$1"
 cd "$2" && exec sh -c "$3" < /dev/null'
+
+octal_escaped() {
+    # octal_escaped TEXT: every byte as \0ooo, what printf %b turns back into TEXT (od -b: POSIX).
+    printf '%s' "$1" | od -An -v -b | awk '{ for (i = 1; i <= NF; i++) printf "\\0%s", $i }'
+}
 
 run_as_root() {
     # run_as_root DIR SECONDS LOG COMMAND: like run_command, as root through sudo.
@@ -314,27 +390,32 @@ run_as_root() {
         return 126
     fi
     mkdir -p .deployer/tmp
-    sudo_env=$(mktemp .deployer/tmp/sudo-env.XXXXXX) || return 1
+    # A file only this user can read: mktemp where the host has it, else created exclusively (set -C).
+    if ! sudo_env=$(umask 077 && mktemp .deployer/tmp/sudo-env.XXXXXX 2>/dev/null); then
+        sudo_env=".deployer/tmp/sudo-env.$$"
+        rm -f "$sudo_env"
+        (umask 077 && set -C && : > "$sudo_env") || return 1
+    fi
     {
         printf '%s' "${env_pairs:-}"
         for name in DEPLOYER_RELEASE DEPLOYER_DEPLOY_TO DEPLOYER_OPERATION DEPLOYER_PREVIOUS; do
             eval "value=\${$name-}"
             # shellcheck disable=SC2154  # value is set by the eval above
-            printf '%s %s\n' "$name" "$(printf '%s' "$value" | base64 | tr -d '\n')"
+            printf '%s %s\n' "$name" "$(octal_escaped "$value")"
         done
     } > "$sudo_env"
     sudo_env="$(pwd -P)/$sudo_env"
-    limit=
-    command -v timeout >/dev/null 2>&1 && limit="timeout -k 5 $2"
     if [ -n "${sudo_password:-}" ]; then
-        # shellcheck disable=SC2086  # $limit is empty or the timeout command and its arguments
-        printf '%s\n' "$sudo_password" | $limit sudo -S -p '' -- sh -c "$SUDO_WRAPPER" deployer-sudo "$sudo_env" "$1" "$4" > "$3" 2>&1
+        printf '%s\n' "$sudo_password" |
+            run_bounded "$2" sudo -S -p '' -- sh -c "$SUDO_WRAPPER" deployer-sudo "$sudo_env" "$1" "$4" > "$3" 2>&1
     else
-        # shellcheck disable=SC2086
-        $limit sudo -n -- sh -c "$SUDO_WRAPPER" deployer-sudo "$sudo_env" "$1" "$4" > "$3" 2>&1 < /dev/null
+        run_bounded "$2" sudo -n -- sh -c "$SUDO_WRAPPER" deployer-sudo "$sudo_env" "$1" "$4" > "$3" 2>&1 < /dev/null
     fi
     sudo_code=$?
     rm -f "$sudo_env"
+    if [ "$sudo_code" != 0 ] && grep -q 'must have a tty' "$3" 2>/dev/null; then
+        printf '%s\n' "this host's sudoers requires a terminal (Defaults requiretty): allow the deploy user without one, e.g. 'Defaults:$(id -un) !requiretty'" >> "$3"
+    fi
     return "$sudo_code"
 }
 
@@ -377,7 +458,7 @@ health_check() {
             return 1
         fi
         attempt=$((attempt + 1))
-        sleep "$5"
+        pause "$5"
     done
 }
 
@@ -416,7 +497,7 @@ set_pin() {
 prune_releases() {
     # prune_releases "ID ID ...": remove these releases (never current), their metadata, and unused cached artifacts.
     [ -n "$1" ] || return 0
-    keep_current=$(readlink current 2>/dev/null || true)
+    keep_current=$(link_text current 2>/dev/null || true)
     [ -d .deployer/trash ] || mkdir -p .deployer/trash
     for id in $1; do
         case $id in

@@ -44,8 +44,11 @@ if [ "$opt_source" = upload ]; then
     part=".deployer/artifacts/.$digest.$$.part"
     upload_log=".deployer/logs/$release_id.upload.log"
     unpack_log=".deployer/logs/$release_id.unpack.log"
-    tee "$part" 2> "$upload_log" | tar -xzf - -C "$staging" 2> "$unpack_log"
+    # gzip and tar separately, tar inside the folder: tar -z and -C are not in every tar.
+    tee "$part" 2> "$upload_log" | gzip -dc 2> "$unpack_log.gzip" | (cd "$staging" && tar -xf -) 2> "$unpack_log"
     unpacked=$?
+    cat "$unpack_log.gzip" >> "$unpack_log" 2>/dev/null
+    rm -f "$unpack_log.gzip"
     reason=
     if [ "$unpacked" != 0 ] || [ -s "$upload_log" ] || [ ! -f "$part" ]; then
         # Empty on a full disk: the tools' own error messages could not be written there either.
@@ -74,12 +77,13 @@ else
         rm -rf "$staging"
         fail 31 "artifact digest mismatch: expected $digest, got $actual"
     fi
-    if ! tar -xzf "$cached" -C "$staging" 2> "$staging.err"; then
-        reason=$(tail -n 3 "$staging.err" | tr '\n' ' ')
-        rm -rf "$staging" "$staging.err"
+    if ! gzip -dc < "$cached" 2> "$staging.gzip" | (cd "$staging" && tar -xf -) 2> "$staging.err" ||
+        [ -s "$staging.gzip" ]; then
+        reason=$(tail -n 3 "$staging.gzip" "$staging.err" 2>/dev/null | grep -v -e '^==>' -e '^$' | tr '\n' ' ')
+        rm -rf "$staging" "$staging.err" "$staging.gzip"
         fail 30 "unpacking failed (disk full?): $reason"
     fi
-    rm -f "$staging.err"
+    rm -f "$staging.err" "$staging.gzip"
 fi
 
 link_shared() {
@@ -91,7 +95,7 @@ link_shared() {
         mkdir -p "$(dirname "$shared_path")" || return 1
         if [ "$name" != "$1" ]; then
             if [ -d "$in_release" ] && [ ! -L "$in_release" ]; then
-                cp -a "$in_release" "$shared_path" || return 1
+                cp -pPR "$in_release" "$shared_path" || return 1
             else
                 mkdir -p "$shared_path" || return 1
             fi

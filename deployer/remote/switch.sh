@@ -34,7 +34,7 @@ case $meta in
     *) fail 20 "release $target is not usable (status: ${meta%% *})" ;;
 esac
 if [ -L current ]; then
-    before=$(readlink current)
+    before=$(link_text current)
 elif [ -e current ]; then
     fail 21 "$deploy_to/current is not a symlink; refusing to replace it"
 else
@@ -58,17 +58,22 @@ else
         write_file "releases/$target/previousVersion" "$opt_previous" || fail 30 "cannot write previousVersion (disk full?)"
     fi
 
-    link=".current.$$.tmp"
-    [ ! -L "$link" ] || rm -f "$link"
-    ln -s "releases/$target" "$link" || fail 30 "cannot create the temporary link"
-    if ! mv -Tf "$link" current; then
-        rm -f "$link"
-        fail 30 "cannot rename the temporary link over current"
+    # The atomic switch, portable (no GNU mv -T): a new link already named `current`, made in a
+    # scratch folder on the same file system, is moved into the folder holding `current`: one
+    # rename(2) replaces the old link (Capistrano's form); readers see the old or the new, never none.
+    scratch=".deployer/switch.$$"
+    rm -rf "$scratch"
+    mkdir -p "$scratch" || fail 30 "cannot create $deploy_to/$scratch"
+    ln -s "releases/$target" "$scratch/current" || { rm -rf "$scratch"; fail 30 "cannot create the new link"; }
+    if ! mv -f "$scratch/current" .; then
+        rm -rf "$scratch"
+        fail 30 "cannot move the new link over current"
     fi
+    rmdir "$scratch" 2>/dev/null || true
 
     # The folder holding `current` is flushed: a verified switch stays switched after a power cut.
     flush . || emit warning "the switch could not be flushed to disk"
-    after=$(readlink current)
+    after=$(link_text current)
     resolved=$(cd current/ 2>/dev/null && pwd -P)
     expected_dir=$(cd "releases/$target" && pwd -P)
     emit after "$after" "$resolved"

@@ -32,6 +32,9 @@ exec REAL_SYNC "$@"
 """
 
 
+pytestmark = pytest.mark.usefixtures("remote_shell_honouring_path")
+
+
 @pytest.fixture
 def artifact(tmp_path_factory):
     tree = tmp_path_factory.mktemp("app")

@@ -182,7 +182,8 @@ def test_hostile_host_files_are_data_never_control(tmp_path_factory, files, weir
     if "schema" not in files:
         assert state.schema is None
     assert state.current == "r2"
-    assert set(state.releases) <= {"r1", "r2"} | ({weird_folder.decode("utf-8", "replace")} if weird_folder else set())
+    made = weird_folder.replace(b"/", b"_").replace(b"\0", b"_") if weird_folder else b""
+    assert set(state.releases) <= {"r1", "r2"} | ({made.decode("utf-8", "replace")} if made else set())
     assert all("\n" not in release and "\t" not in release for release in state.releases)
 
     # The planner takes it as data: a plan or a refusal, never a crash.

