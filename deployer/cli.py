@@ -35,6 +35,7 @@ from deployer.render.junit import write_junit
 from deployer.render.live import wants_live_view
 from deployer.render.text import render_text
 from deployer.report import OperationReport, Phase, Progress, shown
+from deployer.userlands import parse_userlands
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FLEET_DIR = str(REPO_ROOT / ".fleet")
@@ -289,13 +290,18 @@ def prune(inventory: str | None, options: Options, as_json: bool) -> int:
     return _emit(operations.prune(resolve_inventory(inventory, options), options), as_json)
 
 
-def fleet_up(hosts: int, state_dir: str | None, subnet: str, port: int, as_json: bool = False) -> int:
+def fleet_up(
+    hosts: int, state_dir: str | None, subnet: str, port: int, userland: str = "gnu", as_json: bool = False
+) -> int:
     fleet = LocalFleet(state_dir or DEFAULT_FLEET_DIR)
-    started = fleet.up(hosts, subnet=subnet, port=port)
+    started = fleet.up(hosts, subnet=subnet, port=port, userlands=parse_userlands(userland))
     if as_json:
         _print_json(
             {
-                "hosts": [{"name": h.name, "address": h.address, "port": h.port, "srv": h.srv} for h in started],
+                "hosts": [
+                    {"name": h.name, "address": h.address, "port": h.port, "srv": h.srv, "userland": h.userland}
+                    for h in started
+                ],
                 "inventory": fleet.inventory_path,
                 "known_hosts": fleet.known_hosts,
                 "identity_file": fleet.identity_file,
@@ -303,7 +309,7 @@ def fleet_up(hosts: int, state_dir: str | None, subnet: str, port: int, as_json:
         )
         return 0
     for host in started:
-        print(f"  {host.name}  {host.address}:{host.port}  /srv -> {host.srv}")
+        print(f"  {host.name}  {host.address}:{host.port}  {host.userland:<12}  /srv -> {host.srv}")
     print(f"{len(started)} host(s) up; inventory: {fleet.inventory_path}")
     return 0
 

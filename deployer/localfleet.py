@@ -19,10 +19,14 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deployer.errors import FleetError
+from deployer.userlands import ROOT as USERLAND_ROOT
+from deployer.userlands import prepare as prepare_userland
+from deployer.userlands import setup_script as userland_setup
 
 DEPLOY_USER = "deploy"
 SSHD = "/usr/sbin/sshd"
@@ -35,6 +39,7 @@ class LocalHost:
     address: str
     port: int
     root: str  # this host's folder on the machine; its srv/ is the host's /srv
+    userland: str = "gnu"  # what the deploy user's session sees (deployer/userlands.py)
 
     @property
     def srv(self) -> str:
@@ -126,6 +131,7 @@ class LocalFleet:
         self.known_hosts = os.path.join(self.state_dir, "known_hosts")
         self.inventory_path = os.path.join(self.state_dir, "inventory.yml")
         self.manifest = os.path.join(self.state_dir, "fleet.json")
+        self.userland_dir = USERLAND_ROOT
 
     # -- lifecycle -----------------------------------------------------------------------
     def up(
@@ -136,11 +142,19 @@ class LocalFleet:
         log_level: str = "VERBOSE",
         deploy_to: str = "/srv/app",
         prefix: str = "web",
+        userlands: Sequence[str] = ("gnu",),
     ) -> list[LocalHost]:
-        """Start `count` hosts (stopping any this fleet already runs) and write inventory + known_hosts."""
+        """Start `count` hosts (stopping any this fleet already runs) and write inventory + known_hosts.
+
+        Host i gets userlands[i % len(userlands)] (see deployer/userlands.py).
+        """
         if count < 1:
             raise FleetError("a fleet needs at least one host")
+        if not userlands:
+            raise FleetError("no userland given")
         ensure_prerequisites()
+        for kind in set(userlands):
+            prepare_userland(kind, self.userland_dir)
         self.down()
         os.makedirs(self.state_dir, exist_ok=True)
         if not os.path.exists(self.identity_file):
@@ -163,6 +177,7 @@ class LocalFleet:
                 host_address(subnet, i),
                 port,
                 os.path.join(self.state_dir, "hosts", f"{prefix}{i}"),
+                userlands[(i - 1) % len(userlands)],
             )
             for i in range(1, count + 1)
         ]
@@ -204,7 +219,8 @@ class LocalFleet:
             raise FleetError(f"{name} is already running")
         if _listening(host.address, host.port):
             raise FleetError(f"{host.address}:{host.port} is already in use by a process this fleet did not start")
-        script = 'mount --bind "$1" /srv && hostname "$2" && exec "$3" -D -f "$4" -E "$5"'
+        setup = userland_setup(host.userland, self.userland_dir)
+        script = f'mount --bind "$1" /srv && hostname "$2" && {setup} && exec "$3" -D -f "$4" -E "$5"'
         with open(host.log, "ab") as log:
             process = subprocess.Popen(
                 [

@@ -108,7 +108,7 @@ class HostState:
         """Why nothing can be changed on this host for want of tools; "" when it has them all."""
         if not self.missing_tools:
             return ""
-        return f"host {self.host} has no {', no '.join(self.missing_tools)} (see the README, \"Host requirements\")"
+        return f'host {self.host} has no {", no ".join(self.missing_tools)} (see the README, "Host requirements")'
 
     def bad_releases(self) -> dict[str, Mapping[str, Any]]:
         return {rid: info.bad for rid, info in self.releases.items() if info.bad is not None}

@@ -256,6 +256,8 @@ def verify(c: Context, common: Common, release: str | None = None, junit: str | 
         "state-dir": "where keys, hosts and inventory live",
         "subnet": "127.X.Y prefix of the host addresses",
         "port": "sshd port on each host",
+        "userland": "gnu (default), busybox, posix-strict, tcsh, fish, a comma list given to hosts in turn, "
+        "or mixed (gnu,busybox,posix-strict,tcsh)",
         "json": COMMON_HELP["json"],
     },
 )
@@ -265,10 +267,16 @@ def fleet_up(
     state_dir: str | None = None,
     subnet: str = "127.0.1",
     port: int = 2222,
+    userland: str = "gnu",
     json: bool = False,
 ) -> None:
     """Start a local fleet of real sshd hosts (root; installs openssh-server if missing)."""
-    cli.guarded(lambda: cli.fleet_up(hosts, state_dir, subnet, port, json), "fleet-up", as_json=json, settled_exit=True)
+    cli.guarded(
+        lambda: cli.fleet_up(hosts, state_dir, subnet, port, userland, json),
+        "fleet-up",
+        as_json=json,
+        settled_exit=True,
+    )
 
 
 @task(name="fleet-down", help={"state-dir": "the fleet's folder (default: .fleet)", "json": COMMON_HELP["json"]})

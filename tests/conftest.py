@@ -7,20 +7,28 @@ import os
 import pty
 import re
 import select
+import shlex
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-import testinfra
+from testinfra.backend.base import CommandResult
+from testinfra.backend.ssh import SshBackend
+from testinfra.host import Host
 
 from deployer.cli import build_sample
 from deployer.localfleet import LocalFleet
+from deployer.userlands import MIXED
 
 REPO = Path(__file__).resolve().parent.parent
 FLEET_SIZE = 4
+# One host of each kind (deployer/userlands.py): web1 GNU/dash, web2 BusyBox, web3 posix-strict
+# (the FreeBSD/macOS class), web4 GNU with tcsh as the deploy user's login shell.
+FLEET_USERLANDS = MIXED
 FLEET_SUBNET = "127.0.2"  # apart from `inv fleet-up`'s 127.0.1, so tests and a demo can coexist
 
 
@@ -29,7 +37,7 @@ def local_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet
     if os.geteuid() != 0:
         pytest.fail("integration tests start real sshd hosts and need root (see README)")
     fleet = LocalFleet(str(tmp_path_factory.mktemp("fleet")))
-    fleet.up(FLEET_SIZE, subnet=FLEET_SUBNET, port=2222)
+    fleet.up(FLEET_SIZE, subnet=FLEET_SUBNET, port=2222, userlands=FLEET_USERLANDS)
     yield fleet
     fleet.down()
 
@@ -84,18 +92,28 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {version: build_sample(version, str(folder / f"app-{version}.tar.gz")) for version in ("v1", "v2", "v3")}
 
 
+class PosixShellSsh(SshBackend):
+    """testinfra over OpenSSH with every command run by POSIX sh, whatever the deploy user's login
+    shell (the fleet's web4 has tcsh, where `2>/dev/null`, `for` and `$(...)` mean other things)."""
+
+    def run(self, command: str, *args: str, **kwargs: Any) -> CommandResult:
+        return self.run_ssh("sh -c " + shlex.quote(self.get_command(command, *args)))
+
+
 class HostView:
     """One host seen through the OpenSSH client (testinfra), independently of the deployer."""
 
     def __init__(self, fleet: LocalFleet, name: str) -> None:
         host = fleet.host(name)
         self.name = name
-        self.host = testinfra.get_host(
-            f"ssh://deploy@{host.address}:{host.port}",
-            ssh_identity_file=fleet.identity_file,
-            ssh_extra_args=f"-o UserKnownHostsFile={fleet.known_hosts} -o StrictHostKeyChecking=yes "
-            "-o IdentitiesOnly=yes -o BatchMode=yes",
-            controlpersist=0,
+        self.host = Host(
+            PosixShellSsh(
+                f"deploy@{host.address}:{host.port}",
+                ssh_identity_file=fleet.identity_file,
+                ssh_extra_args=f"-o UserKnownHostsFile={fleet.known_hosts} -o StrictHostKeyChecking=yes "
+                "-o IdentitiesOnly=yes -o BatchMode=yes",
+                controlpersist=0,
+            )
         )
 
     def sh(self, command: str, *args: str) -> str:

@@ -259,7 +259,7 @@ def host_path(local_fleet, name, deploy_to, *parts):
 def test_ctrl_c_at_any_moment_of_a_deploy(make_inventory, views, artifacts, deploy_to, delay):
     """Counted from the operation's first line: connecting, taking the lock, staging, switching."""
     base = deploy(make_inventory(), artifacts["v1"]).target
-    inventory = make_inventory(extra="hooks: {before_switch: 'sleep 0.3'}\n")
+    inventory = make_inventory(extra="hooks: {before_switch: 'sleep 1'}\n")
     process = inv_process("deploy", "--inventory", inventory, "--artifact", artifacts["v2"])
     first = process.stderr.readline()  # the tool's own code runs from here on
     assert first.startswith("deploy: locking"), first
