@@ -144,3 +144,22 @@ def test_the_password_is_asked_once_for_all_hosts_and_hooks(
     assert no_terminal.returncode == 2
     assert "needs a terminal" in no_terminal.stderr and "sudo_password_env" in no_terminal.stderr
     assert {views[name].version(deploy_to) for name in ("web1", "web2", "web3")} == {"v1"}
+
+
+def test_sudo_requiring_a_terminal_is_named_as_the_cause(sudo_for_deploy, make_inventory, views, artifacts, deploy_to):
+    """RHEL's `Defaults requiretty`: the hook fails with the reason and the sudoers line that fixes it."""
+    inventory = sudo_inventory(make_inventory, hosts=["web1", "web3"], hooks={"before_switch": HOOK})
+    env = {**os.environ, "TEST_SUDO_PASSWORD": PASSWORD}
+    assert run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v1"], env=env).returncode == 0
+    requiretty = SUDOERS + "-requiretty"
+    Path(requiretty).write_text(f"Defaults:{DEPLOY_USER} requiretty\n")
+    os.chmod(requiretty, 0o440)
+    try:
+        done = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v2"], env=env)
+    finally:
+        os.remove(requiretty)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "before_switch hook failed" in out and "Defaults requiretty" in out, out
+    assert f"Defaults:{DEPLOY_USER} !requiretty" in out, out
+    assert {views[name].version(deploy_to) for name in ("web1", "web3")} == {"v1"}
