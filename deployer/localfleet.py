@@ -25,6 +25,7 @@ from pathlib import Path
 
 from deployer.errors import FleetError
 from deployer.userlands import ROOT as USERLAND_ROOT
+from deployer.userlands import discard as discard_userland
 from deployer.userlands import prepare as prepare_userland
 from deployer.userlands import setup_script as userland_setup
 
@@ -153,9 +154,9 @@ class LocalFleet:
         if not userlands:
             raise FleetError("no userland given")
         ensure_prerequisites()
-        for kind in set(userlands):
-            prepare_userland(kind, self.userland_dir)
         self.down()
+        for kind in set(userlands):
+            prepare_userland(kind, self.userland_dir, self.state_dir)
         os.makedirs(self.state_dir, exist_ok=True)
         if not os.path.exists(self.identity_file):
             _run(
@@ -219,7 +220,7 @@ class LocalFleet:
             raise FleetError(f"{name} is already running")
         if _listening(host.address, host.port):
             raise FleetError(f"{host.address}:{host.port} is already in use by a process this fleet did not start")
-        setup = userland_setup(host.userland, self.userland_dir)
+        setup = userland_setup(host.userland, self.userland_dir, self.state_dir)
         script = f'mount --bind "$1" /srv && hostname "$2" && {setup} && exec "$3" -D -f "$4" -E "$5"'
         with open(host.log, "ab") as log:
             process = subprocess.Popen(
@@ -353,6 +354,7 @@ class LocalFleet:
                 self.resume_host(host.name)
                 self.stop_host(host.name)
                 stopped.append(host.name)
+        discard_userland(self.userland_dir, self.state_dir)
         return stopped
 
     # -- description ---------------------------------------------------------------------

@@ -150,8 +150,11 @@ def parse_userlands(text: str) -> tuple[str, ...]:
     return kinds
 
 
-def prepare(kind: str, folder: str) -> None:
-    """Build what userland `kind` needs under `folder` (shared by the fleet's hosts; idempotent)."""
+def prepare(kind: str, folder: str, fleet: str = "") -> None:
+    """Build what userland `kind` needs under `folder` (shared by the fleet's hosts; idempotent).
+
+    `fleet` names the fleet (its state folder): a login-shell host gets an /etc of that fleet's own.
+    """
     if kind not in USERLANDS:
         raise FleetError(f"unknown userland {kind!r}; choose from {', '.join(USERLANDS)} or mixed")
     root = Path(folder)
@@ -168,10 +171,20 @@ def prepare(kind: str, folder: str) -> None:
     elif kind == "posix-strict":
         _prepare_strict(root / "posix-strict", root / "real-bin")
     elif kind in LOGIN_SHELLS:
-        _prepare_passwd(root / f"passwd-{kind}", LOGIN_SHELLS[kind])
+        _prepare_etc(root / _etc_name(kind, fleet), LOGIN_SHELLS[kind])
 
 
-def setup_script(kind: str, folder: str) -> str:
+def discard(folder: str, fleet: str) -> None:
+    """Remove what `prepare` made for one fleet alone (its hosts are stopped)."""
+    for kind in LOGIN_SHELLS:
+        shutil.rmtree(Path(folder, _etc_name(kind, fleet)), ignore_errors=True)
+
+
+def _etc_name(kind: str, fleet: str) -> str:
+    return f"etc-{kind}-" + hashlib.sha256(fleet.encode()).hexdigest()[:8]
+
+
+def setup_script(kind: str, folder: str, fleet: str = "") -> str:
     """Shell lines, run as root inside the host's new mount namespace, that give it userland `kind`.
 
     Every other tool of the machine is hidden from the deploy user's PATH, /usr/local/bin included.
@@ -185,7 +198,7 @@ def setup_script(kind: str, folder: str) -> str:
             f" && mount --bind {root}/posix-strict /usr/bin"
         )
     if kind in LOGIN_SHELLS:
-        return f"mount --bind {root}/passwd-{kind} /etc/passwd"
+        return f"mount --bind {root}/{_etc_name(kind, fleet)} /etc"
     return "true"
 
 
@@ -236,17 +249,21 @@ def _prepare_strict(target: Path, real_bin: Path) -> None:
     building.rename(target)
 
 
-def _prepare_passwd(target: Path, shell: str) -> None:
+def _prepare_etc(target: Path, shell: str) -> None:
+    """A copy of the machine's /etc whose passwd gives the deploy user SHELL, mounted as the host's
+    /etc. Not a bind mount of one file over /etc/passwd: `usermod` on the machine renames a new
+    passwd over the old one, and that detaches a file mount in every other namespace."""
     if not os.path.exists(shell):
         raise FleetError(f"{shell} is not installed (./dev.sh setup installs it)")
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree("/etc", target, symlinks=True, ignore_dangling_symlinks=True)
     lines = []
     for line in Path("/etc/passwd").read_text().splitlines():
         fields = line.split(":")
         if len(fields) == 7 and fields[0] == "deploy":
             fields[6] = shell
         lines.append(":".join(fields))
-    target.write_text("\n".join(lines) + "\n")
-    target.chmod(0o644)
+    Path(target, "passwd").write_text("\n".join(lines) + "\n")
 
 
 def _copy_setuid(source: str | None, target: Path) -> None:
