@@ -35,6 +35,7 @@ from deployer.render.junit import write_junit
 from deployer.render.live import wants_live_view
 from deployer.render.text import render_text
 from deployer.report import OperationReport, Phase, Progress, shown
+from deployer.revision import pack_git
 from deployer.userlands import parse_userlands
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -160,12 +161,29 @@ def _progress(inventory: Inventory) -> Iterator[Progress]:
         progress.close()
 
 
-def deploy(inventory: str | None, artifact: str | None, release: str | None, options: Options, as_json: bool) -> int:
-    if not artifact:
-        raise InputError("no artifact given: pass --artifact PATH (a .tar.gz or a folder)")
+def deploy(
+    inventory: str | None,
+    artifact: str | None,
+    release: str | None,
+    options: Options,
+    as_json: bool,
+    git: str | None = None,
+    repo: str | None = None,
+) -> int:
+    if git and artifact:
+        raise InputError("give --artifact or --git, not both")
+    if not artifact and not git:
+        raise InputError("no artifact given: pass --artifact PATH (a .tar.gz or a folder) or --git REF")
     chosen = resolve_inventory(inventory, options, runs_hooks=True)
-    with _progress(chosen) as progress:
-        report = operations.deploy(chosen, artifact, release, options, progress)
+    with tempfile.TemporaryDirectory(prefix="deployer-git-") as folder:
+        source = artifact or os.path.join(folder, "release.tar.gz")
+        if git:
+            built = pack_git(repo or ".", git, source)
+            if options.revision.commit and options.revision.commit != built.commit:
+                raise InputError(f"--commit {options.revision.commit} is not {git} ({built.commit})")
+            options = dataclasses.replace(options, revision=options.revision.merged(built))
+        with _progress(chosen) as progress:
+            report = operations.deploy(chosen, source, release, options, progress)
     return _emit(report, as_json)
 
 

@@ -21,7 +21,9 @@ from typing import Any
 
 import yaml
 
+from deployer import revision
 from deployer.errors import ArtifactError, InputError
+from deployer.revision import Revision
 
 RELEASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RESERVED_NAMES = frozenset({"previousVersion"})
@@ -52,7 +54,7 @@ def new_release_id(now: datetime, digest: str, taken: set[str]) -> str:
 
 
 MANIFEST_NAME = "release.yml"
-MANIFEST_KEYS = {"schema_version", "min_schema"}
+MANIFEST_KEYS = {"schema_version", "min_schema", "version", "commit"}
 
 
 @dataclass(frozen=True)
@@ -68,17 +70,22 @@ class Manifest:
     min_schema: int
 
 
-def parse_manifest(text: bytes, source: str) -> Manifest:
+def parse_manifest(text: bytes, source: str) -> tuple[Manifest | None, Revision]:
+    """The schema a release.yml declares (None without schema_version) and its version/commit."""
     where = f"artifact {source}: {MANIFEST_NAME}"
     try:
         data: Any = yaml.safe_load(text.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{where}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
-        raise ArtifactError(f"{where}: expected a mapping with schema_version and min_schema")
+        raise ArtifactError(f"{where}: expected a mapping (schema_version, min_schema, version, commit)")
     unknown = sorted(str(key) for key in set(data) - MANIFEST_KEYS)
     if unknown:
-        raise ArtifactError(f"{where}: unknown key {unknown[0]!r} (allowed: schema_version, min_schema)")
+        allowed = ", ".join(sorted(MANIFEST_KEYS))
+        raise ArtifactError(f"{where}: unknown key {unknown[0]!r} (allowed: {allowed})")
+    declared = revision.from_manifest(data, where)
+    if "schema_version" not in data and "min_schema" not in data:
+        return None, declared
     values: dict[str, int] = {}
     for key in ("schema_version", "min_schema"):
         value = data.get(key, data.get("schema_version") if key == "min_schema" else None)
@@ -87,7 +94,7 @@ def parse_manifest(text: bytes, source: str) -> Manifest:
         values[key] = value
     if values["min_schema"] > values["schema_version"]:
         raise ArtifactError(f"{where}: min_schema ({values['min_schema']}) is above schema_version")
-    return Manifest(values["schema_version"], values["min_schema"])
+    return Manifest(values["schema_version"], values["min_schema"]), declared
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,8 @@ class Artifact:
     size: int
     source: str
     manifest: Manifest | None = None
+    declared: Revision = Revision()  # the version and commit its release.yml names
+    revision: Revision = Revision()  # what the release is recorded as (flags, release.yml, git, CI)
 
 
 def _check_member(member: tarfile.TarInfo, source: str) -> None:
@@ -119,10 +128,10 @@ def _check_member(member: tarfile.TarInfo, source: str) -> None:
             raise ArtifactError(f"{where}: link to {target!r} points outside the release folder")
 
 
-def check_tarball(path: str, source: str) -> Manifest | None:
+def check_tarball(path: str, source: str) -> tuple[Manifest | None, Revision]:
     """Refuse unreadable archives and members that could escape or subvert the release folder.
 
-    Returns the release's manifest (`release.yml` at the top), if it ships one.
+    Returns what the release's `release.yml` (at the top) declares, if it ships one.
     """
     manifest_text: bytes | None = None
     try:
@@ -138,7 +147,7 @@ def check_tarball(path: str, source: str) -> Manifest | None:
         raise ArtifactError(f"artifact {source}: not a readable .tar.gz ({exc})") from None
     if count == 0:
         raise ArtifactError(f"artifact {source}: the archive is empty")
-    return parse_manifest(manifest_text, source) if manifest_text is not None else None
+    return parse_manifest(manifest_text, source) if manifest_text is not None else (None, Revision())
 
 
 def _reset_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -175,8 +184,9 @@ def sha256_file(path: str) -> tuple[str, int]:
 class PreparedArtifact:
     """Context manager yielding an `Artifact`; removes the temporary tarball made from a folder."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, flags: Revision | None = None) -> None:
         self.source = source
+        self.flags = flags or Revision()  # --version / --commit: first among the revision's sources
         self._tempdir: str | None = None
 
     def __enter__(self) -> Artifact:
@@ -196,12 +206,13 @@ class PreparedArtifact:
         else:
             raise ArtifactError(f"artifact {source}: no such file or folder")
         try:
-            manifest = check_tarball(path, source)
+            manifest, declared = check_tarball(path, source)
             digest, size = sha256_file(path)
         except BaseException:
             self.__exit__()
             raise
-        return Artifact(path=path, digest=digest, size=size, source=source, manifest=manifest)
+        found = revision.collect(self.flags, declared, source)
+        return Artifact(path, digest, size, source, manifest, declared, found)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._tempdir is not None:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from deployer.errors import EXIT_HOSTS_FAILED, EXIT_OK, EXIT_REFUSED
+from deployer.revision import Revision
 from deployer.sanitize import sanitize
 
 OK = "ok"  # changed as planned and verified
@@ -83,6 +84,7 @@ class OperationReport:
     plan: list[dict[str, Any]] = field(default_factory=list)  # per host: action, before, target, reason, prune
     connections: int = 0  # SSH connections opened by this operation
     sessions: dict[str, int] = field(default_factory=dict)  # exec sessions per host
+    revision: dict[str, Any] = field(default_factory=dict)  # the target's version, commit, ... when known
 
     @property
     def ok(self) -> bool:
@@ -107,6 +109,9 @@ class OperationReport:
         total = len(self.hosts)
         bad = [result for result in self.hosts if result.status not in GOOD_STATUSES]
         what = f"{self.operation} {self.target}" if self.target else self.operation
+        label = Revision(str(self.revision.get("version", "")), str(self.revision.get("commit", ""))).label()
+        if label and self.target:
+            what += f" [{label}]"
         if self.ok:
             if not total:
                 return f"{what}: OK (nothing to do)"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deployer.release import is_release_id
+from deployer.revision import COMMIT, VERSION, Revision
 from deployer.scripts import ScriptOutput
 
 STATUS_OK = "ok"
@@ -40,6 +41,12 @@ class ReleaseInfo:
     min_schema: int | None = None
     previous: str | None = None  # release id its previousVersion names
     bad: Mapping[str, Any] | None = None  # why it is known to be bad (who, when, why)
+    version: str = ""  # the version label recorded when it was staged ("" when none was known)
+    commit: str = ""  # the git commit recorded when it was staged
+
+    @property
+    def revision(self) -> Revision:
+        return Revision(version=self.version, commit=self.commit)
 
     @property
     def usable(self) -> bool:
@@ -170,9 +177,12 @@ def _parse_releases(output: ScriptOutput, deploy_to: str, notes: list[str]) -> d
         if not is_release_id(release_id):
             notes.append(f"ignored a folder in releases/ with an invalid name: {release_id!r}")
             continue
-        # The meta line: status digest staged_at schema min_schema (space-separated, as stage writes it).
+        # The meta line: status digest staged_at schema min_schema version commit (space-separated,
+        # as stage writes it; "-" for none; older releases have only the first five).
         meta = record[1].split(" ")
-        fields = [release_id, *meta[:5]] + [""] * max(0, 5 - len(meta))
+        fields = [release_id, *meta[:7]] + [""] * max(0, 7 - len(meta))
+        version = fields[6] if VERSION.match(fields[6]) else ""
+        commit = fields[7] if COMMIT.match(fields[7]) else ""
         status = fields[1] or STATUS_UNMANAGED
         digest = fields[2] if fields[2] != "-" else ""
         staged_at = fields[3] if fields[3] != "-" else ""
@@ -188,6 +198,8 @@ def _parse_releases(output: ScriptOutput, deploy_to: str, notes: list[str]) -> d
             min_schema=_int_or_none(fields[5]),
             previous=previous_id,
             bad=bad.get(release_id),
+            version=version,
+            commit=commit,
         )
     return releases
 

@@ -68,10 +68,19 @@ class Common:
     lock_wait: str | None = None
     message: str | None = None
 
-    def options(self, dry_run: bool = False, force: bool = False, unpin: bool = False) -> "Options":
+    def options(
+        self,
+        dry_run: bool = False,
+        force: bool = False,
+        unpin: bool = False,
+        version: str | None = None,
+        commit: str | None = None,
+    ) -> "Options":
         from deployer.operations import Options  # noqa: PLC0415 - imported when a task runs, not at start-up
+        from deployer.revision import from_flags  # noqa: PLC0415
 
         return Options(
+            revision=from_flags(version, commit),
             accept_new_host_keys=self.accept_new_host_keys,
             parallel=self.parallel or None,
             dry_run=dry_run,
@@ -144,6 +153,10 @@ def fleet_task(
         "dry-run": "show the plan (what switches, what is pruned), change nothing",
         "force": "converge a split fleet on this release; deploy despite the schema check",
         "unpin": "remove the pin a rollback left (the fix is ready)",
+        "version": "the release's version label (default: release.yml, then git describe, then the CI tag)",
+        "commit": "the full git commit it was built from (default: release.yml, then git, then the CI's)",
+        "git": "deploy this commit, branch or tag: the artifact is `git archive` of it (instead of --artifact)",
+        "repo": "the git repository for --git (default: the current folder)",
     },
 )
 def deploy(
@@ -154,12 +167,22 @@ def deploy(
     dry_run: bool = False,
     force: bool = False,
     unpin: bool = False,
+    version: str | None = None,
+    commit: str | None = None,
+    git: str | None = None,
+    repo: str | None = None,
 ) -> None:
     """Stage a release on every host, validate it, then switch `current` atomically (in batches) and verify."""
     common.run(
         "deploy",
         lambda: cli.deploy(
-            common.inventory, artifact, release, common.options(dry_run, force=force, unpin=unpin), common.json
+            common.inventory,
+            artifact,
+            release,
+            common.options(dry_run, force=force, unpin=unpin, version=version, commit=commit),
+            common.json,
+            git,
+            repo,
         ),
     )
 

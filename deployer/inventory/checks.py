@@ -74,6 +74,11 @@ class Checker:
             raise self.error(key, f"{value!r} is not a valid {what}")
         return value
 
+    def choice(self, value: Any, key: str, allowed: tuple[str, ...]) -> str:
+        if value not in allowed:
+            raise self.error(key, f"expected one of {', '.join(allowed)}, got {value!r}")
+        return str(value)
+
     def number(self, value: Any, key: str, low: float, high: float, integer: bool = False) -> Any:
         ok_types: tuple[type, ...] = (int,) if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, ok_types):

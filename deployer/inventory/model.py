@@ -54,6 +54,9 @@ class HealthCheck:
     timeout: float = 10.0
     retries: int = 3
     interval: float = 2.0
+    # What the output must name, so a server still running the old code fails the check:
+    # "release" (the id switched to), "version" or "commit" (as recorded with it); "" for none.
+    expect: str = ""
 
     @property
     def worst_case_seconds(self) -> float:

@@ -53,7 +53,8 @@ GATEWAY_RE = re.compile(
     r"^(?:(?P<user>[^@\s]+)@)?(?P<address>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?$"
 )
 TIMEOUT_KEYS = {"connect", "command", "stage", "hook", "migrate", "validate"}
-HEALTH_KEYS = {"command", "timeout", "retries", "interval"}
+HEALTH_KEYS = {"command", "timeout", "retries", "interval", "expect"}
+HEALTH_EXPECT = ("release", "version", "commit")
 ROLLOUT_KEYS = {"batch", "pause"}
 
 
@@ -66,6 +67,7 @@ def health_check_section(check: Checker, value: Any) -> HealthCheck:
         timeout=float(check.number(raw.get("timeout", 10), "health_check.timeout", 0.1, 3600)),
         retries=check.number(raw.get("retries", 3), "health_check.retries", 0, 100, integer=True),
         interval=float(check.number(raw.get("interval", 2), "health_check.interval", 0, 3600)),
+        expect=check.choice(raw["expect"], "health_check.expect", HEALTH_EXPECT) if "expect" in raw else "",
     )
 
 

@@ -76,8 +76,10 @@ def run_deploy(
         keep_releases=inventory.keep_releases,
         keep_failed_releases=inventory.keep_failed_releases,
     )
+    if artifact.revision.version or artifact.revision.commit:
+        run.revisions[release] = artifact.revision
     show_plan(plan, run.progress)
-    report = OperationReport("deploy", release, plan=plan_data(plan))
+    report = OperationReport("deploy", release, plan=plan_data(plan), revision=artifact.revision.as_dict())
     if refused_or_dry_run(report, plan, options.dry_run):
         return report
     rollout = _Rollout(run, plan, report, release, final)
@@ -245,7 +247,7 @@ def deploy(
     if release_id is not None:
         check_release_id(release_id)
     with (
-        PreparedArtifact(artifact_source) as artifact,
+        PreparedArtifact(artifact_source, options.revision) as artifact,
         locked_run(inventory, "deploy", options, progress) as (
             run,
             states,

@@ -151,7 +151,7 @@ def drill(
     options = options or Options()
     progress = progress or Progress()
     with (
-        PreparedArtifact(artifact_source) as artifact,
+        PreparedArtifact(artifact_source, options.revision) as artifact,
         locked_run(inventory, "rollback-drill", options, progress) as (run, states, unreachable, _gathered),
     ):
         started = time.monotonic()

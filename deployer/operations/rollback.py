@@ -68,7 +68,9 @@ def run_rollback(
         rollback_migrations=bool(inventory.rollback_migrations),
     )
     show_plan(plan, progress)
-    report = OperationReport("rollback", plan.target, plan=plan_data(plan))
+    report = OperationReport(
+        "rollback", plan.target, plan=plan_data(plan), revision=run.revision_of(plan.target).as_dict()
+    )
     if refused_or_dry_run(report, plan, options.dry_run):
         return report
     target = plan.target or ""

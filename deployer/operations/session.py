@@ -22,6 +22,7 @@ from deployer.report import (
     Progress,
     set_secrets,
 )
+from deployer.revision import Revision
 from deployer.state import HostState
 
 Unreachable = dict[str, str]
@@ -38,6 +39,7 @@ class Options:
     message: str = ""  # why: recorded in the lock, the history, the pin and bad marks
     hosts: tuple[str, ...] = ()  # --hosts: only these hosts of the inventory
     groups: tuple[str, ...] = ()  # --group: only members of these groups
+    revision: Revision = Revision()  # deploy/drill: --version and --commit (checked), first of the sources
 
 
 def open_fleet(inventory: Inventory, options: Options, progress: Progress | None = None) -> Fleet:
@@ -62,6 +64,7 @@ def locked_run(
         progress.say(f"{operation}: locking and reading state of {len(inventory.hosts)} host(s)")
         try:
             states, unreachable = acquire(fleet, lock, progress, options.lock_wait)
+            run.learn_revisions(states)
             yield run, states, unreachable, Phase("gather", time.monotonic() - started, not unreachable)
         except KeyboardInterrupt:
             with shielded_from_ctrl_c(progress):

@@ -9,6 +9,7 @@ from deployer import plan as planning
 from deployer.inventory import Inventory
 from deployer.lock import is_stale, read_states
 from deployer.operations.session import Options, Unreachable, open_fleet
+from deployer.plan.names import known_releases
 from deployer.report import (
     Progress,
 )
@@ -55,6 +56,7 @@ def status_data(view: FleetView) -> dict[str, Any]:
             continue
         state = view.states[host.name]
         previous, previous_problem = state.previous_version(deploy_to)
+        live = state.releases.get(state.current or "")
         hosts.append(
             {
                 "host": host.name,
@@ -63,6 +65,8 @@ def status_data(view: FleetView) -> dict[str, Any]:
                 "hostname": state.hostname,
                 "current": state.current,
                 "current_link": state.current_link or None,
+                "version": live.version or None if live else None,
+                "commit": live.commit or None if live else None,
                 "previous_version": previous,
                 "problems": [p for p in (state.current_problem, previous_problem) if p] + list(state.notes),
                 "damaged": list(state.damaged),
@@ -71,6 +75,8 @@ def status_data(view: FleetView) -> dict[str, Any]:
                         "id": info.release_id,
                         "status": info.status,
                         "digest": info.digest or None,
+                        "version": info.version or None,
+                        "commit": info.commit or None,
                         "bad": dict(info.bad) if info.bad is not None else None,
                     }
                     for info in sorted(state.releases.values(), key=lambda i: i.order_key)
@@ -120,8 +126,13 @@ def history_entries(view: FleetView, limit: int) -> list[dict[str, Any]]:
     ordered = [
         merged[key] for key in sorted(merged, key=lambda key: (merged[key]["time"], position[key]), reverse=True)
     ]
+    known = known_releases(view.states)
     for item in ordered:
         item["hosts"].sort()
+        # Lines written before versions were recorded: what the release still on the fleet says.
+        info = known.get(str(item.get("to") or item.get("release") or ""))
+        if info is not None and "version" not in item and "commit" not in item:
+            item.update({key: value for key, value in info.revision.as_dict().items()})
     return _drills_as_one(ordered)[:limit]
 
 
@@ -152,7 +163,11 @@ def _drills_as_one(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         drill["hosts"] = sorted(set(drill["hosts"]) | set(entry["hosts"]))
         drill["phases"].insert(
             0,
-            {key: entry.get(key) for key in ("drill", "op", "from", "to", "result", "time", "hosts") if key in entry},
+            {
+                key: entry.get(key)
+                for key in ("drill", "op", "from", "to", "result", "time", "hosts", "version", "commit")
+                if key in entry
+            },
         )
         if entry.get("result") not in (None, "ok"):
             drill["result"] = "failed"
@@ -178,6 +193,8 @@ def releases_table(view: FleetView) -> list[dict[str, Any]]:
                     "id": info.release_id,
                     "staged_at": info.staged_at or None,
                     "digest": info.digest or None,
+                    "version": info.version or None,
+                    "commit": info.commit or None,
                     "schema": info.schema,
                     "hosts": [],
                     "current_on": [],
@@ -196,4 +213,6 @@ def releases_table(view: FleetView) -> list[dict[str, Any]]:
                 row["failed_on"].append(name)
             if info.bad is not None and row["bad"] is None:
                 row["bad"] = dict(info.bad)
+            if not row["version"] and not row["commit"]:  # a host that recorded them
+                row["version"], row["commit"] = info.version or None, info.commit or None
     return sorted(table.values(), key=lambda row: (row["staged_at"] or "", row["id"]), reverse=True)

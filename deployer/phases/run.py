@@ -7,15 +7,17 @@ import functools
 import json
 import math
 import socket
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from deployer.fleet import Fleet
 from deployer.inventory import Inventory
 from deployer.lock import FleetLock, local_user, utc_now
 from deployer.report import Progress
+from deployer.revision import Revision
 from deployer.scripts import octal_escaped
-from deployer.state import SchemaRecord
+from deployer.state import HostState, SchemaRecord
 
 
 @dataclass
@@ -27,6 +29,17 @@ class Run:
     progress: Progress
     message: str = ""
     drill_phase: str = ""  # set by the drill: its switches are recorded as phases of one drill
+    revisions: dict[str, Revision] = field(default_factory=dict)  # release id -> version/commit known
+
+    def revision_of(self, release: str | None) -> Revision:
+        return self.revisions.get(release or "", Revision())
+
+    def learn_revisions(self, states: Mapping[str, HostState]) -> None:
+        """Remember the version and commit each release was staged with (for the history lines)."""
+        for state in states.values():
+            for release_id, info in state.releases.items():
+                if info.version or info.commit:
+                    self.revisions.setdefault(release_id, info.revision)
 
     @property
     def inventory(self) -> Inventory:
@@ -43,7 +56,13 @@ class Run:
 
 
 def history_line(
-    operation: str, before: str | None, target: str, message: str = "", run_id: str = "", drill: str = ""
+    operation: str,
+    before: str | None,
+    target: str,
+    message: str = "",
+    run_id: str = "",
+    drill: str = "",
+    revision: Revision | None = None,
 ) -> str:
     record: dict[str, Any] = {
         "run": run_id,  # the same on every host for one operation: `inv history` merges by it
@@ -59,6 +78,8 @@ def history_line(
         record["message"] = message
     if drill:
         record["drill"] = drill  # the drill phase: `inv history` shows one drill, with its phases
+    if revision is not None:
+        record.update({key: value for key, value in revision.as_dict().items() if key in ("version", "commit")})
     return json.dumps(record, sort_keys=True)
 
 

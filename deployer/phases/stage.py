@@ -14,6 +14,7 @@ from deployer.lock import utc_now
 from deployer.phases.run import Run, whole_seconds
 from deployer.plan import HostPlan
 from deployer.release import Artifact
+from deployer.revision import revision_file
 from deployer.scripts import (
     EXIT_VALIDATE,
     run_script,
@@ -27,9 +28,16 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
     inventory = run.inventory
     sources = {host_plan.host: host_plan.source for host_plan in hosts}
     manifest = artifact.manifest
+    revision = artifact.revision
     staged_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # orders releases; never mtimes
     meta = " ".join(
-        [staged_at, str(manifest.schema_version) if manifest else "-", str(manifest.min_schema) if manifest else "-"]
+        [
+            staged_at,
+            str(manifest.schema_version) if manifest else "-",
+            str(manifest.min_schema) if manifest else "-",
+            revision.version or "-",
+            revision.commit or "-",
+        ]
     )
     mapped = MappedArtifact(artifact.path)
     environment = run.environment
@@ -50,6 +58,7 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
             validate=inventory.validate,
             validate_timeout=whole_seconds(inventory.timeouts.validate),
             meta=meta,
+            revision=revision_file(revision),
             shared="\n".join(inventory.shared),
             env="1" if environment else "",
             now=utc_now(),

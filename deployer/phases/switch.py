@@ -14,6 +14,7 @@ from deployer.lock import utc_now
 from deployer.phases.run import Run, history_line, schema_text, whole_seconds
 from deployer.plan import HostPlan
 from deployer.protocol import ProtocolError
+from deployer.revision import Revision
 from deployer.scripts import (
     EXIT_AFTER_ROLLBACK,
     EXIT_AFTER_SWITCH,
@@ -74,7 +75,15 @@ def _switch_options(run: Run, host_plan: HostPlan, request: SwitchRequest) -> tu
         "mode": request.mode,
         "operation": request.operation,
         "previous": host_plan.previous_version if request.mode == "deploy" else "",
-        "history": history_line(request.operation, host_plan.before, target, run.message, run.run_id, run.drill_phase),
+        "history": history_line(
+            request.operation,
+            host_plan.before,
+            target,
+            run.message,
+            run.run_id,
+            run.drill_phase,
+            run.revision_of(target),
+        ),
         "run": run.run_id,
         "hook_timeout": whole_seconds(inventory.timeouts.hook),
         "schema": schema_text(request.schema),
@@ -99,6 +108,7 @@ def _switch_options(run: Run, host_plan: HostPlan, request: SwitchRequest) -> tu
             health_timeout=whole_seconds(health.timeout),
             health_retries=str(health.retries),
             health_interval=f"{health.interval:g}",
+            health_expect=expected_in_health_output(health.expect, target, run.revision_of(target)),
         )
         timeout += health.worst_case_seconds
     return options, timeout
@@ -178,3 +188,16 @@ def switch(run: Run, hosts: list[HostPlan], request: SwitchRequest) -> dict[str,
             text += f"; FAILED: {outcome.failing}"
         run.progress.host(host.name, text)
     return outcomes
+
+
+def expected_in_health_output(expect: str, target: str, revision: Revision) -> str:
+    """What the health check's output must contain on a host just switched to `target` ("" for
+    nothing). A version or commit the release was not recorded with cannot be found: the check
+    then fails, saying so, rather than passing a server it cannot tell apart."""
+    if expect == "release":
+        return target
+    if expect == "version":
+        return revision.version or f"(no version recorded for {target})"
+    if expect == "commit":
+        return revision.commit or f"(no commit recorded for {target})"
+    return ""

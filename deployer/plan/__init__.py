@@ -7,6 +7,7 @@ changes, and unit-tested without SSH. One module per decision:
 - `deploy`: the release id a deploy uses, who stages and switches, its guards; the revert plan
 - `drill`: the drill's preconditions, releases and target
 - `prune`: which old releases go
+- `names`: which release a person's name for it means (id, version, commit prefix)
 - `facts`: what the fleet's states say together (split, pin, schema, bad marks, releases)
 - `model`: the plan's shape (per-host actions)
 """

@@ -107,7 +107,8 @@ def describe_releases(states: Mapping[str, HostState], limit: int = 10) -> str:
             marks.append("BAD")
         if any(state.current == info.release_id for state in states.values()):
             marks.append("CURRENT")
-        parts.append(f"{info.release_id} ({', '.join(marks)})")
+        label = info.revision.label()
+        parts.append(f"{info.release_id} ({', '.join(([label] if label else []) + marks)})")
     more = f", and {len(ordered) - limit} older" if len(ordered) > limit else ""
     return "; ".join(parts) + more
 

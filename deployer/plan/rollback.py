@@ -17,6 +17,7 @@ from deployer.plan.facts import (
     split_of,
 )
 from deployer.plan.model import KEEP, REFUSE, SWITCH, UNREACHABLE, HostPlan, Plan, held_back
+from deployer.plan.names import resolve_release
 from deployer.state import HostState, SchemaRecord
 
 
@@ -147,7 +148,10 @@ def plan_rollback(
     recorded one (refused unless `force`, or `rollback_migrations` can take the database back).
     Refused as a whole, recording nothing, when no host can be switched to the target.
     """
-    target, why = (to, "") if to is not None else choose_rollback_target(deploy_to, states, not unreachable)
+    if to is not None:
+        target, why = resolve_release(to, states)  # an id, a version label or a commit prefix
+    else:
+        target, why = choose_rollback_target(deploy_to, states, not unreachable)
     if target is None:
         untouched = [HostPlan(name, KEEP, state.current, None) for name, state in states.items()]
         untouched += [HostPlan(name, UNREACHABLE, None, None, reason) for name, reason in unreachable.items()]
@@ -156,7 +160,7 @@ def plan_rollback(
     hosts = [HostPlan(name, UNREACHABLE, None, target, reason) for name, reason in unreachable.items()]
     hosts += [_rollback_host(name, state, deploy_to, target, to is None) for name, state in states.items()]
     hosts.sort(key=lambda plan: plan.host)
-    refusal = _unreachable_target(states, hosts, target, to)
+    refusal = _unreachable_target(states, hosts, target, target if to is not None else None)
     warnings = _rollback_warnings(states, target)
     recorded = fleet_schema(states)
     schema_refusal, schema_warnings, new_schema, migration = _rollback_schema(

@@ -441,14 +441,19 @@ run_hook() {
 }
 
 health_check() {
-    # health_check RELEASE COMMAND SECONDS RETRIES INTERVAL: retry until the command succeeds.
+    # health_check RELEASE COMMAND SECONDS RETRIES INTERVAL [EXPECT]: retry until the command succeeds
+    # (and, with EXPECT, its output contains EXPECT: the server runs the release just switched to).
     [ -n "$2" ] || return 0
     health_log="$(pwd -P)/.deployer/logs/$1.health.log"
     attempt=1
     while :; do
         if run_command current/ "$3" "$health_log" "$2"; then
-            emit health ok "$attempt"
-            return 0
+            if [ -z "${6:-}" ] || grep -F -q -e "$6" "$health_log"; then
+                emit health ok "$attempt"
+                return 0
+            fi
+            printf '%s\n' "deployer: the output does not name $6: the server still runs other code" >> "$health_log"
+            health_code=0
         else
             health_code=$?
         fi

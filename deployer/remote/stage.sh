@@ -1,4 +1,5 @@
 # stage DEPLOY_TO release=ID digest=SHA256 source=upload|cache [validate=CMD] [meta=FIELDS] [shared=PATHS]
+#       [revision=TEXT]
 # Puts the artifact (source=upload: read from stdin; source=cache: the copy kept from an earlier
 # upload with the same digest) into releases/ID, links the shared paths (one per line in PATHS; a
 # trailing / marks a folder) to DEPLOY_TO/shared/, and runs the validate command inside it.
@@ -8,6 +9,7 @@
 deploy_to=$1
 shift
 opt_release='' opt_digest='' opt_source=upload opt_validate='' opt_validate_timeout=900 opt_meta='' opt_shared=''
+opt_revision=''
 parse_options "$@"
 read_env
 release_id=$opt_release
@@ -130,7 +132,11 @@ if [ -n "$opt_shared" ]; then
     rm -f "$shared_list"
 fi
 
-meta="$digest ${opt_meta:-- - -}"
+# What people call this release (commit, version), in the release itself unless it ships its own.
+if [ -n "$opt_revision" ] && [ ! -e "$staging/REVISION" ] && [ ! -L "$staging/REVISION" ]; then
+    printf '%s\n' "$opt_revision" > "$staging/REVISION" || { rm -rf "$staging"; fail 30 "cannot write REVISION (disk full?)"; }
+fi
+meta="$digest ${opt_meta:-- - - - -}"
 # "validating" until the release is validated and on stable storage: only then "ok", the one status
 # a later deploy reuses or a rollback switches to (a power cut in between leaves "validating").
 write_file ".deployer/meta/$release_id" "validating $meta" || { rm -rf "$staging"; fail 30 "cannot write release metadata (disk full?)"; }

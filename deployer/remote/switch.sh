@@ -12,7 +12,7 @@ deploy_to=$1
 shift
 opt_target='' opt_expected='' opt_mode=deploy opt_previous='' opt_history=''
 opt_before_switch='' opt_after_switch='' opt_after_rollback='' opt_hook_timeout=60
-opt_health='' opt_health_timeout=10 opt_health_retries=0 opt_health_interval=1
+opt_health='' opt_health_timeout=10 opt_health_retries=0 opt_health_interval=1 opt_health_expect=''
 opt_schema='' opt_pin='' opt_unpin=0 opt_mark_bad='' opt_bad_info='' opt_bad_on_failure='' opt_prune=''
 opt_unlock='' opt_unlock_always=0
 opt_operation=''
@@ -101,7 +101,8 @@ else
     run_hook after_rollback current/ "$opt_hook_timeout" "$target" "$opt_after_rollback" || code=63
 fi
 if [ "$code" = 0 ]; then
-    health_check "$target" "$opt_health" "$opt_health_timeout" "$opt_health_retries" "$opt_health_interval" || code=62
+    health_check "$target" "$opt_health" "$opt_health_timeout" "$opt_health_retries" "$opt_health_interval" \
+        "$opt_health_expect" || code=62
 fi
 if [ "$code" = 0 ]; then
     prune_releases "$opt_prune"

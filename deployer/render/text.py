@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 from deployer.plan import describe_pin
 from deployer.report import OperationReport, shown
+from deployer.revision import Revision
 
 
 def _out(text: str, out: TextIO | None = None) -> None:
@@ -38,6 +39,11 @@ def render_text(report: OperationReport, stream: TextIO | None = None) -> None:
     out.flush()
 
 
+def revision_label(version: str | None, commit: str | None) -> str:
+    """ "1.4.2 (abc12345)" for the tables: what people call the release."""
+    return Revision(version=version or "", commit=commit or "").label()
+
+
 def status(data: dict[str, Any], out: TextIO | None = None) -> None:
     """`inv status`: each host's current and previous release and problems; the fleet's split, pin, lock."""
     width = max(len(host["host"]) for host in data["hosts"])
@@ -49,7 +55,11 @@ def status(data: dict[str, Any], out: TextIO | None = None) -> None:
             continue
         releases = len(host["releases"])
         current, previous = host["current"] or "-", host["previous_version"] or "-"
-        line = f"  {name}  current={current}  previous={previous}  releases={releases}"
+        line = f"  {name}  current={current}"
+        label = revision_label(host.get("version"), host.get("commit"))
+        if label:
+            line += f" [{label}]"
+        line += f"  previous={previous}  releases={releases}"
         if host["deploy_to"] != data["deploy_to"]:
             line += f"  deploy_to={host['deploy_to']}"
         if host["lock"]:
@@ -87,6 +97,9 @@ def history(entries: list[dict[str, Any]], total_hosts: int, out: TextIO | None 
             move = f"{entry.get('from') or '-'} -> {entry.get('to')}"
         else:
             move = f"{entry.get('release', '')} {entry.get('detail', '')}".strip()
+        label = revision_label(entry.get("version"), entry.get("commit"))
+        if label:
+            move += f" [{label}]"
         message = f"  ({entry['message']})" if entry.get("message") else ""
         if entry.get("phases"):
             steps = ", ".join(
@@ -120,7 +133,8 @@ def releases(rows: list[dict[str, Any]], total_hosts: int, out: TextIO | None = 
         if row["failed_on"]:
             marks.append(f"FAILED on {','.join(row['failed_on'])}")
         have = f"{len(row['hosts'])}/{total} hosts"
-        _out(f"{row['id']:<34} {have:<11} {'  '.join(marks)}".rstrip(), out)
+        label = revision_label(row.get("version"), row.get("commit")) or "-"
+        _out(f"{row['id']:<34} {label:<24} {have:<11} {'  '.join(marks)}".rstrip(), out)
     if not rows:
         _out("no releases on any host", out)
 
