@@ -130,7 +130,7 @@ def write_inventory(hosts: list[SshHost], out: str, known_hosts: str, deploy_to:
         f"  known_hosts: {os.path.relpath(known_hosts, folder)}",
         'validate: "sh bin/check"',
         "# the service serves the release just switched to (the sample app's bin/health)",
-        f'health_check: {{command: "{HEALTH}", timeout: 5, retries: 10, interval: 1}}',
+        f'health_check: {{command: "{HEALTH}", timeout: 5, retries: 10, interval: 1, expect: release}}',
         "hooks:                # the provisioned sudoers rule allows exactly this",
         f'  after_switch: "{RELOAD}"',
         f'  after_rollback: "{RELOAD}"',
