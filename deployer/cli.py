@@ -170,11 +170,22 @@ def deploy(
     git: str | None = None,
     repo: str | None = None,
 ) -> int:
+    chosen = resolve_inventory(inventory, options, runs_hooks=True)
+    with _artifact_source(artifact, git, repo, options) as (source, options), _progress(chosen) as progress:
+        report = operations.deploy(chosen, source, release, options, progress)
+    return _emit(report, as_json)
+
+
+@contextmanager
+def _artifact_source(
+    artifact: str | None, git: str | None, repo: str | None, options: Options
+) -> Iterator[tuple[str, Options]]:
+    """The artifact to deploy: --artifact as given, or --git REF built by `git archive` into a
+    temporary tarball (removed after), with the commit's revision added to the options."""
     if git and artifact:
         raise InputError("give --artifact or --git, not both")
     if not artifact and not git:
         raise InputError("no artifact given: pass --artifact PATH (a .tar.gz or a folder) or --git REF")
-    chosen = resolve_inventory(inventory, options, runs_hooks=True)
     with tempfile.TemporaryDirectory(prefix="deployer-git-") as folder:
         source = artifact or os.path.join(folder, "release.tar.gz")
         if git:
@@ -182,9 +193,7 @@ def deploy(
             if options.revision.commit and options.revision.commit != built.commit:
                 raise InputError(f"--commit {options.revision.commit} is not {git} ({built.commit})")
             options = dataclasses.replace(options, revision=options.revision.merged(built))
-        with _progress(chosen) as progress:
-            report = operations.deploy(chosen, source, release, options, progress)
-    return _emit(report, as_json)
+        yield source, options
 
 
 def rollback(inventory: str | None, to: str | None, options: Options, as_json: bool) -> int:
@@ -201,9 +210,9 @@ def drill(
     as_json: bool,
     junit: str | None = None,
     verify: bool = True,
+    git: str | None = None,
+    repo: str | None = None,
 ) -> int:
-    if not artifact:
-        raise InputError("no artifact given: pass --artifact PATH (the new version to drill with)")
     chosen = resolve_inventory(inventory, options, runs_hooks=True)
     check = None
     if verify:
@@ -215,8 +224,8 @@ def drill(
             return result.ok, "; ".join(result.failed[:5]) or (lines[-1] if lines else "no output")
 
     try:
-        with _progress(chosen) as progress:
-            report = operations.drill(chosen, artifact, options, progress=progress, check=check)
+        with _artifact_source(artifact, git, repo, options) as (source, options), _progress(chosen) as progress:
+            report = operations.drill(chosen, source, options, progress=progress, check=check)
     except PlanRefused as refused:
         if junit:  # CI still gets a report saying why the drill did not run
             write_junit(

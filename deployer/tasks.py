@@ -208,14 +208,36 @@ def rollback(c: Context, common: Common, to: str | None = None, dry_run: bool = 
         "artifact": "the new version to drill with",
         "junit": "also write a JUnit XML report (one test case per phase and host) to this file",
         "verify": "run the testinfra checks (inv verify) after each phase (default on; --no-verify to skip)",
+        "git": "drill with this commit, branch or tag (`git archive` of it) instead of --artifact",
+        "repo": "the git repository for --git (default: the current folder)",
+        "version": "the new release's version label (as for deploy)",
+        "commit": "the full git commit it was built from (as for deploy)",
     },
 )
 def rollback_drill(
-    c: Context, common: Common, artifact: str | None = None, junit: str | None = None, verify: bool = True
+    c: Context,
+    common: Common,
+    artifact: str | None = None,
+    junit: str | None = None,
+    verify: bool = True,
+    git: str | None = None,
+    repo: str | None = None,
+    version: str | None = None,
+    commit: str | None = None,
 ) -> None:
     """Deploy the artifact, roll back, deploy again, verifying each step (integration fleets)."""
     common.run(
-        "rollback-drill", lambda: cli.drill(common.inventory, artifact, common.options(), common.json, junit, verify)
+        "rollback-drill",
+        lambda: cli.drill(
+            common.inventory,
+            artifact,
+            common.options(version=version, commit=commit),
+            common.json,
+            junit,
+            verify,
+            git,
+            repo,
+        ),
     )
 
 

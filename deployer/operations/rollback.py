@@ -84,7 +84,9 @@ def run_rollback(
         operation="rollback",
         unlock=final,
         schema=plan.schema if plan.migration else None,
-        pin=pin_info(target, options.message or f"rolled back from {plan.mark_bad or '?'}") if pin else "",
+        pin=pin_info(target, options.message or f"rolled back from {plan.mark_bad or '?'}", run.revision_of(target))
+        if pin
+        else "",
         mark_bad=bad or "",
         bad_info=mark_info(options.message or f"rolled back to {target}") if bad else "",
     )

@@ -174,6 +174,7 @@ def _drills_as_one(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for drill in drills.values():
         phases = drill["phases"]
         drill["from"], drill["to"] = phases[0].get("from"), phases[-1].get("to")
+        drill.update({key: phases[-1][key] for key in ("version", "commit") if phases[-1].get(key)})
         if phases[-1].get("drill") == "restore":
             drill["result"] = "failed (restored)"
     return shown

@@ -87,11 +87,18 @@ def mark_info(why: str) -> str:
     return json.dumps({"why": why, "user": local_user(), "time": utc_now()}, sort_keys=True)
 
 
-def pin_info(release: str, why: str) -> str:
-    return json.dumps(
-        {"release": release, "why": why, "user": local_user(), "time": utc_now(), "controller": socket.gethostname()},
-        sort_keys=True,
-    )
+def pin_info(release: str, why: str, revision: Revision | None = None) -> str:
+    """The pin a rollback leaves: the release (and its version and commit: what the fleet now tracks)."""
+    record: dict[str, Any] = {
+        "release": release,
+        "why": why,
+        "user": local_user(),
+        "time": utc_now(),
+        "controller": socket.gethostname(),
+    }
+    if revision is not None:
+        record.update({key: value for key, value in revision.as_dict().items() if key in ("version", "commit")})
+    return json.dumps(record, sort_keys=True)
 
 
 def env_block(inventory: Inventory) -> bytes:

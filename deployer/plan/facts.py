@@ -46,6 +46,10 @@ def bad_marks(states: Mapping[str, HostState]) -> dict[str, Mapping[str, Any]]:
 
 def describe_pin(pin: Mapping[str, Any]) -> str:
     text = f"pinned to {pin.get('release') or 'an unknown release'}"
+    commit, version = str(pin.get("commit") or ""), str(pin.get("version") or "")
+    if commit or version:  # "tracking commit 1a2b3c4d (v1.4.2)": what the fleet stays on until unpinned
+        label = f"commit {commit[:8]}" + (f" ({version})" if version else "") if commit else f"version {version}"
+        text += f", tracking {label}"
     if pin.get("user"):
         text += f" by {pin['user']}"
     if pin.get("time"):

@@ -159,3 +159,17 @@ def test_a_server_that_never_reloaded_is_caught_by_expect_release(make_inventory
     report = json.loads(done.stdout)
     assert all("does not name" in host["message"] for host in report["hosts"] if host["status"] != "skipped")
     assert {view.current_release(deploy_to) for view in views.values()} == {first}  # reverted, verified
+
+
+def test_the_drill_runs_on_a_commit_and_the_pin_names_the_commit(repo, make_inventory, views, deploy_to):
+    folder, commits = repo
+    inventory = make_inventory(validate="sh bin/check")
+    deployed(run_inv("deploy", "-i", inventory, "--git", "v1.0.0", "--repo", str(folder), "--json"))
+    drill = run_inv("rollback-drill", "-i", inventory, "--git", "v1.1.0", "--repo", str(folder), "--no-verify")
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    assert {view.version(deploy_to) for view in views.values()} == {"build 2"}
+    history = run_inv("history", "-i", inventory).stdout
+    assert "rollback-drill" in history and f"v1.1.0 ({commits[1][:8]})" in history, history
+    run_inv("rollback", "-i", inventory)  # back to v1.0.0, pinned there
+    status = run_inv("status", "-i", inventory).stdout
+    assert f"tracking commit {commits[0][:8]} (v1.0.0)" in status, status

@@ -81,3 +81,18 @@ def test_releases_without_revisions_are_named_by_id_only():
     states = fleet(host("web1", "r3", "r2"))
     assert resolve_release("r1", states) == ("r1", "")
     assert resolve_release("1.0.0", states)[0] is None
+
+
+@pytest.mark.parametrize(
+    "pin, words",
+    [
+        (
+            {"release": "r1", "user": "ana", "version": "v1.4.2", "commit": C1},
+            "pinned to r1, tracking commit 1a2b3c4d (v1.4.2) by ana",
+        ),
+        ({"release": "r1", "user": "ana", "version": "v1.4.2"}, "pinned to r1, tracking version v1.4.2 by ana"),
+        ({"release": "r1", "user": "ana"}, "pinned to r1 by ana"),
+    ],
+)
+def test_a_pin_says_which_commit_the_fleet_tracks(pin, words):
+    assert planning.describe_pin(pin).startswith(words)
