@@ -28,6 +28,7 @@ from deployer.errors import EXIT_HOSTS_FAILED, DeployerError, InputError, PlanRe
 from deployer.inventory import Inventory, load_inventory
 from deployer.localfleet import LocalFleet
 from deployer.operations import Options
+from deployer.plan.names import resolve_release
 from deployer.release import check_release_id, pack_directory, sha256_file
 from deployer.render import text
 from deployer.render.json import print_json, render_json
@@ -391,7 +392,12 @@ def verify(
                 f"{', '.join(sorted(view.unreachable)) or 'none'}); pass --release ID"
             )
         release = currents[0]
-    check_release_id(release)
+    else:  # a release id, a version label or a commit prefix, as the fleet records them
+        check_release_id(release)
+        named, why = resolve_release(release, operations.read_fleet(chosen, options).states)
+        if named is None:
+            raise InputError(why)
+        release = named
     result = run_checks(chosen, release, junit, quiet=as_json)
     verdict = f"verify {release}: {'PASS' if result.ok else 'FAIL'} on {len(chosen.hosts)} host(s)"
     if as_json:

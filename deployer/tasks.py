@@ -285,7 +285,7 @@ def prune(c: Context, common: Common, dry_run: bool = False) -> None:
 
 @fleet_task(
     help={
-        "release": "the release every host must be on (default: the one the fleet is on)",
+        "release": "the release every host must be on: id, version or commit prefix (default: the fleet's)",
         "junit": "also write the checks' JUnit XML to this file",
     }
 )

@@ -170,6 +170,10 @@ def test_the_drill_runs_on_a_commit_and_the_pin_names_the_commit(repo, make_inve
     assert {view.version(deploy_to) for view in views.values()} == {"build 2"}
     history = run_inv("history", "-i", inventory).stdout
     assert "rollback-drill" in history and f"v1.1.0 ({commits[1][:8]})" in history, history
+    checked = run_inv("verify", "-i", inventory, "--release", "v1.1.0")
+    assert checked.returncode == 0 and "PASS" in checked.stdout, checked.stdout + checked.stderr
+    wrong = run_inv("verify", "-i", inventory, "--release", commits[0][:7])  # a release the fleet is not on
+    assert wrong.returncode == 1 and "FAIL" in wrong.stdout
     run_inv("rollback", "-i", inventory)  # back to v1.0.0, pinned there
     status = run_inv("status", "-i", inventory).stdout
     assert f"tracking commit {commits[0][:8]} (v1.0.0)" in status, status
