@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import tarfile
 
 import pytest
 
@@ -118,3 +119,14 @@ def test_an_unknown_ref_is_refused(repo, tmp_path):
     with pytest.raises(ArtifactError, match="no commit 'nope'"):
         pack_git(str(repo), "nope", str(tmp_path / "x.tar.gz"))
     assert not (tmp_path / "x.tar.gz").exists()
+
+
+def test_a_subfolder_of_a_repository_is_archived_alone(repo, tmp_path):
+    (repo / "web").mkdir()
+    (repo / "web" / "VERSION").write_text("web\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "web app")
+    out = tmp_path / "web.tar.gz"
+    pack_git(str(repo / "web"), "HEAD", str(out))
+    with tarfile.open(out) as archive:
+        assert archive.getnames() == ["VERSION"]
