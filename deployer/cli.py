@@ -6,10 +6,9 @@ traceback.
 
 from __future__ import annotations
 
-import dataclasses
-import getpass
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -23,10 +22,12 @@ from typing import Any, NoReturn
 
 from invoke.exceptions import Exit
 
-from deployer import operations, runlog
+from deployer import api, operations, runlog
 from deployer.errors import EXIT_HOSTS_FAILED, DeployerError, InputError, PlanRefused
-from deployer.inventory import Inventory, load_inventory
+from deployer.inventory import Inventory
+from deployer.keyscan import key_fingerprint
 from deployer.localfleet import LocalFleet
+from deployer.locate import SAMPLE_APP, fleet_dir
 from deployer.operations import Options
 from deployer.plan.names import resolve_release
 from deployer.release import check_release_id, pack_directory, sha256_file
@@ -36,48 +37,12 @@ from deployer.render.junit import write_junit
 from deployer.render.live import wants_live_view
 from deployer.render.text import render_text
 from deployer.report import OperationReport, Phase, Progress, shown
-from deployer.revision import pack_git
 from deployer.userlands import parse_userlands
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_FLEET_DIR = str(REPO_ROOT / ".fleet")
-SAMPLE_APP = REPO_ROOT / "sample-app"
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout, when running from one (vagrant/)
 
 
-def resolve_inventory(path: str | None, options: Options | None = None, runs_hooks: bool = False) -> Inventory:
-    """The inventory to work on: --inventory or $DEPLOYER_INVENTORY, narrowed by --hosts/--group.
-
-    `runs_hooks`: the task may run hooks, so a `sudo_password: ask` is asked now, once, for all hosts.
-    """
-    chosen = path or os.environ.get("DEPLOYER_INVENTORY")
-    if not chosen:
-        raise InputError("no inventory given: pass --inventory FILE or set DEPLOYER_INVENTORY")
-    inventory = load_inventory(chosen)
-    if options is not None:
-        inventory = inventory.select(options.hosts, options.groups)
-    dry_run = options is not None and options.dry_run
-    if runs_hooks and inventory.sudo_password_source == "ask" and inventory.uses_sudo and not dry_run:
-        inventory = dataclasses.replace(inventory, sudo_password=ask_sudo_password(inventory))
-    return inventory
-
-
-def ask_sudo_password(inventory: Inventory) -> str:
-    """The sudo password, asked once on the terminal (not echoed); refused without a terminal."""
-    if not sys.stdin.isatty():
-        raise InputError(
-            f"{inventory.path}: sudo_password: ask needs a terminal to ask on; "
-            "in CI use sudo_password_env: NAME (a variable holding the password)"
-        )
-    hosts = [host.name for host in inventory.hosts if host.sudo]
-    users = sorted({host.user or inventory.user for host in inventory.hosts if host.sudo})
-    shown = ", ".join(hosts[:5]) + (f" and {len(hosts) - 5} more" if len(hosts) > 5 else "")
-    try:
-        password = getpass.getpass(f"sudo password for {', '.join(users)} (hooks on {shown}): ")
-    except EOFError:
-        password = ""
-    if not password:
-        raise InputError("no sudo password given; nothing was changed")
-    return password
+resolve_inventory = api.open_inventory
 
 
 def guarded(
@@ -172,29 +137,9 @@ def deploy(
     repo: str | None = None,
 ) -> int:
     chosen = resolve_inventory(inventory, options, runs_hooks=True)
-    with _artifact_source(artifact, git, repo, options) as (source, options), _progress(chosen) as progress:
+    with api.artifact_source(artifact, git, repo, options) as (source, options), _progress(chosen) as progress:
         report = operations.deploy(chosen, source, release, options, progress)
     return _emit(report, as_json)
-
-
-@contextmanager
-def _artifact_source(
-    artifact: str | None, git: str | None, repo: str | None, options: Options
-) -> Iterator[tuple[str, Options]]:
-    """The artifact to deploy: --artifact as given, or --git REF built by `git archive` into a
-    temporary tarball (removed after), with the commit's revision added to the options."""
-    if git and artifact:
-        raise InputError("give --artifact or --git, not both")
-    if not artifact and not git:
-        raise InputError("no artifact given: pass --artifact PATH (a .tar.gz or a folder) or --git REF")
-    with tempfile.TemporaryDirectory(prefix="deployer-git-") as folder:
-        source = artifact or os.path.join(folder, "release.tar.gz")
-        if git:
-            built = pack_git(repo or ".", git, source)
-            if options.revision.commit and options.revision.commit != built.commit:
-                raise InputError(f"--commit {options.revision.commit} is not {git} ({built.commit})")
-            options = dataclasses.replace(options, revision=options.revision.merged(built))
-        yield source, options
 
 
 def rollback(inventory: str | None, to: str | None, options: Options, as_json: bool) -> int:
@@ -225,7 +170,7 @@ def drill(
             return result.ok, "; ".join(result.failed[:5]) or (lines[-1] if lines else "no output")
 
     try:
-        with _artifact_source(artifact, git, repo, options) as (source, options), _progress(chosen) as progress:
+        with api.artifact_source(artifact, git, repo, options) as (source, options), _progress(chosen) as progress:
             report = operations.drill(chosen, source, options, progress=progress, check=check)
     except PlanRefused as refused:
         if junit:  # CI still gets a report saying why the drill did not run
@@ -266,6 +211,75 @@ def history(inventory: str | None, limit: int, options: Options, as_json: bool) 
     else:
         text.history(entries, len(view.inventory.hosts))
     return _warn_unreachable(view.unreachable, "; its history is not shown")
+
+
+def check(inventory: str | None, options: Options, as_json: bool) -> int:
+    """Load the inventory (every key checked) and read every host: could a deploy run there?"""
+    view = operations.read_fleet(resolve_inventory(inventory, options), options)
+    rows = operations.check_rows(view)
+    ok = all(row["ok"] for row in rows)
+    if as_json:
+        _print_json({"ok": ok, "inventory": view.inventory.path, "hosts": rows})
+    else:
+        text.check_table(rows)
+    return 0 if ok else 1
+
+
+def init(
+    hosts: str | None,
+    ssh_config: str | None,
+    ansible: str | None,
+    out: str,
+    user: str | None,
+    deploy_to: str,
+    identity_file: str | None,
+    accept_fingerprints: str | None,
+    force: bool,
+    as_json: bool,
+) -> int:
+    """Write a first inventory and known_hosts: hosts from a list, an ssh_config or an Ansible
+    inventory; their keys from ssh-keyscan, kept only once their fingerprints are confirmed."""
+    from deployer import init as first  # noqa: PLC0415 - only this task needs it
+
+    targets, source = first.gather_targets(hosts, ssh_config, ansible)
+    if not force:
+        first.refuse_existing(out)
+    keys = first.scan_keys(targets)
+    shown_lines = first.fingerprint_lines(targets, keys)
+    if accept_fingerprints:
+        keys = first.keep_accepted(keys, first.accepted_fingerprints(accept_fingerprints), accept_fingerprints)
+    else:
+        print(
+            "Host keys offered (compare each with `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` on the host):",
+            file=sys.stderr,
+        )
+        for line in shown_lines:
+            print(f"  {shown(line)}", file=sys.stderr)
+        if not sys.stdin.isatty():
+            raise InputError(
+                "host keys not confirmed: stdin is not a terminal; pass --accept-fingerprints FILE "
+                "(the fingerprints, as `ssh-keygen -lf` prints them); nothing was written"
+            )
+        answer = input(f"Trust these {len(shown_lines)} key(s) of {len(targets)} host(s)? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise InputError("host keys not confirmed; nothing was written")
+    written = first.write(
+        targets, keys, out, user=user, deploy_to=deploy_to, identity_file=identity_file, source=source, force=force
+    )
+    if as_json:
+        _print_json(
+            {
+                "inventory": written.inventory,
+                "known_hosts": written.known_hosts,
+                "hosts": [{"name": t.name, "address": t.address, "port": t.port} for t in targets],
+                "fingerprints": {name: [key_fingerprint(line) for line in lines] for name, lines in keys.items()},
+            }
+        )
+    else:
+        program = shlex.quote(os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "deployer")
+        print(f"wrote {written.inventory} ({len(targets)} host(s)) and {written.known_hosts}")
+        print(f"next: {program} check -i {shlex.quote(os.path.relpath(written.inventory))}")
+    return 0
 
 
 def _warn_unreachable(unreachable: dict[str, str], detail: str = "") -> int:
@@ -321,7 +335,7 @@ def prune(inventory: str | None, options: Options, as_json: bool) -> int:
 def fleet_up(
     hosts: int, state_dir: str | None, subnet: str, port: int, userland: str = "gnu", as_json: bool = False
 ) -> int:
-    fleet = LocalFleet(state_dir or DEFAULT_FLEET_DIR)
+    fleet = LocalFleet(fleet_dir(state_dir))
     started = fleet.up(hosts, subnet=subnet, port=port, userlands=parse_userlands(userland))
     if as_json:
         _print_json(
@@ -343,7 +357,7 @@ def fleet_up(
 
 
 def fleet_down(state_dir: str | None, as_json: bool = False) -> int:
-    stopped = LocalFleet(state_dir or DEFAULT_FLEET_DIR).down()
+    stopped = LocalFleet(fleet_dir(state_dir)).down()
     if as_json:
         _print_json({"stopped": stopped})
     else:
@@ -354,6 +368,7 @@ def fleet_down(state_dir: str | None, as_json: bool = False) -> int:
 def vm_fleet_up(vms: int, memory: int, out: str, as_json: bool = False) -> int:
     from deployer import vmfleet  # noqa: PLC0415 - only these tasks need it
 
+    _vagrant_folder()
     vmfleet.up(vmfleet.VmFleetSettings(vms, memory), _vagrant_log("vm-fleet-up"))
     return vagrant_inventory(None, out, as_json)
 
@@ -367,6 +382,14 @@ def vm_fleet_down(as_json: bool = False) -> int:
     else:
         print("VM fleet destroyed; libvirt daemons started by vm-fleet-up stopped")
     return 0
+
+
+def _vagrant_folder() -> str:
+    """The checkout's `vagrant/` (the VM fleet is not package data: it is a development fleet)."""
+    folder = REPO_ROOT / "vagrant"
+    if not (folder / "Vagrantfile").is_file():
+        raise InputError(f"the VM fleet works from a checkout of the deployer repository ({folder} is missing)")
+    return str(folder)
 
 
 def _vagrant_log(task: str) -> Path:
@@ -410,7 +433,7 @@ def verify(
 def vagrant_inventory(ssh_config: str | None, out: str, as_json: bool = False) -> int:
     from deployer.vagrant import vagrant_inventory as write  # noqa: PLC0415 - only this task needs it
 
-    hosts, checked = write(ssh_config, out, str(REPO_ROOT / "vagrant"))
+    hosts, checked = write(ssh_config, out, _vagrant_folder())
     known_hosts = f"{os.path.splitext(out)[0]}.known_hosts"
     first_use = [h.alias for h in hosts if h.alias not in checked]
     if as_json:
@@ -449,14 +472,13 @@ def build_sample(version: str, out: str) -> str:
     """Pack the sample app with VERSION set to `version` into the .tar.gz `out`."""
     if not version or any(ch in version for ch in "\n\0/"):
         raise InputError(f"sample version {version!r} is not usable")
-    if not SAMPLE_APP.is_dir():
-        raise InputError(
-            f"the sample app is not here ({SAMPLE_APP} is missing): build-sample works from a checkout of the "
-            "deployer repository, not from an installed package"
-        )
+    if not SAMPLE_APP.is_dir():  # package data: only missing from a broken installation
+        raise InputError(f"the sample app is missing from this installation ({SAMPLE_APP}): reinstall deployer")
     with tempfile.TemporaryDirectory(prefix="deployer-sample-") as workdir:
         tree = os.path.join(workdir, "app")
-        shutil.copytree(SAMPLE_APP, tree)
+        shutil.copytree(SAMPLE_APP, tree, ignore=shutil.ignore_patterns("__pycache__"))
+        for program in Path(tree, "bin").iterdir():  # wheels need not keep modes: the app's programs run
+            program.chmod(0o755)
         Path(tree, "VERSION").write_text(version + "\n")
         write_manifest(tree)
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -476,17 +498,29 @@ def write_manifest(tree: str) -> None:
     Path(tree, "MANIFEST.sha256").write_text("".join(sorted(lines, key=lambda line: line[66:])))
 
 
+DEMO_SETTINGS = """\
+# The sample app on the local fleet (written by the demo). Relative paths are relative to this file.
+validate: "sh bin/check"
+# After each host's switch: retried until it passes; a failing batch is switched back automatically.
+health_check: {command: "sh bin/check", timeout: 5, retries: 2, interval: 1}
+# Data that survives deploys and rollbacks: <deploy_to>/shared/storage, linked into every release.
+shared: ["storage/"]
+keep_releases: 5
+"""
+
+
 def demo() -> int:
-    """The main job on the 3-host local fleet of inventories/local.yml: v1, v2, rollback, pin, drill, status."""
-    fleet = LocalFleet(DEFAULT_FLEET_DIR)
-    print("== starting a local fleet of 3 sshd hosts (inventories/local.yml)")
+    """The main job on a 3-host local fleet in ./.fleet: v1, v2, rollback, pin, drill, status."""
+    fleet = LocalFleet(fleet_dir())
+    print(f"== starting a local fleet of 3 sshd hosts in {fleet.state_dir}")
     for host in fleet.up(3):
         shutil.rmtree(os.path.join(host.srv, "app"), ignore_errors=True)  # each demo starts from empty hosts
     artifacts = os.path.join(fleet.state_dir, "artifacts")
     v1 = build_sample("v1", os.path.join(artifacts, "app-v1.tar.gz"))
     v2 = build_sample("v2", os.path.join(artifacts, "app-v2.tar.gz"))
     v3 = build_sample("v3", os.path.join(artifacts, "app-v3.tar.gz"))
-    inventory = str(REPO_ROOT / "inventories" / "local.yml")
+    inventory = os.path.join(fleet.state_dir, "demo.yml")
+    Path(inventory).write_text(Path(fleet.inventory_path).read_text() + DEMO_SETTINGS)
     options = Options()
     steps: list[tuple[str, Callable[[], int]]] = [
         ("deploy v1", lambda: deploy(inventory, v1, None, options, False)),
@@ -505,5 +539,10 @@ def demo() -> int:
         if code:
             print(f"demo stopped: step '{title}' exited {code}", file=sys.stderr)
             return code
-    print(f"\nEach host's /srv is under {fleet.state_dir}/hosts/*/srv; stop the fleet with `inv fleet-down`.")
+    program = shlex.quote(sys.argv[0] if sys.argv and sys.argv[0] else "deployer")
+    print(
+        f"\nEach host's /srv is under {fleet.state_dir}/hosts/*/srv. Try:\n"
+        f"  {program} history -i {shlex.quote(inventory)}\n"
+        f"and stop the fleet with:\n  {program} fleet-down --state-dir {shlex.quote(fleet.state_dir)}"
+    )
     return 0

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from invoke import Collection, Program
 
 from deployer import __version__, tasks
 
-program = Program(
+
+class DeployerProgram(Program):
+    """invoke's Program, reading the project configuration (invoke.yaml) of the folder it runs in, as
+    `inv` does next to a tasks.py: `deployer: {inventory: FILE}` there names the inventory."""
+
+    def parse_collection(self) -> None:
+        super().parse_collection()
+        self.config.set_project_location(os.getcwd())
+        self.config.load_project()
+
+
+program = DeployerProgram(
     namespace=Collection.from_module(tasks),
     name="deployer",
     binary="deployer",

@@ -46,6 +46,7 @@ RECORDS: dict[str, tuple[str, ...]] = {
     "history": ("json",),
     "cached": ("digest",),
     "free_kb": ("kb",),
+    "writable": ("answer", "folder"),  # can the deploy user write deploy_to (or the folder that would hold it)
     "missing": ("tool",),
     "damaged": ("what", "name"),  # a state file that is empty or torn (a power cut): never read as data
     "lock": ("state", "token*"),

@@ -110,6 +110,7 @@ class HostState:
     notes: tuple[str, ...] = ()
     damaged: tuple[str, ...] = ()  # state files found empty or torn (a power cut), never read as data
     missing_tools: tuple[str, ...] = ()  # required tools the host lacks (README: "Host requirements")
+    writable: str = ""  # "yes"/"no": the deploy user can write deploy_to (or where it would be made)
 
     def lacks_tools(self) -> str:
         """Why nothing can be changed on this host for want of tools; "" when it has them all."""
@@ -223,8 +224,11 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
     hostname = (output.first("hostname") or [""])[0]
     lock = _parse_lock(output)
     missing = tuple(fields[0] for fields in output.all("missing") if fields)
+    writable = (output.first("writable") or [""])[0]
     if (output.first("deploy_to") or ["missing"])[0] != "present":
-        return HostState(host=host, hostname=hostname, deploy_to=deploy_to, lock=lock, missing_tools=missing)
+        return HostState(
+            host=host, hostname=hostname, deploy_to=deploy_to, lock=lock, missing_tools=missing, writable=writable
+        )
     releases = _parse_releases(output, deploy_to, notes)
     current = _parse_current(output, deploy_to)
     last_op = _parse_last_op(output, notes)  # the notes keep the order of the records they are about
@@ -253,6 +257,7 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
         history=history,
         notes=tuple(notes),
         missing_tools=missing,
+        writable=writable,
     )
 
 

@@ -7,16 +7,19 @@ group, json, verbose, parallel, accept-new-host-keys; lock-wait and message for 
 the fleet) are declared once, in `Common`, and added to each task by `fleet_task`.
 """
 
+import dataclasses
 import functools
 import importlib
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from invoke import Context, task
+from invoke import Collection, Context, task
 
 from deployer.errors import InputError
+from deployer.locate import named_inventory
 
 if TYPE_CHECKING:
     from deployer import cli
@@ -35,7 +38,8 @@ else:
     cli = _Lazy("deployer.cli")
 
 COMMON_HELP = {
-    "inventory": "inventory YAML file (default: $DEPLOYER_INVENTORY)",
+    "inventory": "inventory YAML file (default: $DEPLOYER_INVENTORY, deployer.inventory in invoke.yaml, "
+    "./deploy.yml, the one file in ./inventories/)",
     "json": "print one JSON document instead of text",
     "parallel": "hosts worked on at once (default: inventory's parallel, else 32)",
     "accept-new-host-keys": "LOUD opt-in: add unknown host keys to known_hosts (changed keys are still refused)",
@@ -67,6 +71,7 @@ class Common:
     accept_new_host_keys: bool = False
     lock_wait: str | None = None
     message: str | None = None
+    config_problem: str | None = None  # what is wrong with invoke's configuration for deployer
 
     def options(
         self,
@@ -94,7 +99,28 @@ class Common:
 
     def run(self, task_name: str, action: Callable[[], int]) -> None:
         """Run the task's action with logging set up (-v, the run log) and user errors mapped to exit codes."""
-        cli.guarded(action, task_name, self.verbose, self.json, settled_exit=True)
+
+        def checked() -> int:
+            if self.config_problem:
+                raise InputError(self.config_problem)
+            return action()
+
+        cli.guarded(checked, task_name, self.verbose, self.json, settled_exit=True)
+
+
+def configured_inventory(c: Context) -> tuple[str | None, str | None]:
+    """`deployer.inventory` from invoke's configuration (the project's invoke.yaml, ~/.invoke.yaml, ...),
+    or what is wrong with it (reported when the task runs, as every input error is)."""
+    try:
+        value = c.config["deployer"]["inventory"]
+    except (KeyError, TypeError, AttributeError):
+        return None, None
+    if value is not None and not isinstance(value, str):
+        return None, f"deployer.inventory in invoke's configuration must be a file name, got {value!r}"
+    project = getattr(c.config, "_project_prefix", None)  # the folder of the project's invoke.yaml
+    if value and project and not os.path.isabs(value):
+        value = os.path.join(project, value)
+    return value or None, None
 
 
 def seconds(value: str | None, flag: str) -> float:
@@ -135,6 +161,9 @@ def fleet_task(
         @functools.wraps(body)
         def run(c: Context, *args: Any, **kwargs: Any) -> None:
             common = Common(**{key: kwargs.pop(key, default) for key, default in shared.items()})
+            configured, problem = configured_inventory(c)
+            chosen = named_inventory(common.inventory, configured)
+            common = dataclasses.replace(common, inventory=chosen, config_problem=problem)
             body(c, common, *args, **kwargs)
 
         signature = [context, *parameters(LEADING_DEFAULTS), *own, *parameters(trailing)]
@@ -294,11 +323,55 @@ def verify(c: Context, common: Common, release: str | None = None, junit: str | 
     common.run("verify", lambda: cli.verify(common.inventory, release, junit, common.options(), common.json))
 
 
+@fleet_task()
+def check(c: Context, common: Common) -> None:
+    """Check the inventory and every host, read only: key, login, deploy_to writable, tools, free disk."""
+    common.run("check", lambda: cli.check(common.inventory, common.options(), common.json))
+
+
+@task(
+    help={
+        "hosts": "hosts as [name=][user@]address[:port], comma-separated (or @FILE, one per line)",
+        "ssh-config": "an OpenSSH client config: its Host entries become the hosts",
+        "ansible": "an Ansible inventory (INI or YAML): its hosts and groups",
+        "out": "the inventory to write (its known_hosts goes beside it: deploy.known_hosts)",
+        "user": "the SSH user deploys run as (default: the source's, else deploy)",
+        "deploy-to": "the app's folder on every host",
+        "identity-file": "the SSH key to log in with (default: the source's, else ~/.ssh/id_ed25519)",
+        "accept-fingerprints": "a file of the hosts' SHA256 fingerprints to accept without asking (CI)",
+        "force": "replace an existing inventory and known_hosts",
+        "json": COMMON_HELP["json"],
+    },
+)
+def init(
+    c: Context,
+    hosts: str | None = None,
+    ssh_config: str | None = None,
+    ansible: str | None = None,
+    out: str = "deploy.yml",
+    user: str | None = None,
+    deploy_to: str = "/srv/app",
+    identity_file: str | None = None,
+    accept_fingerprints: str | None = None,
+    force: bool = False,
+    json: bool = False,
+) -> None:
+    """Write a first inventory + known_hosts from a host list, an ssh_config or an Ansible inventory."""
+    cli.guarded(
+        lambda: cli.init(
+            hosts, ssh_config, ansible, out, user, deploy_to, identity_file, accept_fingerprints, force, json
+        ),
+        "init",
+        as_json=json,
+        settled_exit=True,
+    )
+
+
 @task(
     name="fleet-up",
     help={
         "hosts": "number of hosts",
-        "state-dir": "where keys, hosts and inventory live",
+        "state-dir": "where keys, hosts and inventory live (default: ./.fleet)",
         "subnet": "127.X.Y prefix of the host addresses",
         "port": "sshd port on each host",
         "userland": "gnu (default), busybox, posix-strict, tcsh, fish, a comma list given to hosts in turn, "
@@ -324,7 +397,7 @@ def fleet_up(
     )
 
 
-@task(name="fleet-down", help={"state-dir": "the fleet's folder (default: .fleet)", "json": COMMON_HELP["json"]})
+@task(name="fleet-down", help={"state-dir": "the fleet's folder (default: ./.fleet)", "json": COMMON_HELP["json"]})
 def fleet_down(c: Context, state_dir: str | None = None, json: bool = False) -> None:
     """Stop the local fleet's hosts (only the processes it started)."""
     cli.guarded(lambda: cli.fleet_down(state_dir, json), "fleet-down", as_json=json, settled_exit=True)
@@ -374,7 +447,7 @@ def vm_fleet_down(c: Context, json: bool = False) -> None:
     help={"version": "text for the VERSION file", "out": "output .tar.gz", "json": COMMON_HELP["json"]},
 )
 def build_sample(c: Context, version: str = "v1", out: str = "dist/app.tar.gz", json: bool = False) -> None:
-    """Pack the sample app from sample-app/ with the given VERSION."""
+    """Pack the sample app (shipped with deployer) with the given VERSION."""
     cli.guarded(lambda: cli.print_built_sample(version, out, json), "build-sample", as_json=json, settled_exit=True)
 
 
@@ -382,3 +455,25 @@ def build_sample(c: Context, version: str = "v1", out: str = "dist/app.tar.gz", 
 def demo(c: Context) -> None:
     """The main job on a 3-host local fleet: deploy v1, v2, rollback (pin), unpin, drill, history, status."""
     cli.guarded(cli.demo)  # several operations in one process: Ctrl-C stays live between them
+
+
+def collection(name: str | None = None) -> Collection:
+    """The operator tasks (deploy, rollback, rollback-drill, verify, status, ...) as an invoke collection
+    for a project's own tasks.py: `ns.add_collection(deployer.tasks.collection(), name="app")` gives
+    `inv app.deploy`; the inventory comes from `deployer.inventory` in the project's invoke.yaml."""
+    operator_tasks = [
+        deploy,
+        rollback,
+        rollback_drill,
+        verify,
+        status,
+        history,
+        releases,
+        lock_status,
+        unlock,
+        unpin,
+        prune,
+        check,
+        init,
+    ]
+    return Collection(name, *operator_tasks) if name else Collection(*operator_tasks)

@@ -10,8 +10,6 @@ by the Vagrantfile) when it exists, else with the key `vagrant ssh-config` names
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import re
 import subprocess
@@ -22,6 +20,7 @@ from deployer.errors import InputError, InventoryError
 from deployer.inventory import NAME_RE
 from deployer.inventory.checks import Checker
 from deployer.inventory.ssh_config import SshConfig, host_blocks
+from deployer.keyscan import key_fingerprint, scan
 
 HEALTH = "sh bin/health 8080"
 RELOAD = "sudo systemctl reload-or-restart sample-app"
@@ -67,12 +66,6 @@ def parse_ssh_config(text: str, identity_file: str | None = None) -> list[SshHos
     return hosts
 
 
-def key_fingerprint(known_hosts_line: str) -> str:
-    """OpenSSH's SHA256 fingerprint of the key on a known_hosts line (as `ssh-keygen -l` prints it)."""
-    blob = base64.b64decode(known_hosts_line.split()[2])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-
-
 def console_fingerprints(console_log: str) -> set[str]:
     """The host key fingerprints a VM printed on its serial console (`host-keys.service` of the box)."""
     try:
@@ -100,17 +93,11 @@ def check_against_console(host: SshHost, lines: list[str], console_log: str) -> 
 def keyscan(hosts: list[SshHost], console_folder: str | None = None) -> tuple[str, list[str]]:
     """known_hosts lines for every host, from ssh-keyscan (ed25519 and ecdsa keys), and the hosts
     whose keys were checked against their serial console."""
+    scanned = scan([(host.hostname, host.port) for host in hosts], "ed25519,ecdsa")
     lines: list[str] = []
     checked: list[str] = []
     for host in hosts:
-        done = subprocess.run(
-            ["ssh-keyscan", "-T", "5", "-t", "ed25519,ecdsa", "-p", str(host.port), host.hostname],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        found = [line for line in done.stdout.splitlines() if line and not line.startswith("#")]
+        found = scanned[(host.hostname, host.port)]
         if not found:
             raise InputError(f"ssh-keyscan got no host key from {host.alias} ({host.hostname}:{host.port})")
         if console_folder and check_against_console(host, found, os.path.join(console_folder, f"{host.alias}.log")):

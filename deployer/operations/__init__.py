@@ -18,6 +18,7 @@ from deployer.operations.rollback import rollback, run_rollback
 from deployer.operations.session import Options
 from deployer.operations.views import (
     FleetView,
+    check_rows,
     history_entries,
     read_fleet,
     releases_table,
@@ -28,6 +29,7 @@ from deployer.operations.views import (
 __all__ = [
     "FleetView",
     "Options",
+    "check_rows",
     "deploy",
     "drill",
     "history_entries",

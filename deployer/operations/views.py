@@ -217,3 +217,40 @@ def releases_table(view: FleetView) -> list[dict[str, Any]]:
             if not row["version"] and not row["commit"]:  # a host that recorded them
                 row["version"], row["commit"] = info.version or None, info.commit or None
     return sorted(table.values(), key=lambda row: (row["staged_at"] or "", row["id"]), reverse=True)
+
+
+LOW_DISK_MB = 100  # `check` calls a host short of room below this (a release needs its tarball and its files)
+
+
+def check_rows(view: FleetView) -> list[dict[str, Any]]:
+    """`deployer check`: per host, whether a deploy could run there (read only, no lock taken)."""
+    rows = []
+    for host in view.inventory.hosts:
+        row: dict[str, Any] = {"host": host.name, "address": f"{host.address}:{host.port}", "problems": []}
+        if host.name in view.unreachable:
+            row.update(connect=view.unreachable[host.name], ok=False)
+            row["problems"].append(view.unreachable[host.name])
+            rows.append(row)
+            continue
+        state = view.states[host.name]
+        free_mb = state.free_kb // 1024 if state.free_kb is not None else None
+        row.update(
+            connect="ok",
+            hostname=state.hostname,
+            deploy_to=state.deploy_to,
+            deploy_to_exists=state.deploy_to_exists,
+            writable=state.writable == "yes",
+            missing_tools=list(state.missing_tools),
+            free_mb=free_mb,
+            current=state.current,
+        )
+        if state.writable != "yes":
+            where = state.deploy_to if state.deploy_to_exists else f"the folder that would hold {state.deploy_to}"
+            row["problems"].append(f"the deploy user cannot write {where}")
+        if state.missing_tools:
+            row["problems"].append(state.lacks_tools())
+        if free_mb is not None and free_mb < LOW_DISK_MB:
+            row["problems"].append(f"only {free_mb} MB free in {state.deploy_to}")
+        row["ok"] = not row["problems"]
+        rows.append(row)
+    return rows

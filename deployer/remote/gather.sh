@@ -18,6 +18,12 @@ if [ "$opt_lock" = take ] && [ ! -d "$deploy_to/.deployer" ]; then
 fi
 if [ ! -d "$deploy_to" ]; then
     emit deploy_to missing
+    # the first deploy creates it: can this user, in the nearest folder that exists?
+    parent=$deploy_to
+    while [ -n "$parent" ] && [ ! -d "$parent" ]; do
+        parent=${parent%/*}
+    done
+    if [ -w "${parent:-/}" ]; then emit writable yes "${parent:-/}"; else emit writable no "${parent:-/}"; fi
     exit 0
 fi
 cd "$deploy_to" || fail 30 "cannot enter $deploy_to"
@@ -27,6 +33,7 @@ elif [ -d .deployer/lock ]; then
     emit_lock_held
 fi
 emit deploy_to present "$(pwd -P)"
+if [ -w . ]; then emit writable yes "$deploy_to"; else emit writable no "$deploy_to"; fi
 if [ -d releases ]; then
     emit releases_dir "$(cd releases && pwd -P)"
 fi

@@ -151,3 +151,26 @@ def lock_status(locks: dict[str, Any], out: TextIO | None = None) -> None:
         else:
             verdict = "HELD by a running process"
         _out(f"  {name}: {lock['description']}  [{verdict}]", out)
+
+
+def check_table(rows: list[dict[str, Any]], out: TextIO | None = None) -> None:
+    """`deployer check`: one line per host (connection, deploy_to, tools, disk), then its problems."""
+    _out(f"{'host':<16} {'address':<22} {'connect':<8} {'deploy_to':<10} {'tools':<8} {'free':>9}  current", out)
+    for row in rows:
+        if row["connect"] != "ok":
+            _out(f"{row['host']:<16} {row['address']:<22} {'FAILED':<8} {row['connect']}", out)
+            continue
+        folder = (
+            ("writable" if row["writable"] else "READONLY")
+            if row["deploy_to_exists"]
+            else ("creatable" if row["writable"] else "CANNOT")
+        )
+        tools = "ok" if not row["missing_tools"] else "MISSING"
+        free = f"{row['free_mb']} MB" if row["free_mb"] is not None else "-"
+        current = row["current"] or "-"
+        _out(f"{row['host']:<16} {row['address']:<22} {'ok':<8} {folder:<10} {tools:<8} {free:>9}  {current}", out)
+    problems = [(row["host"], problem) for row in rows for problem in row["problems"]]
+    for host, problem in problems:
+        _out(f"  {host}: {problem}", out)
+    bad = sum(not row["ok"] for row in rows)
+    _out(f"check: {'OK' if not bad else 'FAILED'}: {len(rows) - bad}/{len(rows)} host(s) ready to deploy", out)

@@ -10,10 +10,11 @@ import pytest
 
 from deployer import operations
 from deployer.inventory import load_inventory
+from deployer.locate import SAMPLE_APP
 from deployer.operations import Options
 from deployer.release import pack_directory
 from deployer.report import Progress
-from tests.conftest import REPO, run_inv
+from tests.conftest import run_inv
 
 pytestmark = pytest.mark.fleet
 QUIET = Progress(quiet=True)
@@ -31,7 +32,7 @@ def rollback(inventory, to=None, options=None):
 def build_app(folder, version, manifest=""):
     """The sample app with VERSION and, optionally, a release.yml manifest."""
     tree = folder / f"app-{version}"
-    shutil.copytree(REPO / "sample-app", tree)
+    shutil.copytree(SAMPLE_APP, tree)
     (tree / "VERSION").write_text(version + "\n")
     if manifest:
         (tree / "release.yml").write_text(manifest)

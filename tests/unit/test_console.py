@@ -112,10 +112,10 @@ def test_any_unexpected_exception_ends_as_one_line_and_the_run_log(tmp_path, mon
         assert (json.loads(out)["run_log"] == log) if as_json else out == ""
 
 
-def test_build_sample_outside_a_checkout_is_one_clear_line(tmp_path, monkeypatch):
+def test_build_sample_from_a_broken_installation_is_one_clear_line(tmp_path, monkeypatch):
     from deployer import cli  # noqa: PLC0415
     from deployer.errors import InputError  # noqa: PLC0415
 
     monkeypatch.setattr(cli, "SAMPLE_APP", tmp_path / "sample-app")
-    with pytest.raises(InputError, match="sample app is not here"):
+    with pytest.raises(InputError, match="sample app is missing from this installation"):
         cli.build_sample("v1", str(tmp_path / "out.tar.gz"))

@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from deployer.cli import SAMPLE_APP, write_manifest
+from deployer.cli import write_manifest
+from deployer.locate import SAMPLE_APP
 from deployer.release import pack_directory
 from tests.conftest import REPO
 from tests.conftest import run_inv as inv

@@ -1,0 +1,233 @@
+"""From one's own project: the package installed by pip into a fresh virtualenv outside this
+repository, a first inventory from `deployer init`, deploy/rollback/drill run from that folder, and
+a project tasks.py that adds the deploy tasks and calls the Python API.
+
+Each host's state is read back over OpenSSH (HostView), not from the tool's output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deployer.localfleet import LocalFleet
+from tests.conftest import REPO, HostView
+
+pytestmark = pytest.mark.fleet
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A virtualenv outside the repository with the project pip-installed from its path (as a
+    wheel, not editable); its dependencies are borrowed from the test's own environment (a .pth
+    line) so the test needs no package index."""
+    folder = tmp_path_factory.mktemp("venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+    site = next((folder / "lib").glob("python3*/site-packages"))
+    (site / "borrowed-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [str(folder / "bin" / "pip"), "install", "-q", "--no-deps", "--disable-pip-version-check", str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    return folder
+
+
+@pytest.fixture
+def project(tmp_path: Path, venv: Path, local_fleet: LocalFleet, deploy_to: str) -> Iterator[Path]:
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    fingerprints = [
+        subprocess.run(
+            ["ssh-keygen", "-lf", os.path.join(host.root, "ssh_host_ed25519_key.pub")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for host in local_fleet.hosts()
+    ]
+    (folder / "fingerprints.txt").write_text("".join(fingerprints))
+    yield folder
+    for host in local_fleet.hosts():  # the test's own deploy folder, not the shared fleet's
+        subprocess.run(["rm", "-rf", os.path.join(host.srv, deploy_to.removeprefix("/srv/"))], check=False)
+
+
+def run(venv: Path, folder: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DEPLOYER_")}
+    env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
+    env["DEPLOYER_LOG_DIR"] = str(folder / ".runs")
+    done = subprocess.run(list(args), cwd=folder, env=env, capture_output=True, text=True, timeout=300, check=False)
+    if ok:
+        assert done.returncode == 0, f"{args} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def host_list(fleet: LocalFleet) -> str:
+    return ",".join(f"{host.name}={host.address}:{host.port}" for host in fleet.hosts())
+
+
+def init(venv: Path, folder: Path, fleet: LocalFleet, deploy_to: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run(
+        venv,
+        folder,
+        "deployer",
+        "init",
+        "--hosts",
+        host_list(fleet),
+        "--identity-file",
+        fleet.identity_file,
+        "--deploy-to",
+        deploy_to,
+        *extra,
+    )
+
+
+def versions(fleet: LocalFleet, deploy_to: str) -> set[str]:
+    return {HostView(fleet, host.name).version(deploy_to) for host in fleet.hosts()}
+
+
+def test_installed_package_from_its_own_folder(
+    venv: Path, project: Path, local_fleet: LocalFleet, deploy_to: str
+) -> None:
+    imported = run(venv, project, "python", "-c", "import deployer; print(deployer.__file__)").stdout
+    assert imported.startswith(str(venv)), imported  # the installed package, not this checkout
+
+    written = init(venv, project, local_fleet, deploy_to, "--accept-fingerprints", "fingerprints.txt")
+    assert "next: deployer check -i deploy.yml" in written.stdout
+    scanned = {tuple(line.split()) for line in (project / "deploy.known_hosts").read_text().splitlines()}
+    fleet_keys = {tuple(line.split()) for line in Path(local_fleet.known_hosts).read_text().splitlines()}
+    assert scanned == fleet_keys  # exactly the keys the hosts hold, each under its [address]:port
+
+    checked = run(venv, project, "deployer", "check")  # ./deploy.yml, found without -i
+    assert "check: OK: 4/4 host(s) ready to deploy" in checked.stdout
+    for version in ("v1", "v2"):
+        run(venv, project, "deployer", "build-sample", "--version", version, "--out", f"app-{version}.tar.gz")
+
+    run(venv, project, "deployer", "deploy", "--artifact", "app-v1.tar.gz")
+    assert versions(local_fleet, deploy_to) == {"v1"}
+    run(venv, project, "deployer", "deploy", "--artifact", "app-v2.tar.gz")
+    assert versions(local_fleet, deploy_to) == {"v2"}
+    run(venv, project, "deployer", "rollback")
+    assert versions(local_fleet, deploy_to) == {"v1"}
+    run(venv, project, "deployer", "unpin")
+    drill = run(venv, project, "deployer", "rollback-drill", "--artifact", "app-v2.tar.gz", "--junit", "drill.xml")
+    assert "rollback-drill: PASS" in drill.stdout
+    assert versions(local_fleet, deploy_to) == {"v2"}
+    assert 'failures="0"' in (project / "drill.xml").read_text()
+
+
+TASKS_PY = '''
+from invoke import Collection, task
+
+from deployer import api
+from deployer.tasks import collection
+
+
+@task
+def ship(c, version):
+    """Our own release task: build, then deploy through the Python API."""
+    c.run(f"deployer build-sample --version {version} --out app-{version}.tar.gz", hide=True)
+    report = api.deploy(c.config.deployer.inventory, f"app-{version}.tar.gz", message=f"ship {version}", quiet=True)
+    print("shipped:", report.verdict())
+    if not report.ok:
+        raise SystemExit(report.exit_code)
+
+
+ns = Collection(ship)
+ns.add_collection(collection(), name="app")
+'''
+
+
+def test_project_tasks_py_adds_the_deploy_tasks(
+    venv: Path, project: Path, local_fleet: LocalFleet, deploy_to: str
+) -> None:
+    init(venv, project, local_fleet, deploy_to, "--accept-fingerprints", "fingerprints.txt", "--out", "ops/prod.yml")
+    (project / "tasks.py").write_text(TASKS_PY)
+    (project / "invoke.yaml").write_text("deployer:\n  inventory: ops/prod.yml\n")
+    invoke = (str(venv / "bin" / "python"), "-m", "invoke")
+
+    listed = run(venv, project, *invoke, "--list").stdout
+    for name in ("ship", "app.deploy", "app.rollback", "app.rollback-drill", "app.status", "app.check"):
+        assert f"  {name} " in listed, listed
+
+    shipped = run(venv, project, *invoke, "ship", "--version", "v1")
+    assert "shipped: deploy" in shipped.stdout and "OK on 4/4 hosts" in shipped.stdout
+    assert versions(local_fleet, deploy_to) == {"v1"}
+    run(venv, project, *invoke, "ship", "--version", "v2")
+    run(venv, project, *invoke, "app.rollback", "--message", "v2 broke checkout")  # inventory from invoke.yaml
+    assert versions(local_fleet, deploy_to) == {"v1"}
+    history = HostView(local_fleet, "web1").sh("cat %s", f"{deploy_to}/.deployer/history.jsonl")
+    assert "ship v2" in history and "v2 broke checkout" in history
+
+
+def test_init_refuses_keys_nobody_confirmed(venv: Path, project: Path, local_fleet: LocalFleet, deploy_to: str) -> None:
+    lines = (project / "fingerprints.txt").read_text().splitlines()
+    (project / "three.txt").write_text("\n".join(lines[:3]) + "\n")  # web4's fingerprint is not among them
+    refused = run(
+        venv,
+        project,
+        "deployer",
+        "init",
+        "--hosts",
+        host_list(local_fleet),
+        "--identity-file",
+        local_fleet.identity_file,
+        "--accept-fingerprints",
+        "three.txt",
+        ok=False,
+    )
+    assert refused.returncode == 2
+    assert "host keys not in three.txt: web4 (SHA256:" in refused.stderr and "nothing was written" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (project / "deploy.yml").exists() and not (project / "deploy.known_hosts").exists()
+
+    no_terminal = run(
+        venv,
+        project,
+        "deployer",
+        "init",
+        "--hosts",
+        host_list(local_fleet),
+        "--identity-file",
+        local_fleet.identity_file,
+        ok=False,
+    )
+    assert no_terminal.returncode == 2 and "--accept-fingerprints" in no_terminal.stderr
+    assert "SHA256:" in no_terminal.stderr  # the offered keys were shown, for a person to compare
+    assert not (project / "deploy.yml").exists()
+
+    silent = run(
+        venv,
+        project,
+        "deployer",
+        "init",
+        "--hosts",
+        "ghost=127.0.2.250:2222",
+        "--identity-file",
+        local_fleet.identity_file,
+        "--accept-fingerprints",
+        "fingerprints.txt",
+        ok=False,
+    )
+    assert silent.returncode == 2 and "no host key from ghost (127.0.2.250:2222)" in silent.stderr
+    assert not (project / "deploy.yml").exists()
+
+
+def test_check_names_what_would_stop_a_deploy(
+    venv: Path, project: Path, local_fleet: LocalFleet, deploy_to: str
+) -> None:
+    init(venv, project, local_fleet, "/cannot-be-made/app", "--accept-fingerprints", "fingerprints.txt")
+    inventory = (project / "deploy.yml").read_text()
+    (project / "deploy.yml").write_text(
+        inventory.replace('address: "127.0.2.4", port: 2222', 'address: "127.0.2.4", port: 2299')
+    )
+    checked = run(venv, project, "deployer", "check", ok=False)
+    assert checked.returncode == 1
+    assert "web1: the deploy user cannot write the folder that would hold /cannot-be-made/app" in checked.stdout
+    assert "web4" in checked.stdout and "FAILED" in checked.stdout
+    assert "check: FAILED: 0/4 host(s) ready to deploy" in checked.stdout
