@@ -348,7 +348,7 @@ run_bounded() {
     wait "$rb_pid"
     rb_code=$?
     kill "$rb_watchdog" 2>/dev/null
-    wait "$rb_watchdog"
+    wait "$rb_watchdog" 2>/dev/null  # a watchdog stopped before its trap is set is reported "Terminated"
     if [ -e "$rb_fired" ]; then
         rm -f "$rb_fired"
         rb_code=124
@@ -427,6 +427,7 @@ log_tail() {
 run_hook() {
     # run_hook NAME DIR SECONDS RELEASE COMMAND: run a configured hook; emit @hook NAME ok|failed CODE TAIL.
     [ -n "$5" ] || return 0
+    emit progress "$1"
     mkdir -p .deployer/logs
     hook_log="$(pwd -P)/.deployer/logs/$4.$1.log"
     if run_command "$2" "$3" "$hook_log" "$5" ${opt_sudo:+sudo}; then
@@ -444,6 +445,7 @@ health_check() {
     # health_check RELEASE COMMAND SECONDS RETRIES INTERVAL [EXPECT]: retry until the command succeeds
     # (and, with EXPECT, its output contains EXPECT: the server runs the release just switched to).
     [ -n "$2" ] || return 0
+    emit progress health_check
     health_log="$(pwd -P)/.deployer/logs/$1.health.log"
     attempt=1
     while :; do

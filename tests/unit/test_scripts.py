@@ -10,11 +10,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from deployer import scripts
 from deployer.protocol import parse_output
 from deployer.release import PreparedArtifact
 from deployer.scripts import EXIT_CHANGED, EXIT_NOT_SYMLINK, EXIT_VALIDATE, command_line, exec_request, script_source
@@ -375,3 +377,28 @@ def test_the_exec_request_means_the_same_to_every_login_shell(tmp_path, login_sh
     done = subprocess.run([*login_shell.split(), "-c", request], capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode() == f"3\n[{tmp_path}]\n[{hostile}]\n[]\n"
+
+
+def test_a_bounded_command_that_ends_at_once_leaves_only_its_own_stderr(tmp_path):
+    """The watchdog is stopped as soon as the command ends, sometimes before its trap is set: the
+    shell then reported the watchdog "Terminated" into the command's log (a race, seen in
+    validate_failed tails). 200 quick commands in a row: every log holds what the command said."""
+    lib = (Path(scripts.__file__).parent / "remote" / "lib.sh").read_text()
+    loop = """
+fails=0 i=0
+while [ "$i" -lt 200 ]; do
+    run_bounded 5 sh -c 'echo broken >&2; exit 7' 2>"$1"
+    code=$?
+    if [ "$code" != 7 ] || [ "$(cat "$1")" != broken ]; then fails=$((fails + 1)); fi
+    i=$((i + 1))
+done
+echo "$fails"
+"""
+    done = subprocess.run(
+        [*scripts.REMOTE_SHELL.split(), "-c", lib + loop, "bounded", str(tmp_path / "err")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.stdout.strip() == "0", done.stdout + done.stderr
