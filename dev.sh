@@ -13,6 +13,8 @@ command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v ruby >/dev/null 2>&1 || need_apt+=(ruby)  # only to check vagrant/Vagrantfile's syntax in the tests
 command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)  # the tests of `sudo: true` hooks
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)  # the tests of what the live view shows on a real terminal
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # the tests of the HTML report, in a real browser
 # the local fleet's other userlands and login shells (inv fleet-up --userland), and the shells the
 # remote scripts are tested under
 command -v tcsh >/dev/null 2>&1 || need_apt+=(tcsh)

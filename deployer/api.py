@@ -179,8 +179,11 @@ def deploy(
     force, unpin, hosts, groups, version, commit, lock_wait, parallel, accept_new_host_keys)."""
     chosen = options(**flags)
     fleet = open_inventory(inventory, chosen, runs_hooks=True)
+    progress = progress or Progress(quiet=quiet)
     with artifact_source(artifact, git, repo, chosen) as (source, chosen):
-        return operations.deploy(fleet, source, release, chosen, progress or Progress(quiet=quiet))
+        report = operations.deploy(fleet, source, release, chosen, progress)
+    report.timeline = progress.timeline.data()
+    return report
 
 
 def rollback(
@@ -195,7 +198,10 @@ def rollback(
     prefix), verify, pin the fleet and mark the release left bad."""
     chosen = options(**flags)
     fleet = open_inventory(inventory, chosen, runs_hooks=True)
-    return operations.rollback(fleet, to, chosen, progress or Progress(quiet=quiet))
+    progress = progress or Progress(quiet=quiet)
+    report = operations.rollback(fleet, to, chosen, progress)
+    report.timeline = progress.timeline.data()
+    return report
 
 
 def drill(
@@ -213,8 +219,11 @@ def drill(
     after each; the CLI passes the testinfra suite). Refused preconditions raise `PlanRefused`."""
     chosen = options(**flags)
     fleet = open_inventory(inventory, chosen, runs_hooks=True)
+    progress = progress or Progress(quiet=quiet)
     with artifact_source(artifact, git, repo, chosen) as (source, chosen):
-        return operations.drill(fleet, source, chosen, progress=progress or Progress(quiet=quiet), check=check)
+        report = operations.drill(fleet, source, chosen, progress=progress, check=check)
+    report.timeline = progress.timeline.data()
+    return report
 
 
 def status(inventory: PathLike | None, **flags: Unpack[Flags]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from deployer.operations import Options
 from deployer.plan.names import resolve_release
 from deployer.release import check_release_id, pack_directory, sha256_file
 from deployer.render import text
+from deployer.render.annotations import print_annotations
 from deployer.render.json import print_json, render_json
 from deployer.render.junit import write_junit
 from deployer.render.live import wants_live_view
@@ -60,8 +61,9 @@ def guarded(
     still gets one JSON document carrying the error and the exit status.
     """
     log_path = runlog.start(task, verbose)
-    global _settle_before_verdict
+    global _settle_before_verdict, _run_log
     _settle_before_verdict = settled_exit
+    _run_log = log_path
     try:
         code = action()
     except Exit:
@@ -79,6 +81,7 @@ def guarded(
 
 
 _settle_before_verdict = False  # set by guarded for the CLI process (never in-process callers)
+_run_log: str | None = None  # this run's log file (guarded); its JSON report is written beside it
 
 
 def _ignore_ctrl_c_from_now_on() -> None:
@@ -99,8 +102,12 @@ def _fail(message: str, code: int, as_json: bool, log_path: str | None) -> NoRet
     raise Exit(code=code)
 
 
-def _emit(report: OperationReport, as_json: bool) -> int:
+def _emit(report: OperationReport, as_json: bool, progress: Progress | None = None) -> int:
     _ignore_ctrl_c_from_now_on()
+    if progress is not None:
+        report.timeline = progress.timeline.data()
+    _keep_report(report)
+    print_annotations(report, sys.stderr if as_json else sys.stdout)  # stdout stays one JSON document
     if as_json:
         render_json(report)
     elif wants_live_view(sys.stdout):
@@ -110,6 +117,20 @@ def _emit(report: OperationReport, as_json: bool) -> int:
     else:
         render_text(report)
     return report.exit_code
+
+
+def _keep_report(report: OperationReport) -> None:
+    """Every run's JSON report beside its log (`.deployer-runs/...json`): `deployer report` reads it."""
+    if not _run_log:
+        return
+    path = os.path.splitext(_run_log)[0] + ".json"
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            render_json(report, handle)
+    except OSError as error:
+        logging.getLogger("deployer.cli").warning("cannot keep the JSON report in %s: %s", path, error)
+        return
+    logging.getLogger("deployer.cli").info("JSON report: %s", path)
 
 
 @contextmanager
@@ -139,14 +160,14 @@ def deploy(
     chosen = resolve_inventory(inventory, options, runs_hooks=True)
     with api.artifact_source(artifact, git, repo, options) as (source, options), _progress(chosen) as progress:
         report = operations.deploy(chosen, source, release, options, progress)
-    return _emit(report, as_json)
+    return _emit(report, as_json, progress)
 
 
 def rollback(inventory: str | None, to: str | None, options: Options, as_json: bool) -> int:
     chosen = resolve_inventory(inventory, options, runs_hooks=True)
     with _progress(chosen) as progress:
         report = operations.rollback(chosen, to, options, progress)
-    return _emit(report, as_json)
+    return _emit(report, as_json, progress)
 
 
 def drill(
@@ -178,6 +199,7 @@ def drill(
                 OperationReport("rollback-drill", None, phases=[Phase("baseline", 0.0, False, str(refused))]), junit
             )
         raise
+    report.timeline = progress.timeline.data()
     if junit:
         write_junit(report, junit)
     return _emit(report, as_json)
@@ -279,6 +301,24 @@ def init(
         program = shlex.quote(os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "deployer")
         print(f"wrote {written.inventory} ({len(targets)} host(s)) and {written.known_hosts}")
         print(f"next: {program} check -i {shlex.quote(os.path.relpath(written.inventory))}")
+    return 0
+
+
+def report_page(path: str | None, html_out: str | None, as_json: bool = False) -> int:
+    """Write a run's JSON report as one HTML page (the newest kept run when no path is given)."""
+    from deployer.render.html import write_html  # noqa: PLC0415 - only this task needs it
+
+    if path is None:
+        kept = sorted(Path(runlog.folder()).glob("*.json"))
+        if not kept:
+            raise InputError(f"no run reports in {runlog.folder()}: name one (a --json output)")
+        path = str(kept[-1])
+    out = html_out or os.path.splitext(path)[0] + ".html"
+    write_html(path, out)
+    if as_json:
+        _print_json({"report": path, "html": out})
+    else:
+        print(out)
     return 0
 
 

@@ -45,6 +45,7 @@ T = TypeVar("T")
 # "step" (script name), "upload" ("sent/total" bytes), "step-ok"/"step-failed" (script name and exit
 # status, or "timeout"/"lost"). For live views.
 Observer = Callable[[str, str, str], None]
+PROGRESS_RECORD = b"@progress\t"  # see deployer/protocol.py: told to the observer as it arrives
 UPLOAD_REPORT_BYTES = 256 * 1024  # how often an upload's progress is told to the observer
 IN_FLIGHT = 1024 * 1024  # unconsumed upload bytes allowed at a host's sshd; see HostConnection._send
 KEEPALIVE_SECONDS = 15
@@ -211,7 +212,7 @@ class HostConnection:
                 if upload:
                     self._send(channel, upload, deadline)
                 channel.shutdown_write()
-                self._read(channel, stdout, stderr, deadline)
+                self._read(channel, stdout, stderr, deadline, self._progress_reader())
                 if stdout.overflow:
                     raise ProtocolError(self.host.name, step, f"more than {MAX_OUTPUT_BYTES} bytes on stdout")
                 if not channel.status_event.wait(max(0.01, deadline - time.monotonic())):
@@ -235,12 +236,38 @@ class HostConnection:
         log.debug("%s: %s exited %s in %.3fs (%d bytes out)", self.host.name, step, status, seconds, stdout.size)
         return ExecResult(status, stdout.text(), stderr.text(), seconds)
 
+    def _progress_reader(self) -> Callable[[bytes], None] | None:
+        """A reader of stdout as it arrives that tells the observer each `@progress` record (the step a
+        script is on: validating, a hook, the health check); None without an observer."""
+        if self.observer is None:
+            return None
+        partial = b""
+
+        def read(data: bytes) -> None:
+            nonlocal partial
+            *lines, partial = (partial + data).split(b"\n")
+            partial = partial[-256:]  # a record line is short; a host's long line is not kept whole
+            for line in lines:
+                if line.startswith(PROGRESS_RECORD):
+                    self._tell("progress", line[len(PROGRESS_RECORD) :][:64].decode("ascii", "replace"))
+
+        return read
+
     @staticmethod
-    def _read(channel: paramiko.Channel, stdout: _Collected, stderr: _Collected, deadline: float) -> None:
+    def _read(
+        channel: paramiko.Channel,
+        stdout: _Collected,
+        stderr: _Collected,
+        deadline: float,
+        on_stdout: Callable[[bytes], None] | None = None,
+    ) -> None:
         """Read both streams until the remote side's EOF, waking on either (the channel's fileno)."""
         while True:
             while channel.recv_ready():
-                stdout.add(channel.recv(65536))
+                data = channel.recv(65536)
+                stdout.add(data)
+                if on_stdout is not None:
+                    on_stdout(data)
                 if stdout.overflow:
                     return
             while channel.recv_stderr_ready():

@@ -332,8 +332,8 @@ def fingerprint_lines(targets: list[Target], keys: dict[str, list[str]]) -> list
 
 
 def choose_identity(targets: list[Target], given: str | None) -> str:
-    if given:
-        return os.path.abspath(os.path.expanduser(given))
+    if given:  # `~/...` stays so: the inventory then works for whoever runs it (a CI job's home)
+        return given if given.startswith("~") else os.path.abspath(given)
     named = sorted({target.identity_file for target in targets if target.identity_file})
     if len(named) > 1:
         raise InputError(f"the hosts name different keys ({', '.join(named)}): choose one with --identity-file")

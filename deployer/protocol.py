@@ -28,6 +28,7 @@ RECORDS: dict[str, tuple[str, ...]] = {
     # every script
     "error": ("code", "message"),
     "warning": ("message",),
+    "progress": ("what",),  # the step a script is on (validating, a hook, health_check), for the live view
     # gather
     "hostname": ("name",),
     "deploy_to": ("presence", "path*"),

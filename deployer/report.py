@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
@@ -85,6 +87,8 @@ class OperationReport:
     connections: int = 0  # SSH connections opened by this operation
     sessions: dict[str, int] = field(default_factory=dict)  # exec sessions per host
     revision: dict[str, Any] = field(default_factory=dict)  # the target's version, commit, ... when known
+    dry_run: bool = False  # only planned: nothing was changed
+    timeline: dict[str, Any] = field(default_factory=dict)  # per host, each phase's start and end (Timeline)
 
     @property
     def ok(self) -> bool:
@@ -99,9 +103,9 @@ class OperationReport:
     def exit_code(self) -> int:
         if self.ok:
             return EXIT_OK
-        if self.problems or any(result.status in (FAILED, REVERTED) for result in self.hosts):
-            return EXIT_HOSTS_FAILED
-        return EXIT_REFUSED if self.refusal else EXIT_HOSTS_FAILED
+        if self.refusal:  # refused as a whole before anything changed, unreachable hosts or not
+            return EXIT_REFUSED
+        return EXIT_HOSTS_FAILED
 
     def verdict(self) -> str:
         if self.phases and self.operation == "rollback-drill":
@@ -112,6 +116,9 @@ class OperationReport:
         label = Revision(str(self.revision.get("version", "")), str(self.revision.get("commit", ""))).label()
         if label and self.target:
             what += f" [{label}]"
+        if self.dry_run and not self.refusal:
+            changing = sum(row.get("action") in ("stage", "switch") for row in self.plan)
+            return f"{what}: DRY RUN: would change {changing}/{total} hosts; nothing was changed"
         if self.ok:
             if not total:
                 return f"{what}: OK (nothing to do)"
@@ -149,12 +156,87 @@ class OperationReport:
         return data
 
 
+STEP_PHASES = {"gather": "gather", "stage": "stage", "switch": "switch", "finish": "finish", "run": "migrate"}
+PROGRESS_PHASES = {
+    "validating": "validate",
+    "before_switch": "hook before_switch",
+    "after_switch": "hook after_switch",
+    "after_rollback": "hook after_rollback",
+    "health_check": "health",
+    "reverting": "revert",
+}
+
+
+class Timeline:
+    """When each host went through each phase (connect, gather with the lock, stage, validate,
+    switch, hooks, health, finish), from the fleet's step events, in seconds since the start;
+    batches and sections (the drill's phases) as fleet-level marks. Thread-safe: workers report."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self._origin = time.monotonic()
+        self._lock = threading.Lock()
+        self._hosts: dict[str, list[dict[str, Any]]] = {}
+        self._open: dict[str, dict[str, dict[str, Any]]] = {}  # host -> level ("step"/"part") -> phase
+        self.marks: list[dict[str, Any]] = []
+
+    def _now(self) -> float:
+        return round(time.monotonic() - self._origin, 3)
+
+    def _begin(self, host: str, level: str, phase: str, detail: str = "") -> None:
+        self._end(host, level, True)
+        entry = {"phase": phase, "start": self._now(), "end": None, "ok": None}
+        if detail:
+            entry["detail"] = detail
+        self._hosts.setdefault(host, []).append(entry)
+        self._open.setdefault(host, {})[level] = entry
+
+    def _end(self, host: str, level: str, ok: bool) -> None:
+        entry = self._open.get(host, {}).pop(level, None)
+        if entry is not None:
+            entry["end"], entry["ok"] = self._now(), ok
+
+    def observe(self, host: str, event: str, detail: str) -> None:
+        with self._lock:
+            if event == "connecting":
+                self._begin(host, "step", "connect")
+            elif event == "connected":
+                self._end(host, "step", True)
+            elif event == "connect-failed":
+                self._end(host, "step", False)
+            elif event == "step":
+                name = detail.split(" ", 1)[0]
+                self._end(host, "part", True)
+                self._begin(host, "step", STEP_PHASES.get(name, name))
+            elif event == "progress" and detail in PROGRESS_PHASES:
+                self._begin(host, "part", PROGRESS_PHASES[detail])
+            elif event in ("step-ok", "step-failed"):
+                ok = event == "step-ok"
+                self._end(host, "part", ok)
+                self._end(host, "step", ok)
+
+    def mark(self, kind: str, name: str, hosts: list[str] | None = None) -> None:
+        with self._lock:
+            self.marks.append({"kind": kind, "name": name, "at": self._now(), "hosts": sorted(hosts or [])})
+
+    def data(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+                "seconds": self._now(),
+                "hosts": {host: [dict(entry) for entry in entries] for host, entries in sorted(self._hosts.items())},
+                "marks": [dict(mark) for mark in self.marks],
+            }
+
+
 class Progress:
-    """Plain, line-per-event progress on stderr, written only from the main thread."""
+    """Plain, line-per-event progress on stderr, written only from the main thread; it also keeps
+    the operation's timeline (every progress form does: the report carries it)."""
 
     def __init__(self, stream: TextIO | None = None, quiet: bool = False) -> None:
         self.stream = stream or sys.stderr
         self.quiet = quiet
+        self.timeline = Timeline()
 
     def say(self, message: str) -> None:
         log.info("%s", message)
@@ -166,7 +248,16 @@ class Progress:
         self.say(f"  {host}: {message}")
 
     def observe(self, host: str, event: str, detail: str) -> None:
-        """A step event from a worker thread (see `deployer.fleet.Observer`); plain output shows none."""
+        """A step event from a worker thread (see `deployer.fleet.Observer`): kept in the timeline."""
+        self.timeline.observe(host, event, detail)
+
+    def batch(self, number: int, total: int, hosts: list[str]) -> None:
+        """A rollout batch starts switching these hosts."""
+        self.timeline.mark("batch", f"{number}/{total}", hosts)
+
+    def section(self, name: str) -> None:
+        """A part of a longer operation starts (the drill's deploy, rollback, redeploy)."""
+        self.timeline.mark("section", name)
 
     def close(self) -> None:
         """The operation is over (a live view stops here, leaving its last frame)."""

@@ -368,6 +368,19 @@ def init(
 
 
 @task(
+    positional=["path"],
+    help={
+        "path": "a run's JSON report (--json output, or one kept in .deployer-runs/; default: the newest kept)",
+        "html": "the HTML page to write (default: beside the report, .html)",
+        "json": COMMON_HELP["json"],
+    },
+)
+def report(c: Context, path: str | None = None, html: str | None = None, json: bool = False) -> None:
+    """Write a run's report as one self-contained HTML page: verdict, hosts, timeline chart."""
+    cli.guarded(lambda: cli.report_page(path, html, json), "report", as_json=json, settled_exit=True)
+
+
+@task(
     name="fleet-up",
     help={
         "hosts": "number of hosts",
@@ -475,5 +488,6 @@ def collection(name: str | None = None) -> Collection:
         prune,
         check,
         init,
+        report,
     ]
     return Collection(name, *operator_tasks) if name else Collection(*operator_tasks)

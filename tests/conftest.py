@@ -10,6 +10,7 @@ import select
 import shlex
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -84,6 +85,23 @@ def make_inventory(local_fleet: LocalFleet, tmp_path: Path, deploy_to: str) -> C
 
 def yaml_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@pytest.fixture(scope="session")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A virtualenv outside the repository with the project pip-installed from its path (as a
+    wheel, not editable): what a user gets. Its dependencies are borrowed from the test's own
+    environment (a .pth line), so no package index is needed."""
+    folder = tmp_path_factory.mktemp("venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+    site = next((folder / "lib").glob("python3*/site-packages"))
+    (site / "borrowed-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [str(folder / "bin" / "pip"), "install", "-q", "--no-deps", "--disable-pip-version-check", str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    return folder
 
 
 @pytest.fixture(scope="session")

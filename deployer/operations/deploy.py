@@ -172,6 +172,7 @@ class _Rollout:
             )
             label = f"batch {index + 1}/{len(groups)}: " if len(groups) > 1 else ""
             progress.say(f"{label}switching {len(group)} host(s) to {self.release}")
+            progress.batch(index + 1, len(groups), list(group))
             started = time.monotonic()
             outcomes = switch(self.run, [self.acting[name] for name in group], request)
             attempted += group
@@ -200,6 +201,7 @@ class _Rollout:
         if not back:
             return
         self.run.progress.say(f"rollout failed ({failure}); reverting {len(back)} host(s) to their previous release")
+        self.run.progress.timeline.mark("revert", failure, [host_plan.host for host_plan in back])
         started = time.monotonic()
         request = SwitchRequest(
             mode="revert",

@@ -76,6 +76,7 @@ class _Drill:
     def deploy(self, name: str, release: str, states: dict[str, HostState]) -> tuple[bool, dict[str, HostState]]:
         started = time.monotonic()
         self.run.drill_phase = name
+        self.run.progress.section(self.run.drill_phase)
         result = run_deploy(self.run, self.artifact, release, states, {}, self.options, final=False)
         self.report.warnings.extend(result.warnings)
         fresh, _unreachable, problems = verify_phase(self.run, {n: release for n in states})
@@ -88,6 +89,7 @@ class _Drill:
     def rollback(self, target: str, states: dict[str, HostState]) -> tuple[bool, dict[str, HostState]]:
         started = time.monotonic()
         self.run.drill_phase = "rollback"
+        self.run.progress.section(self.run.drill_phase)
         back = run_rollback(self.run, target, states, {}, self.options, final=False, mark_bad=False, pin=False)
         fresh, _unreachable, problems = verify_phase(self.run, {n: target for n in states})
         if back.refusal:
@@ -108,6 +110,7 @@ class _Drill:
             return states
         started = time.monotonic()
         self.run.drill_phase = "restore"
+        self.run.progress.section(self.run.drill_phase)
         self.run.progress.say(f"drill failed: putting {len(away)} host(s) back on {baseline}")
         outcomes = switch(self.run, away, SwitchRequest(mode="revert", operation="revert"))
         results = [switch_result(host_plan, outcomes[host_plan.host]) for host_plan in away]

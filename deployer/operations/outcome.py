@@ -35,20 +35,23 @@ def show_plan(plan: Plan, progress: Progress) -> None:
         planning.REFUSE: "REFUSED",
         planning.UNREACHABLE: "UNREACHABLE",
     }
+    if plan.refusal:  # nothing will happen: the verdict says why, the summary names each host's part
+        return
     progress.say(f"plan: {plan.operation} -> {plan.target or '(none)'}")
     for host_plan in plan.hosts:
         label = labels[host_plan.action]
         if host_plan.action == planning.STAGE:
             label += " (cached artifact)" if host_plan.source == planning.CACHE else " (upload)"
-        move = f"{host_plan.before or '-'} -> {host_plan.target or '-'}"
+        if host_plan.target and host_plan.target == plan.target and host_plan.action != planning.KEEP:
+            move = f"from {host_plan.before or '(none)'}"  # the target is on the plan's first line
+        else:
+            move = f"{host_plan.before or '-'} -> {host_plan.target or '-'}"
         reason = f": {host_plan.reason}" if host_plan.reason else ""
         pruned = plan.prune.get(host_plan.host)
         prune = f"; then prune {' '.join(pruned)}" if pruned else ""
-        progress.host(host_plan.host, f"{label} {move}{reason}{prune}")
+        progress.say(f"  {host_plan.host}: {label} {move}{reason}{prune}")
     if plan.migration:
         progress.say(f"  then run {plan.migration} once (schema {plan.migration_from} -> {plan.migration_to})")
-    for warning in plan.warnings:
-        progress.say(f"warning: {warning}")
 
 
 def plan_data(plan: Plan) -> list[dict[str, Any]]:
@@ -87,7 +90,7 @@ def refused_or_dry_run(report: OperationReport, plan: Plan, dry_run: bool) -> bo
         report.hosts = [untouched_result(host_plan, plan.target is not None) for host_plan in plan.hosts]
         return True
     if dry_run:
-        report.notes.append("dry run: nothing was changed")
+        report.dry_run = True
         report.hosts = [
             HostResult(h.host, UNCHANGED, h.before, h.before, False, 0.0, "dry run: " + _dry_run_text(plan, h))
             for h in plan.hosts

@@ -146,6 +146,7 @@ if ! reason=$(mv "$staging" "releases/$release_id" 2>&1); then
 fi
 
 if [ -n "$opt_validate" ]; then
+    emit progress validating
     log="$deploy_abs/.deployer/logs/$release_id.validate.log"
     export DEPLOYER_RELEASE="$release_id" DEPLOYER_RELEASE_DIR="$deploy_abs/releases/$release_id"
     export DEPLOYER_DEPLOY_TO="$deploy_to"

@@ -43,6 +43,7 @@ fi
 
 export DEPLOYER_RELEASE="$target" DEPLOYER_DEPLOY_TO="$deploy_to" DEPLOYER_OPERATION="${opt_operation:-$mode}"
 export DEPLOYER_PREVIOUS="${before#releases/}"
+if [ "$mode" = revert ]; then emit progress reverting; fi
 
 if [ "$mode" = revert ] && [ "$before" = "releases/$target" ]; then
     emit after "$before" "$(cd current/ 2>/dev/null && pwd -P)"

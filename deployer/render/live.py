@@ -23,8 +23,19 @@ STEP_NAMES = {
     "stage": "staging",
     "switch": "switching",
     "finish": "finishing",
-    "run": "migration",
+    "run": "migrating",
 }
+# `@progress` records a remote script sends as it goes (deployer/remote/): only these are shown, so
+# a host cannot write into the view.
+PROGRESS_NAMES = {
+    "validating": "validating",
+    "reverting": "reverting",
+    "before_switch": "hook before_switch",
+    "after_switch": "hook after_switch",
+    "after_rollback": "hook after_rollback",
+    "health_check": "health-checking",
+}
+WIDE = 120  # columns from which the final table also shows where each host came from
 
 
 def wants_live_view(stream: TextIO | None = None) -> bool:
@@ -44,9 +55,14 @@ class _Row:
     started: float = 0.0
     seconds: float = 0.0
     detail: str = ""
+    note: str = ""  # the host's latest message (staged, switched, healthy, reverted ...)
+    reverting: bool = False  # this step puts the host back (a failed rollout)
 
 
 class LiveProgress(Progress):
+    """The live table while an operation runs. Removed when it ends (transient): what stays on the
+    screen is the operation's fleet-level lines (plan, batches) and the final table."""
+
     def __init__(self, hosts: list[str] | None = None, stream: TextIO | None = None) -> None:
         from rich.console import Console  # noqa: PLC0415 - rich is imported only for terminals
         from rich.live import Live  # noqa: PLC0415
@@ -55,14 +71,22 @@ class LiveProgress(Progress):
         self.console = Console(file=self.stream, highlight=False)
         self._rows: dict[str, _Row] = {name: _Row() for name in hosts or []}
         self._lock = threading.Lock()
-        self._live = Live(console=self.console, get_renderable=self._table, refresh_per_second=8, transient=False)
+        self._live = Live(console=self.console, get_renderable=self._table, refresh_per_second=8, transient=True)
         self._live.start()
 
     def say(self, message: str) -> None:
+        """A fleet-level line above the live table: one line, cut to the terminal's width, never wrapped."""
         log.info("%s", message)
-        self.console.print(shown(message), markup=False, highlight=False)
+        self.console.print(shown(message), markup=False, highlight=False, no_wrap=True, overflow="ellipsis")
+
+    def host(self, host: str, message: str) -> None:
+        """A host's own news goes into its row (and the run log), not above the table."""
+        log.info("  %s: %s", host, message)
+        with self._lock:
+            self._rows.setdefault(host, _Row()).note = shown(message)
 
     def observe(self, host: str, event: str, detail: str) -> None:
+        super().observe(host, event, detail)
         now = time.monotonic()
         with self._lock:
             row = self._rows.setdefault(host, _Row())
@@ -75,7 +99,12 @@ class LiveProgress(Progress):
             elif event == "step":
                 name = detail.split(" ", 1)[0]
                 row.step, row.state, row.sent, row.total, row.detail = STEP_NAMES.get(name, name), "", 0, 0, ""
+                row.reverting = False
                 row.started = row.started or now
+            elif event == "progress" and detail in PROGRESS_NAMES:
+                row.reverting = row.reverting or detail == "reverting"
+                name = PROGRESS_NAMES[detail]
+                row.step, row.state = (f"revert: {name}" if row.reverting and name != "reverting" else name), ""
             elif event == "upload":
                 sent, _, total = detail.partition("/")
                 row.sent, row.total = int(sent), int(total)
@@ -89,18 +118,34 @@ class LiveProgress(Progress):
     def _table(self) -> Any:
         from rich.progress_bar import ProgressBar  # noqa: PLC0415
         from rich.table import Table  # noqa: PLC0415
+        from rich.text import Text  # noqa: PLC0415
 
-        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-        for column in ("host", "step", "upload", "state", "time"):
-            table.add_column(column, no_wrap=True)
+        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", expand=True)
+        uploading = any(row.total for row in self._rows.values())
+        widths = {"host": max([4, *map(len, self._rows)]), "step": 24, "upload": 12 if uploading else 6}
+        widths.update(state=10, time=6)
+        for column, width in widths.items():  # fixed: only the news column gives way on a narrow terminal
+            table.add_column(column, no_wrap=True, min_width=width, max_width=max(width, 30))
+        table.add_column("last news", no_wrap=True, overflow="ellipsis", ratio=1)
+        now = time.monotonic()
         with self._lock:
-            rows = sorted(self._rows.items())
-            for name, row in rows:
+            for name, row in sorted(self._rows.items()):
                 upload: Any = ""
-                if row.total:
-                    upload = ProgressBar(total=row.total, completed=row.sent, width=20)
-                state = {"ok": "[green]ok[/]", "failed": f"[red]failed {row.detail}[/]"}.get(row.state, "…")
-                table.add_row(name, row.step, upload, state, f"{row.seconds:.1f}s")
+                if row.total and row.sent < row.total:
+                    upload = ProgressBar(total=row.total, completed=row.sent, width=12)
+                elif row.total:
+                    upload = Text("sent", style="dim")
+                if row.state == "ok" and row.reverting:
+                    state = Text("reverted", style="yellow")
+                elif row.state == "ok":
+                    state = Text("ok", style="green")
+                elif row.state == "failed":
+                    state = Text(f"failed {row.detail}", style="red")
+                else:
+                    state = Text("…")
+                running = row.state == "" and row.started and row.step not in ("waiting", "connected")
+                seconds = now - row.started if running else row.seconds  # a running step's timer keeps going
+                table.add_row(Text(name), Text(row.step), upload, state, f"{seconds:.1f}s", Text(row.note))
         return table
 
     def close(self) -> None:
@@ -108,7 +153,9 @@ class LiveProgress(Progress):
 
 
 def render_rich(report: OperationReport, console: Any = None) -> None:
-    """The final per-host table (from, to, verified, time, health or error) and the verdict, with rich."""
+    """The final per-host table and the verdict, with rich. Release ids are never wrapped or cut (they
+    get copied into commands): on a narrow terminal the table drops the "from" column (the plan above
+    has it) and cuts the health/error text instead, with an ellipsis (the run log and --json keep it whole)."""
     from rich import box  # noqa: PLC0415
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
@@ -116,26 +163,41 @@ def render_rich(report: OperationReport, console: Any = None) -> None:
 
     console = console or Console(highlight=False)
     if report.hosts:
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-        table.add_column("host", no_wrap=True)
-        table.add_column("result", no_wrap=True)
-        for column in ("from", "to"):  # folded, never cut short: release ids get copied into commands
-            table.add_column(column, overflow="fold", min_width=12)
-        table.add_column("verified", no_wrap=True)
-        table.add_column("time", no_wrap=True)
-        table.add_column("health / error", overflow="fold", min_width=12)
-        for result in sorted(report.hosts, key=lambda r: r.host):
+        wide = console.width >= WIDE
+        rows = sorted(report.hosts, key=lambda r: r.host)
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=True)
+
+        def fixed(header: str, cells: list[str], justify: Any = "left") -> None:
+            """A column as wide as its widest cell, never shrunk: ids and names are never cut."""
+            width = max(len(header), *map(len, cells))
+            table.add_column(header, no_wrap=True, min_width=width, max_width=width, justify=justify)
+
+        fixed("host", [r.host for r in rows])
+        fixed("result", [r.status for r in rows])
+        if wide:
+            fixed("from", [r.before or "-" for r in rows])
+        fixed("to" if wide else "release", [r.after or "-" for r in rows])
+        fixed("verified" if wide else "ok?", ["yes", "no"])
+        times = [f"{r.seconds:.2f}s" if r.seconds else "" for r in rows]
+        fixed("time", times, justify="right")
+        table.add_column("health / error", no_wrap=True, overflow="ellipsis", ratio=1, min_width=8)
+        for result, seconds in zip(rows, times, strict=True):
             style = "green" if result.status in GOOD_STATUSES else ("red" if result.status == FAILED else "yellow")
-            table.add_row(
-                result.host,
-                Text(result.status, style=style),
-                result.before or "-",
-                result.after or "-",
+            cells: list[Any] = [Text(result.host), Text(result.status, style=style)]
+            if wide:
+                cells.append(Text(result.before or "-"))
+            cells += [
+                Text(result.after or "-"),
                 "yes" if result.verified else "no",
-                f"{result.seconds:.2f}s" if result.seconds else "",
+                seconds,
                 Text(shown(result.message)),
-            )
+            ]
+            table.add_row(*cells)
         console.print(table)
+        if not wide:  # the table cut these short; what went wrong is worth its whole line
+            for result in rows:
+                if result.status not in GOOD_STATUSES and result.message:
+                    console.print(Text(shown(f"{result.host}: {result.message}")))
     for warning in report.warnings:
         console.print(Text(shown(f"warning: {warning}"), style="yellow"))
     for note in report.notes:

@@ -204,3 +204,44 @@ def test_on_a_terminal_a_live_per_host_view_and_a_final_table(make_inventory, vi
     assert code == 0, screen
     assert "rollback" in screen and not re.search(r"\x1b\[3[0-7]m", screen)  # NO_COLOR: no colours
     assert {view.version(deploy_to) for view in views.values()} == {"v1"}
+
+
+def test_a_refused_deploy_exits_3_and_shows_no_plan(make_inventory, local_fleet, views, artifacts, deploy_to, tmp_path):
+    inventory = Path(make_inventory())
+    text = inventory.read_text()
+    web4 = local_fleet.host("web4")
+    inventory.write_text(
+        text.replace(f"address: {web4.address}, port: {web4.port}", f"address: {web4.address}, port: 2299")
+    )
+    refused = run_inv("deploy", "--inventory", str(inventory), "--artifact", artifacts["v1"])
+    assert refused.returncode == 3, refused.stdout + refused.stderr  # the README's table: refused as a whole
+    assert "REFUSED" in refused.stdout and "web4" in refused.stdout
+    assert "plan:" not in refused.stderr  # nothing is going to happen, so no plan is shown
+    assert all(view.current_link(deploy_to) is None for view in views.values())
+
+    as_json = run_inv("deploy", "--inventory", str(inventory), "--artifact", artifacts["v1"], "--json")
+    assert as_json.returncode == 3 and json.loads(as_json.stdout)["exit_code"] == 3
+
+
+def test_dry_run_verdict_says_nothing_changed_and_warnings_are_said_once(make_inventory, views, artifacts, deploy_to):
+    inventory = make_inventory()
+    assert run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v1"]).returncode == 0
+    assert run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v2"]).returncode == 0
+    assert run_inv("rollback", "--inventory", inventory).returncode == 0  # v2 is marked bad, the fleet pinned
+    dry = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v2"], "--unpin", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    verdict = dry.stdout.strip().splitlines()[-1]
+    assert "DRY RUN: would change 4/4 hosts; nothing was changed" in verdict and "OK" not in verdict
+    output = dry.stdout + dry.stderr
+    assert output.count("marked bad") == 1  # the warning about the bad release, once
+    assert {view.version(deploy_to) for view in views.values()} == {"v1"}
+
+
+def test_json_with_bad_input_is_one_document_with_the_error(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("deploy_to: relative\nhosts: {}\n")
+    for args in (["deploy", "--inventory", str(bad), "--artifact", "x.tar.gz"], ["status", "--inventory", str(bad)]):
+        result = run_inv(*args, "--json")
+        assert result.returncode == 2
+        data = json.loads(result.stdout)
+        assert data["ok"] is False and data["exit_code"] == 2 and "deploy_to" in data["error"]

@@ -8,34 +8,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from deployer.localfleet import LocalFleet
-from tests.conftest import REPO, HostView
+from tests.conftest import HostView
 
 pytestmark = pytest.mark.fleet
-
-
-@pytest.fixture(scope="module")
-def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A virtualenv outside the repository with the project pip-installed from its path (as a
-    wheel, not editable); its dependencies are borrowed from the test's own environment (a .pth
-    line) so the test needs no package index."""
-    folder = tmp_path_factory.mktemp("venv") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
-    site = next((folder / "lib").glob("python3*/site-packages"))
-    (site / "borrowed-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run(
-        [str(folder / "bin" / "pip"), "install", "-q", "--no-deps", "--disable-pip-version-check", str(REPO)],
-        check=True,
-        capture_output=True,
-    )
-    return folder
 
 
 @pytest.fixture

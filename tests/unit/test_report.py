@@ -117,3 +117,23 @@ def test_json_snapshot(name):
     render_json(REPORTS[name](), out)
     json.loads(out.getvalue())  # one valid document
     check(f"{name}.json", out.getvalue())
+
+
+def test_github_annotations_name_each_failed_host_and_cannot_be_forged():
+    from deployer.render.annotations import error_lines, github_actions  # noqa: PLC0415
+    from deployer.report import FAILED, OK, HostResult, OperationReport  # noqa: PLC0415
+
+    report = OperationReport(
+        "deploy",
+        "20261202T000000Z-abcdef12",
+        hosts=[
+            HostResult("web1", OK, "a", "b", True),
+            HostResult("web3", FAILED, "a", "a", False, 1.0, "health check failed\n::set-output name=x::100%"),
+        ],
+    )
+    (line,) = error_lines(report)
+    assert line.startswith("::error title=deploy 20261202T000000Z-abcdef12 failed on web3::web3: health check")
+    assert "\n" not in line and "100%25" in line  # a host's newline cannot start a workflow command
+    refused = OperationReport("rollback", None, refusal="the fleet is locked by ci")
+    assert error_lines(refused) == ["::error title=rollback refused::the fleet is locked by ci"]
+    assert github_actions({"GITHUB_ACTIONS": "true"}) and not github_actions({})

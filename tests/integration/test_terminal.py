@@ -1,0 +1,137 @@
+"""What a person sees on a real terminal: the CLI run inside tmux at fixed sizes, the screen read
+with `tmux capture-pane` (rendered text, as on the glass), during the run and after it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.fleet
+
+
+class Terminal:
+    """One tmux server of this test's own (its own socket), one window of a fixed size."""
+
+    def __init__(self, columns: int, lines: int) -> None:
+        self.socket = f"deployer-test-{os.getpid()}-{columns}x{lines}"
+        self.size = (columns, lines)
+
+    def tmux(self, *args: str) -> str:
+        done = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True)
+        return done.stdout
+
+    def start(self, *cli: str) -> None:
+        command = " ".join(shlex.quote(part) for part in (sys.executable, "-m", "invoke", *cli))
+        # the window's size, not one inherited from the test run (pytest's environment has COLUMNS/LINES)
+        shell = f"unset COLUMNS LINES; cd {shlex.quote(str(REPO))} && {command}; echo EXIT=$?; sleep 600"
+        columns, lines = self.size
+        self.tmux("new-session", "-d", "-x", str(columns), "-y", str(lines), "-e", "TERM=xterm-256color", shell)
+
+    def screen(self) -> str:
+        """What the window shows now."""
+        return self.tmux("capture-pane", "-p")
+
+    def everything(self) -> str:
+        """The window and its scrollback."""
+        return self.tmux("capture-pane", "-p", "-S", "-")
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            screen = self.everything()
+            if re.search(pattern, screen):
+                return screen
+            time.sleep(0.1)
+        raise AssertionError(f"{pattern!r} never appeared; the screen:\n{self.everything()}")
+
+    def stop(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, check=False)
+
+
+@pytest.fixture
+def terminal() -> Iterator[Terminal]:
+    opened: list[Terminal] = []
+
+    def make(columns: int, lines: int) -> Terminal:
+        opened.append(Terminal(columns, lines))
+        return opened[-1]
+
+    yield make  # type: ignore[misc]
+    for one in opened:
+        one.stop()
+
+
+def row_time(screen: str, host: str) -> float:
+    match = re.search(rf"^{host}\s+validating\s+.*?(\d+\.\d)s", screen, re.MULTILINE)
+    assert match, screen
+    return float(match.group(1))
+
+
+@pytest.mark.parametrize("size", [(80, 24), (140, 40)])
+def test_live_view_and_final_table_on_a_real_terminal(make_inventory, artifacts, views, deploy_to, terminal, size):
+    columns, _lines = size
+    inventory = make_inventory(validate="sleep 3 && test -f VERSION")
+    window = terminal(*size)
+    window.start("deploy", "--inventory", inventory, "--artifact", artifacts["v1"])
+
+    # Validation takes 3 s: the view names the step and its timers keep running (it does not look hung).
+    first = window.wait_for(r"web\d\s+validating")
+    time.sleep(0.8)
+    later = window.screen()
+    assert all(f"web{n}" in later and re.search(rf"web{n}\s+validating", later) for n in range(1, 5)), later
+    assert row_time(later, "web1") > row_time(first, "web1")
+
+    final = window.wait_for(r"EXIT=\d+")
+    assert "EXIT=0" in final, final
+    release = {view.current_release(deploy_to) for view in views.values()}
+    assert len(release) == 1 and None not in release
+    (release_id,) = release
+    lines = final.splitlines()
+    assert all(len(line) <= columns for line in lines)
+    # the final table: one unbroken line per host, the release id whole on it
+    for n in range(1, 5):
+        (row,) = [line for line in lines if re.match(rf"\s*web{n}\s+ok\s", line)]
+        assert release_id in row and "yes" in row
+    # every release id on the screen is whole (none broken across lines or cut with an ellipsis)
+    assert not re.search(r"\d{8}T\d{0,5}…|\d{8}T\d{6}Z-[0-9a-f]{0,7}(…|$)", final, re.MULTILINE)
+    assert "last news" not in final and "validating" not in final  # the live frame is gone at the end
+    verdicts = [line for line in lines if line.startswith(f"deploy {release_id}: OK on 4/4 hosts")]
+    assert len(verdicts) == 1
+    header = re.search(r"^\s*host\s+result\s+from\s+to\s", final, re.MULTILINE)
+    assert bool(header) == (columns >= 120), final  # the narrow table leaves out where hosts came from
+
+
+def test_a_reverted_rollout_is_shown_as_reverted(make_inventory, artifacts, views, deploy_to, terminal):
+    good = make_inventory()
+    subprocess.run(
+        [sys.executable, "-m", "invoke", "deploy", "--inventory", good, "--artifact", artifacts["v1"]],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    )
+    before = {name: view.current_release(deploy_to) for name, view in views.items()}
+    failing = make_inventory(
+        extra='health_check: {command: "test $(hostname) != web3", timeout: 5, retries: 0, interval: 1}\n'
+        "rollout: {batch: 2}\n"
+    )
+    window = terminal(80, 24)
+    window.start("deploy", "--inventory", failing, "--artifact", artifacts["v2"])
+    final = window.wait_for(r"EXIT=\d+")
+    assert "EXIT=1" in final, final
+    assert {name: view.current_release(deploy_to) for name, view in views.items()} == before
+    lines = final.splitlines()
+    for name in ("web1", "web2", "web4"):  # switched, then put back: never "ok"
+        (row,) = [line for line in lines if re.match(rf"\s*{name}\s+(ok|reverted|failed)\s", line)]
+        assert re.match(rf"\s*{name}\s+reverted\s", row), row
+    assert re.search(r"^\s*web3\s+failed\s", final, re.MULTILINE)
+    assert re.search(r"^web3: health check failed", final, re.MULTILINE)  # the whole reason, under the table
+    assert not re.search(r"^\s*web\d\s+ok\s", final, re.MULTILINE)
