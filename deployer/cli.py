@@ -304,11 +304,11 @@ def init(
     return 0
 
 
-def report_page(path: str | None, html_out: str | None, as_json: bool = False) -> int:
-    """Write a run's JSON report as one HTML page (the newest kept run when no path is given)."""
+def report_page(path: str, html_out: str | None, as_json: bool = False) -> int:
+    """Write a run's JSON report as one HTML page (`latest`: the newest report kept beside the run logs)."""
     from deployer.render.html import write_html  # noqa: PLC0415 - only this task needs it
 
-    if path is None:
+    if path == "latest" and not os.path.exists(path):
         kept = sorted(Path(runlog.folder()).glob("*.json"))
         if not kept:
             raise InputError(f"no run reports in {runlog.folder()}: name one (a --json output)")

@@ -89,12 +89,16 @@ def from_host_list(text: str) -> list[Target]:
     return targets
 
 
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 def from_ssh_config(path: str) -> list[Target]:
     """The concrete `Host` entries of an ssh_config (patterns such as `*` are skipped)."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    text = _read(path)
     try:
         config = SshConfig(Checker(path), path, text)
     except InventoryError as error:
@@ -213,10 +217,7 @@ def _ini_vars(words: Iterable[str], where: str) -> dict[str, str]:
 
 def from_ansible(path: str) -> list[Target]:
     """An Ansible inventory file: INI (`[group]`, `[group:vars]`, `[group:children]`) or YAML."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    text = _read(path)
     inventory = _Ansible(path)
     if path.endswith((".yml", ".yaml")) or text.lstrip().startswith(("all:", "---")):
         try:
@@ -291,11 +292,7 @@ def scan_keys(targets: list[Target]) -> dict[str, list[str]]:
 
 def accepted_fingerprints(path: str) -> set[str]:
     """The SHA256 fingerprints written anywhere in `path` (`ssh-keygen -lf` output, a list, a CI secret)."""
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
-    found = set(FINGERPRINT_RE.findall(text))
+    found = set(FINGERPRINT_RE.findall(_read(path)))
     if not found:
         raise InputError(f"{path}: no SHA256 fingerprints in it (as `ssh-keygen -lf KEY.pub` prints them)")
     return found
@@ -441,7 +438,7 @@ def gather_targets(hosts: str | None, ssh_config: str | None, ansible: str | Non
         raise InputError("name the hosts with exactly one of --hosts LIST, --ssh-config FILE, --ansible FILE")
     value, name = chosen[0]
     readers: dict[str, Callable[[str], list[Target]]] = {
-        "--hosts": lambda text: from_host_list(Path(text[1:]).read_text() if text.startswith("@") else text),
+        "--hosts": lambda text: from_host_list(_read(text[1:]) if text.startswith("@") else text),
         "--ssh-config": from_ssh_config,
         "--ansible": from_ansible,
     }

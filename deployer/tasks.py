@@ -370,12 +370,12 @@ def init(
 @task(
     positional=["path"],
     help={
-        "path": "a run's JSON report (--json output, or one kept in .deployer-runs/; default: the newest kept)",
+        "path": "a run's JSON report (--json output, or one kept in .deployer-runs/), or `latest`: the newest kept",
         "html": "the HTML page to write (default: beside the report, .html)",
         "json": COMMON_HELP["json"],
     },
 )
-def report(c: Context, path: str | None = None, html: str | None = None, json: bool = False) -> None:
+def report(c: Context, path: str, html: str | None = None, json: bool = False) -> None:
     """Write a run's report as one self-contained HTML page: verdict, hosts, timeline chart."""
     cli.guarded(lambda: cli.report_page(path, html, json), "report", as_json=json, settled_exit=True)
 

@@ -87,6 +87,20 @@ def yaml_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def fleet_fingerprints(fleet: LocalFleet) -> str:
+    """Each host's key fingerprint as `ssh-keygen -lf` prints it: known out of band (from the host's
+    own key file), as a CI job's --accept-fingerprints file would hold them."""
+    return "".join(
+        subprocess.run(
+            ["ssh-keygen", "-lf", os.path.join(host.root, "ssh_host_ed25519_key.pub")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for host in fleet.hosts()
+    )
+
+
 @pytest.fixture(scope="session")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A virtualenv outside the repository with the project pip-installed from its path (as a

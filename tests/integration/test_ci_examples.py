@@ -25,7 +25,7 @@ import yaml
 
 from deployer.localfleet import LocalFleet
 from deployer.locate import SAMPLE_APP
-from tests.conftest import REPO, HostView
+from tests.conftest import REPO, HostView, fleet_fingerprints
 
 pytestmark = pytest.mark.fleet
 EXPRESSION = re.compile(r"\$\{\{\s*([^}]+?)\s*\}\}")
@@ -53,17 +53,7 @@ class Project:
         self.git("init", "-q", "-b", "main")
         self.deploy_to = {"production": f"{deploy_to}-prod", "integration": f"{deploy_to}-int"}
         fingerprints = root.parent / "fingerprints.txt"
-        fingerprints.write_text(
-            "".join(
-                subprocess.run(
-                    ["ssh-keygen", "-lf", os.path.join(h.root, "ssh_host_ed25519_key.pub")],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-                for h in fleet.hosts()
-            )
-        )
+        fingerprints.write_text(fleet_fingerprints(fleet))
         laptop = root.parent / "laptop"  # where the inventories were written: a home with the key
         (laptop / ".ssh").mkdir(parents=True)
         shutil.copy(fleet.identity_file, laptop / ".ssh" / "deploy_key")
@@ -119,6 +109,16 @@ class Project:
             [*shell, script], cwd=self.root, env=env, capture_output=True, text=True, timeout=300, check=False
         )
         return done.returncode, done.stdout + done.stderr
+
+    def deploy_by_hand(self, fleet: str, commit: str) -> None:
+        """A deploy outside the pipeline (the integration fleet's baseline before its first drill)."""
+        subprocess.run(
+            ["deployer", "deploy", "--git", commit, "--inventory", f"deploy/{fleet}.yml"],
+            cwd=self.root,
+            env=self.environment({}),
+            capture_output=True,
+            check=True,
+        )
 
     def versions(self, fleet: str) -> set[str]:
         return {HostView(self.fleet, host.name).version(self.deploy_to[fleet]) for host in self.fleet.hosts()}
@@ -209,13 +209,7 @@ def test_github_actions_example(project: Project, local_fleet: LocalFleet) -> No
     assert "manual rollback by octocat" in history
 
     # integration runs v1 (deployed by hand here); a merge of v2 into `integration` runs the drill
-    subprocess.run(
-        ["deployer", "deploy", "--git", v1, "--inventory", "deploy/integration.yml"],
-        cwd=project.root,
-        env=project.environment({}),
-        capture_output=True,
-        check=True,
-    )
+    project.deploy_by_hand("integration", v1)
     drill = run_github_job(project, "drill", push("integration", v2), secrets)
     assert drill.code == 0, drill.output
     assert project.versions("integration") == {"v2"}
@@ -238,13 +232,7 @@ def test_gitlab_ci_example(project: Project, local_fleet: LocalFleet, tmp_path: 
     assert back.code == 0, back.output
     assert project.versions("production") == {"v1"}
 
-    subprocess.run(
-        ["deployer", "deploy", "--git", v1, "--inventory", "deploy/integration.yml"],
-        cwd=project.root,
-        env=project.environment({}),
-        capture_output=True,
-        check=True,
-    )
+    project.deploy_by_hand("integration", v1)
     drill = run_gitlab_job(project, "drill", {**variables, "CI_COMMIT_SHA": v2, "CI_COMMIT_BRANCH": "integration"})
     assert drill.code == 0, drill.output
     assert project.versions("integration") == {"v2"}

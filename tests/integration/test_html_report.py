@@ -130,8 +130,8 @@ def test_drill_page_shows_its_phases(make_inventory, artifacts, tmp_path):
     )
     assert drill.returncode == 0, drill.stdout + drill.stderr
     (kept,) = runs.glob("*-rollback-drill-*.json")  # every run keeps its JSON report beside its log
-    made = run_inv("report", "--html", str(tmp_path / "drill.html"), env={"DEPLOYER_LOG_DIR": str(runs)})
-    assert made.returncode == 0, made.stderr  # no path: the newest kept report
+    made = run_inv("report", "latest", "--html", str(tmp_path / "drill.html"), env={"DEPLOYER_LOG_DIR": str(runs)})
+    assert made.returncode == 0, made.stderr  # the newest kept report
     page = (tmp_path / "drill.html").read_text()
     assert "Drill phases" in page and "rollback-drill: PASS" in page
     for section in ("deploy", "rollback", "redeploy"):

@@ -394,6 +394,6 @@ def test_known_hosts_hashed_by_openssh_with_markers(local_fleet, make_inventory,
     with open(known_hosts, "a") as handle:
         handle.write(f"@revoked * {web1_key}\n")
     revoked = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v2"])
-    assert revoked.returncode == 1, revoked.stdout + revoked.stderr
+    assert revoked.returncode == 3, revoked.stdout + revoked.stderr  # refused as a whole
     assert "REVOKED" in revoked.stdout and "Traceback" not in revoked.stderr
     assert {view.version(deploy_to) for view in views.values()} == {"v1"}  # nothing changed anywhere

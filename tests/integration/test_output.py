@@ -239,7 +239,9 @@ def test_dry_run_verdict_says_nothing_changed_and_warnings_are_said_once(make_in
 
 def test_json_with_bad_input_is_one_document_with_the_error(tmp_path):
     bad = tmp_path / "bad.yml"
-    bad.write_text("deploy_to: relative\nhosts: {}\n")
+    bad.write_text(
+        "deploy_to: relative\nuser: deploy\nssh: {identity_file: /dev/null, known_hosts: /dev/null}\nhosts: {}\n"
+    )
     for args in (["deploy", "--inventory", str(bad), "--artifact", "x.tar.gz"], ["status", "--inventory", str(bad)]):
         result = run_inv(*args, "--json")
         assert result.returncode == 2

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from deployer.localfleet import LocalFleet
-from tests.conftest import HostView
+from tests.conftest import HostView, fleet_fingerprints
 
 pytestmark = pytest.mark.fleet
 
@@ -23,16 +23,7 @@ pytestmark = pytest.mark.fleet
 def project(tmp_path: Path, venv: Path, local_fleet: LocalFleet, deploy_to: str) -> Iterator[Path]:
     folder = tmp_path / "shop"
     folder.mkdir()
-    fingerprints = [
-        subprocess.run(
-            ["ssh-keygen", "-lf", os.path.join(host.root, "ssh_host_ed25519_key.pub")],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        for host in local_fleet.hosts()
-    ]
-    (folder / "fingerprints.txt").write_text("".join(fingerprints))
+    (folder / "fingerprints.txt").write_text(fleet_fingerprints(local_fleet))
     yield folder
     for host in local_fleet.hosts():  # the test's own deploy folder, not the shared fleet's
         subprocess.run(["rm", "-rf", os.path.join(host.srv, deploy_to.removeprefix("/srv/"))], check=False)
@@ -52,20 +43,11 @@ def host_list(fleet: LocalFleet) -> str:
     return ",".join(f"{host.name}={host.address}:{host.port}" for host in fleet.hosts())
 
 
-def init(venv: Path, folder: Path, fleet: LocalFleet, deploy_to: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return run(
-        venv,
-        folder,
-        "deployer",
-        "init",
-        "--hosts",
-        host_list(fleet),
-        "--identity-file",
-        fleet.identity_file,
-        "--deploy-to",
-        deploy_to,
-        *extra,
-    )
+def init(
+    venv: Path, folder: Path, fleet: LocalFleet, deploy_to: str, *extra: str, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
+    hosts = ["--hosts", host_list(fleet), "--identity-file", fleet.identity_file, "--deploy-to", deploy_to]
+    return run(venv, folder, "deployer", "init", *hosts, *extra, ok=ok)
 
 
 def versions(fleet: LocalFleet, deploy_to: str) -> set[str]:
@@ -149,35 +131,13 @@ def test_project_tasks_py_adds_the_deploy_tasks(
 def test_init_refuses_keys_nobody_confirmed(venv: Path, project: Path, local_fleet: LocalFleet, deploy_to: str) -> None:
     lines = (project / "fingerprints.txt").read_text().splitlines()
     (project / "three.txt").write_text("\n".join(lines[:3]) + "\n")  # web4's fingerprint is not among them
-    refused = run(
-        venv,
-        project,
-        "deployer",
-        "init",
-        "--hosts",
-        host_list(local_fleet),
-        "--identity-file",
-        local_fleet.identity_file,
-        "--accept-fingerprints",
-        "three.txt",
-        ok=False,
-    )
+    refused = init(venv, project, local_fleet, deploy_to, "--accept-fingerprints", "three.txt", ok=False)
     assert refused.returncode == 2
     assert "host keys not in three.txt: web4 (SHA256:" in refused.stderr and "nothing was written" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert not (project / "deploy.yml").exists() and not (project / "deploy.known_hosts").exists()
 
-    no_terminal = run(
-        venv,
-        project,
-        "deployer",
-        "init",
-        "--hosts",
-        host_list(local_fleet),
-        "--identity-file",
-        local_fleet.identity_file,
-        ok=False,
-    )
+    no_terminal = init(venv, project, local_fleet, deploy_to, ok=False)
     assert no_terminal.returncode == 2 and "--accept-fingerprints" in no_terminal.stderr
     assert "SHA256:" in no_terminal.stderr  # the offered keys were shown, for a person to compare
     assert not (project / "deploy.yml").exists()

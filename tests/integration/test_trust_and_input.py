@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from tests.conftest import run_inv
@@ -21,7 +25,7 @@ def test_unknown_host_key_is_refused_and_nothing_changes(
     known.write_text("\n".join(line for line in lines if "127.0.2.3" not in line) + "\n")
     inventory = make_inventory(known_hosts=str(known))
     result = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v1"])
-    assert result.returncode == 1
+    assert result.returncode == 3  # refused as a whole: nothing changed anywhere
     assert "web3" in result.stdout and "not in known_hosts" in result.stdout
     assert "Traceback" not in result.stderr
     assert all(view.current_link(deploy_to) is None for view in views.values())
@@ -40,11 +44,11 @@ def test_changed_host_key_is_refused(local_fleet, make_inventory, views, artifac
     )
     inventory = make_inventory(known_hosts=str(known))
     result = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v1"])
-    assert result.returncode == 1
+    assert result.returncode == 3  # refused as a whole: nothing changed anywhere
     assert "HOST KEY CHANGED" in result.stdout and "web2" in result.stdout
     assert all(view.current_link(deploy_to) is None for view in views.values())
     accept = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v1"], "--accept-new-host-keys")
-    assert accept.returncode == 1 and "HOST KEY CHANGED" in accept.stdout  # never accepted, even opted in
+    assert accept.returncode == 3 and "HOST KEY CHANGED" in accept.stdout  # never accepted, even opted in
 
 
 def test_accept_new_host_keys_adds_unknown_keys_loudly(
@@ -73,11 +77,21 @@ def test_malformed_inventory_contacts_nobody(local_fleet, make_inventory, artifa
     assert _sessions_in_logs(local_fleet) == before
 
 
-def test_inventory_from_environment_and_missing_inventory(make_inventory, artifacts, views, deploy_to):
+def test_inventory_from_environment_and_missing_inventory(make_inventory, artifacts, views, deploy_to, tmp_path):
     result = run_inv("status", env={"DEPLOYER_INVENTORY": make_inventory()})
     assert result.returncode == 0 and "web1" in result.stdout
-    missing = run_inv("status", env={"DEPLOYER_INVENTORY": ""})
-    assert missing.returncode == 2 and "--inventory" in missing.stderr
+    elsewhere = tmp_path / "empty"  # no -i, no variable, no deploy.yml or inventories/ here
+    elsewhere.mkdir()
+    missing = subprocess.run(
+        [sys.executable, "-m", "deployer.console", "status"],
+        cwd=elsewhere,
+        env={**os.environ, "DEPLOYER_INVENTORY": ""},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 2 and "no inventory given and none found in" in missing.stderr
+    assert "-i FILE" in missing.stderr and "deployer init" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_unsafe_artifact_is_refused_before_upload(local_fleet, make_inventory, tmp_path, views, deploy_to):
