@@ -7,7 +7,12 @@ Each host's state is read back over OpenSSH (HostView), not from the tool's outp
 from __future__ import annotations
 
 import os
+import pty
+import select
+import shlex
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,3 +177,71 @@ def test_check_names_what_would_stop_a_deploy(
     assert "web1: the deploy user cannot write the folder that would hold /cannot-be-made/app" in checked.stdout
     assert "web4" in checked.stdout and "FAILED" in checked.stdout
     assert "check: FAILED: 0/4 host(s) ready to deploy" in checked.stdout
+
+
+def test_the_demo_from_any_folder_and_its_closing_commands_work_as_printed(venv: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "try-it"
+    folder.mkdir()
+    demo = run(venv, folder, "deployer", "demo")
+    hint = demo.stdout[demo.stdout.rindex("Try:") :].splitlines()
+    commands = [shlex.split(line) for line in hint if line.startswith("  ")]
+    assert [command[1] for command in commands] == ["history", "fleet-down"], hint
+    history = run(venv, folder, *commands[0])
+    assert "rollback-drill" in history.stdout or "drill" in history.stdout
+    down = run(venv, folder, *commands[1])
+    assert "stopped 3 host(s)" in down.stdout
+    for address in ("127.0.1.1", "127.0.1.2", "127.0.1.3"):  # its hosts are gone
+        with pytest.raises(OSError):
+            socket.create_connection((address, 2222), timeout=2).close()
+
+
+def test_init_asks_a_person_to_confirm_each_fingerprint(
+    venv: Path, project: Path, local_fleet: LocalFleet, deploy_to: str
+) -> None:
+    for answer, written in (("n", False), ("y", True)):
+        transcript, code = on_a_terminal(
+            [
+                str(venv / "bin" / "deployer"),
+                "init",
+                "--hosts",
+                host_list(local_fleet),
+                "--identity-file",
+                local_fleet.identity_file,
+                "--deploy-to",
+                deploy_to,
+            ],
+            project,
+            prompt=b"Trust these",
+            answer=answer,
+        )
+        assert "Trust these 4 key(s) of 4 host(s)?" in transcript
+        for line in (project / "fingerprints.txt").read_text().splitlines():
+            assert line.split()[1] in transcript  # each key's fingerprint was shown before the question
+        assert (code == 0) == written and (project / "deploy.yml").exists() == written, transcript
+
+
+def on_a_terminal(argv: list[str], cwd: Path, prompt: bytes, answer: str) -> tuple[str, int]:
+    """Run `argv` with a pseudo-terminal; type `answer` when `prompt` appears."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(cwd)
+        os.execv(argv[0], argv)
+    transcript, answered = b"", False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        transcript += chunk
+        if prompt in transcript and not answered:
+            os.write(fd, answer.encode() + b"\n")
+            answered = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return transcript.decode(errors="replace"), os.waitstatus_to_exitcode(status)

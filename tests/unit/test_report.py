@@ -137,3 +137,66 @@ def test_github_annotations_name_each_failed_host_and_cannot_be_forged():
     refused = OperationReport("rollback", None, refusal="the fleet is locked by ci")
     assert error_lines(refused) == ["::error title=rollback refused::the fleet is locked by ci"]
     assert github_actions({"GITHUB_ACTIONS": "true"}) and not github_actions({})
+
+
+def test_timeline_turns_step_events_into_phases():
+    from deployer.report import Timeline  # noqa: PLC0415
+
+    timeline = Timeline()
+    for host, event, detail in [
+        ("web1", "connecting", ""),
+        ("web1", "connected", ""),
+        ("web1", "step", "stage"),
+        ("web1", "progress", "validating"),
+        ("web1", "step-ok", "stage 0"),
+        ("web1", "step", "switch"),
+        ("web1", "progress", "after_switch"),
+        ("web1", "progress", "health_check"),
+        ("web1", "step-failed", "switch 62"),
+        ("web1", "progress", "<b>made up by a host</b>"),
+    ]:
+        timeline.observe(host, event, detail)
+    timeline.mark("batch", "1/1", ["web1"])
+    data = timeline.data()
+    phases = [(e["phase"], e["ok"]) for e in data["hosts"]["web1"]]
+    assert phases == [
+        ("connect", True),
+        ("stage", True),
+        ("validate", True),
+        ("switch", False),
+        ("hook after_switch", True),
+        ("health", False),  # the part running when the step failed is the one that failed
+    ]
+    assert all(e["end"] >= e["start"] for e in data["hosts"]["web1"])
+    assert data["marks"] == [{"kind": "batch", "name": "1/1", "at": data["marks"][0]["at"], "hosts": ["web1"]}]
+
+
+def test_html_page_escapes_host_text_and_marks_the_failed_batch():
+    from deployer.render.html import render_html  # noqa: PLC0415
+
+    report = {
+        "operation": "deploy",
+        "target": "r2",
+        "ok": False,
+        "verdict": "deploy r2: FAILED on 1/2 hosts (web2)",
+        "hosts": [
+            {"host": "web1", "status": "reverted", "before": "r1", "after": "r1", "verified": True, "seconds": 1.0},
+            {"host": "web2", "status": "failed", "before": "r1", "after": "r1", "message": "<script>alert(1)</script>"},
+        ],
+        "timeline": {
+            "started": "2026-12-02T00:00:00Z",
+            "seconds": 4.0,
+            "hosts": {
+                "web1": [{"phase": "switch", "start": 0.5, "end": 1.0, "ok": True}],
+                "web2": [{"phase": "switch", "start": 1.0, "end": 3.0, "ok": False}],
+            },
+            "marks": [
+                {"kind": "batch", "name": "1/2", "at": 0.5, "hosts": ["web1"]},
+                {"kind": "batch", "name": "2/2", "at": 1.0, "hosts": ["web2"]},
+            ],
+        },
+    }
+    page = render_html(report)
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert page.count('class="failed-batch"') == 1 and "batch 2/2 failed on web2" in page
+    assert 'class="bar failed"' in page and 'class="bar ok"' in page
