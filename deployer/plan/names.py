@@ -48,7 +48,7 @@ def resolve_release(name: str, states: Mapping[str, HostState]) -> tuple[str | N
         listed = "; ".join(describe(releases[rid]) for rid in matches)
         return None, f"{what} {name} names {len(matches)} releases: {listed}; give the release id"
     hint = ""
-    if not by_version and not COMMIT_PREFIX.match(name.lower()) and all(c in "0123456789abcdefABCDEF" for c in name):
+    if not COMMIT_PREFIX.match(name.lower()) and all(c in "0123456789abcdefABCDEF" for c in name):
         hint = " (a commit prefix needs at least 7 hex digits)"
     return None, (
         f"release {name} is not on any reachable host (no release id, version or commit there is {name}){hint}; "
