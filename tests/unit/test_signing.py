@@ -1,0 +1,114 @@
+"""Release signatures (`deployer.signing`) against the real `ssh-keygen -Y`: each way a signature
+can fail to be acceptable is refused with its own reason, and a good one names its signer."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deployer import signing
+from deployer.errors import InputError
+
+
+def keypair(folder: Path, name: str) -> tuple[str, str]:
+    key = folder / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True)
+    public = " ".join((folder / f"{name}.pub").read_text().split()[:2])
+    return str(key), public
+
+
+def fingerprint(public_file: str) -> str:
+    return subprocess.run(
+        ["ssh-keygen", "-lf", public_file], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+
+
+@pytest.fixture
+def release(tmp_path: Path) -> dict[str, str]:
+    ci_key, ci_public = keypair(tmp_path, "ci")
+    other_key, other_public = keypair(tmp_path, "laptop")
+    artifact = tmp_path / "app.tar.gz"
+    artifact.write_bytes(b"\x1f\x8b release bytes" * 100)
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f'ci@example.org namespaces="{signing.NAMESPACE}" {ci_public}\n')
+    return {
+        "artifact": str(artifact),
+        "ci": ci_key,
+        "ci_public": ci_public,
+        "other": other_key,
+        "other_public": other_public,
+        "allowed": str(allowed),
+        "folder": str(tmp_path),
+    }
+
+
+def test_a_good_signature_names_its_signer(release):
+    signature = signing.sign(release["artifact"], release["ci"])
+    assert signature == release["artifact"] + ".sig" and "BEGIN SSH SIGNATURE" in Path(signature).read_text()
+    assert "PRIVATE KEY" not in Path(signature).read_text()
+    signer = signing.verify(release["artifact"], signature, release["allowed"])
+    assert signer == signing.Signer("ci@example.org", fingerprint(release["ci"] + ".pub"), "ED25519")
+
+
+def refused(release, signature: str | None = None, **options) -> str:
+    with pytest.raises(signing.SignatureRefused) as error:
+        signing.verify(release["artifact"], signature or release["artifact"] + ".sig", release["allowed"], **options)
+    return str(error.value)
+
+
+def test_unsigned(release):
+    assert "is not signed: no " in refused(release)
+
+
+def test_signed_for_another_namespace(release):
+    signing.sign(release["artifact"], release["ci"], namespace="git")
+    assert "made for another purpose" in refused(release)
+
+
+def test_untrusted_key(release):
+    signing.sign(release["artifact"], release["other"])
+    assert f"the key that signed it ({fingerprint(release['other'] + '.pub')}) is not in" in refused(release)
+
+
+def test_revoked_key(release):
+    signature = signing.sign(release["artifact"], release["ci"])
+    revoked = Path(release["folder"]) / "revoked_keys"
+    revoked.write_text(release["ci_public"] + "\n")
+    assert "ci@example.org's key SHA256:" in refused(release, signature, revoked=str(revoked))
+    assert "is revoked" in refused(release, signature, revoked=str(revoked))
+    revoked.write_text(release["other_public"] + "\n")  # someone else's key revoked: still good
+    assert signing.verify(release["artifact"], signature, release["allowed"], revoked=str(revoked)).principal
+
+
+def test_key_outside_its_validity_window(release):
+    signing.sign(release["artifact"], release["ci"])
+    Path(release["allowed"]).write_text(f'ci@example.org valid-before="20200101" {release["ci_public"]}\n')
+    assert "outside its validity window" in refused(release)
+
+
+def test_key_not_allowed_this_namespace(release):
+    signing.sign(release["artifact"], release["ci"])
+    Path(release["allowed"]).write_text(f'ci@example.org namespaces="git" {release["ci_public"]}\n')
+    assert "may not sign 'deployer-release'" in refused(release)
+
+
+def test_artifact_changed_after_signing(release):
+    signing.sign(release["artifact"], release["ci"])
+    with open(release["artifact"], "ab") as handle:
+        handle.write(b"one more byte")
+    assert "is not a signature of these bytes" in refused(release)
+
+
+def test_signature_of_another_artifact(release):
+    other = Path(release["folder"]) / "other.tar.gz"
+    other.write_bytes(b"other bytes")
+    signature = signing.sign(str(other), release["ci"])
+    assert "is not a signature of these bytes" in refused(release, signature)
+
+
+def test_signing_with_a_missing_key_is_a_clear_error(release):
+    with pytest.raises(InputError, match="ssh-keygen could not sign"):
+        signing.sign(release["artifact"], release["folder"] + "/no-such-key")
+    assert not Path(release["artifact"] + ".sig").exists()
