@@ -76,6 +76,7 @@ class Flags(TypedDict, total=False):
     unpin: bool
     version: str | None
     commit: str | None
+    signature: str | None
 
 
 def options(
@@ -91,10 +92,12 @@ def options(
     unpin: bool = False,
     version: str | None = None,
     commit: str | None = None,
+    signature: str | None = None,
 ) -> Options:
     """The operation's options (the CLI's flags), checked: a bad --commit is an `InputError`."""
     return Options(
         revision=from_flags(version, commit),
+        signature=signature,
         accept_new_host_keys=accept_new_host_keys,
         parallel=parallel,
         dry_run=dry_run,

@@ -304,6 +304,17 @@ def init(
     return 0
 
 
+def sign(artifact: str, key: str, namespace: str, out: str | None, as_json: bool = False) -> int:
+    from deployer import signing  # noqa: PLC0415 - only this task needs it
+
+    written = signing.sign(artifact, key, namespace, out)
+    if as_json:
+        _print_json({"artifact": artifact, "signature": written, "namespace": namespace})
+    else:
+        print(written)
+    return 0
+
+
 def report_page(path: str, html_out: str | None, as_json: bool = False) -> int:
     """Write a run's JSON report as one HTML page (`latest`: the newest report kept beside the run logs)."""
     from deployer.render.html import write_html  # noqa: PLC0415 - only this task needs it

@@ -17,13 +17,17 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from deployer import revision
 from deployer.errors import ArtifactError, InputError
 from deployer.revision import Revision
+from deployer.signing import Signer, check_artifact
+
+if TYPE_CHECKING:
+    from deployer.inventory.model import Signatures
 
 RELEASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RESERVED_NAMES = frozenset({"previousVersion"})
@@ -108,6 +112,7 @@ class Artifact:
     manifest: Manifest | None = None
     declared: Revision = Revision()  # the version and commit its release.yml names
     revision: Revision = Revision()  # what the release is recorded as (flags, release.yml, git, CI)
+    signer: Signer | None = None  # who signed it, when it came with a signature the inventory trusts
 
 
 def _check_member(member: tarfile.TarInfo, source: str) -> None:
@@ -184,9 +189,17 @@ def sha256_file(path: str) -> tuple[str, int]:
 class PreparedArtifact:
     """Context manager yielding an `Artifact`; removes the temporary tarball made from a folder."""
 
-    def __init__(self, source: str, flags: Revision | None = None) -> None:
+    def __init__(
+        self,
+        source: str,
+        flags: Revision | None = None,
+        signatures: Signatures | None = None,
+        signature: str | None = None,
+    ) -> None:
         self.source = source
         self.flags = flags or Revision()  # --version / --commit: first among the revision's sources
+        self.signatures = signatures  # the inventory's `signatures`: checked here, before any host is contacted
+        self.signature = signature  # --signature (default: the artifact's .sig beside it)
         self._tempdir: str | None = None
 
     def __enter__(self) -> Artifact:
@@ -208,11 +221,12 @@ class PreparedArtifact:
         try:
             manifest, declared = check_tarball(path, source)
             digest, size = sha256_file(path)
+            signer = check_artifact(self.signatures, path, source, self.signature)
         except BaseException:
             self.__exit__()
             raise
         found = revision.collect(self.flags, declared, source)
-        return Artifact(path, digest, size, source, manifest, declared, found)
+        return Artifact(path, digest, size, source, manifest, declared, found, signer)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._tempdir is not None:

@@ -88,6 +88,7 @@ class OperationReport:
     sessions: dict[str, int] = field(default_factory=dict)  # exec sessions per host
     revision: dict[str, Any] = field(default_factory=dict)  # the target's version, commit, ... when known
     dry_run: bool = False  # only planned: nothing was changed
+    signature: dict[str, Any] = field(default_factory=dict)  # who signed the artifact (principal, fingerprint)
     timeline: dict[str, Any] = field(default_factory=dict)  # per host, each phase's start and end (Timeline)
 
     @property

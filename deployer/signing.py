@@ -1,11 +1,12 @@
 """Release signatures with OpenSSH's own tools: `ssh-keygen -Y sign` and `ssh-keygen -Y verify`.
 
-Groundwork for signed releases (issue 17): not yet wired into deploy or rollback, so nothing here is
-enforced yet. A signature is a detached `ARTIFACT.sig` in a namespace of its own (a signature
-made for another purpose, e.g. git commits, never verifies as a release's). Verification says
-*why* a signature is not accepted (unsigned, another namespace, not these bytes, a key nobody
-trusts, a key outside its validity window or not allowed this namespace, a revoked key) and, when
-it is, who signed: the principal from allowed_signers and the key's SHA256 fingerprint.
+Checked by the controller before any host is contacted (`check_artifact`, from the inventory's
+`signatures`); hosts do not verify on their own yet, and rollbacks do not re-check (issue 17).
+A signature is a detached `ARTIFACT.sig` in a namespace of its own (a signature made for another
+purpose, e.g. git commits, never verifies as a release's). Verification says *why* a signature is
+not accepted (unsigned, another namespace, not these bytes, a key nobody trusts, a key outside its
+validity window or not allowed this namespace, a revoked key) and, when it is, who signed: the
+principal from allowed_signers and the key's SHA256 fingerprint.
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from deployer.errors import InputError
+
+if TYPE_CHECKING:
+    from deployer.inventory.model import Signatures
 
 NAMESPACE = "deployer-release"
 GOOD = re.compile(
@@ -39,6 +44,9 @@ class Signer:
     principal: str
     fingerprint: str  # SHA256:..., as `ssh-keygen -l` prints it
     key_type: str  # ED25519, ECDSA, RSA
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"principal": self.principal, "fingerprint": self.fingerprint, "key_type": self.key_type}
 
 
 def signature_path(artifact: str) -> str:
@@ -155,3 +163,24 @@ def verify(
         if final.returncode != 0:
             raise SignatureRefused(f"{principal}'s key {fingerprint} is revoked ({revoked})")
     return Signer(principal, fingerprint, kind)
+
+
+def check_artifact(settings: Signatures | None, tarball: str, source: str, given: str | None) -> Signer | None:
+    """The artifact's signer, checked before anything is contacted. With `signatures.require` an
+    unsigned artifact is refused; a signature that is there is always checked (a bad one is refused
+    whether required or not). `tarball` is what is sent (a folder artifact is packed first: only a
+    .tar.gz can carry a signature)."""
+    if settings is None:
+        if given:
+            raise InputError("--signature given, but the inventory has no `signatures` section to say who may sign")
+        return None
+    signature = given or (signature_path(source) if os.path.isfile(source) else "")
+    if not signature or not os.path.isfile(signature):
+        if not settings.require:
+            return None
+        if os.path.isdir(source):
+            raise SignatureRefused(
+                f"{source} is a folder: signed releases are .tar.gz files signed with `deployer sign`"
+            )
+        raise SignatureRefused(f"{source} is not signed (no {signature}) and the inventory requires signed releases")
+    return verify(tarball, signature, settings.allowed_signers, settings.namespace, settings.revoked or None)

@@ -80,12 +80,14 @@ class Common:
         unpin: bool = False,
         version: str | None = None,
         commit: str | None = None,
+        signature: str | None = None,
     ) -> "Options":
         from deployer.operations import Options  # noqa: PLC0415 - imported when a task runs, not at start-up
         from deployer.revision import from_flags  # noqa: PLC0415
 
         return Options(
             revision=from_flags(version, commit),
+            signature=signature or None,
             accept_new_host_keys=self.accept_new_host_keys,
             parallel=self.parallel or None,
             dry_run=dry_run,
@@ -186,6 +188,8 @@ def fleet_task(
         "commit": "the full git commit it was built from (default: release.yml, then git, then the CI's)",
         "git": "deploy this commit, branch or tag: the artifact is `git archive` of it (instead of --artifact)",
         "repo": "the git repository for --git (default: the current folder)",
+        "signature": "the artifact's signature (default: ARTIFACT.sig beside it); checked when the inventory "
+        "has `signatures`",
     },
 )
 def deploy(
@@ -200,6 +204,7 @@ def deploy(
     commit: str | None = None,
     git: str | None = None,
     repo: str | None = None,
+    signature: str | None = None,
 ) -> None:
     """Stage a release on every host, validate it, then switch `current` atomically (in batches) and verify."""
     common.run(
@@ -208,7 +213,7 @@ def deploy(
             common.inventory,
             artifact,
             release,
-            common.options(dry_run, force=force, unpin=unpin, version=version, commit=commit),
+            common.options(dry_run, force=force, unpin=unpin, version=version, commit=commit, signature=signature),
             common.json,
             git,
             repo,
@@ -241,6 +246,7 @@ def rollback(c: Context, common: Common, to: str | None = None, dry_run: bool = 
         "repo": "the git repository for --git (default: the current folder)",
         "version": "the new release's version label (as for deploy)",
         "commit": "the full git commit it was built from (as for deploy)",
+        "signature": "the artifact's signature (as for deploy)",
     },
 )
 def rollback_drill(
@@ -253,6 +259,7 @@ def rollback_drill(
     repo: str | None = None,
     version: str | None = None,
     commit: str | None = None,
+    signature: str | None = None,
 ) -> None:
     """Deploy the artifact, roll back, deploy again, verifying each step (integration fleets)."""
     common.run(
@@ -260,7 +267,7 @@ def rollback_drill(
         lambda: cli.drill(
             common.inventory,
             artifact,
-            common.options(version=version, commit=commit),
+            common.options(version=version, commit=commit, signature=signature),
             common.json,
             junit,
             verify,
@@ -365,6 +372,23 @@ def init(
         as_json=json,
         settled_exit=True,
     )
+
+
+@task(
+    positional=["artifact"],
+    help={
+        "artifact": "the .tar.gz to sign",
+        "key": "the signing key: a private key file, or the .pub of a key held by ssh-agent",
+        "namespace": "the signature's namespace (as the inventory's signatures.namespace)",
+        "out": "where the signature goes (default: ARTIFACT.sig)",
+        "json": COMMON_HELP["json"],
+    },
+)
+def sign(
+    c: Context, artifact: str, key: str, namespace: str = "deployer-release", out: str | None = None, json: bool = False
+) -> None:
+    """Sign a release artifact with ssh-keygen -Y sign (a detached ARTIFACT.sig; the key never leaves here)."""
+    cli.guarded(lambda: cli.sign(artifact, key, namespace, out, json), "sign", as_json=json, settled_exit=True)
 
 
 @task(

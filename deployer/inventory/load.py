@@ -42,6 +42,7 @@ from deployer.inventory.sections import (
     hooks_section,
     rollout_section,
     shared_section,
+    signatures_section,
 )
 from deployer.inventory.ssh_config import SshConfig
 
@@ -172,6 +173,7 @@ def _settings(check: Checker, top: Mapping[str, Any]) -> dict[str, Any]:
         if top.get("health_check") is not None
         else None,
         "rollout": rollout_section(check, top["rollout"]) if top.get("rollout") is not None else Rollout(),
+        "signatures": signatures_section(check, top["signatures"]) if top.get("signatures") is not None else None,
         "keep_releases": check.number(top.get("keep_releases", DEFAULT_KEEP_RELEASES), "keep_releases", 1, 1000, True),
         "keep_failed_releases": check.number(keep_failed, "keep_failed_releases", 0, 1000, True),
         "shared": shared_section(check, top["shared"]) if top.get("shared") is not None else (),

@@ -78,6 +78,17 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class Signatures:
+    """Inventory `signatures`: who may sign releases (an ssh-keygen allowed_signers file), in which
+    namespace, whether an unsigned artifact is refused, and the revoked keys."""
+
+    allowed_signers: str
+    namespace: str = "deployer-release"
+    require: bool = False
+    revoked: str = ""
+
+
+@dataclass(frozen=True)
 class Gateway:
     """A bastion the host is reached through (inventory `gateway`, or ProxyJump in an ssh_config)."""
 
@@ -128,6 +139,7 @@ class Inventory:
     passphrase: str = field(default="", repr=False)  # for an encrypted identity file; from ssh.passphrase_env
     sudo_password: str = field(default="", repr=False)  # filled in by the CLI: from sudo_password_env or asked once
     sudo_password_source: str = ""  # "" (passwordless sudo -n) | "ask" | "env:NAME"
+    signatures: Signatures | None = None
 
     def deploy_to_of(self, host: Host) -> str:
         """Where `host` deploys: its own or its group's deploy_to, else the inventory's."""

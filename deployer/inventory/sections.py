@@ -19,6 +19,7 @@ from deployer.inventory.model import (
     Gateway,
     HealthCheck,
     Rollout,
+    Signatures,
 )
 
 TOP_KEYS = {
@@ -31,6 +32,7 @@ TOP_KEYS = {
     "timeouts",
     "health_check",
     "rollout",
+    "signatures",
     "keep_releases",
     "keep_failed_releases",
     "shared",
@@ -75,6 +77,26 @@ def flag(check: Checker, value: Any, key: str) -> bool:
     if not isinstance(value, bool):
         raise check.error(key, f"expected true or false, got {kind(value)}")
     return value
+
+
+SIGNATURE_KEYS = {"allowed_signers", "namespace", "require", "revoked"}
+NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._-]{0,63}$")
+
+
+def signatures_section(check: Checker, value: Any) -> Signatures:
+    raw = check.mapping(value, "signatures", SIGNATURE_KEYS, {"allowed_signers"})
+    namespace = check.string(raw.get("namespace", "deployer-release"), "signatures.namespace")
+    if not NAMESPACE_RE.fullmatch(namespace):
+        raise check.error("signatures.namespace", f"{namespace!r} is not a namespace (letters, digits, @ . _ -)")
+    require = raw.get("require", False)
+    if not isinstance(require, bool):
+        raise check.error("signatures.require", f"expected true or false, got {kind(require)}")
+    return Signatures(
+        allowed_signers=check.local_file(raw["allowed_signers"], "signatures.allowed_signers"),
+        namespace=namespace,
+        require=require,
+        revoked=check.local_file(raw["revoked"], "signatures.revoked") if raw.get("revoked") is not None else "",
+    )
 
 
 def rollout_section(check: Checker, value: Any) -> Rollout:

@@ -80,6 +80,9 @@ def run_deploy(
         run.revisions[release] = artifact.revision
     show_plan(plan, run.progress)
     report = OperationReport("deploy", release, plan=plan_data(plan), revision=artifact.revision.as_dict())
+    if artifact.signer is not None:
+        report.signature = artifact.signer.as_dict()
+        report.notes.append(f"signed by {artifact.signer.principal} ({artifact.signer.fingerprint})")
     if refused_or_dry_run(report, plan, options.dry_run):
         return report
     rollout = _Rollout(run, plan, report, release, final)
@@ -249,7 +252,7 @@ def deploy(
     if release_id is not None:
         check_release_id(release_id)
     with (
-        PreparedArtifact(artifact_source, options.revision) as artifact,
+        PreparedArtifact(artifact_source, options.revision, inventory.signatures, options.signature) as artifact,
         locked_run(inventory, "deploy", options, progress) as (
             run,
             states,

@@ -61,6 +61,8 @@ class _Drill:
         self.options = options
         self.check = check
         self.report = OperationReport("rollback-drill", None)
+        if artifact.signer is not None:
+            self.report.signature = artifact.signer.as_dict()
 
     def phase(self, name: str, detail: str, ok: bool, started: float, hosts: list[HostResult], expected: str) -> bool:
         """Record a phase (after the independent testinfra checks, when it passed so far); True if it passed."""
@@ -154,7 +156,7 @@ def drill(
     options = options or Options()
     progress = progress or Progress()
     with (
-        PreparedArtifact(artifact_source, options.revision) as artifact,
+        PreparedArtifact(artifact_source, options.revision, inventory.signatures, options.signature) as artifact,
         locked_run(inventory, "rollback-drill", options, progress) as (run, states, unreachable, _gathered),
     ):
         started = time.monotonic()

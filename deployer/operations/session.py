@@ -40,6 +40,7 @@ class Options:
     hosts: tuple[str, ...] = ()  # --hosts: only these hosts of the inventory
     groups: tuple[str, ...] = ()  # --group: only members of these groups
     revision: Revision = Revision()  # deploy/drill: --version and --commit (checked), first of the sources
+    signature: str | None = None  # deploy/drill: --signature FILE (default: the artifact's .sig beside it)
 
 
 def open_fleet(inventory: Inventory, options: Options, progress: Progress | None = None) -> Fleet:

@@ -84,6 +84,19 @@ def test_good_inventory(keyfiles):
         (("validate:", "hooks: {after_swtich: x}\nvalidate:"), "hooks.after_swtich", "unknown key"),
         (("validate:", "keep_releases: 0\nvalidate:"), "keep_releases", "between"),
         (("validate:", "timeouts: {hook: 0}\nvalidate:"), "timeouts.hook", "between"),
+        (("validate:", "signatures: {require: true}\nvalidate:"), "signatures.allowed_signers", "required"),
+        (("validate:", "signatures: {allowed_signers: nothere}\nvalidate:"), "signatures.allowed_signers", "not found"),
+        (
+            ("validate:", "signatures: {allowed_signers: kh, require: yes-please}\nvalidate:"),
+            "signatures.require",
+            "true",
+        ),
+        (
+            ("validate:", "signatures: {allowed_signers: kh, namespace: 'a b'}\nvalidate:"),
+            "signatures.namespace",
+            "not",
+        ),
+        (("validate:", "signatures: {allowed_signers: kh, revokd: kh}\nvalidate:"), "signatures.revokd", "unknown key"),
     ],
 )
 def test_errors_name_file_key_and_problem(keyfiles, change, key, words):
@@ -96,6 +109,15 @@ def test_errors_name_file_key_and_problem(keyfiles, change, key, words):
     assert message.startswith(path)
     assert caught.value.key == key, message
     assert words in message
+
+
+def test_signatures_section(keyfiles):
+    path, _ = inv(keyfiles, GOOD + "signatures: {allowed_signers: kh, require: true, revoked: id}\n")
+    signatures = load_inventory(path).signatures
+    assert signatures is not None and signatures.require and signatures.namespace == "deployer-release"
+    assert signatures.allowed_signers == str(keyfiles / "kh") and signatures.revoked == str(keyfiles / "id")
+    path, _ = inv(keyfiles, GOOD)
+    assert load_inventory(path).signatures is None
 
 
 def test_duplicate_keys_are_rejected(keyfiles):
