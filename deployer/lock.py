@@ -166,7 +166,8 @@ def read_states(
 
     def work(connection: HostConnection) -> HostState:
         deploy_to = fleet.inventory.deploy_to_of(connection.host)
-        result = run_script(connection, "gather", deploy_to, **options)
+        signing = "1" if fleet.inventory.signatures_of(connection.host) is not None else ""
+        result = run_script(connection, "gather", deploy_to, **options, signing=signing)
         output = result.output
         if result.exit_status != 0:
             raise StepFailed(connection.host.name, "reading state", result.exit_status, output.error_message())

@@ -15,6 +15,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ import yaml
 from deployer import revision
 from deployer.errors import ArtifactError, InputError
 from deployer.revision import Revision
-from deployer.signing import Signer, check_artifact
+from deployer.signing import Signature, Signer, check_artifact
 
 if TYPE_CHECKING:
     from deployer.inventory.model import Signatures
@@ -112,7 +113,11 @@ class Artifact:
     manifest: Manifest | None = None
     declared: Revision = Revision()  # the version and commit its release.yml names
     revision: Revision = Revision()  # what the release is recorded as (flags, release.yml, git, CI)
-    signer: Signer | None = None  # who signed it, when it came with a signature the inventory trusts
+    signature: Signature | None = None  # its signature, when it came with one the inventory trusts
+
+    @property
+    def signer(self) -> Signer | None:
+        return self.signature.signer if self.signature is not None else None
 
 
 def _check_member(member: tarfile.TarInfo, source: str) -> None:
@@ -193,7 +198,7 @@ class PreparedArtifact:
         self,
         source: str,
         flags: Revision | None = None,
-        signatures: Signatures | None = None,
+        signatures: Sequence[Signatures] = (),
         signature: str | None = None,
     ) -> None:
         self.source = source
@@ -221,12 +226,12 @@ class PreparedArtifact:
         try:
             manifest, declared = check_tarball(path, source)
             digest, size = sha256_file(path)
-            signer = check_artifact(self.signatures, path, source, self.signature)
+            signature = check_artifact(self.signatures, path, source, self.signature)
         except BaseException:
             self.__exit__()
             raise
         found = revision.collect(self.flags, declared, source)
-        return Artifact(path, digest, size, source, manifest, declared, found, signer)
+        return Artifact(path, digest, size, source, manifest, declared, found, signature)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._tempdir is not None:

@@ -33,6 +33,7 @@ EXIT_NOT_SYMLINK = 21
 EXIT_CHANGED = 22
 EXIT_IO = 30
 EXIT_DIGEST = 31
+EXIT_SIGNATURE = 32
 EXIT_VALIDATE = 40
 EXIT_VERIFY = 50
 EXIT_BEFORE_SWITCH = 60
@@ -60,9 +61,10 @@ REMOTE_SHELL = "/bin/sh"
 _PLAIN_BYTES = frozenset(range(0x20, 0x7F)) - {ord("\\"), ord("'"), ord("!")}
 
 
-def octal_escaped(text: str) -> str:
+def octal_escaped(text: str | bytes) -> str:
     """TEXT with every byte that is not plain written as `\\0ooo`, for `printf %b` to restore exactly."""
-    return "".join(chr(byte) if byte in _PLAIN_BYTES else f"\\0{byte:03o}" for byte in text.encode("utf-8"))
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return "".join(chr(byte) if byte in _PLAIN_BYTES else f"\\0{byte:03o}" for byte in data)
 
 
 def exec_request(name: str, program: str, args: Sequence[str]) -> str:

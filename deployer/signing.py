@@ -1,12 +1,14 @@
 """Release signatures with OpenSSH's own tools: `ssh-keygen -Y sign` and `ssh-keygen -Y verify`.
 
-Checked by the controller before any host is contacted (`check_artifact`, from the inventory's
-`signatures`); hosts do not verify on their own yet, and rollbacks do not re-check (issue 17).
-A signature is a detached `ARTIFACT.sig` in a namespace of its own (a signature made for another
-purpose, e.g. git commits, never verifies as a release's). Verification says *why* a signature is
-not accepted (unsigned, another namespace, not these bytes, a key nobody trusts, a key outside its
-validity window or not allowed this namespace, a revoked key) and, when it is, who signed: the
-principal from allowed_signers and the key's SHA256 fingerprint.
+Checked three times: by the controller before any host is contacted (`check_artifact`), by every
+host itself inside its staging session against its own copy of who may sign (`HostCopy`, placed in
+`.deployer/signers/` by the first signed deploy or `deployer place-signers`; remote/stage.sh), and,
+for a rollback or `--to`, the signer each host recorded is checked against today's allowed signers
+and revoked keys (`still_trusted`). A signature is a detached `ARTIFACT.sig` in a namespace of its
+own (a signature made for another purpose, e.g. git commits, never verifies as a release's).
+Verification says *why* a signature is not accepted (unsigned, another namespace, not these bytes, a
+key nobody trusts, a key outside its validity window or not allowed this namespace, a revoked key)
+and, when it is, who signed: the principal from allowed_signers and the key's SHA256 fingerprint.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import re
 import shlex
 import subprocess
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from deployer.errors import InputError
 
 if TYPE_CHECKING:
-    from deployer.inventory.model import Signatures
+    from deployer.inventory.model import Inventory, Signatures
+    from deployer.state import HostState
 
 NAMESPACE = "deployer-release"
 GOOD = re.compile(
@@ -47,6 +51,89 @@ class Signer:
 
     def as_dict(self) -> dict[str, Any]:
         return {"principal": self.principal, "fingerprint": self.fingerprint, "key_type": self.key_type}
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A detached signature the controller accepted: who made it and its text (sent to each host)."""
+
+    signer: Signer
+    text: str
+
+
+# What a host's copy of the allowed signers may weigh: it travels inside the staging session's
+# command line (at most once per host), which has to stay well under Linux's 128 KiB per argument.
+MAX_ALLOWED_SIGNERS = 16 * 1024
+MAX_REVOKED = 4 * 1024
+MAX_SIGNATURE = 8 * 1024
+
+
+@dataclass(frozen=True)
+class HostCopy:
+    """The files a host keeps in `.deployer/signers/` so it can check signatures on its own: the
+    allowed signers, the revoked keys (b"" for none) and the policy line (require, namespace)."""
+
+    allowed_signers: bytes
+    revoked: bytes
+    policy: bytes
+
+    @property
+    def digests(self) -> str:
+        """The sha256 of each file as the host reports them ("-" for no revoked keys): remote signers_state."""
+        files = (self.allowed_signers, self.revoked, self.policy)
+        return " ".join(hashlib.sha256(data).hexdigest() if data else "-" for data in files)
+
+
+def host_copy(settings: Signatures) -> HostCopy:
+    """What hosts following `settings` keep, read from the inventory's files (InputError if unreadable)."""
+
+    def read(path: str, key: str, limit: int) -> bytes:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as error:
+            raise InputError(f"signatures.{key}: cannot read {path}: {error.strerror}") from None
+        if len(data) > limit:
+            raise InputError(f"signatures.{key}: {path} is {len(data)} bytes; hosts take at most {limit}")
+        return data
+
+    allowed = read(settings.allowed_signers, "allowed_signers", MAX_ALLOWED_SIGNERS)
+    revoked = read(settings.revoked, "revoked", MAX_REVOKED) if settings.revoked else b""
+    policy = f"require={'yes' if settings.require else 'no'} namespace={settings.namespace}\n".encode()
+    return HostCopy(allowed, revoked, policy)
+
+
+def host_copies(inventory: Inventory, names: Iterable[str]) -> dict[str, HostCopy]:
+    """What each named host's own copy of who may sign must be (hosts that follow no `signatures`
+    are left out); each inventory file is read once."""
+    read: dict[Signatures, HostCopy] = {}
+    copies = {}
+    for name in names:
+        settings = inventory.signatures_of(inventory.host(name))
+        if settings is not None:
+            copies[name] = read[settings] if settings in read else read.setdefault(settings, host_copy(settings))
+    return copies
+
+
+def untrusted_releases(inventory: Inventory, states: Mapping[str, HostState]) -> dict[tuple[str, str], str]:
+    """(host, release) -> why that release may not go live there again (a rollback, `--to`): its
+    signer is no longer trusted, or it was staged unsigned where signed releases are required."""
+    found: dict[tuple[str, str], str] = {}
+    judged: dict[tuple[Signatures, str, str], str] = {}
+    for name, state in states.items():
+        settings = inventory.signatures_of(inventory.host(name))
+        if settings is None:
+            continue
+        for info in state.releases.values():
+            if info.signer:
+                key = (settings, info.signer, info.signer_fingerprint)
+                if key not in judged:
+                    judged[key] = still_trusted(settings, info.signer, info.signer_fingerprint)
+                why = judged[key]
+            else:
+                why = "it was staged without a signature, and signed releases are required" if settings.require else ""
+            if why:
+                found[(name, info.release_id)] = why
+    return found
 
 
 def signature_path(artifact: str) -> str:
@@ -165,22 +252,88 @@ def verify(
     return Signer(principal, fingerprint, kind)
 
 
-def check_artifact(settings: Signatures | None, tarball: str, source: str, given: str | None) -> Signer | None:
-    """The artifact's signer, checked before anything is contacted. With `signatures.require` an
-    unsigned artifact is refused; a signature that is there is always checked (a bad one is refused
-    whether required or not). `tarball` is what is sent (a folder artifact is packed first: only a
-    .tar.gz can carry a signature)."""
-    if settings is None:
+def check_artifact(
+    all_settings: Sequence[Signatures], tarball: str, source: str, given: str | None
+) -> Signature | None:
+    """The artifact's signature, checked before anything is contacted against every `signatures` the
+    targeted hosts follow (the inventory's, a group's own); its signer as the first names it.
+    With `signatures.require` an unsigned artifact is refused; a signature that is there is
+    always checked (a bad one is refused whether required or not). `tarball` is what is sent (a
+    folder artifact is packed first: only a .tar.gz can carry a signature)."""
+    if not all_settings:
         if given:
             raise InputError("--signature given, but the inventory has no `signatures` section to say who may sign")
         return None
     signature = given or (signature_path(source) if os.path.isfile(source) else "")
     if not signature or not os.path.isfile(signature):
-        if not settings.require:
+        if not any(settings.require for settings in all_settings):
             return None
         if os.path.isdir(source):
             raise SignatureRefused(
                 f"{source} is a folder: signed releases are .tar.gz files signed with `deployer sign`"
             )
         raise SignatureRefused(f"{source} is not signed (no {signature}) and the inventory requires signed releases")
-    return verify(tarball, signature, settings.allowed_signers, settings.namespace, settings.revoked or None)
+    try:
+        text = Path(signature).read_bytes()[: MAX_SIGNATURE + 1].decode("ascii")
+    except (OSError, UnicodeDecodeError):
+        raise SignatureRefused(f"{signature} is not a readable ssh signature") from None
+    if len(text) > MAX_SIGNATURE or not text.startswith("-----BEGIN SSH SIGNATURE-----"):
+        raise SignatureRefused(f"{signature} is not an ssh signature (-----BEGIN SSH SIGNATURE-----)")
+    signers = [
+        verify(tarball, signature, settings.allowed_signers, settings.namespace, settings.revoked or None)
+        for settings in all_settings
+    ]
+    return Signature(signers[0], text.strip())
+
+
+def still_trusted(settings: Signatures, principal: str, fingerprint: str) -> str:
+    """Why a release signed by `principal` with key `fingerprint` (as its host recorded when it
+    verified the bytes) may no longer go live under `settings`; "" when it still may.
+
+    A signature that verified once keeps verifying for the same bytes and key: what can change is
+    the trust in the key. So this checks that allowed_signers still lists that key for that
+    principal, allowed this namespace, and that the revoked keys do not hold it. Validity windows
+    are not re-checked: a release signed inside its key's window stays signed after it closes.
+    """
+    lines = []
+    for line in Path(settings.allowed_signers).read_text(errors="replace").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            continue
+        for index, word in enumerate(words[1:], start=1):
+            if _blob_fingerprint(word) == fingerprint and index >= 2:
+                lines.append((words[0], " ".join(words[1 : index - 1]), words[index - 1], word))
+    if not lines:
+        return f"its signer's key ({principal}, {fingerprint}) is no longer in {settings.allowed_signers}"
+    listed = [entry for entry in lines if principal in entry[0].split(",")]
+    if not listed:
+        return f"its signer's key {fingerprint} is no longer allowed for {principal} in {settings.allowed_signers}"
+    _names, options, key_type, blob = listed[0]
+    match = re.search(r'namespaces="([^"]*)"', options)
+    if match and settings.namespace not in match.group(1).split(","):
+        return f"{principal}'s key {fingerprint} may no longer sign {settings.namespace!r}"
+    if settings.revoked and _revoked(settings.revoked, f"{key_type} {blob}"):
+        return f"{principal}'s key {fingerprint} is revoked ({settings.revoked})"
+    return ""
+
+
+def _revoked(revoked: str, public_key: str) -> bool:
+    """Whether the revoked keys file holds this key: a KRL asked with `ssh-keygen -Q`, or (what
+    `ssh-keygen -Y verify -r` also takes) a list of public keys, one per line."""
+    data = Path(revoked).read_bytes()
+    if not data.startswith(b"SSHKRL\n"):
+        blob = public_key.split()[1]
+        return any(blob in line.split()[:3] for line in data.decode(errors="replace").splitlines())
+    with tempfile.NamedTemporaryFile("w", suffix=".pub") as handle:
+        handle.write(public_key + "\n")
+        handle.flush()
+        done = _keygen("-Q", "-f", revoked, handle.name)
+    said = (done.stdout + done.stderr).decode(errors="replace")
+    if "REVOKED" in said:
+        return True
+    if done.returncode == 0:
+        return False
+    raise InputError(f"signatures.revoked: ssh-keygen cannot read {revoked}: {said.strip()[:200]}")

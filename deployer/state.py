@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,9 @@ DAMAGED_FILES = {
     "schema": ".deployer/schema",
 }
 USABLE_STATUSES = frozenset({STATUS_OK, STATUS_UNMANAGED})
+PRINCIPAL = re.compile(r"[A-Za-z0-9@._+=-]{1,256}")  # as remote verify_signature accepts them
+FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
+SIGNERS = re.compile(r"(?:[0-9a-f]{64}|-)(?: (?:[0-9a-f]{64}|-)){2}")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class ReleaseInfo:
     bad: Mapping[str, Any] | None = None  # why it is known to be bad (who, when, why)
     version: str = ""  # the version label recorded when it was staged ("" when none was known)
     commit: str = ""  # the git commit recorded when it was staged
+    signer: str = ""  # the principal whose signature this host verified when it staged it ("" unsigned)
+    signer_fingerprint: str = ""  # that signer's key, SHA256:...
 
     @property
     def revision(self) -> Revision:
@@ -111,6 +117,7 @@ class HostState:
     damaged: tuple[str, ...] = ()  # state files found empty or torn (a power cut), never read as data
     missing_tools: tuple[str, ...] = ()  # required tools the host lacks (README: "Host requirements")
     writable: str = ""  # "yes"/"no": the deploy user can write deploy_to (or where it would be made)
+    signers: str = ""  # sha256 of this host's own copy of who may sign (signing.HostCopy.digests); "" none
 
     def lacks_tools(self) -> str:
         """Why nothing can be changed on this host for want of tools; "" when it has them all."""
@@ -178,10 +185,13 @@ def _parse_releases(output: ScriptOutput, deploy_to: str, notes: list[str]) -> d
         if not is_release_id(release_id):
             notes.append(f"ignored a folder in releases/ with an invalid name: {release_id!r}")
             continue
-        # The meta line: status digest staged_at schema min_schema version commit (space-separated,
-        # as stage writes it; "-" for none; older releases have only the first five).
+        # The meta line: status digest staged_at schema min_schema version commit principal
+        # fingerprint (space-separated, as stage writes it; "-" for none; older releases have fewer).
         meta = record[1].split(" ")
-        fields = [release_id, *meta[:7]] + [""] * max(0, 7 - len(meta))
+        fields = [release_id, *meta[:9]] + [""] * max(0, 9 - len(meta))
+        signer, signer_fingerprint = fields[8], fields[9]
+        if not (PRINCIPAL.fullmatch(signer) and FINGERPRINT.fullmatch(signer_fingerprint)):
+            signer = signer_fingerprint = ""
         version = fields[6] if VERSION.match(fields[6]) else ""
         commit = fields[7] if COMMIT.match(fields[7]) else ""
         status = fields[1] or STATUS_UNMANAGED
@@ -201,8 +211,16 @@ def _parse_releases(output: ScriptOutput, deploy_to: str, notes: list[str]) -> d
             bad=bad.get(release_id),
             version=version,
             commit=commit,
+            signer=signer,
+            signer_fingerprint=signer_fingerprint,
         )
     return releases
+
+
+def _parse_signers(output: ScriptOutput) -> str:
+    record = output.first("signers")
+    text = record[0] if record else ""
+    return text if SIGNERS.fullmatch(text) else ""
 
 
 def _damaged(output: ScriptOutput, current: str | None) -> tuple[str, ...]:
@@ -258,6 +276,7 @@ def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
         notes=tuple(notes),
         missing_tools=missing,
         writable=writable,
+        signers=_parse_signers(output),
     )
 
 

@@ -267,6 +267,9 @@ def _host(
         identity_file=merged.get("identity_file", ""),
         gateway=gateway,
         sudo=flag(check, merged["sudo"], f"{where('sudo')}.sudo") if "sudo" in merged else defaults.sudo,
+        signatures=signatures_section(check, merged["signatures"], f"{where('signatures')}.signatures")
+        if merged.get("signatures") is not None
+        else None,
     )
 
 

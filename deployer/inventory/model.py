@@ -114,6 +114,7 @@ class Host:
     identity_file: str = ""  # "" means the inventory's ssh.identity_file
     gateway: Gateway | None = None
     sudo: bool = False  # run this host's hooks with sudo (as root)
+    signatures: Signatures | None = None  # its own or its group's `signatures`; None: the inventory's
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,15 @@ class Inventory:
     def deploy_to_of(self, host: Host) -> str:
         """Where `host` deploys: its own or its group's deploy_to, else the inventory's."""
         return host.deploy_to or self.deploy_to
+
+    def signatures_of(self, host: Host) -> Signatures | None:
+        """Who may sign what `host` runs: its own or its group's `signatures`, else the inventory's."""
+        return host.signatures or self.signatures
+
+    def signature_settings(self) -> tuple[Signatures, ...]:
+        """Every distinct `signatures` the hosts follow, in host order (an artifact must satisfy each)."""
+        found = [settings for host in self.hosts if (settings := self.signatures_of(host)) is not None]
+        return tuple(dict.fromkeys(found))
 
     def identity_file_of(self, host: Host) -> str:
         return host.identity_file or self.identity_file

@@ -3,6 +3,7 @@ env, hooks, gateway), each checked with `Checker` so an error names the file and
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +22,7 @@ from deployer.inventory.model import (
     Rollout,
     Signatures,
 )
+from deployer.signing import MAX_ALLOWED_SIGNERS, MAX_REVOKED
 
 TOP_KEYS = {
     "deploy_to",
@@ -48,7 +50,7 @@ TOP_KEYS = {
 }
 SSH_KEYS = {"identity_file", "known_hosts", "passphrase_env", "config"}
 ENV_VALUE_KEYS = {"value", "from_env", "secret"}
-GROUP_KEYS = {"user", "port", "deploy_to", "gateway", "sudo"}
+GROUP_KEYS = {"user", "port", "deploy_to", "gateway", "sudo", "signatures"}
 HOST_KEYS = GROUP_KEYS | {"address", "groups", "ssh_alias"}
 GATEWAY_KEYS = {"address", "port", "user"}
 GATEWAY_RE = re.compile(
@@ -83,20 +85,27 @@ SIGNATURE_KEYS = {"allowed_signers", "namespace", "require", "revoked"}
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._-]{0,63}$")
 
 
-def signatures_section(check: Checker, value: Any) -> Signatures:
-    raw = check.mapping(value, "signatures", SIGNATURE_KEYS, {"allowed_signers"})
-    namespace = check.string(raw.get("namespace", "deployer-release"), "signatures.namespace")
+def signatures_section(check: Checker, value: Any, key: str = "signatures") -> Signatures:
+    raw = check.mapping(value, key, SIGNATURE_KEYS, {"allowed_signers"})
+    namespace = check.string(raw.get("namespace", "deployer-release"), f"{key}.namespace")
     if not NAMESPACE_RE.fullmatch(namespace):
-        raise check.error("signatures.namespace", f"{namespace!r} is not a namespace (letters, digits, @ . _ -)")
+        raise check.error(f"{key}.namespace", f"{namespace!r} is not a namespace (letters, digits, @ . _ -)")
     require = raw.get("require", False)
     if not isinstance(require, bool):
-        raise check.error("signatures.require", f"expected true or false, got {kind(require)}")
-    return Signatures(
-        allowed_signers=check.local_file(raw["allowed_signers"], "signatures.allowed_signers"),
+        raise check.error(f"{key}.require", f"expected true or false, got {kind(require)}")
+    settings = Signatures(
+        allowed_signers=check.local_file(raw["allowed_signers"], f"{key}.allowed_signers"),
         namespace=namespace,
         require=require,
-        revoked=check.local_file(raw["revoked"], "signatures.revoked") if raw.get("revoked") is not None else "",
+        revoked=check.local_file(raw["revoked"], f"{key}.revoked") if raw.get("revoked") is not None else "",
     )
+    for name, path, limit in (
+        ("allowed_signers", settings.allowed_signers, MAX_ALLOWED_SIGNERS),
+        ("revoked", settings.revoked, MAX_REVOKED),
+    ):
+        if path and os.path.getsize(path) > limit:
+            raise check.error(f"{key}.{name}", f"{path} is over {limit // 1024} KiB, more than hosts are sent")
+    return settings
 
 
 def rollout_section(check: Checker, value: Any) -> Rollout:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 
 from deployer import plan as planning
+from deployer import signing
 from deployer.errors import HostError
 from deployer.inventory import Inventory
 from deployer.operations.outcome import (
@@ -63,7 +64,10 @@ def run_deploy(
     releases are pruned; the drill's earlier phases keep both.
     """
     inventory = run.inventory
-    release = release_id or planning.choose_release_id(states, artifact.digest, datetime.now(timezone.utc))
+    signed_only = any(settings.require for settings in inventory.signature_settings())
+    now = datetime.now(timezone.utc)
+    release = release_id or planning.choose_release_id(states, artifact.digest, now, signed_only)
+    copies = signing.host_copies(inventory, states)
     plan = planning.plan_deploy(
         inventory.deploy_to,
         states,
@@ -75,6 +79,7 @@ def run_deploy(
         manifest=artifact.manifest,
         keep_releases=inventory.keep_releases,
         keep_failed_releases=inventory.keep_failed_releases,
+        signers={name: copy.digests for name, copy in copies.items()},
     )
     if artifact.revision.version or artifact.revision.commit:
         run.revisions[release] = artifact.revision
@@ -252,7 +257,9 @@ def deploy(
     if release_id is not None:
         check_release_id(release_id)
     with (
-        PreparedArtifact(artifact_source, options.revision, inventory.signatures, options.signature) as artifact,
+        PreparedArtifact(
+            artifact_source, options.revision, inventory.signature_settings(), options.signature
+        ) as artifact,
         locked_run(inventory, "deploy", options, progress) as (
             run,
             states,

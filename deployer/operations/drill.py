@@ -156,13 +156,15 @@ def drill(
     options = options or Options()
     progress = progress or Progress()
     with (
-        PreparedArtifact(artifact_source, options.revision, inventory.signatures, options.signature) as artifact,
+        PreparedArtifact(
+            artifact_source, options.revision, inventory.signature_settings(), options.signature
+        ) as artifact,
         locked_run(inventory, "rollback-drill", options, progress) as (run, states, unreachable, _gathered),
     ):
         started = time.monotonic()
-        plan = planning.plan_drill(
-            inventory.deploy_to, states, unreachable, artifact.digest, datetime.now(timezone.utc)
-        )
+        signed_only = any(settings.require for settings in inventory.signature_settings())
+        now = datetime.now(timezone.utc)
+        plan = planning.plan_drill(inventory.deploy_to, states, unreachable, artifact.digest, now, signed_only)
         drilled = _Drill(run, artifact, options, check)
         report = drilled.report
         if plan.refusal:

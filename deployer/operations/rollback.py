@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from deployer import plan as planning
+from deployer import signing
 from deployer.errors import HostError
 from deployer.inventory import Inventory
 from deployer.operations.outcome import (
@@ -66,6 +67,7 @@ def run_rollback(
         to,
         force=options.force,
         rollback_migrations=bool(inventory.rollback_migrations),
+        untrusted=signing.untrusted_releases(inventory, states),
     )
     show_plan(plan, progress)
     report = OperationReport(

@@ -8,6 +8,7 @@ import os
 from datetime import datetime, timezone
 
 from deployer import plan as planning
+from deployer import signing
 from deployer.errors import HostError, StepFailed
 from deployer.fleet import HostConnection
 from deployer.lock import utc_now
@@ -16,7 +17,9 @@ from deployer.plan import HostPlan
 from deployer.release import Artifact
 from deployer.revision import revision_file
 from deployer.scripts import (
+    EXIT_SIGNATURE,
     EXIT_VALIDATE,
+    octal_escaped,
     run_script,
 )
 
@@ -27,6 +30,9 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
     """Upload (or reuse the cached tarball), unpack, link shared paths, validate: one session per host."""
     inventory = run.inventory
     sources = {host_plan.host: host_plan.source for host_plan in hosts}
+    placing = {host_plan.host for host_plan in hosts if host_plan.place_signers}
+    copies = signing.host_copies(inventory, sources)
+    signature = artifact.signature
     manifest = artifact.manifest
     revision = artifact.revision
     staged_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # orders releases; never mtimes
@@ -44,8 +50,21 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
     failures: dict[str, HostError] = {}
 
     def work(connection: HostConnection) -> float:
-        source = sources[connection.host.name]
+        name = connection.host.name
+        source = sources[name]
         upload = [environment] + ([mapped.view] if source == planning.UPLOAD else [])
+        copy = copies.get(name)
+        signed: dict[str, str] = {}
+        if signature is not None:
+            signed.update(signature=signature.text, principal=signature.signer.principal)
+        if copy is not None:
+            signed["signers"] = copy.digests
+            if name in placing:
+                signed.update(
+                    signers_place=octal_escaped(copy.allowed_signers),
+                    revoked_place=octal_escaped(copy.revoked),
+                    policy_place=octal_escaped(copy.policy),
+                )
         result = run_script(
             connection,
             "stage",
@@ -62,10 +81,11 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
             shared="\n".join(inventory.shared),
             env="1" if environment else "",
             now=utc_now(),
+            **signed,
         )
         output = result.output
         if result.exit_status != 0:
-            step = "validation" if result.exit_status == EXIT_VALIDATE else "staging"
+            step = {EXIT_VALIDATE: "validation", EXIT_SIGNATURE: "signature"}.get(result.exit_status, "staging")
             message = output.error_message()
             failed = output.first("validate_failed")
             if result.exit_status == EXIT_VALIDATE and failed is not None:

@@ -34,9 +34,11 @@ def _release_path(deploy_to: str, release_id: str) -> str:
     return f"{deploy_to}/releases/{release_id}"
 
 
-def choose_release_id(states: Mapping[str, HostState], digest: str, now: datetime) -> str:
+def choose_release_id(states: Mapping[str, HostState], digest: str, now: datetime, signed_only: bool = False) -> str:
     """The id for deploying artifact `digest`: resume an interrupted deploy of it, reuse a good release
-    already staged from it on every host (no second copy), else a fresh fleet-wide id."""
+    already staged from it on every host (no second copy), else a fresh fleet-wide id. With
+    `signed_only` a release is reused only if every host verified its signature when staging it
+    (one staged unsigned is staged again, signed, under a new id)."""
     current_with_digest = {
         state.current
         for state in states.values()
@@ -54,6 +56,7 @@ def choose_release_id(states: Mapping[str, HostState], digest: str, now: datetim
             and info.status == STATUS_OK
             and info.digest == digest
             and info.bad is None
+            and (info.signer or not signed_only)
             for state in states.values()
         )
 
@@ -77,15 +80,22 @@ def plan_deploy(
     manifest: Manifest | None = None,
     keep_releases: int = 5,
     keep_failed_releases: int = 3,
+    signers: Mapping[str, str] | None = None,
 ) -> Plan:
     """Plan a deploy of `release_id` (artifact `digest`): every host must be able to take it.
 
     Refused as a whole (nothing staged) when a host cannot take it, the fleet is pinned (unless
     `unpin`), hosts are split between releases (unless `force`: the deploy is what they converge
     on), or the release cannot run against the recorded database schema (unless `force`).
+    `signers` is, per host, what its own copy of who may sign must be (`signing.HostCopy.digests`;
+    missing: the host follows no `signatures`).
     """
+    signers = signers or {}
     hosts = [HostPlan(name, UNREACHABLE, None, release_id, reason) for name, reason in unreachable.items()]
-    hosts += [_deploy_host(name, state, deploy_to, release_id, digest) for name, state in states.items()]
+    hosts += [
+        _deploy_host(name, state, deploy_to, release_id, digest, signers.get(name, ""))
+        for name, state in states.items()
+    ]
     hosts.sort(key=lambda plan: plan.host)
     recorded = fleet_schema(states)
     guards = [
@@ -113,10 +123,19 @@ def plan_deploy(
     )
 
 
-def _deploy_host(name: str, state: HostState, deploy_to: str, release_id: str, digest: str) -> HostPlan:
+def _deploy_host(
+    name: str, state: HostState, deploy_to: str, release_id: str, digest: str, signers: str = ""
+) -> HostPlan:
     """What one host does in a deploy of `release_id`: stage, switch only, keep, or refuse (and why)."""
     before = state.current
     existing = state.releases.get(release_id)
+    if state.signers and state.signers != signers:
+        kept = "this host's allowed signers (.deployer/signers)"
+        if not signers:
+            why = f"{kept} are kept, but the inventory has no `signatures` for it"
+        else:
+            why = f"{kept} are not the inventory's: changed on this host or in the inventory"
+        return HostPlan(name, REFUSE, before, release_id, why + "; `deployer place-signers` makes them the inventory's")
     if state.current_kind == "notlink":
         return HostPlan(name, REFUSE, None, release_id, state.current_problem + "; refusing to replace it")
     if state.current_problem and not state.current_problem.startswith("current is a dangling link"):
@@ -134,7 +153,7 @@ def _deploy_host(name: str, state: HostState, deploy_to: str, release_id: str, d
     if existing is not None:
         return HostPlan(name, SWITCH, before, release_id, "already staged", **common)
     source = CACHE if digest in state.cached_digests else UPLOAD
-    return HostPlan(name, STAGE, before, release_id, source=source, **common)
+    return HostPlan(name, STAGE, before, release_id, source=source, place_signers=bool(signers), **common)
 
 
 Guard = tuple[str, list[str]]  # (why the deploy is refused, or ""; warnings)

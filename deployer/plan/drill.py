@@ -25,7 +25,12 @@ class DrillPlan:
 
 
 def plan_drill(
-    deploy_to: str, states: Mapping[str, HostState], unreachable: Mapping[str, str], digest: str, now: datetime
+    deploy_to: str,
+    states: Mapping[str, HostState],
+    unreachable: Mapping[str, str],
+    digest: str,
+    now: datetime,
+    signed_only: bool = False,
 ) -> DrillPlan:
     """Decide a drill before anything changes (its preconditions, its releases, where it goes back to).
 
@@ -42,7 +47,7 @@ def plan_drill(
         (info := state.releases.get(baseline)) is not None and info.digest == digest for state in states.values()
     )
     if not live:
-        return DrillPlan(baseline, choose_release_id(states, digest, now), baseline)
+        return DrillPlan(baseline, choose_release_id(states, digest, now, signed_only), baseline)
     target, why = choose_rollback_target(deploy_to, states, True)
     if target is None or target == baseline:
         return DrillPlan(

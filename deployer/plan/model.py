@@ -27,6 +27,7 @@ class HostPlan:
     source: str = ""  # for STAGE: UPLOAD or CACHE
     expected_link: str = ""  # raw `current` link text the switch must still find
     previous_version: str = ""  # for deploys: what the new release's previousVersion will say
+    place_signers: bool = False  # for STAGE: the host has no copy of who may sign yet; staging places it
 
     @property
     def changes(self) -> bool:

@@ -141,12 +141,15 @@ def plan_rollback(
     *,
     force: bool = False,
     rollback_migrations: bool = False,
+    untrusted: Mapping[tuple[str, str], str] | None = None,
 ) -> Plan:
     """Plan a rollback to `to`, or to the fleet's previous release; decided once for all hosts.
 
     The release left behind is marked bad; the target's declared schema is checked against the
     recorded one (refused unless `force`, or `rollback_migrations` can take the database back).
-    Refused as a whole, recording nothing, when no host can be switched to the target.
+    Refused as a whole, recording nothing, when no host can be switched to the target, or when
+    the target's signature is no longer trusted on a host (`untrusted`: (host, release) -> why;
+    `force` goes ahead, saying so).
     """
     if to is not None:
         target, why = resolve_release(to, states)  # an id, a version label or a commit prefix
@@ -166,7 +169,9 @@ def plan_rollback(
     schema_refusal, schema_warnings, new_schema, migration = _rollback_schema(
         states, target, recorded, force, rollback_migrations
     )
-    refusal = refusal or schema_refusal
+    signature_refusal, signature_warnings = _signature_guard(hosts, target, untrusted or {}, force)
+    refusal = refusal or schema_refusal or signature_refusal
+    warnings += signature_warnings
     return Plan(
         "rollback",
         target,
@@ -197,6 +202,23 @@ def _rollback_host(name: str, state: HostState, deploy_to: str, target: str, def
     if not release.usable:
         return HostPlan(name, REFUSE, before, target, f"release {target} is marked {release.status} here")
     return HostPlan(name, SWITCH, before, target, expected_link=state.current_link)
+
+
+def _signature_guard(
+    hosts: list[HostPlan], target: str, untrusted: Mapping[tuple[str, str], str], force: bool
+) -> tuple[str, list[str]]:
+    """(refusal, warnings) for switching hosts to `target` when its signature is no longer trusted there."""
+    reasons: dict[str, list[str]] = {}
+    for host in hosts:
+        why = untrusted.get((host.host, target)) if host.action == SWITCH else None
+        if why:
+            reasons.setdefault(why, []).append(host.host)
+    if not reasons:
+        return "", []
+    problem = "; ".join(f"{why} (on {', '.join(names)})" for why, names in reasons.items())
+    if force:
+        return "", [f"release {target} is not trusted any more: {problem}; SWITCHING ANYWAY (--force)"]
+    return f"release {target} may not go live again: {problem}; --force switches to it anyway", []
 
 
 def _unreachable_target(states: Mapping[str, HostState], hosts: list[HostPlan], target: str, to: str | None) -> str:

@@ -6,7 +6,7 @@
 # anything else is diagnostics for humans. Exit codes (mirrored in deployer/scripts.py):
 #   0 ok | 10 usage | 20 refused (precondition) | 21 current is not a symlink
 #   22 current changed since it was read | 30 I/O failure (disk full, permission)
-#   31 artifact digest mismatch | 40 validation failed | 50 verification after switch failed
+#   31 artifact digest mismatch | 32 signature refused by this host | 40 validation failed | 50 verification after switch failed
 #   60 before_switch hook failed (not switched) | 61 after_switch hook failed (switched)
 #   62 health check failed (switched) | 63 after_rollback hook failed (switched)
 #   64 migration command failed
@@ -191,6 +191,82 @@ write_file() {
     fi
     rm -f "$wf_tmp"
     return 1
+}
+
+write_bytes() {
+    # write_bytes PATH ESCAPED: as write_file, with the exact bytes of ESCAPED (octal-escaped, as
+    # deployer/scripts.py writes it; the builtin printf %b restores it, NUL bytes included).
+    wf_tmp="$1.tmp.$$"
+    if printf '%b' "$2" > "$wf_tmp" && flush "$wf_tmp" && mv -f "$wf_tmp" "$1"; then
+        return 0
+    fi
+    rm -f "$wf_tmp"
+    return 1
+}
+
+# shellcheck disable=SC2034  # signers is read by gather and stage
+signers_state() {
+    # signers_state: "ALLOWED REVOKED POLICY" in $signers, the sha256 of each file of this host's
+    # own copy of who may sign releases (.deployer/signers/), "-" for one that is not there.
+    ss_state=
+    for ss_file in allowed_signers revoked policy; do
+        if [ -f ".deployer/signers/$ss_file" ]; then
+            ss_state="$ss_state $(sha256_of ".deployer/signers/$ss_file")"
+        else
+            ss_state="$ss_state -"
+        fi
+    done
+    signers=${ss_state# }
+}
+
+place_signers() {
+    # place_signers ALLOWED REVOKED POLICY (each octal-escaped; REVOKED empty for none): this host's
+    # own copy of who may sign, written file by file durably; the policy ("require=yes|no
+    # namespace=NS") last, so a copy without one is one that was cut short.
+    [ -d .deployer/signers ] || mkdir -p .deployer/signers || return 1
+    write_bytes .deployer/signers/allowed_signers "$1" || return 1
+    if [ -n "$2" ]; then
+        write_bytes .deployer/signers/revoked "$2" || return 1
+    else
+        rm -f .deployer/signers/revoked || return 1
+    fi
+    write_bytes .deployer/signers/policy "$3" && flush .deployer/signers
+}
+
+# shellcheck disable=SC2034  # signer and signer_fingerprint are read by stage
+verify_signature() {
+    # verify_signature FILE SIGNATURE PRINCIPAL NAMESPACE: FILE's signature checked by this host's
+    # own ssh-keygen against its own copy of the allowed signers (and revoked keys); who signed in
+    # $signer and $signer_fingerprint, else $refusal says why and it returns 1.
+    signer='' signer_fingerprint='' refusal=''
+    if ! command -v ssh-keygen >/dev/null 2>&1; then
+        refusal="this host has no ssh-keygen to check the signature with"
+        return 1
+    fi
+    vs_principal=$3
+    if [ -z "$vs_principal" ]; then
+        vs_principal=$(ssh-keygen -Y find-principals -s "$2" -f .deployer/signers/allowed_signers 2>/dev/null |
+            sed -n 1p)
+    fi
+    case $vs_principal in
+        '' | *[!A-Za-z0-9@._+=-]*)
+            refusal="no signer in this host's allowed signers made this signature"
+            return 1 ;;
+    esac
+    set -- "$1" -Y verify -f .deployer/signers/allowed_signers -I "$vs_principal" -n "$4" -s "$2"
+    [ ! -f .deployer/signers/revoked ] || set -- "$@" -r .deployer/signers/revoked
+    vs_file=$1
+    shift
+    vs_said=$(ssh-keygen "$@" < "$vs_file" 2>&1)
+    vs_status=$?
+    vs_good=$(printf '%s\n' "$vs_said" |
+        sed -n 's/^Good "[^"]*" signature for [^ ]* with [A-Z0-9-]* key \(SHA256:[A-Za-z0-9+/]*\)$/\1/p' | sed -n 1p)
+    if [ "$vs_status" != 0 ] || [ -z "$vs_good" ]; then
+        refusal="ssh-keygen here refused it: $(printf '%s\n' "$vs_said" | grep -v '^$' | tail -n 1)"
+        return 1
+    fi
+    signer=$vs_principal
+    signer_fingerprint=$vs_good
 }
 
 # shellcheck disable=SC2034  # meta_ok is read by gather
@@ -513,7 +589,7 @@ prune_releases() {
         [ "releases/$id" != "$keep_current" ] || continue
         [ -d "releases/$id" ] || continue
         if mv "releases/$id" ".deployer/trash/$id.$$" && rm -rf ".deployer/trash/$id.$$"; then
-            rm -f ".deployer/meta/$id" ".deployer/bad/$id" ".deployer/logs/$id".*
+            rm -f ".deployer/meta/$id" ".deployer/bad/$id" ".deployer/logs/$id".* ".deployer/signatures/$id.sig"
             emit pruned "$id"
         else
             emit warning "could not remove release $id"

@@ -1,15 +1,22 @@
 # stage DEPLOY_TO release=ID digest=SHA256 source=upload|cache [validate=CMD] [meta=FIELDS] [shared=PATHS]
-#       [revision=TEXT]
+#       [revision=TEXT] [signature=TEXT principal=P] [signers=DIGESTS]
+#       [signers_place=ESCAPED revoked_place=ESCAPED policy_place=ESCAPED]
 # Puts the artifact (source=upload: read from stdin; source=cache: the copy kept from an earlier
 # upload with the same digest) into releases/ID, links the shared paths (one per line in PATHS; a
 # trailing / marks a folder) to DEPLOY_TO/shared/, and runs the validate command inside it.
 # The release only appears under releases/ once fully unpacked and linked; a failed validation
 # leaves it there, marked failed in .deployer/meta/ID, for inspection.
+# Signed releases: a host with its own copy of who may sign (.deployer/signers/, placed by the
+# first signed deploy from signers_place=..., or by `deployer place-signers`) checks the artifact's
+# signature itself, with its own ssh-keygen, before the release leaves staging; with require=yes in
+# that copy's policy it refuses a release that came without one, whatever the controller says.
+# signers=DIGESTS is what the controller expects that copy to be: another copy is refused.
 # shellcheck disable=SC2154  # opt_* are set by parse_options
 deploy_to=$1
 shift
 opt_release='' opt_digest='' opt_source=upload opt_validate='' opt_validate_timeout=900 opt_meta='' opt_shared=''
-opt_revision=''
+opt_revision='' opt_signature='' opt_principal='' opt_signers='' opt_signers_place='' opt_revoked_place=''
+opt_policy_place=''
 parse_options "$@"
 read_env
 release_id=$opt_release
@@ -88,6 +95,47 @@ else
     rm -f "$staging.err" "$staging.gzip"
 fi
 
+refuse_signature() {
+    rm -rf "$staging" "$staging.sig"
+    fail 32 "$1"
+}
+
+signer='- -'
+if [ -n "$opt_signers_place" ] && [ ! -f .deployer/signers/policy ]; then
+    place_signers "$opt_signers_place" "$opt_revoked_place" "$opt_policy_place" ||
+        { rm -rf "$staging"; fail 30 "cannot write $deploy_to/.deployer/signers (disk full?)"; }
+    emit signers_placed
+fi
+if [ -d .deployer/signers ]; then
+    signers_state
+    if [ -n "$opt_signers" ] && [ "$signers" != "$opt_signers" ]; then
+        refuse_signature "this host's allowed signers (.deployer/signers) are not the inventory's: changed on this host or in the inventory (\`deployer place-signers\` puts the inventory's there)"
+    fi
+    require=yes namespace=deployer-release
+    if [ -f .deployer/signers/policy ]; then
+        first_line .deployer/signers/policy
+        for word in $line; do
+            case $word in
+                require=no) require=no ;;
+                namespace=*) namespace=${word#namespace=} ;;
+            esac
+        done
+    fi
+    if [ -n "$opt_signature" ]; then
+        printf '%s\n' "$opt_signature" > "$staging.sig" || refuse_signature "cannot write the signature (disk full?)"
+        verify_signature "$cached" "$staging.sig" "$opt_principal" "$namespace" ||
+            refuse_signature "signature refused by this host: $refusal"
+        [ -d .deployer/signatures ] || mkdir .deployer/signatures || refuse_signature "cannot create .deployer/signatures"
+        mv -f "$staging.sig" ".deployer/signatures/$release_id.sig" || refuse_signature "cannot keep the signature"
+        emit signed "$signer" "$signer_fingerprint"
+        signer="$signer $signer_fingerprint"
+    elif [ "$require" = yes ]; then
+        refuse_signature "this host takes only signed releases (.deployer/signers/policy), and this one came without a signature"
+    fi
+elif [ -n "$opt_signature" ]; then
+    refuse_signature "a signature came, but this host has no allowed signers to check it with"
+fi
+
 link_shared() {
     # link_shared PATH: replace PATH in the staged release by a link to shared/PATH (seeded from the release once).
     name=${1%/}
@@ -136,7 +184,7 @@ fi
 if [ -n "$opt_revision" ] && [ ! -e "$staging/REVISION" ] && [ ! -L "$staging/REVISION" ]; then
     printf '%s\n' "$opt_revision" > "$staging/REVISION" || { rm -rf "$staging"; fail 30 "cannot write REVISION (disk full?)"; }
 fi
-meta="$digest ${opt_meta:-- - - - -}"
+meta="$digest ${opt_meta:-- - - - -} $signer"
 # "validating" until the release is validated and on stable storage: only then "ok", the one status
 # a later deploy reuses or a rollback switches to (a power cut in between leaves "validating").
 write_file ".deployer/meta/$release_id" "validating $meta" || { rm -rf "$staging"; fail 30 "cannot write release metadata (disk full?)"; }
