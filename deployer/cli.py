@@ -379,6 +379,10 @@ def unpin(inventory: str | None, options: Options, as_json: bool) -> int:
     return _emit(operations.unpin(resolve_inventory(inventory, options), options), as_json)
 
 
+def place_signers(inventory: str | None, options: Options, as_json: bool) -> int:
+    return _emit(operations.place_signers(resolve_inventory(inventory, options), options), as_json)
+
+
 def prune(inventory: str | None, options: Options, as_json: bool) -> int:
     return _emit(operations.prune(resolve_inventory(inventory, options), options), as_json)
 

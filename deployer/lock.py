@@ -290,6 +290,7 @@ class Finished:
     marked_bad: bool
     pruned: tuple[str, ...]
     warnings: tuple[str, ...]
+    signers: str = ""  # the host's copy of who may sign after placing it (digests), "removed", or ""
 
     @property
     def lock_settled(self) -> bool:
@@ -306,6 +307,7 @@ class Finished:
             output.has("marked_bad"),
             tuple(fields[0] for fields in output.all("pruned")),
             tuple(output.warnings()),
+            "removed" if output.has("signers_removed") else (output.first("signers") or [""])[0],
         )
 
 

@@ -54,6 +54,7 @@ RECORDS: dict[str, tuple[str, ...]] = {
     # stage
     "staged": ("id", "digest"),
     "signers": ("digests",),  # sha256 of the host's own allowed_signers, revoked keys, policy ("-": none)
+    "signers_removed": (),  # place-signers removed a host's copy (the inventory has no `signatures` for it)
     "signers_placed": (),  # staging placed the inventory's allowed signers on a host that had none
     "signed": ("principal", "fingerprint"),  # who signed the release, as the host's own ssh-keygen verified
     "validate_failed": ("code", "tail"),

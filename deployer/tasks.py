@@ -313,6 +313,12 @@ def unpin(c: Context, common: Common) -> None:
     common.run("unpin", lambda: cli.unpin(common.inventory, common.options(), common.json))
 
 
+@fleet_task(locking=True, help={"dry-run": "show which hosts would change, change nothing"})
+def place_signers(c: Context, common: Common, dry_run: bool = False) -> None:
+    """Give every host the inventory's allowed signers (after a key rotation or revocation)."""
+    common.run("place-signers", lambda: cli.place_signers(common.inventory, common.options(dry_run), common.json))
+
+
 @fleet_task(locking=True, help={"dry-run": "show what would be removed, change nothing"})
 def prune(c: Context, common: Common, dry_run: bool = False) -> None:
     """Remove releases beyond keep_releases (never current, previous, pinned, or in use anywhere)."""
@@ -510,6 +516,7 @@ def collection(name: str | None = None) -> Collection:
         unlock,
         unpin,
         prune,
+        place_signers,
         check,
         init,
         report,

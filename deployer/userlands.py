@@ -4,12 +4,12 @@ Every host of `deployer.localfleet` is an sshd in its own mount namespace; its u
 that namespace shows the deploy user's session (`setup_script` runs inside it before sshd starts):
 
 - gnu: the machine's own Debian userland (GNU coreutils, GNU tar, dash as /bin/sh);
-- busybox: /usr/bin (so /bin) holds only BusyBox applets (Debian's busybox-static) and sudo:
-  /bin/sh is BusyBox ash, as on Alpine;
-- posix-strict: only POSIX utilities (plus tar, gzip, hostname, shasum, sudo, python3, which BSD
-  and macOS have too), each GNU tool behind a wrapper that refuses every option POSIX does not
-  define and says which (`mv -T`, `sed -i`, `tar -z`, `sleep 0.5`, ...); no timeout, base64,
-  sha256sum, stat, readlink -f, flock: the FreeBSD/macOS class, checked on paper by this host;
+- busybox: /usr/bin (so /bin) holds only BusyBox applets (Debian's busybox-static), sudo and
+  OpenSSH's ssh-keygen: /bin/sh is BusyBox ash, as on Alpine;
+- posix-strict: only POSIX utilities (plus tar, gzip, hostname, shasum, sudo, python3, ssh-keygen,
+  which BSD and macOS have too), each GNU tool behind a wrapper that refuses every option POSIX
+  does not define and says which (`mv -T`, `sed -i`, `tar -z`, `sleep 0.5`, ...); no timeout,
+  base64, sha256sum, stat, readlink -f, flock: the FreeBSD/macOS class, checked on paper by this host;
 - tcsh, fish: the GNU userland with the deploy user's login shell set to tcsh or fish.
 """
 
@@ -68,6 +68,7 @@ POSIX_OPTIONS: dict[str, tuple[str, str] | None] = {
     "rmdir": ("p", ""),
     "sed": ("En", "ef"),
     "sh": None,
+    "ssh-keygen": None,  # OpenSSH's, on every host that runs sshd; checks signed releases
     "sleep": ("", ""),
     "sort": ("Cbcdfimnru", "kot"),
     "sync": ("", ""),
@@ -216,6 +217,9 @@ def _prepare_busybox(target: Path) -> None:
         if applet != "busybox":
             os.symlink("busybox", building / applet)
     _copy_setuid(shutil.which("sudo"), building / "sudo")
+    keygen = shutil.which("ssh-keygen")
+    if keygen:  # Alpine's openssh brings it along with sshd: signed releases are checked with it
+        shutil.copy2(keygen, building / "ssh-keygen")
     building.rename(target)
 
 

@@ -7,11 +7,11 @@ show -> act (`deployer.phases`: stage, switch, finish) -> verify (from what the 
 
 - `session`: the run's lifecycle (fleet, lock, Ctrl-C), shared by every workflow
 - `deploy`, `rollback`, `drill`: the workflows that switch hosts
-- `views`: status, history, releases (read only); `admin`: unpin, prune, unlock
+- `views`: status, history, releases (read only); `admin`: unpin, prune, unlock, place-signers
 - `outcome`: plans shown, and host outcomes as report rows
 """
 
-from deployer.operations.admin import prune, unlock, unpin
+from deployer.operations.admin import place_signers, prune, unlock, unpin
 from deployer.operations.deploy import deploy, run_deploy
 from deployer.operations.drill import drill
 from deployer.operations.rollback import rollback, run_rollback
@@ -29,6 +29,7 @@ from deployer.operations.views import (
 __all__ = [
     "FleetView",
     "Options",
+    "place_signers",
     "check_rows",
     "deploy",
     "drill",

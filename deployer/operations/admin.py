@@ -1,10 +1,11 @@
-"""Tidying commands: unpin, prune, unlock (the lock shown, compare-and-delete)."""
+"""Tidying commands: unpin, prune, unlock (the lock shown, compare-and-delete), place-signers."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from deployer import plan as planning
+from deployer import signing
 from deployer.errors import HostError
 from deployer.inventory import Inventory
 from deployer.lock import Finished, read_states, run_finish
@@ -21,6 +22,7 @@ from deployer.report import (
     OperationReport,
     Progress,
 )
+from deployer.scripts import octal_escaped
 from deployer.state import HostState
 
 
@@ -135,3 +137,61 @@ def _unlock_result(name: str, state: HostState, outcome: Finished | HostError) -
         )
     reason = "; ".join(outcome.warnings) or "the host did not confirm the removal"
     return HostResult(name, FAILED, current, current, False, 0.0, f"lock not removed: {reason}")
+
+
+def place_signers(
+    inventory: Inventory, options: Options | None = None, progress: Progress | None = None
+) -> OperationReport:
+    """Make every host's own copy of who may sign (`.deployer/signers/`) the inventory's: after a
+    key rotation, a revocation, or to remove it where the inventory has no `signatures` any more.
+
+    Under the lock; a host already holding the inventory's copy is not changed. What each host
+    holds afterwards is read back from it (digests), never assumed.
+    """
+    options = options or Options()
+    progress = progress or Progress()
+    report = OperationReport("place-signers", None)
+    with quick_locked(inventory, "place-signers", options, progress) as (run, states, unreachable):
+        copies = signing.host_copies(inventory, states)
+        wanted: dict[str, dict[str, str]] = {}
+        results: dict[str, HostResult] = {}
+        for name, state in states.items():
+            copy = copies.get(name)
+            if copy is not None and state.signers == copy.digests:
+                results[name] = _signers_result(name, state, UNCHANGED, "already the inventory's")
+            elif copy is None and not state.signers:
+                results[name] = _signers_result(name, state, UNCHANGED, "no signatures here, none kept")
+            elif copy is None:
+                wanted[name] = {"signers": "remove"}
+            else:
+                wanted[name] = {
+                    "signers": "place",
+                    "signers_place": octal_escaped(copy.allowed_signers),
+                    "revoked_place": octal_escaped(copy.revoked),
+                    "policy_place": octal_escaped(copy.policy),
+                }
+            if name in wanted:
+                what = "remove the kept copy" if copy is None else ("replace" if state.signers else "place") + " it"
+                progress.host(name, ("would " if options.dry_run else "") + what)
+        if options.dry_run:
+            report.notes.append("dry run: nothing was changed")
+            results.update({name: _signers_result(name, states[name], UNCHANGED, "would change") for name in wanted})
+        else:
+            for name, outcome in run_finish(run.fleet, wanted, "placing the allowed signers"):
+                state, copy = states[name], copies.get(name)
+                expected = copy.digests if copy is not None else "removed"
+                if isinstance(outcome, HostError):
+                    results[name] = _signers_result(name, state, FAILED, outcome.reason)
+                elif outcome.signers != expected or outcome.warnings:
+                    why = "; ".join(outcome.warnings) or f"the host holds {outcome.signers or 'nothing confirmed'}"
+                    results[name] = _signers_result(name, state, FAILED, why)
+                else:
+                    results[name] = _signers_result(name, state, OK, "removed" if copy is None else "placed")
+        report.hosts = [results[name] for name in sorted(results)] + [
+            HostResult(name, FAILED, None, None, False, 0.0, reason) for name, reason in unreachable.items()
+        ]
+    return report
+
+
+def _signers_result(name: str, state: HostState, status: str, message: str) -> HostResult:
+    return HostResult(name, status, state.current, state.current, status != UNCHANGED, 0.0, message)

@@ -13,7 +13,7 @@ from deployer.plan.names import known_releases
 from deployer.report import (
     Progress,
 )
-from deployer.state import HostState, LockState
+from deployer.state import HostState, LockState, ReleaseInfo
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ def status_data(view: FleetView) -> dict[str, Any]:
                 "current_link": state.current_link or None,
                 "version": live.version or None if live else None,
                 "commit": live.commit or None if live else None,
+                "signed_by": signed_by(live),
                 "previous_version": previous,
                 "problems": [p for p in (state.current_problem, previous_problem) if p] + list(state.notes),
                 "damaged": list(state.damaged),
@@ -77,6 +78,7 @@ def status_data(view: FleetView) -> dict[str, Any]:
                         "digest": info.digest or None,
                         "version": info.version or None,
                         "commit": info.commit or None,
+                        "signed_by": signed_by(info),
                         "bad": dict(info.bad) if info.bad is not None else None,
                     }
                     for info in sorted(state.releases.values(), key=lambda i: i.order_key)
@@ -84,6 +86,7 @@ def status_data(view: FleetView) -> dict[str, Any]:
                 "lock": _lock_summary(state.lock),
                 "pin": dict(state.pin) if state.pin else None,
                 "free_kb": state.free_kb,
+                "signers": state.signers or None,
             }
         )
     split = planning.split_of(view.states)
@@ -99,6 +102,13 @@ def status_data(view: FleetView) -> dict[str, Any]:
         "schema": schema.__dict__ if schema else None,
         "locked": sorted(name for name, state in view.states.items() if state.lock is not None),
     }
+
+
+def signed_by(info: ReleaseInfo | None) -> dict[str, str] | None:
+    """Who signed a release, as its host verified when staging it (None: staged unsigned)."""
+    if info is None or not info.signer:
+        return None
+    return {"principal": info.signer, "fingerprint": info.signer_fingerprint}
 
 
 def status_exit_code(view: FleetView) -> int:
@@ -133,6 +143,8 @@ def history_entries(view: FleetView, limit: int) -> list[dict[str, Any]]:
         info = known.get(str(item.get("to") or item.get("release") or ""))
         if info is not None and "version" not in item and "commit" not in item:
             item.update({key: value for key, value in info.revision.as_dict().items()})
+        if info is not None and item.get("op") in ("deploy", "rollback", "revert"):
+            item["signed_by"] = signed_by(info)
     return _drills_as_one(ordered)[:limit]
 
 
@@ -197,6 +209,8 @@ def releases_table(view: FleetView) -> list[dict[str, Any]]:
                     "version": info.version or None,
                     "commit": info.commit or None,
                     "schema": info.schema,
+                    "signed_by": None,
+                    "signed_on": [],
                     "hosts": [],
                     "current_on": [],
                     "previous_on": [],
@@ -214,6 +228,9 @@ def releases_table(view: FleetView) -> list[dict[str, Any]]:
                 row["failed_on"].append(name)
             if info.bad is not None and row["bad"] is None:
                 row["bad"] = dict(info.bad)
+            if info.signer:
+                row["signed_on"].append(name)
+                row["signed_by"] = row["signed_by"] or signed_by(info)
             if not row["version"] and not row["commit"]:  # a host that recorded them
                 row["version"], row["commit"] = info.version or None, info.commit or None
     return sorted(table.values(), key=lambda row: (row["staged_at"] or "", row["id"]), reverse=True)

@@ -59,6 +59,8 @@ def status(data: dict[str, Any], out: TextIO | None = None) -> None:
         label = revision_label(host.get("version"), host.get("commit"))
         if label:
             line += f" [{label}]"
+        if host.get("signed_by"):
+            line += f" signed by {host['signed_by']['principal']}"
         line += f"  previous={previous}  releases={releases}"
         if host["deploy_to"] != data["deploy_to"]:
             line += f"  deploy_to={host['deploy_to']}"
@@ -100,6 +102,8 @@ def history(entries: list[dict[str, Any]], total_hosts: int, out: TextIO | None 
         label = revision_label(entry.get("version"), entry.get("commit"))
         if label:
             move += f" [{label}]"
+        if entry.get("signed_by"):
+            move += f" signed by {entry['signed_by']['principal']}"
         message = f"  ({entry['message']})" if entry.get("message") else ""
         if entry.get("phases"):
             steps = ", ".join(
@@ -132,6 +136,9 @@ def releases(rows: list[dict[str, Any]], total_hosts: int, out: TextIO | None = 
             )
         if row["failed_on"]:
             marks.append(f"FAILED on {','.join(row['failed_on'])}")
+        if row.get("signed_by"):
+            where = "" if len(row["signed_on"]) == len(row["hosts"]) else f" (on {','.join(row['signed_on'])})"
+            marks.append(f"signed by {row['signed_by']['principal']}{where}")
         have = f"{len(row['hosts'])}/{total} hosts"
         label = revision_label(row.get("version"), row.get("commit")) or "-"
         _out(f"{row['id']:<34} {label:<24} {have:<11} {'  '.join(marks)}".rstrip(), out)

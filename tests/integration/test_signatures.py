@@ -1,9 +1,12 @@
-"""Signed releases, checked by the controller before any host is contacted (issue 17's first part):
-a signed artifact deploys and its signer is reported; every kind of bad or missing signature is
-refused with its reason, with no connection made to any host. Hosts are read over OpenSSH."""
+"""Signed releases on the local fleet. The controller refuses every kind of bad or missing
+signature with its reason before any host is contacted; each host checks the signature itself,
+with its own copy of who may sign, before the release leaves staging (a tricked controller, a copy
+changed behind the tool's back); the signer is recorded on the hosts and shown; a rollback to a
+release whose key was revoked is refused unless forced. Hosts are read over OpenSSH."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -11,7 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from deployer import operations, signing
+from deployer.inventory import load_inventory
+from deployer.report import Progress
 from tests.conftest import run_inv
+
+QUIET = Progress(quiet=True)
 
 pytestmark = pytest.mark.fleet
 
@@ -134,3 +142,127 @@ def test_bad_signatures_are_refused_before_any_host_is_contacted(case, signed, l
     assert reason in refused.stderr and "Traceback" not in refused.stderr
     assert contacts(local_fleet) == before  # refused before any connection
     assert all(view.current_link(deploy_to) is None for view in views.values())
+
+
+def fingerprint_of(key: str) -> str:
+    return subprocess.run(
+        ["ssh-keygen", "-lf", key + ".pub"], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+
+
+def signed_copy(signed, version: str, artifacts, key: str = "ci") -> str:
+    """A copy of the sample artifact `version`, signed with `key` by `deployer sign`."""
+    path = str(signed["folder"] / f"app-{version}-{key}.tar.gz")
+    shutil.copy(artifacts[version], path)
+    done = run_inv("sign", path, "--key", signed[key])
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+def deploy_json(inventory: str, artifact: str, *extra: str) -> tuple[int, dict]:
+    done = run_inv("deploy", "--inventory", inventory, "--artifact", artifact, "--json", *extra)
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_every_host_checks_the_signature_itself_and_records_the_signer(
+    signed, local_fleet, views, deploy_to, artifacts
+):
+    v1 = signed_copy(signed, "v1", artifacts)
+    before = local_fleet.ssh_counts()
+    code, report = deploy_json(signed["inventory"], v1)
+    assert code == 0, report
+    after = local_fleet.ssh_counts()
+    release = report["target"]
+    ci = fingerprint_of(signed["ci"])
+    allowed = hashlib.sha256(signed["allowed"].read_bytes()).hexdigest()
+    for name, view in views.items():
+        # the budget of an unsigned deploy: verification runs inside the staging session
+        assert (after[name][0] - before[name][0], after[name][1] - before[name][1]) == (1, 3)
+        assert view.version(deploy_to) == "v1"
+        kept = view.sh("cat %s", f"{deploy_to}/.deployer/signers/allowed_signers") + "\n"
+        assert hashlib.sha256(kept.encode()).hexdigest() == allowed
+        assert view.sh("cat %s", f"{deploy_to}/.deployer/signers/policy") == "require=yes namespace=deployer-release"
+        meta = view.sh("cat %s", f"{deploy_to}/.deployer/meta/{release}").split()
+        assert meta[-2:] == ["ci@example.org", ci]
+        sig = view.sh("cat %s", f"{deploy_to}/.deployer/signatures/{release}.sig")
+        assert sig.strip() == Path(v1 + ".sig").read_text().strip()
+    shown = json.loads(run_inv("releases", "--inventory", signed["inventory"], "--json").stdout)
+    row = next(row for row in shown["releases"] if row["id"] == release)
+    assert row["signed_by"] == {"principal": "ci@example.org", "fingerprint": ci}
+    assert sorted(row["signed_on"]) == sorted(views)
+    status = json.loads(run_inv("status", "--inventory", signed["inventory"], "--json").stdout)
+    assert {host["signed_by"]["principal"] for host in status["hosts"]} == {"ci@example.org"}
+    history = json.loads(run_inv("history", "--inventory", signed["inventory"], "--json").stdout)
+    assert history["history"][0]["signed_by"]["fingerprint"] == ci
+    text = run_inv("releases", "--inventory", signed["inventory"]).stdout
+    assert f"{release}" in text and "signed by ci@example.org" in text
+
+
+def test_a_tricked_controller_cannot_switch_any_host_to_bytes_nobody_signed(
+    signed, views, deploy_to, artifacts, monkeypatch
+):
+    v1 = signed_copy(signed, "v1", artifacts)
+    code, report = deploy_json(signed["inventory"], v1)
+    assert code == 0, report
+    first = report["target"]
+    # The controller is fooled: it believes v2 carries v1's good signature (a swapped file after
+    # the check, a bug in the check). The hosts get v2's bytes and v1's signature.
+    good = signing.check_artifact(load_inventory(signed["inventory"]).signature_settings(), v1, v1, v1 + ".sig")
+    monkeypatch.setattr("deployer.release.check_artifact", lambda *args: good)
+    inventory = load_inventory(signed["inventory"])
+    result = operations.deploy(inventory, artifacts["v2"], progress=QUIET)
+    assert not result.ok
+    assert all("signature refused by this host" in host.message for host in result.hosts), result.verdict()
+    for view in views.values():
+        assert view.current_release(deploy_to) == first and view.version(deploy_to) == "v1"
+        assert view.releases(deploy_to) == [first]
+
+
+def test_a_host_whose_copy_was_changed_behind_the_tools_back_is_refused_until_placed_again(
+    signed, views, deploy_to, artifacts
+):
+    v1 = signed_copy(signed, "v1", artifacts)
+    assert deploy_json(signed["inventory"], v1)[0] == 0
+    first = views["web1"].current_release(deploy_to)
+    kept = f"{deploy_to}/.deployer/signers/allowed_signers"
+    views["web1"].sh("echo 'mallory@example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMallory' >> %s", kept)
+    v2 = signed_copy(signed, "v2", artifacts)
+    code, report = deploy_json(signed["inventory"], v2)
+    assert code == 3, report
+    assert "web1" in report["refusal"]
+    web1 = next(host for host in report["hosts"] if host["host"] == "web1")
+    assert "are not the inventory's: changed on this host or in the inventory" in web1["message"]
+    assert all(view.current_release(deploy_to) == first for view in views.values())
+    placed = run_inv("place-signers", "--inventory", signed["inventory"], "--json")
+    assert placed.returncode == 0, placed.stdout + placed.stderr
+    statuses = {host["host"]: host["status"] for host in json.loads(placed.stdout)["hosts"]}
+    assert statuses == {"web1": "ok", **{name: "unchanged" for name in views if name != "web1"}}
+    assert "mallory" not in views["web1"].sh("cat %s", kept)
+    code, report = deploy_json(signed["inventory"], v2)
+    assert code == 0, report
+    assert {view.version(deploy_to) for view in views.values()} == {"v2"}
+
+
+def test_a_rollback_to_a_release_whose_key_was_revoked_is_refused_unless_forced(signed, views, deploy_to, artifacts):
+    laptop_public = Path(signed["other"] + ".pub").read_text().split()[:2]
+    with open(signed["allowed"], "a") as allowed:
+        allowed.write(f"laptop@example.org {' '.join(laptop_public)}\n")
+    v1 = signed_copy(signed, "v1", artifacts, key="other")
+    code, first = deploy_json(signed["inventory"], v1)
+    assert code == 0, first
+    v2 = signed_copy(signed, "v2", artifacts)
+    code, second = deploy_json(signed["inventory"], v2)
+    assert code == 0, second
+    signed["revoked"].write_text(" ".join(laptop_public) + "\n")  # the laptop's key is lost
+    before = {name: view.sh("ls -a %s", f"{deploy_to}/.deployer") for name, view in views.items()}
+    refused = run_inv("rollback", "--inventory", signed["inventory"], "--json")
+    assert refused.returncode == 3, refused.stdout
+    refusal = json.loads(refused.stdout)["refusal"]
+    assert f"release {first['target']} may not go live again" in refusal and "is revoked" in refusal
+    for name, view in views.items():
+        assert view.current_release(deploy_to) == second["target"]
+        assert view.sh("ls -a %s", f"{deploy_to}/.deployer") == before[name]  # no pin, no bad mark
+    forced = run_inv("rollback", "--inventory", signed["inventory"], "--force")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert "SWITCHING ANYWAY (--force)" in forced.stdout
+    assert {view.version(deploy_to) for view in views.values()} == {"v1"}
