@@ -305,14 +305,14 @@ def still_trusted(settings: Signatures, principal: str, fingerprint: str) -> str
             continue
         for index, word in enumerate(words[1:], start=1):
             if _blob_fingerprint(word) == fingerprint and index >= 2:
-                lines.append((words[0], " ".join(words[1 : index - 1]), words[index - 1], word))
+                lines.append((words[0], line, words[index - 1], word))
     if not lines:
         return f"its signer's key ({principal}, {fingerprint}) is no longer in {settings.allowed_signers}"
     listed = [entry for entry in lines if principal in entry[0].split(",")]
     if not listed:
         return f"its signer's key {fingerprint} is no longer allowed for {principal} in {settings.allowed_signers}"
-    _names, options, key_type, blob = listed[0]
-    match = re.search(r'namespaces="([^"]*)"', options)
+    _names, raw_line, key_type, blob = listed[0]
+    match = re.search(r'namespaces="([^"]*)"', raw_line, re.IGNORECASE)
     if match and settings.namespace not in match.group(1).split(","):
         return f"{principal}'s key {fingerprint} may no longer sign {settings.namespace!r}"
     if settings.revoked and _revoked(settings.revoked, f"{key_type} {blob}"):

@@ -153,7 +153,8 @@ def _deploy_host(
     if existing is not None:
         return HostPlan(name, SWITCH, before, release_id, "already staged", **common)
     source = CACHE if digest in state.cached_digests else UPLOAD
-    return HostPlan(name, STAGE, before, release_id, source=source, place_signers=bool(signers), **common)
+    place = bool(signers and not state.signers)
+    return HostPlan(name, STAGE, before, release_id, source=source, place_signers=place, **common)
 
 
 Guard = tuple[str, list[str]]  # (why the deploy is refused, or ""; warnings)

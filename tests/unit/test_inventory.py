@@ -97,6 +97,11 @@ def test_good_inventory(keyfiles):
             "not",
         ),
         (("validate:", "signatures: {allowed_signers: kh, revokd: kh}\nvalidate:"), "signatures.revokd", "unknown key"),
+        (
+            ("web1: {address: 10.0.0.11}", "web1: {address: 10.0.0.11, signatures: {allowed_signers: none}}"),
+            "hosts.web1.signatures.allowed_signers",
+            "not found",
+        ),
     ],
 )
 def test_errors_name_file_key_and_problem(keyfiles, change, key, words):
@@ -118,6 +123,21 @@ def test_signatures_section(keyfiles):
     assert signatures.allowed_signers == str(keyfiles / "kh") and signatures.revoked == str(keyfiles / "id")
     path, _ = inv(keyfiles, GOOD)
     assert load_inventory(path).signatures is None
+
+
+def test_a_group_signs_with_its_own_signers(keyfiles):
+    (keyfiles / "ops_signers").write_text("")
+    body = GOOD.replace("  web1: {address: 10.0.0.11}", "  web1: {address: 10.0.0.11, groups: [ops]}")
+    body += "signatures: {allowed_signers: kh}\n"
+    body += "groups:\n  ops: {signatures: {allowed_signers: ops_signers, require: true}}\n"
+    inventory = load_inventory(inv(keyfiles, body)[0])
+    ops, web2 = (inventory.signatures_of(inventory.host(name)) for name in ("web1", "web2"))
+    assert ops is not None and ops.allowed_signers == str(keyfiles / "ops_signers") and ops.require
+    assert web2 == inventory.signatures
+    assert inventory.signature_settings() == (ops, inventory.signatures)
+    (keyfiles / "big").write_text("x" * 20000)
+    with pytest.raises(InventoryError, match="groups.ops.signatures.allowed_signers: .* is over 16 KiB"):
+        load_inventory(inv(keyfiles, body.replace("ops_signers", "big"))[0])
 
 
 def test_duplicate_keys_are_rejected(keyfiles):

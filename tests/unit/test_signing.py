@@ -112,3 +112,41 @@ def test_signing_with_a_missing_key_is_a_clear_error(release):
     with pytest.raises(InputError, match="ssh-keygen could not sign"):
         signing.sign(release["artifact"], release["folder"] + "/no-such-key")
     assert not Path(release["artifact"] + ".sig").exists()
+
+
+def test_a_recorded_signer_stays_trusted_until_removed_revoked_or_denied_the_namespace(release):
+    from deployer.inventory.model import Signatures
+
+    settings = Signatures(release["allowed"])
+    ci = fingerprint(release["ci"] + ".pub")
+    assert signing.still_trusted(settings, "ci@example.org", ci) == ""
+    assert "no longer allowed for bob@example.org" in signing.still_trusted(settings, "bob@example.org", ci)
+    laptop = fingerprint(release["other"] + ".pub")
+    assert "is no longer in" in signing.still_trusted(settings, "laptop@example.org", laptop)
+    plain = Path(release["folder"]) / "revoked_keys"
+    plain.write_text(release["ci_public"] + "\n")
+    assert "is revoked" in signing.still_trusted(
+        Signatures(release["allowed"], revoked=str(plain)), "ci@example.org", ci
+    )
+    krl = Path(release["folder"]) / "revoked.krl"
+    subprocess.run(["ssh-keygen", "-q", "-k", "-f", str(krl), release["other"] + ".pub"], check=True)
+    assert signing.still_trusted(Signatures(release["allowed"], revoked=str(krl)), "ci@example.org", ci) == ""
+    subprocess.run(["ssh-keygen", "-q", "-k", "-f", str(krl), release["ci"] + ".pub"], check=True)
+    assert "is revoked" in signing.still_trusted(Signatures(release["allowed"], revoked=str(krl)), "ci@example.org", ci)
+    other_namespace = Signatures(release["allowed"], namespace="other-app")
+    assert "may no longer sign 'other-app'" in signing.still_trusted(other_namespace, "ci@example.org", ci)
+    # a closed validity window does not make an earlier, valid signature untrusted
+    Path(release["allowed"]).write_text(f'ci@example.org valid-before="20200101" {release["ci_public"]}\n')
+    assert signing.still_trusted(settings, "ci@example.org", ci) == ""
+
+
+def test_what_hosts_keep_is_byte_exact_and_bounded(release):
+    from deployer.inventory.model import Signatures
+
+    copy = signing.host_copy(Signatures(release["allowed"], require=True))
+    assert copy.allowed_signers == Path(release["allowed"]).read_bytes()
+    assert copy.policy == b"require=yes namespace=deployer-release\n"
+    assert copy.digests.split()[1] == "-"
+    Path(release["allowed"]).write_text("x" * (signing.MAX_ALLOWED_SIGNERS + 1))
+    with pytest.raises(InputError, match="hosts take at most"):
+        signing.host_copy(Signatures(release["allowed"]))

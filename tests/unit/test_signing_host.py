@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -174,3 +175,21 @@ def test_a_revoked_key_is_refused_by_the_host_and_a_binary_krl_arrives_byte_for_
 def test_without_a_hosts_copy_a_signature_cannot_be_checked_and_is_refused(signed):
     code, output = stage(signed, "20260101T000000Z-aaaaaaaa", place=False, signers=None, **good(signed))
     assert code == EXIT_SIGNATURE and "no allowed signers to check it with" in output.error_message()
+
+
+def test_a_host_without_ssh_keygen_is_named_when_its_releases_are_signed(tmp_path):
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    required = "awk cat cp cut dd df gzip ln ls mkdir mv od rm sed sleep sync tail tar tee tr wc sha256sum"
+    for tool in required.split(" "):
+        os.symlink(shutil.which(tool), tools / tool)
+    env = {"PATH": str(tools)}
+    deploy_to = str(tmp_path / "srv")
+    for signing_on, expected in (("1", [["ssh-keygen (signed releases)"]]), ("", [])):
+        done = subprocess.run(
+            ["/bin/sh", "-c", command_line("gather", deploy_to, signing=signing_on)], capture_output=True, env=env
+        )
+        output = parse_output(done.stdout.decode(), done.stderr.decode())
+        assert output.all("missing") == expected
+    done = subprocess.run(["sh", "-c", command_line("gather", deploy_to, signing="1")], capture_output=True)
+    assert parse_output(done.stdout.decode(), done.stderr.decode()).all("missing") == []

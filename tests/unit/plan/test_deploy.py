@@ -103,3 +103,34 @@ def test_batches_cover_every_host_once_in_order(hosts, size):
     groups = p.batches(names, size)
     assert [name for group in groups for name in group] == names
     assert all(1 <= len(group) <= size for group in groups)
+
+
+SIGNERS = "a" * 64 + " - " + "b" * 64
+
+
+def test_a_host_whose_copy_of_the_signers_differs_is_refused_and_one_without_gets_it_placed():
+    states = fleet(with_(host("a", "r1"), signers=SIGNERS), host("b", "r1"), with_(host("c", "r1"), signers=SIGNERS))
+    plan = p.plan_deploy(D, states, {}, "r9", "digest-r9", signers={"a": SIGNERS, "b": SIGNERS, "c": "c" * 64 + " - -"})
+    assert plan.refusal and not plan.acting()
+    refused = {h.host: h.reason for h in plan.hosts if h.action == p.REFUSE}
+    assert list(refused) == ["c"] and "are not the inventory's" in refused["c"]
+    fine = p.plan_deploy(D, states, {}, "r9", "digest-r9", signers={"a": SIGNERS, "b": SIGNERS, "c": SIGNERS})
+    assert not fine.refusal
+    assert {h.host: h.place_signers for h in fine.hosts} == {"a": False, "b": True, "c": False}
+    # a host that keeps a copy the inventory no longer speaks of is refused too (its policy may require signatures)
+    dropped = p.plan_deploy(D, states, {}, "r9", "digest-r9", signers={})
+    assert {h.host for h in dropped.hosts if h.action == p.REFUSE} == {"a", "c"}
+
+
+def test_an_unsigned_staged_release_is_not_reused_when_signatures_are_required():
+    from datetime import datetime, timezone
+
+    now = datetime(2026, 12, 2, tzinfo=timezone.utc)
+    states = fleet(host("a", "r1", releases=("r1", "r2")), host("b", "r1", releases=("r1", "r2")))
+    assert p.choose_release_id(states, "digest-r2", now) == "r2"
+    fresh = p.choose_release_id(states, "digest-r2", now, signed_only=True)
+    assert fresh not in ("r1", "r2")
+    signed = {
+        n: with_(s, releases={**s.releases, "r2": with_(s.releases["r2"], signer="ci")}) for n, s in states.items()
+    }
+    assert p.choose_release_id(signed, "digest-r2", now, signed_only=True) == "r2"

@@ -276,3 +276,19 @@ def test_rollback_where_every_host_refuses_is_refused_as_a_whole():
     states = {n: with_(s, releases={**s.releases, "r2": ReleaseInfo("r2", "failed", "d")}) for n, s in states.items()}
     plan = p.plan_rollback(D, states, {}, "r2")
     assert plan.refusal.startswith("no host can be switched to r2") and not plan.acting()
+
+
+def test_a_target_whose_signer_is_no_longer_trusted_is_refused_and_records_nothing():
+    states = fleet(host("a", "r3", "r2"), host("b", "r3", "r2"))
+    untrusted = {("a", "r2"): "its signer's key is revoked", ("b", "r1"): "unsigned"}
+    plan = p.plan_rollback(D, states, {}, untrusted=untrusted)
+    assert (
+        plan.refusal
+        == "release r2 may not go live again: its signer's key is revoked (on a); --force switches to it anyway"
+    )
+    assert not plan.acting() and plan.mark_bad is None
+    forced = p.plan_rollback(D, states, {}, untrusted=untrusted, force=True)
+    assert not forced.refusal and actions(forced) == {"a": p.SWITCH, "b": p.SWITCH}
+    assert any("SWITCHING ANYWAY (--force)" in warning for warning in forced.warnings)
+    # a release that is untrusted elsewhere, or on a host that does not switch, is no reason
+    assert not p.plan_rollback(D, states, {}, untrusted={("a", "r1"): "x", ("b", "r3"): "y"}).refusal
