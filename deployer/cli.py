@@ -304,12 +304,31 @@ def init(
     return 0
 
 
-def sign(artifact: str, key: str, namespace: str, out: str | None, as_json: bool = False) -> int:
+def sign(
+    artifact: str,
+    key: str,
+    namespace: str,
+    out: str | None,
+    as_json: bool = False,
+    git: str | None = None,
+    repo: str | None = None,
+) -> int:
+    """Sign ARTIFACT; with `git`, first build that ref of `repo` into ARTIFACT (the same reproducible
+    tarball `deploy --git` builds, so its signature verifies for either)."""
     from deployer import signing  # noqa: PLC0415 - only this task needs it
+    from deployer.revision import pack_git  # noqa: PLC0415
 
+    built = None
+    if git:
+        if not artifact.endswith((".tar.gz", ".tgz")):
+            raise InputError(f"--git: {artifact} is where the built release goes; name it .tar.gz")
+        if os.path.exists(artifact):
+            raise InputError(f"--git: {artifact} exists already; the built release is never written over a file")
+        built = pack_git(repo or ".", git, artifact)
     written = signing.sign(artifact, key, namespace, out)
     if as_json:
-        _print_json({"artifact": artifact, "signature": written, "namespace": namespace})
+        commit = {"commit": built.commit} if built is not None else {}
+        _print_json({"artifact": artifact, "signature": written, "namespace": namespace, **commit})
     else:
         print(written)
     return 0

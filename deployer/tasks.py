@@ -383,18 +383,29 @@ def init(
 @task(
     positional=["artifact"],
     help={
-        "artifact": "the .tar.gz to sign",
+        "artifact": "the .tar.gz to sign (with --git: where the built release is written)",
         "key": "the signing key: a private key file, or the .pub of a key held by ssh-agent",
         "namespace": "the signature's namespace (as the inventory's signatures.namespace)",
         "out": "where the signature goes (default: ARTIFACT.sig)",
+        "git": "build this commit, branch or tag (as deploy --git does, byte for byte) into ARTIFACT, then sign it",
+        "repo": "the git repository for --git (default: here)",
         "json": COMMON_HELP["json"],
     },
 )
 def sign(
-    c: Context, artifact: str, key: str, namespace: str = "deployer-release", out: str | None = None, json: bool = False
+    c: Context,
+    artifact: str,
+    key: str,
+    namespace: str = "deployer-release",
+    out: str | None = None,
+    git: str | None = None,
+    repo: str | None = None,
+    json: bool = False,
 ) -> None:
     """Sign a release artifact with ssh-keygen -Y sign (a detached ARTIFACT.sig; the key never leaves here)."""
-    cli.guarded(lambda: cli.sign(artifact, key, namespace, out, json), "sign", as_json=json, settled_exit=True)
+    cli.guarded(
+        lambda: cli.sign(artifact, key, namespace, out, json, git, repo), "sign", as_json=json, settled_exit=True
+    )
 
 
 @task(

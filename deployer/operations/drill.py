@@ -63,6 +63,7 @@ class _Drill:
         self.report = OperationReport("rollback-drill", None)
         if artifact.signer is not None:
             self.report.signature = artifact.signer.as_dict()
+            self.report.notes.append(f"signed by {artifact.signer.principal} ({artifact.signer.fingerprint})")
 
     def phase(self, name: str, detail: str, ok: bool, started: float, hosts: list[HostResult], expected: str) -> bool:
         """Record a phase (after the independent testinfra checks, when it passed so far); True if it passed."""

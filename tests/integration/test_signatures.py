@@ -266,3 +266,31 @@ def test_a_rollback_to_a_release_whose_key_was_revoked_is_refused_unless_forced(
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert "SWITCHING ANYWAY (--force)" in forced.stdout
     assert {view.version(deploy_to) for view in views.values()} == {"v1"}
+
+
+def test_a_commit_signed_with_sign_git_deploys_with_deploy_git(signed, views, deploy_to):
+    from tests.integration.test_versions import git
+
+    folder = signed["folder"] / "repo"
+    folder.mkdir()
+    git(folder, "init", "-q", "-b", "main")
+    (folder / "VERSION").write_text("from git\n")
+    git(folder, "add", ".")
+    git(folder, "commit", "-q", "-m", "first")
+    commit = git(folder, "rev-parse", "HEAD").strip()
+    tarball = str(signed["folder"] / "release.tar.gz")
+    made = run_inv("sign", tarball, "--git", "main", "--repo", str(folder), "--key", signed["ci"], "--json")
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["commit"] == commit
+    unsigned = run_inv("deploy", "-i", signed["inventory"], "--git", "main", "--repo", str(folder))
+    assert unsigned.returncode == 2 and "is not signed" in unsigned.stderr
+    done = run_inv(
+        "deploy", "-i", signed["inventory"], "--git", "main", "--repo", str(folder), "--signature", tarball + ".sig"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for view in views.values():
+        assert view.version(deploy_to) == "from git"
+        release = view.current_release(deploy_to)
+        assert view.sh("cat %s", f"{deploy_to}/.deployer/meta/{release}").split()[-2] == "ci@example.org"
+    again = run_inv("sign", tarball, "--git", "main", "--repo", str(folder), "--key", signed["ci"])
+    assert again.returncode == 2 and "exists already" in again.stderr
