@@ -15,6 +15,9 @@ command -v ruby >/dev/null 2>&1 || need_apt+=(ruby)  # only to check vagrant/Vag
 command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)  # the tests of `sudo: true` hooks
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)  # the tests of what the live view shows on a real terminal
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # the tests of the HTML report, in a real browser
+[ -x /usr/sbin/nginx ] || need_apt+=(nginx)  # the origin hosts pull artifacts from (pull deploys); started by the tests
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v wget >/dev/null 2>&1 || need_apt+=(wget)
 # the local fleet's other userlands and login shells (inv fleet-up --userland), and the shells the
 # remote scripts are tested under
 command -v tcsh >/dev/null 2>&1 || need_apt+=(tcsh)

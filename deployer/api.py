@@ -77,6 +77,8 @@ class Flags(TypedDict, total=False):
     version: str | None
     commit: str | None
     signature: str | None
+    pull: str
+    sha256: str
 
 
 def options(
@@ -93,11 +95,15 @@ def options(
     version: str | None = None,
     commit: str | None = None,
     signature: str | None = None,
+    pull: str = "",
+    sha256: str = "",
 ) -> Options:
     """The operation's options (the CLI's flags), checked: a bad --commit is an `InputError`."""
     return Options(
         revision=from_flags(version, commit),
-        signature=signature,
+        signature=signature or None,
+        pull=pull or "",
+        sha256=(sha256 or "").lower(),
         accept_new_host_keys=accept_new_host_keys,
         parallel=parallel,
         dry_run=dry_run,

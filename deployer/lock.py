@@ -67,6 +67,7 @@ class FleetLock:
     message: str = ""
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     held: set[str] = field(default_factory=set)
+    pull: bool = False  # the operation has hosts fetch the artifact: reading state checks for curl or wget
 
     def info(self) -> str:
         return json.dumps(
@@ -150,7 +151,7 @@ def _gather_options(lock: FleetLock | None, history: int = 0) -> dict[str, Any]:
     """The gather options (one lock info for all hosts)."""
     options: dict[str, Any] = {"history": str(min(max(0, history), MAX_HISTORY_LINES)) if history else ""}
     if lock is not None:
-        options.update(lock="take", lock_token=lock.token, lock_info=lock.info())
+        options.update(lock="take", lock_token=lock.token, lock_info=lock.info(), pull="1" if lock.pull else "")
     return options
 
 

@@ -25,12 +25,14 @@ import yaml
 from deployer import revision
 from deployer.errors import ArtifactError, InputError
 from deployer.revision import Revision
-from deployer.signing import Signature, Signer, check_artifact
+from deployer.signing import Signature, Signer, check_artifact, check_remote_signature
 
 if TYPE_CHECKING:
     from deployer.inventory.model import Signatures
 
 RELEASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+URL_RE = re.compile(r"^https?://[!-~]{1,2040}$")  # printable ASCII, no spaces: it travels as data to hosts
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 RESERVED_NAMES = frozenset({"previousVersion"})
 
 
@@ -46,6 +48,23 @@ def check_release_id(value: str) -> str:
             "starting with a letter or digit"
         )
     return value
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def check_url(url: str, where: str) -> str:
+    """`url` if hosts can be asked to fetch it (http or https, printable, no spaces), else an InputError."""
+    if not URL_RE.fullmatch(url):
+        raise InputError(f"{where}: {shown_url(url)!r} is not an http:// or https:// URL without spaces")
+    return url
+
+
+def shown_url(url: str) -> str:
+    """A URL as output shows it: without its query (a presigned URL's query is a credential)."""
+    base, query, _ = url.partition("?")
+    return base[:200] + ("?..." if query else "")
 
 
 def new_release_id(now: datetime, digest: str, taken: set[str]) -> str:
@@ -114,10 +133,14 @@ class Artifact:
     declared: Revision = Revision()  # the version and commit its release.yml names
     revision: Revision = Revision()  # what the release is recorded as (flags, release.yml, git, CI)
     signature: Signature | None = None  # its signature, when it came with one the inventory trusts
+    url: str = ""  # hosts fetch it from here themselves (a pull deploy); "" when it is uploaded
 
     @property
     def signer(self) -> Signer | None:
-        return self.signature.signer if self.signature is not None else None
+        """Who signed it, as checked here (None when unsigned, or when only the hosts can check it)."""
+        if self.signature is None or not self.signature.signer.principal:
+            return None
+        return self.signature.signer
 
 
 def _check_member(member: tarfile.TarInfo, source: str) -> None:
@@ -200,15 +223,27 @@ class PreparedArtifact:
         flags: Revision | None = None,
         signatures: Sequence[Signatures] = (),
         signature: str | None = None,
+        pull: str = "",
+        sha256: str = "",
     ) -> None:
         self.source = source
         self.flags = flags or Revision()  # --version / --commit: first among the revision's sources
         self.signatures = signatures  # the inventory's `signatures`: checked here, before any host is contacted
         self.signature = signature  # --signature (default: the artifact's .sig beside it)
+        self.pull = pull  # --pull URL: hosts fetch the (local, checked) artifact's bytes from there
+        self.sha256 = sha256  # --sha256: the digest of an artifact given only as a URL
         self._tempdir: str | None = None
 
     def __enter__(self) -> Artifact:
         source = self.source
+        if is_url(source):
+            return self._remote(source)
+        if self.sha256:
+            raise InputError("--sha256 is for an artifact given as a URL; a local artifact's digest is computed here")
+        if self.pull:
+            check_url(self.pull, "--pull")
+            if os.path.isdir(source):
+                raise InputError("--pull: the artifact must be the .tar.gz file the URL serves, not a folder")
         if os.path.isdir(source):
             self._tempdir = tempfile.mkdtemp(prefix="deployer-artifact-")
             path = os.path.join(self._tempdir, "release.tar.gz")
@@ -231,7 +266,22 @@ class PreparedArtifact:
             self.__exit__()
             raise
         found = revision.collect(self.flags, declared, source)
-        return Artifact(path, digest, size, source, manifest, declared, found, signature)
+        return Artifact(path, digest, size, source, manifest, declared, found, signature, self.pull)
+
+    def _remote(self, url: str) -> Artifact:
+        """An artifact only hosts will read (`--artifact URL --sha256 HEX`): nothing to check here
+        but its name and digest; each host checks the bytes it fetched (digest, signature)."""
+        check_url(url, "--artifact")
+        if self.pull:
+            raise InputError("--pull names where hosts fetch a local artifact from; the artifact is a URL already")
+        if not SHA256_RE.fullmatch(self.sha256 or ""):
+            raise InputError(
+                f"--artifact {shown_url(url)} needs --sha256 (64 hex digits) so hosts can check what they fetch; "
+                "or give the file here: --artifact FILE --pull URL"
+            )
+        signature = check_remote_signature(self.signatures, self.signature)
+        found = revision.collect(self.flags, Revision(), shown_url(url))
+        return Artifact("", self.sha256, 0, shown_url(url), None, Revision(), found, signature, url)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._tempdir is not None:

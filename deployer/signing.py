@@ -273,17 +273,41 @@ def check_artifact(
                 f"{source} is a folder: signed releases are .tar.gz files signed with `deployer sign`"
             )
         raise SignatureRefused(f"{source} is not signed (no {signature}) and the inventory requires signed releases")
+    text = read_signature(signature)
+    signers = [
+        verify(tarball, signature, settings.allowed_signers, settings.namespace, settings.revoked or None)
+        for settings in all_settings
+    ]
+    return Signature(signers[0], text)
+
+
+def read_signature(signature: str) -> str:
+    """The armored text of an ssh signature file (SignatureRefused when it is not one)."""
     try:
         text = Path(signature).read_bytes()[: MAX_SIGNATURE + 1].decode("ascii")
     except (OSError, UnicodeDecodeError):
         raise SignatureRefused(f"{signature} is not a readable ssh signature") from None
     if len(text) > MAX_SIGNATURE or not text.startswith("-----BEGIN SSH SIGNATURE-----"):
         raise SignatureRefused(f"{signature} is not an ssh signature (-----BEGIN SSH SIGNATURE-----)")
-    signers = [
-        verify(tarball, signature, settings.allowed_signers, settings.namespace, settings.revoked or None)
-        for settings in all_settings
-    ]
-    return Signature(signers[0], text.strip())
+    return text.strip()
+
+
+def check_remote_signature(all_settings: Sequence[Signatures], given: str | None) -> Signature | None:
+    """For an artifact the controller never holds (given as a URL): the signature is passed on and
+    checked by every host against its own copy of who may sign (who signed is what they record)."""
+    if not all_settings:
+        if given:
+            raise InputError("--signature given, but the inventory has no `signatures` section to say who may sign")
+        return None
+    if not given:
+        if any(settings.require for settings in all_settings):
+            raise SignatureRefused(
+                "the artifact is a URL and the inventory requires signed releases: give its signature (--signature)"
+            )
+        return None
+    if not os.path.isfile(given):
+        raise SignatureRefused(f"no signature file {given}")
+    return Signature(Signer("", "", ""), read_signature(given))
 
 
 def still_trusted(settings: Signatures, principal: str, fingerprint: str) -> str:

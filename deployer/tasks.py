@@ -81,13 +81,17 @@ class Common:
         version: str | None = None,
         commit: str | None = None,
         signature: str | None = None,
+        pull: str | None = None,
+        sha256: str | None = None,
     ) -> "Options":
-        from deployer.operations import Options  # noqa: PLC0415 - imported when a task runs, not at start-up
-        from deployer.revision import from_flags  # noqa: PLC0415
+        from deployer import api  # noqa: PLC0415 - imported when a task runs, not at start-up
 
-        return Options(
-            revision=from_flags(version, commit),
-            signature=signature or None,
+        return api.options(
+            version=version,
+            commit=commit,
+            signature=signature,
+            pull=pull or "",
+            sha256=sha256 or "",
             accept_new_host_keys=self.accept_new_host_keys,
             parallel=self.parallel or None,
             dry_run=dry_run,
@@ -190,6 +194,8 @@ def fleet_task(
         "repo": "the git repository for --git (default: the current folder)",
         "signature": "the artifact's signature (default: ARTIFACT.sig beside it); checked when the inventory "
         "has `signatures`",
+        "pull": "hosts fetch the artifact from this http(s) URL themselves (curl or wget) instead of an upload",
+        "sha256": "the digest of an artifact given as a URL (--artifact https://...), checked by every host",
     },
 )
 def deploy(
@@ -205,15 +211,18 @@ def deploy(
     git: str | None = None,
     repo: str | None = None,
     signature: str | None = None,
+    pull: str | None = None,
+    sha256: str | None = None,
 ) -> None:
     """Stage a release on every host, validate it, then switch `current` atomically (in batches) and verify."""
+    chosen = dict(version=version, commit=commit, signature=signature, pull=pull, sha256=sha256)
     common.run(
         "deploy",
         lambda: cli.deploy(
             common.inventory,
             artifact,
             release,
-            common.options(dry_run, force=force, unpin=unpin, version=version, commit=commit, signature=signature),
+            common.options(dry_run, force=force, unpin=unpin, **chosen),
             common.json,
             git,
             repo,
@@ -247,6 +256,8 @@ def rollback(c: Context, common: Common, to: str | None = None, dry_run: bool = 
         "version": "the new release's version label (as for deploy)",
         "commit": "the full git commit it was built from (as for deploy)",
         "signature": "the artifact's signature (as for deploy)",
+        "pull": "hosts fetch the artifact from this URL (as for deploy)",
+        "sha256": "the digest of an artifact given as a URL (as for deploy)",
     },
 )
 def rollback_drill(
@@ -260,6 +271,8 @@ def rollback_drill(
     version: str | None = None,
     commit: str | None = None,
     signature: str | None = None,
+    pull: str | None = None,
+    sha256: str | None = None,
 ) -> None:
     """Deploy the artifact, roll back, deploy again, verifying each step (integration fleets)."""
     common.run(
@@ -267,7 +280,7 @@ def rollback_drill(
         lambda: cli.drill(
             common.inventory,
             artifact,
-            common.options(version=version, commit=commit, signature=signature),
+            common.options(version=version, commit=commit, signature=signature, pull=pull, sha256=sha256),
             common.json,
             junit,
             verify,

@@ -80,6 +80,7 @@ def run_deploy(
         keep_releases=inventory.keep_releases,
         keep_failed_releases=inventory.keep_failed_releases,
         signers={name: copy.digests for name, copy in copies.items()},
+        pull=bool(artifact.url),
     )
     if artifact.revision.version or artifact.revision.commit:
         run.revisions[release] = artifact.revision
@@ -258,7 +259,12 @@ def deploy(
         check_release_id(release_id)
     with (
         PreparedArtifact(
-            artifact_source, options.revision, inventory.signature_settings(), options.signature
+            artifact_source,
+            options.revision,
+            inventory.signature_settings(),
+            options.signature,
+            options.pull,
+            options.sha256,
         ) as artifact,
         locked_run(inventory, "deploy", options, progress) as (
             run,

@@ -158,7 +158,12 @@ def drill(
     progress = progress or Progress()
     with (
         PreparedArtifact(
-            artifact_source, options.revision, inventory.signature_settings(), options.signature
+            artifact_source,
+            options.revision,
+            inventory.signature_settings(),
+            options.signature,
+            options.pull,
+            options.sha256,
         ) as artifact,
         locked_run(inventory, "rollback-drill", options, progress) as (run, states, unreachable, _gathered),
     ):

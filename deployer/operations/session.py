@@ -41,6 +41,8 @@ class Options:
     groups: tuple[str, ...] = ()  # --group: only members of these groups
     revision: Revision = Revision()  # deploy/drill: --version and --commit (checked), first of the sources
     signature: str | None = None  # deploy/drill: --signature FILE (default: the artifact's .sig beside it)
+    pull: str = ""  # deploy/drill: --pull URL, hosts fetch the artifact from there (a pull deploy)
+    sha256: str = ""  # deploy/drill: --sha256 HEX, the digest of an artifact given as a URL
 
 
 def open_fleet(inventory: Inventory, options: Options, progress: Progress | None = None) -> Fleet:
@@ -59,7 +61,7 @@ def locked_run(
 ) -> Iterator[tuple[Run, dict[str, HostState], Unreachable, Phase]]:
     """Open the fleet, take the lock while reading state; release whatever is still held on the way out."""
     with open_fleet(inventory, options, progress) as fleet:
-        lock = FleetLock(operation, options.message)
+        lock = FleetLock(operation, options.message, pull=bool(options.pull or options.sha256))
         run = Run(fleet, lock, progress, options.message)
         started = time.monotonic()
         progress.say(f"{operation}: locking and reading state of {len(inventory.hosts)} host(s)")

@@ -101,15 +101,18 @@ def pin_info(release: str, why: str, revision: Revision | None = None) -> str:
     return json.dumps(record, sort_keys=True)
 
 
-def env_block(inventory: Inventory) -> bytes:
+def env_block(inventory: Inventory, artifact_url: str = "") -> bytes:
     """The inventory's `env` as the block the remote scripts read from stdin (see read_env in lib.sh).
 
-    The sudo password travels here too, as DEPLOYER_SUDO_PASSWORD: lib.sh keeps it in a shell
-    variable for `sudo -S` and never exports it to any command.
+    The sudo password travels here too, as DEPLOYER_SUDO_PASSWORD, and a pull deploy's artifact URL
+    as DEPLOYER_ARTIFACT_URL (a presigned URL is a credential): lib.sh keeps both in shell
+    variables and never exports them to any command.
     """
     pairs = [(var.name, var.value) for var in inventory.env]
     if inventory.sudo_password:
         pairs.append(("DEPLOYER_SUDO_PASSWORD", inventory.sudo_password))
+    if artifact_url:
+        pairs.append(("DEPLOYER_ARTIFACT_URL", artifact_url))
     if not pairs:
         return b""
     lines = "".join(f"{name} {octal_escaped(value)}\n" for name, value in pairs).encode("ascii")

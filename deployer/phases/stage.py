@@ -12,11 +12,12 @@ from deployer import signing
 from deployer.errors import HostError, StepFailed
 from deployer.fleet import HostConnection
 from deployer.lock import utc_now
-from deployer.phases.run import Run, whole_seconds
+from deployer.phases.run import Run, env_block, whole_seconds
 from deployer.plan import HostPlan
 from deployer.release import Artifact
 from deployer.revision import revision_file
 from deployer.scripts import (
+    EXIT_FETCH,
     EXIT_SIGNATURE,
     EXIT_VALIDATE,
     octal_escaped,
@@ -45,14 +46,21 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
             revision.commit or "-",
         ]
     )
-    mapped = MappedArtifact(artifact.path)
+    mapped = MappedArtifact(artifact.path) if artifact.path else None
     environment = run.environment
+    fetching = env_block(inventory, artifact.url) if artifact.url else b""
     failures: dict[str, HostError] = {}
 
     def work(connection: HostConnection) -> float:
         name = connection.host.name
         source = sources[name]
-        upload = [environment] + ([mapped.view] if source == planning.UPLOAD else [])
+        upload: list[bytes | memoryview]
+        if source == planning.FETCH:
+            upload = [fetching]
+        elif source == planning.UPLOAD and mapped is not None:
+            upload = [environment, mapped.view]
+        else:
+            upload = [environment]
         copy = copies.get(name)
         signed: dict[str, str] = {}
         if signature is not None:
@@ -79,13 +87,15 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
             meta=meta,
             revision=revision_file(revision),
             shared="\n".join(inventory.shared),
-            env="1" if environment else "",
+            env="1" if upload[0] else "",
+            fetch_timeout=whole_seconds(inventory.timeouts.stage) if source == planning.FETCH else "",
             now=utc_now(),
             **signed,
         )
         output = result.output
         if result.exit_status != 0:
-            step = {EXIT_VALIDATE: "validation", EXIT_SIGNATURE: "signature"}.get(result.exit_status, "staging")
+            steps = {EXIT_VALIDATE: "validation", EXIT_SIGNATURE: "signature", EXIT_FETCH: "fetching"}
+            step = steps.get(result.exit_status, "staging")
             message = output.error_message()
             failed = output.first("validate_failed")
             if result.exit_status == EXIT_VALIDATE and failed is not None:
@@ -110,7 +120,8 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
         run.fleet.settle()  # Ctrl-C: stop the uploads and wait for them before the map goes away
         raise
     finally:
-        mapped.close()
+        if mapped is not None:
+            mapped.close()
     return failures
 
 

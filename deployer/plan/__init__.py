@@ -25,12 +25,13 @@ from deployer.plan.facts import (
     schema_problem,
     split_of,
 )
-from deployer.plan.model import CACHE, KEEP, REFUSE, STAGE, SWITCH, UNREACHABLE, UPLOAD, HostPlan, Plan
+from deployer.plan.model import CACHE, FETCH, KEEP, REFUSE, STAGE, SWITCH, UNREACHABLE, UPLOAD, HostPlan, Plan
 from deployer.plan.prune import plan_prune, protected_releases, prune_list
 from deployer.plan.rollback import choose_rollback_target, plan_rollback
 
 __all__ = [
     "CACHE",
+    "FETCH",
     "KEEP",
     "REFUSE",
     "STAGE",

@@ -18,7 +18,19 @@ from deployer.plan.facts import (
     schema_problem,
     split_of,
 )
-from deployer.plan.model import CACHE, KEEP, REFUSE, STAGE, SWITCH, UNREACHABLE, UPLOAD, HostPlan, Plan, held_back
+from deployer.plan.model import (
+    CACHE,
+    FETCH,
+    KEEP,
+    REFUSE,
+    STAGE,
+    SWITCH,
+    UNREACHABLE,
+    UPLOAD,
+    HostPlan,
+    Plan,
+    held_back,
+)
 from deployer.plan.prune import prune_list
 from deployer.release import Manifest, new_release_id
 from deployer.state import STATUS_OK, HostState, SchemaRecord
@@ -81,6 +93,7 @@ def plan_deploy(
     keep_releases: int = 5,
     keep_failed_releases: int = 3,
     signers: Mapping[str, str] | None = None,
+    pull: bool = False,
 ) -> Plan:
     """Plan a deploy of `release_id` (artifact `digest`): every host must be able to take it.
 
@@ -88,12 +101,13 @@ def plan_deploy(
     `unpin`), hosts are split between releases (unless `force`: the deploy is what they converge
     on), or the release cannot run against the recorded database schema (unless `force`).
     `signers` is, per host, what its own copy of who may sign must be (`signing.HostCopy.digests`;
-    missing: the host follows no `signatures`).
+    missing: the host follows no `signatures`). With `pull`, hosts without the artifact cached fetch
+    it from its URL themselves instead of receiving it.
     """
     signers = signers or {}
     hosts = [HostPlan(name, UNREACHABLE, None, release_id, reason) for name, reason in unreachable.items()]
     hosts += [
-        _deploy_host(name, state, deploy_to, release_id, digest, signers.get(name, ""))
+        _deploy_host(name, state, deploy_to, release_id, digest, signers.get(name, ""), pull)
         for name, state in states.items()
     ]
     hosts.sort(key=lambda plan: plan.host)
@@ -124,7 +138,7 @@ def plan_deploy(
 
 
 def _deploy_host(
-    name: str, state: HostState, deploy_to: str, release_id: str, digest: str, signers: str = ""
+    name: str, state: HostState, deploy_to: str, release_id: str, digest: str, signers: str = "", pull: bool = False
 ) -> HostPlan:
     """What one host does in a deploy of `release_id`: stage, switch only, keep, or refuse (and why)."""
     before = state.current
@@ -152,7 +166,7 @@ def _deploy_host(
     common: dict[str, Any] = {"expected_link": state.current_link, "previous_version": previous}
     if existing is not None:
         return HostPlan(name, SWITCH, before, release_id, "already staged", **common)
-    source = CACHE if digest in state.cached_digests else UPLOAD
+    source = CACHE if digest in state.cached_digests else (FETCH if pull else UPLOAD)
     place = bool(signers and not state.signers)
     return HostPlan(name, STAGE, before, release_id, source=source, place_signers=place, **common)
 

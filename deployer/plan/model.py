@@ -15,6 +15,7 @@ UNREACHABLE = "unreachable"  # gather failed: the reason is the connection error
 
 UPLOAD = "upload"
 CACHE = "cache"
+FETCH = "fetch"  # the host fetches the artifact from its URL itself (a pull deploy)
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class HostPlan:
     before: str | None
     target: str | None
     reason: str = ""
-    source: str = ""  # for STAGE: UPLOAD or CACHE
+    source: str = ""  # for STAGE: UPLOAD, FETCH or CACHE
     expected_link: str = ""  # raw `current` link text the switch must still find
     previous_version: str = ""  # for deploys: what the new release's previousVersion will say
     place_signers: bool = False  # for STAGE: the host has no copy of who may sign yet; staging places it

@@ -1,10 +1,10 @@
-# gather DEPLOY_TO [lock=take lock_token=T lock_info=JSON] [history=N] [signing=1]
+# gather DEPLOY_TO [lock=take lock_token=T lock_info=JSON] [history=N] [signing=1] [pull=1]
 # Reports this host's deployment state as records. With lock=take it first takes the fleet lock
 # (mkdir, atomic) or reports who holds it; nothing else is ever changed.
 # shellcheck disable=SC2154  # opt_* are set by parse_options
 deploy_to=$1
 shift
-opt_lock=none opt_lock_token='' opt_lock_info='' opt_history=0 opt_signing=''
+opt_lock=none opt_lock_token='' opt_lock_info='' opt_history=0 opt_signing='' opt_pull=''
 parse_options "$@"
 if [ -r /proc/sys/kernel/hostname ]; then
     first_line /proc/sys/kernel/hostname
@@ -15,6 +15,9 @@ fi
 missing_tools
 if [ "$opt_signing" = 1 ] && ! command -v ssh-keygen >/dev/null 2>&1; then
     emit missing "ssh-keygen (signed releases)"
+fi
+if [ "$opt_pull" = 1 ] && ! command -v curl >/dev/null 2>&1 && ! command -v wget >/dev/null 2>&1; then
+    emit missing "curl or wget (pull deploys)"
 fi
 if [ "$opt_lock" = take ] && [ ! -d "$deploy_to/.deployer" ]; then
     mkdir -p "$deploy_to/.deployer" || fail 30 "cannot create $deploy_to/.deployer"

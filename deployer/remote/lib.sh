@@ -6,7 +6,8 @@
 # anything else is diagnostics for humans. Exit codes (mirrored in deployer/scripts.py):
 #   0 ok | 10 usage | 20 refused (precondition) | 21 current is not a symlink
 #   22 current changed since it was read | 30 I/O failure (disk full, permission)
-#   31 artifact digest mismatch | 32 signature refused by this host | 40 validation failed | 50 verification after switch failed
+#   31 artifact digest mismatch | 32 signature refused by this host | 33 artifact could not be
+#   fetched (pull deploys) | 40 validation failed | 50 verification after switch failed
 #   60 before_switch hook failed (not switched) | 61 after_switch hook failed (switched)
 #   62 health check failed (switched) | 63 after_rollback hook failed (switched)
 #   64 migration command failed
@@ -83,6 +84,10 @@ read_env() {
         env_value=${env_value%.}
         if [ "$env_name" = DEPLOYER_SUDO_PASSWORD ]; then
             sudo_password=$env_value  # for sudo -S only: never exported, never in a file
+            continue
+        fi
+        if [ "$env_name" = DEPLOYER_ARTIFACT_URL ]; then
+            artifact_url=$env_value  # for fetch_artifact only: never exported, never on a command line
             continue
         fi
         export "$env_name=$env_value"
@@ -267,6 +272,50 @@ verify_signature() {
     fi
     signer=$vs_principal
     signer_fingerprint=$vs_good
+}
+
+fetch_artifact() {
+    # fetch_artifact FILE SECONDS LOG: the artifact at $artifact_url into FILE with curl or wget
+    # (the first this host has), each attempt bounded by SECONDS, a broken transfer resumed (up to
+    # 3 attempts; an HTTP error such as 404 is not retried). curl reads the URL from its config on
+    # stdin, so it is on no command line for other users to read in ps (a presigned URL is a
+    # credential); wget takes it as an argument (BusyBox wget reads it from nowhere else).
+    if command -v curl >/dev/null 2>&1; then
+        fa_tool=curl
+    elif command -v wget >/dev/null 2>&1; then
+        fa_tool=wget
+    else
+        fetch_reason="this host has neither curl nor wget to fetch the artifact with"
+        return 1
+    fi
+    fa_url=$artifact_url
+    case $fa_url in
+        *\\* | *\"*) fa_url=$(printf '%s\n' "$fa_url" | sed -e 's/[\\"]/\\&/g') ;;
+    esac
+    : > "$3"
+    fa_try=1
+    while :; do
+        if [ "$fa_tool" = curl ]; then
+            printf 'url = "%s"\n' "$fa_url" |
+                run_bounded "$2" curl -q -f -s -S -L --speed-limit 1024 --speed-time 30 -C - -o "$1" -K - >> "$3" 2>&1
+        else
+            run_bounded "$2" wget -q -c -O "$1" "$artifact_url" >> "$3" 2>&1 < /dev/null
+        fi
+        fa_code=$?
+        [ "$fa_code" != 0 ] || return 0
+        case $fa_tool:$fa_code in
+            curl:22 | wget:8) fetch_reason="the server answered with an error"; break ;;  # 404, 403: final
+            curl:33) rm -f "$1" ;;  # the server cannot resume: start again
+            *:124) fetch_reason="no complete answer within $2 s" ;;
+            *) fetch_reason="the transfer broke ($fa_tool exit $fa_code)" ;;
+        esac
+        [ "$fa_try" -lt 3 ] || break
+        fa_try=$((fa_try + 1))
+        printf 'attempt %s\n' "$fa_try" >> "$3"
+        sleep 1
+    done
+    fetch_reason="$fetch_reason after $fa_try attempt(s) with $fa_tool: $(grep -v '^attempt' "$3" | tail -n 2 | tr '\n' ' ')"
+    return 1
 }
 
 # shellcheck disable=SC2034  # meta_ok is read by gather

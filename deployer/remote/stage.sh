@@ -1,8 +1,9 @@
-# stage DEPLOY_TO release=ID digest=SHA256 source=upload|cache [validate=CMD] [meta=FIELDS] [shared=PATHS]
+# stage DEPLOY_TO release=ID digest=SHA256 source=upload|fetch|cache [validate=CMD] [meta=FIELDS] [shared=PATHS]
 #       [revision=TEXT] [signature=TEXT principal=P] [signers=DIGESTS]
 #       [signers_place=ESCAPED revoked_place=ESCAPED policy_place=ESCAPED]
-# Puts the artifact (source=upload: read from stdin; source=cache: the copy kept from an earlier
-# upload with the same digest) into releases/ID, links the shared paths (one per line in PATHS; a
+# Puts the artifact (source=upload: read from stdin; source=fetch: fetched by this host from the
+# URL in the stdin block, DEPLOYER_ARTIFACT_URL, a pull deploy; source=cache: the copy kept from
+# an earlier deploy with the same digest) into releases/ID, links the shared paths (one per line in PATHS; a
 # trailing / marks a folder) to DEPLOY_TO/shared/, and runs the validate command inside it.
 # The release only appears under releases/ once fully unpacked and linked; a failed validation
 # leaves it there, marked failed in .deployer/meta/ID, for inspection.
@@ -16,7 +17,7 @@ deploy_to=$1
 shift
 opt_release='' opt_digest='' opt_source=upload opt_validate='' opt_validate_timeout=900 opt_meta='' opt_shared=''
 opt_revision='' opt_signature='' opt_principal='' opt_signers='' opt_signers_place='' opt_revoked_place=''
-opt_policy_place=''
+opt_policy_place='' opt_fetch_timeout=300
 parse_options "$@"
 read_env
 release_id=$opt_release
@@ -45,6 +46,23 @@ staging=".deployer/staging/$release_id"
 [ ! -e "$staging" ] || rm -rf "$staging"
 mkdir "$staging" || fail 30 "cannot create $staging"
 
+fetched=0
+if [ "$opt_source" = fetch ]; then
+    [ -n "${artifact_url:-}" ] || fail 10 "source=fetch needs DEPLOYER_ARTIFACT_URL in the stdin block"
+    emit progress fetching
+    part=".deployer/artifacts/.$digest.$$.part"
+    if ! fetch_artifact "$part" "$opt_fetch_timeout" ".deployer/logs/$release_id.fetch.log"; then
+        rm -rf "$staging" "$part"
+        fail 33 "could not fetch the artifact: $fetch_reason"
+    fi
+    actual=$(sha256_of "$part")
+    if [ "$actual" != "$digest" ]; then
+        rm -rf "$staging" "$part"
+        fail 31 "artifact digest mismatch: expected $digest, the URL served $actual"
+    fi
+    mv -f "$part" "$cached" || { rm -rf "$staging"; fail 30 "could not store the artifact"; }
+    fetched=1
+fi
 if [ "$opt_source" = upload ]; then
     # One pass over the stream: tee keeps the tarball (for later redeploys) while tar unpacks it;
     # the kept copy is hashed afterwards (from the page cache). Nothing is trusted until the digest
@@ -80,7 +98,7 @@ if [ "$opt_source" = upload ]; then
     mv -f "$part" "$cached" || fail 30 "could not store the artifact"
 else
     [ -f "$cached" ] || fail 20 "no cached artifact $digest on this host"
-    actual=$(sha256_of "$cached")
+    [ "$fetched" = 1 ] || actual=$(sha256_of "$cached")
     if [ "$actual" != "$digest" ]; then
         rm -f "$cached"
         rm -rf "$staging"

@@ -11,7 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from deployer.errors import ArtifactError, InputError
-from deployer.release import Manifest, PreparedArtifact, check_release_id, is_release_id, new_release_id, sha256_file
+from deployer.release import (
+    Manifest,
+    PreparedArtifact,
+    check_release_id,
+    is_release_id,
+    new_release_id,
+    pack_directory,
+    sha256_file,
+)
 
 
 def make_tar(path, members):
@@ -152,3 +160,39 @@ def test_bad_manifest_is_an_artifact_error_naming_the_file(tmp_path, text, words
     with pytest.raises(ArtifactError) as caught, PreparedArtifact(str(tmp_path / "app")):
         pass
     assert "release.yml" in str(caught.value) and words in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "pull", "sha256", "words"),
+    [
+        ("https://cdn.example.org/app.tar.gz", "", "", "needs --sha256"),
+        ("https://cdn.example.org/app.tar.gz", "", "abc", "needs --sha256"),
+        ("https://cdn.example.org/a b.tar.gz", "", "a" * 64, "is not an http:// or https:// URL"),
+        ("https://cdn.example.org/app.tar.gz", "https://other/app.tar.gz", "a" * 64, "the artifact is a URL already"),
+        ("LOCAL", "ftp://cdn.example.org/app.tar.gz", "", "is not an http:// or https:// URL"),
+        ("LOCAL", "", "a" * 64, "--sha256 is for an artifact given as a URL"),
+    ],
+)
+def test_pull_inputs_are_checked_before_anything_else(tmp_path, source, pull, sha256, words):
+    local = tmp_path / "app.tar.gz"
+    pack_directory(str(_tree(tmp_path)), str(local))
+    with (
+        pytest.raises(InputError, match=words),
+        PreparedArtifact(str(local) if source == "LOCAL" else source, pull=pull, sha256=sha256),
+    ):
+        pass
+
+
+def test_an_artifact_given_as_a_url_is_named_without_its_query():
+    url = "https://bucket.s3.amazonaws.com/app.tar.gz?X-Amz-Credential=AKIA&X-Amz-Signature=s3cr3t"
+    with PreparedArtifact(url, sha256="a" * 64) as artifact:
+        assert artifact.url == url and artifact.digest == "a" * 64 and artifact.path == ""
+        assert artifact.source == "https://bucket.s3.amazonaws.com/app.tar.gz?..."
+        assert artifact.signer is None and artifact.manifest is None
+
+
+def _tree(tmp_path):
+    tree = tmp_path / "tree"
+    tree.mkdir(exist_ok=True)
+    (tree / "VERSION").write_text("v1\n")
+    return tree
