@@ -11,6 +11,12 @@ per host are counted from each sshd's own log; client CPU is the children's rusa
 
 `--latency-ms` puts a TCP proxy in front of every host that delays each direction by that much,
 to show that round trips, not loopback speed, are what is saved.
+
+    .venv/bin/python benchmarks/bench.py --pull --hosts 50 --artifact-mb 50 --runs 3
+
+`--pull` compares the tool with itself: a deploy that uploads the artifact to every host (push)
+against one where every host fetches it from a local nginx (`--pull URL`), interleaved; the bytes
+the controller sends each host over SSH are counted by a pass-through proxy in front of every host.
 """
 
 from __future__ import annotations
@@ -138,10 +144,11 @@ def ssh_rollback_command(release: str) -> str:
 # --- latency proxy ---
 
 
-def proxy_main(pairs: list[tuple[str, int, str, int]], delay: float) -> None:
-    """Forward each listen address to its host, delaying every chunk by `delay` in each direction."""
+def proxy_main(pairs: list[tuple[str, int, str, int]], delay: float, sent=None) -> None:  # type: ignore[no-untyped-def]
+    """Forward each listen address to its host, delaying every chunk by `delay` in each direction;
+    `sent` (a shared array, one slot per pair) counts the bytes sent towards each host."""
 
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: int = -1) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
         async def pump() -> None:
@@ -159,12 +166,14 @@ def proxy_main(pairs: list[tuple[str, int, str, int]], delay: float) -> None:
         task = asyncio.create_task(pump())
         try:
             while data := await reader.read(65536):
+                if slot >= 0 and sent is not None:
+                    sent[slot] += len(data)
                 queue.put_nowait((time.monotonic() + delay, data))
         finally:
             queue.put_nowait((0.0, b""))
             await task
 
-    def handler(target: tuple[str, int]):  # type: ignore[no-untyped-def]
+    def handler(target: tuple[str, int], slot: int):  # type: ignore[no-untyped-def]
         async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
             try:
                 server_reader, server_writer = await asyncio.open_connection(*target)
@@ -172,19 +181,26 @@ def proxy_main(pairs: list[tuple[str, int, str, int]], delay: float) -> None:
                 client_writer.close()
                 return
             await asyncio.gather(
-                pipe(client_reader, server_writer), pipe(server_reader, client_writer), return_exceptions=True
+                pipe(client_reader, server_writer, slot), pipe(server_reader, client_writer), return_exceptions=True
             )
 
         return handle
 
     async def main() -> None:
-        servers = [await asyncio.start_server(handler((h, p)), la, lp) for la, lp, h, p in pairs]
+        servers = [
+            await asyncio.start_server(handler((h, p), slot), la, lp) for slot, (la, lp, h, p) in enumerate(pairs)
+        ]
         await asyncio.gather(*(server.serve_forever() for server in servers))
 
     asyncio.run(main())
 
 
-def start_proxies(fleet: LocalFleet, delay_ms: float, state: str) -> tuple[multiprocessing.Process, str, str]:
+def start_proxies(
+    fleet: LocalFleet,
+    delay_ms: float,
+    state: str,
+    sent=None,  # type: ignore[no-untyped-def]
+) -> tuple[multiprocessing.Process, str, str]:
     """Start the proxies; returns the process, an inventory and a known_hosts pointing at them."""
     hosts = fleet.hosts()
     pairs = []
@@ -204,7 +220,7 @@ def start_proxies(fleet: LocalFleet, delay_ms: float, state: str) -> tuple[multi
     inventory = os.path.join(state, "proxy_inventory.yml")
     text = "\n".join(lines).replace(f'known_hosts: "{fleet.known_hosts}"', f'known_hosts: "{known_hosts}"')
     Path(inventory).write_text(text + "\n")
-    process = multiprocessing.Process(target=proxy_main, args=(pairs, delay_ms / 1000), daemon=True)
+    process = multiprocessing.Process(target=proxy_main, args=(pairs, delay_ms / 1000, sent), daemon=True)
     process.start()
     time.sleep(0.5)
     return process, inventory, known_hosts
@@ -279,6 +295,77 @@ def bench(hosts: int, runs: int, megabytes: float, latency_ms: float) -> list[Ro
         shutil.rmtree(state, ignore_errors=True)
 
 
+def start_nginx(folder: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Debian's nginx serving `folder` on 127.0.8.1 (the origin pull deploys fetch from)."""
+    conf = os.path.join(folder, "nginx.conf")
+    Path(conf).write_text(
+        f"daemon off; user root; worker_processes 2; pid {folder}/nginx.pid; error_log {folder}/error.log;\n"
+        f"events {{ worker_connections 1024; }}\n"
+        f"http {{ access_log off; sendfile on; server {{ listen 127.0.8.1:8080; root {folder}/files; }} }}\n"
+    )
+    process = subprocess.Popen(["/usr/sbin/nginx", "-c", conf, "-p", folder])
+    time.sleep(0.5)
+    return process, "http://127.0.8.1:8080"
+
+
+def bench_pull(hosts: int, runs: int, megabytes: float) -> list[Row]:
+    """Push (upload to every host) against pull (every host fetches from nginx), both by the tool,
+    interleaved; controller bytes per host counted by a pass-through proxy. Row.tool is push,
+    Row.ssh is pull (the table's columns say so)."""
+    state = tempfile.mkdtemp(prefix=f"bench-pull-{hosts}-")
+    fleet = LocalFleet(state)
+    print(f"starting {hosts} sshd hosts ...", file=sys.stderr)
+    fleet.up(hosts, subnet="127.0.5", port=2222)
+    sent = multiprocessing.Array("d", hosts)
+    proxy, origin = None, None
+    try:
+        text = Path(fleet.inventory_path).read_text().replace('deploy_to: "/srv/app"', f'deploy_to: "{TOOL_DIR}"')
+        Path(fleet.inventory_path).write_text(text)
+        proxy, inventory_path, _known = start_proxies(fleet, 0, state, sent)
+        os.makedirs(os.path.join(state, "files"))
+        origin, url = start_nginx(state)
+        artifacts = make_artifacts(state, runs * 2 + 1, megabytes)
+        for path in artifacts:
+            os.link(path, os.path.join(state, "files", os.path.basename(path)))
+        tool("deploy", "-i", inventory_path, "--artifact", artifacts[0])
+        row = Row(hosts, f"deploy {megabytes:g} MB: push (tool column) vs pull (OpenSSH column)")
+        per_host: dict[str, list[float]] = {"push": [], "pull": []}
+
+        def counted(kind: str, action) -> Sample:  # type: ignore[no-untyped-def]
+            before = sum(sent[:])
+            sample = measured(fleet, hosts, action)
+            per_host[kind].append((sum(sent[:]) - before) / hosts)
+            return sample
+
+        for run in range(runs):
+            push_artifact, pull_artifact = artifacts[2 * run + 1], artifacts[2 * run + 2]
+            pull_url = f"{url}/{os.path.basename(pull_artifact)}"
+            pairs = [
+                (row.tool, "push", lambda a=push_artifact: tool("deploy", "-i", inventory_path, "--artifact", a)),
+                (
+                    row.ssh,
+                    "pull",
+                    lambda a=pull_artifact, u=pull_url: tool(
+                        "deploy", "-i", inventory_path, "--artifact", a, "--pull", u
+                    ),
+                ),
+            ]
+            for target, kind, action in pairs if run % 2 == 0 else reversed(pairs):
+                target.append(counted(kind, action))
+            print(f"  {hosts} hosts: run {run + 1}/{runs} done", file=sys.stderr)
+        for kind, values in per_host.items():
+            print(f"controller bytes sent per host over SSH, {kind}: median {statistics.median(values):,.0f}")
+        return [row]
+    finally:
+        if origin is not None:
+            origin.terminate()
+            origin.wait(timeout=30)
+        if proxy is not None:
+            proxy.terminate()
+        fleet.down()
+        shutil.rmtree(state, ignore_errors=True)
+
+
 def median(samples: list[Sample], attribute: str) -> float:
     return statistics.median(getattr(sample, attribute) for sample in samples)
 
@@ -318,13 +405,17 @@ def main() -> int:
     parser.add_argument("--artifact-mb", type=float, default=4.0, help="size of the incompressible artifact")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay added each way by a TCP proxy")
     parser.add_argument("--out", help="also write the table (markdown) to this file")
+    parser.add_argument("--pull", action="store_true", help="the tool's push deploy against its pull deploy (nginx)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("the benchmark starts real sshd hosts: run it as root", file=sys.stderr)
         return 2
     rows: list[Row] = []
     for hosts in (int(value) for value in args.hosts.split(",")):
-        rows += bench(hosts, args.runs, args.artifact_mb, args.latency_ms)
+        if args.pull:
+            rows += bench_pull(hosts, args.runs, args.artifact_mb)
+        else:
+            rows += bench(hosts, args.runs, args.artifact_mb, args.latency_ms)
     result = f"{machine()}\nmedian of {args.runs} interleaved runs\n\n{table(rows, args.latency_ms)}\n"
     print(result)
     if args.out:
