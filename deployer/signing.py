@@ -220,35 +220,18 @@ def verify(
     fingerprint, kind = good.group("fp"), good.group("kind")
     found = _keygen("-Y", "find-principals", "-s", signature, "-f", allowed_signers)
     principals = [p for p in found.stdout.decode(errors="replace").splitlines() if p.strip()]
-    allowed = [
-        principal
-        for principal in principals
-        if _keygen(
-            "-Y", "verify", "-f", allowed_signers, "-I", principal, "-n", namespace, "-s", signature, stdin=data
-        ).returncode
-        == 0
-    ]
-    if not allowed:
+
+    def verified(principal: str, revocations: bool) -> bool:
+        args = ["-Y", "verify", "-f", allowed_signers, "-I", principal, "-n", namespace, "-s", signature]
+        return _keygen(*args, *(["-r", revoked] if revocations and revoked else []), stdin=data).returncode == 0
+
+    # One ssh-keygen per principal, revoked keys included; only a refusal is looked at again
+    # without them, to tell a revoked key from one that was never allowed.
+    principal = next((principal for principal in principals if verified(principal, True)), "")
+    if not principal:
+        if revoked and (unrevoked := next((p for p in principals if verified(p, False)), "")):
+            raise SignatureRefused(f"{unrevoked}'s key {fingerprint} is revoked ({revoked})")
         raise SignatureRefused(_why_not_allowed(allowed_signers, fingerprint, namespace))
-    principal = allowed[0]
-    if revoked:
-        final = _keygen(
-            "-Y",
-            "verify",
-            "-f",
-            allowed_signers,
-            "-I",
-            principal,
-            "-n",
-            namespace,
-            "-s",
-            signature,
-            "-r",
-            revoked,
-            stdin=data,
-        )
-        if final.returncode != 0:
-            raise SignatureRefused(f"{principal}'s key {fingerprint} is revoked ({revoked})")
     return Signer(principal, fingerprint, kind)
 
 

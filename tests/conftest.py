@@ -192,13 +192,21 @@ def run_inv(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
 
 
 def run_on_a_terminal(
-    args: list[str], answer: str = "", timeout: float = 120, env: dict[str, str] | None = None
+    args: list[str],
+    answer: str = "",
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    prompt: bytes = b"sudo password",
+    argv: list[str] | None = None,
+    cwd: Path = REPO,
 ) -> tuple[int, str]:
-    """Run the CLI with a pseudo-terminal as its terminal; type `answer` at each password prompt."""
+    """Run the CLI (`inv ARGS`, or the command `argv`) with a pseudo-terminal as its terminal; type
+    `answer` each time `prompt` appears."""
+    command = argv or [sys.executable, "-m", "invoke", *args]
     pid, fd = pty.fork()
     if pid == 0:
-        os.chdir(REPO)
-        os.execve(sys.executable, [sys.executable, "-m", "invoke", *args], {**os.environ, **(env or {})})
+        os.chdir(cwd)
+        os.execve(command[0], command, {**os.environ, **(env or {})})
     transcript = b""
     answered = 0
     deadline = time.monotonic() + timeout
@@ -213,7 +221,7 @@ def run_on_a_terminal(
         if not chunk:
             break
         transcript += chunk
-        if transcript.count(b"sudo password") > answered:
+        if transcript.count(prompt) > answered:
             answered += 1
             os.write(fd, answer.encode() + b"\n")
     _, status = os.waitpid(pid, 0)

@@ -7,19 +7,16 @@ Each host's state is read back over OpenSSH (HostView), not from the tool's outp
 from __future__ import annotations
 
 import os
-import pty
-import select
 import shlex
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from deployer.localfleet import LocalFleet
-from tests.conftest import HostView, fleet_fingerprints
+from tests.conftest import HostView, fleet_fingerprints, run_on_a_terminal
 
 pytestmark = pytest.mark.fleet
 
@@ -199,8 +196,12 @@ def test_init_asks_a_person_to_confirm_each_fingerprint(
     venv: Path, project: Path, local_fleet: LocalFleet, deploy_to: str
 ) -> None:
     for answer, written in (("n", False), ("y", True)):
-        transcript, code = on_a_terminal(
-            [
+        code, transcript = run_on_a_terminal(
+            [],
+            answer,
+            prompt=b"Trust these",
+            cwd=project,
+            argv=[
                 str(venv / "bin" / "deployer"),
                 "init",
                 "--hosts",
@@ -210,38 +211,8 @@ def test_init_asks_a_person_to_confirm_each_fingerprint(
                 "--deploy-to",
                 deploy_to,
             ],
-            project,
-            prompt=b"Trust these",
-            answer=answer,
         )
         assert "Trust these 4 key(s) of 4 host(s)?" in transcript
         for line in (project / "fingerprints.txt").read_text().splitlines():
             assert line.split()[1] in transcript  # each key's fingerprint was shown before the question
         assert (code == 0) == written and (project / "deploy.yml").exists() == written, transcript
-
-
-def on_a_terminal(argv: list[str], cwd: Path, prompt: bytes, answer: str) -> tuple[str, int]:
-    """Run `argv` with a pseudo-terminal; type `answer` when `prompt` appears."""
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.chdir(cwd)
-        os.execv(argv[0], argv)
-    transcript, answered = b"", False
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1)
-        if not ready:
-            continue
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        transcript += chunk
-        if prompt in transcript and not answered:
-            os.write(fd, answer.encode() + b"\n")
-            answered = True
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    return transcript.decode(errors="replace"), os.waitstatus_to_exitcode(status)
