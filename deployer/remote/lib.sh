@@ -303,6 +303,8 @@ fetch_artifact() {
         fi
         fa_code=$?
         [ "$fa_code" != 0 ] || return 0
+        # BusyBox wget exits 1 for everything: its message tells an HTTP error apart
+        ! grep -q 'server returned error' "$3" || fa_code=8
         case $fa_tool:$fa_code in
             curl:22 | wget:8) fetch_reason="the server answered with an error"; break ;;  # 404, 403: final
             curl:33) rm -f "$1" ;;  # the server cannot resume: start again
