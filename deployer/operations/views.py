@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deployer import plan as planning
+from deployer import signing
 from deployer.inventory import Inventory
 from deployer.lock import is_stale, read_states
 from deployer.operations.session import Options, Unreachable, open_fleet
@@ -239,9 +240,19 @@ def releases_table(view: FleetView) -> list[dict[str, Any]]:
 LOW_DISK_MB = 100  # `check` calls a host short of room below this (a release needs its tarball and its files)
 
 
+def _signers_check(state: HostState, copy: signing.HostCopy | None) -> str:
+    """The host's own copy of who may sign, against the inventory's: what `check` reports."""
+    if copy is None:
+        return "kept without signatures" if state.signers else "-"
+    if not state.signers:
+        return "placed by the first signed deploy"
+    return "same" if state.signers == copy.digests else "differ"
+
+
 def check_rows(view: FleetView) -> list[dict[str, Any]]:
     """`deployer check`: per host, whether a deploy could run there (read only, no lock taken)."""
     rows = []
+    copies = signing.host_copies(view.inventory, view.states)
     for host in view.inventory.hosts:
         row: dict[str, Any] = {"host": host.name, "address": f"{host.address}:{host.port}", "problems": []}
         if host.name in view.unreachable:
@@ -268,6 +279,12 @@ def check_rows(view: FleetView) -> list[dict[str, Any]]:
             row["problems"].append(state.lacks_tools())
         if free_mb is not None and free_mb < LOW_DISK_MB:
             row["problems"].append(f"only {free_mb} MB free in {state.deploy_to}")
+        row["signers"] = _signers_check(state, copies.get(host.name))
+        if row["signers"] in ("differ", "kept without signatures"):
+            row["problems"].append(
+                f"its allowed signers (.deployer/signers) {'differ from' if row['signers'] == 'differ' else 'are not'}"
+                " the inventory's: deploys are refused until `deployer place-signers`"
+            )
         row["ok"] = not row["problems"]
         rows.append(row)
     return rows

@@ -186,6 +186,8 @@ def test_every_host_checks_the_signature_itself_and_records_the_signer(
         assert meta[-2:] == ["ci@example.org", ci]
         sig = view.sh("cat %s", f"{deploy_to}/.deployer/signatures/{release}.sig")
         assert sig.strip() == Path(v1 + ".sig").read_text().strip()
+        # what reached the host is public: no private key anywhere under deploy_to
+        assert view.host.run("grep -r -l 'PRIVATE KEY' %s", deploy_to).stdout == ""
     shown = json.loads(run_inv("releases", "--inventory", signed["inventory"], "--json").stdout)
     row = next(row for row in shown["releases"] if row["id"] == release)
     assert row["signed_by"] == {"principal": "ci@example.org", "fingerprint": ci}
@@ -218,6 +220,26 @@ def test_a_tricked_controller_cannot_switch_any_host_to_bytes_nobody_signed(
         assert view.releases(deploy_to) == [first]
 
 
+def test_a_host_whose_copy_was_changed_refuses_on_its_own_when_the_controller_is_fooled(
+    signed, views, deploy_to, artifacts, monkeypatch
+):
+    v1 = signed_copy(signed, "v1", artifacts)
+    assert deploy_json(signed["inventory"], v1)[0] == 0
+    first = views["web1"].current_release(deploy_to)
+    kept = f"{deploy_to}/.deployer/signers/allowed_signers"
+    views["web1"].sh("echo 'mallory@example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMallory' >> %s", kept)
+    # the controller reads every host's copy as the inventory's (a bug, a lying gather): only web1 can tell
+    expected = signing.host_copy(load_inventory(signed["inventory"]).signature_settings()[0]).digests
+    monkeypatch.setattr("deployer.state._parse_signers", lambda output: expected)
+    v2 = signed_copy(signed, "v2", artifacts)
+    result = operations.deploy(load_inventory(signed["inventory"]), v2, progress=QUIET)
+    assert not result.ok
+    web1 = next(host for host in result.hosts if host.host == "web1")
+    assert "this host's allowed signers (.deployer/signers) are not the inventory's" in web1.message
+    for view in views.values():  # the deploy stopped before any switch: everyone stays on v1
+        assert view.current_release(deploy_to) == first and view.version(deploy_to) == "v1"
+
+
 def test_a_host_whose_copy_was_changed_behind_the_tools_back_is_refused_until_placed_again(
     signed, views, deploy_to, artifacts
 ):
@@ -226,6 +248,10 @@ def test_a_host_whose_copy_was_changed_behind_the_tools_back_is_refused_until_pl
     first = views["web1"].current_release(deploy_to)
     kept = f"{deploy_to}/.deployer/signers/allowed_signers"
     views["web1"].sh("echo 'mallory@example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMallory' >> %s", kept)
+    checked = run_inv("check", "--inventory", signed["inventory"], "--json")
+    assert checked.returncode == 1, checked.stdout
+    rows = {row["host"]: row for row in json.loads(checked.stdout)["hosts"]}
+    assert rows["web1"]["signers"] == "differ" and rows["web2"]["signers"] == "same"
     v2 = signed_copy(signed, "v2", artifacts)
     code, report = deploy_json(signed["inventory"], v2)
     assert code == 3, report
