@@ -21,7 +21,7 @@ from deployer.operations.outcome import (
     switch_result,
     untouched_result,
 )
-from deployer.operations.session import Options, Unreachable, counted, locked_run
+from deployer.operations.session import Options, Unreachable, counted, locked_run, prepared_artifact
 from deployer.phases import (
     Run,
     Switched,
@@ -33,7 +33,7 @@ from deployer.phases import (
     switch,
 )
 from deployer.plan import HostPlan
-from deployer.release import Artifact, PreparedArtifact, check_release_id
+from deployer.release import Artifact, check_release_id
 from deployer.report import (
     FAILED,
     OK,
@@ -258,14 +258,7 @@ def deploy(
     if release_id is not None:
         check_release_id(release_id)
     with (
-        PreparedArtifact(
-            artifact_source,
-            options.revision,
-            inventory.signature_settings(),
-            options.signature,
-            options.pull,
-            options.sha256,
-        ) as artifact,
+        prepared_artifact(inventory, artifact_source, options) as artifact,
         locked_run(inventory, "deploy", options, progress) as (
             run,
             states,

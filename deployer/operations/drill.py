@@ -15,7 +15,7 @@ from deployer.lock import read_states
 from deployer.operations.deploy import run_deploy
 from deployer.operations.outcome import switch_result
 from deployer.operations.rollback import run_rollback
-from deployer.operations.session import Options, Unreachable, counted, locked_run
+from deployer.operations.session import Options, Unreachable, counted, locked_run, prepared_artifact
 from deployer.phases import (
     Run,
     SwitchRequest,
@@ -23,7 +23,7 @@ from deployer.phases import (
     switch,
 )
 from deployer.plan import HostPlan
-from deployer.release import Artifact, PreparedArtifact
+from deployer.release import Artifact
 from deployer.report import (
     FAILED,
     OK,
@@ -157,14 +157,7 @@ def drill(
     options = options or Options()
     progress = progress or Progress()
     with (
-        PreparedArtifact(
-            artifact_source,
-            options.revision,
-            inventory.signature_settings(),
-            options.signature,
-            options.pull,
-            options.sha256,
-        ) as artifact,
+        prepared_artifact(inventory, artifact_source, options) as artifact,
         locked_run(inventory, "rollback-drill", options, progress) as (run, states, unreachable, _gathered),
     ):
         started = time.monotonic()

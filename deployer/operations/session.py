@@ -16,6 +16,7 @@ from deployer.lock import FleetLock, acquire, read_states, release
 from deployer.phases import (
     Run,
 )
+from deployer.release import PreparedArtifact
 from deployer.report import (
     OperationReport,
     Phase,
@@ -43,6 +44,18 @@ class Options:
     signature: str | None = None  # deploy/drill: --signature FILE (default: the artifact's .sig beside it)
     pull: str = ""  # deploy/drill: --pull URL, hosts fetch the artifact from there (a pull deploy)
     sha256: str = ""  # deploy/drill: --sha256 HEX, the digest of an artifact given as a URL
+
+
+def prepared_artifact(inventory: Inventory, source: str, options: Options) -> PreparedArtifact:
+    """The artifact of a deploy or drill, checked as the options and the inventory's signatures say."""
+    return PreparedArtifact(
+        source,
+        options.revision,
+        inventory.signature_settings(),
+        options.signature,
+        options.pull,
+        options.sha256,
+    )
 
 
 def open_fleet(inventory: Inventory, options: Options, progress: Progress | None = None) -> Fleet:

@@ -188,21 +188,23 @@ flush() {
 }
 
 write_file() {
-    # write_file PATH CONTENT: replace PATH durably and atomically: a temp file in the same folder,
-    # flushed, then renamed (a crash leaves the old or the new content, never an empty file).
-    wf_tmp="$1.tmp.$$"
-    if printf '%s\n' "$2" > "$wf_tmp" && flush "$wf_tmp" && mv -f "$wf_tmp" "$1"; then
-        return 0
-    fi
-    rm -f "$wf_tmp"
-    return 1
+    # write_file PATH CONTENT: replace PATH durably and atomically with CONTENT and a newline: a temp
+    # file in the same folder, flushed, then renamed (a crash leaves the old or the new content,
+    # never an empty file).
+    replace_file '%s\n' "$1" "$2"
 }
 
 write_bytes() {
     # write_bytes PATH ESCAPED: as write_file, with the exact bytes of ESCAPED (octal-escaped, as
     # deployer/scripts.py writes it; the builtin printf %b restores it, NUL bytes included).
-    wf_tmp="$1.tmp.$$"
-    if printf '%b' "$2" > "$wf_tmp" && flush "$wf_tmp" && mv -f "$wf_tmp" "$1"; then
+    replace_file '%b' "$1" "$2"
+}
+
+replace_file() {
+    # replace_file FORMAT PATH TEXT: printf FORMAT TEXT into a temp file, flushed, renamed over PATH.
+    wf_tmp="$2.tmp.$$"
+    # shellcheck disable=SC2059  # FORMAT is one of the two fixed formats above
+    if printf "$1" "$3" > "$wf_tmp" && flush "$wf_tmp" && mv -f "$wf_tmp" "$2"; then
         return 0
     fi
     rm -f "$wf_tmp"
