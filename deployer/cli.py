@@ -443,6 +443,7 @@ def vm_fleet_up(vms: int, memory: int, out: str, as_json: bool = False) -> int:
     from deployer import vmfleet  # noqa: PLC0415 - only these tasks need it
 
     _vagrant_folder()
+    _check_out_folder(out)  # before minutes of starting VMs, not after
     vmfleet.up(vmfleet.VmFleetSettings(vms, memory), _vagrant_log("vm-fleet-up"))
     return vagrant_inventory(None, out, as_json)
 
@@ -464,6 +465,13 @@ def _vagrant_folder() -> str:
     if not (folder / "Vagrantfile").is_file():
         raise InputError(f"the VM fleet works from a checkout of the deployer repository ({folder} is missing)")
     return str(folder)
+
+
+def _check_out_folder(out: str) -> None:
+    """The inventory (and its known_hosts beside it) go into a folder that must exist."""
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise InputError(f"--out {out}: the folder {folder} does not exist")
 
 
 def _vagrant_log(task: str) -> Path:
@@ -507,6 +515,7 @@ def verify(
 def vagrant_inventory(ssh_config: str | None, out: str, as_json: bool = False) -> int:
     from deployer.vagrant import vagrant_inventory as write  # noqa: PLC0415 - only this task needs it
 
+    _check_out_folder(out)
     hosts, checked = write(ssh_config, out, _vagrant_folder())
     known_hosts = f"{os.path.splitext(out)[0]}.known_hosts"
     first_use = [h.alias for h in hosts if h.alias not in checked]

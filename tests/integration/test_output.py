@@ -92,6 +92,9 @@ def test_vagrant_inventory_from_ssh_config_verifies_host_keys(local_fleet, views
             for h in local_fleet.hosts()
         )
     )
+    nowhere = run_inv("vagrant-inventory", "--ssh-config", str(config), "--out", str(tmp_path / "no" / "v.yml"))
+    assert nowhere.returncode == 2 and f"the folder {tmp_path / 'no'} does not exist" in nowhere.stderr
+    assert "Traceback" not in nowhere.stderr and not (tmp_path / "no").exists()
     out = tmp_path / "vagrant.yml"
     made = run_inv("vagrant-inventory", "--ssh-config", str(config), "--out", str(out))
     assert made.returncode == 0, made.stdout + made.stderr
