@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deployer.errors import InputError
+from deployer.scripts import octal_escaped
 
 if TYPE_CHECKING:
     from deployer.inventory.model import Inventory, Signatures
@@ -82,6 +83,14 @@ class HostCopy:
         """The sha256 of each file as the host reports them ("-" for no revoked keys): remote signers_state."""
         files = (self.allowed_signers, self.revoked, self.policy)
         return " ".join(hashlib.sha256(data).hexdigest() if data else "-" for data in files)
+
+    def place_options(self) -> dict[str, str]:
+        """The options that make a host keep this copy (remote `place_signers`, in stage and finish)."""
+        return {
+            "signers_place": octal_escaped(self.allowed_signers),
+            "revoked_place": octal_escaped(self.revoked),
+            "policy_place": octal_escaped(self.policy),
+        }
 
 
 def host_copy(settings: Signatures) -> HostCopy:
@@ -175,17 +184,41 @@ def _blob_fingerprint(blob: str) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode().rstrip("=")
 
 
-def _why_not_allowed(allowed_signers: str, fingerprint: str, namespace: str) -> str:
-    """Why allowed_signers does not let this key sign now: its entries for the key, explained."""
+@dataclass(frozen=True)
+class _Entry:
+    """One allowed_signers line that lists a given key: `principals options key_type blob [comment]`."""
+
+    principals: str
+    options: str
+    key_type: str
+    blob: str
+    line: str
+
+
+def _entries_for(allowed_signers: str, fingerprint: str) -> list[_Entry]:
+    """The lines of allowed_signers that list the key with this fingerprint (unparsable lines are
+    skipped: ssh-keygen, which decides, skips them too)."""
     entries = []
     for line in Path(allowed_signers).read_text(errors="replace").splitlines():
-        words = shlex.split(line, comments=True) if line.strip() and not line.lstrip().startswith("#") else []
-        blobs = [i for i, word in enumerate(words) if i > 0 and _blob_fingerprint(word) == fingerprint]
-        if blobs:
-            entries.append((words[0], " ".join(words[1 : blobs[0] - 1])))
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            continue
+        for index, word in enumerate(words[2:], start=2):
+            if _blob_fingerprint(word) == fingerprint:
+                entries.append(_Entry(words[0], " ".join(words[1 : index - 1]), words[index - 1], word, line))
+                break
+    return entries
+
+
+def _why_not_allowed(allowed_signers: str, fingerprint: str, namespace: str) -> str:
+    """Why allowed_signers does not let this key sign now: its entries for the key, explained."""
+    entries = _entries_for(allowed_signers, fingerprint)
     if not entries:
         return f"the key that signed it ({fingerprint}) is not in {allowed_signers}"
-    principal, options = entries[0]
+    principal, options = entries[0].principals, entries[0].options
     if "namespaces=" in options and namespace not in options:
         return f"{principal}'s key {fingerprint} may not sign {namespace!r} ({options})"
     if "valid-" in options:
@@ -302,27 +335,17 @@ def still_trusted(settings: Signatures, principal: str, fingerprint: str) -> str
     principal, allowed this namespace, and that the revoked keys do not hold it. Validity windows
     are not re-checked: a release signed inside its key's window stays signed after it closes.
     """
-    lines = []
-    for line in Path(settings.allowed_signers).read_text(errors="replace").splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            words = shlex.split(line)
-        except ValueError:
-            continue
-        for index, word in enumerate(words[1:], start=1):
-            if _blob_fingerprint(word) == fingerprint and index >= 2:
-                lines.append((words[0], line, words[index - 1], word))
-    if not lines:
+    entries = _entries_for(settings.allowed_signers, fingerprint)
+    if not entries:
         return f"its signer's key ({principal}, {fingerprint}) is no longer in {settings.allowed_signers}"
-    listed = [entry for entry in lines if principal in entry[0].split(",")]
+    listed = [entry for entry in entries if principal in entry.principals.split(",")]
     if not listed:
         return f"its signer's key {fingerprint} is no longer allowed for {principal} in {settings.allowed_signers}"
-    _names, raw_line, key_type, blob = listed[0]
-    match = re.search(r'namespaces="([^"]*)"', raw_line, re.IGNORECASE)
+    entry = listed[0]
+    match = re.search(r'namespaces="([^"]*)"', entry.line, re.IGNORECASE)
     if match and settings.namespace not in match.group(1).split(","):
         return f"{principal}'s key {fingerprint} may no longer sign {settings.namespace!r}"
-    if settings.revoked and _revoked(settings.revoked, f"{key_type} {blob}"):
+    if settings.revoked and _revoked(settings.revoked, f"{entry.key_type} {entry.blob}"):
         return f"{principal}'s key {fingerprint} is revoked ({settings.revoked})"
     return ""
 

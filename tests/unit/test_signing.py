@@ -150,3 +150,16 @@ def test_what_hosts_keep_is_byte_exact_and_bounded(release):
     Path(release["allowed"]).write_text("x" * (signing.MAX_ALLOWED_SIGNERS + 1))
     with pytest.raises(InputError, match="hosts take at most"):
         signing.host_copy(Signatures(release["allowed"]))
+
+
+def test_a_line_ssh_keygen_cannot_parse_is_skipped_in_the_explanations(release):
+    from deployer.inventory.model import Signatures
+
+    signing.sign(release["artifact"], release["ci"])
+    broken = f'ops@example.org namespaces="unclosed {release["other_public"]}\n'
+    Path(release["allowed"]).write_text(broken + f'ci@example.org valid-before="20200101" {release["ci_public"]}\n')
+    assert "outside its validity window" in refused(release)  # the reason, not a parser's exception
+    ci = fingerprint(release["ci"] + ".pub")
+    assert signing.still_trusted(Signatures(release["allowed"]), "ci@example.org", ci) == ""
+    laptop = fingerprint(release["other"] + ".pub")
+    assert "is no longer in" in signing.still_trusted(Signatures(release["allowed"]), "ops@example.org", laptop)
