@@ -155,6 +155,12 @@ class Inventory:
         found = [settings for host in self.hosts if (settings := self.signatures_of(host)) is not None]
         return tuple(dict.fromkeys(found))
 
+    @property
+    def requires_signatures(self) -> bool:
+        """Some host follows `signatures` with `require`: only releases whose signature was checked on
+        staging may be reused."""
+        return any(settings.require for settings in self.signature_settings())
+
     def identity_file_of(self, host: Host) -> str:
         return host.identity_file or self.identity_file
 

@@ -22,7 +22,6 @@ from deployer.report import (
     OperationReport,
     Progress,
 )
-from deployer.scripts import octal_escaped
 from deployer.state import HostState
 
 
@@ -164,12 +163,7 @@ def place_signers(
             elif copy is None:
                 wanted[name] = {"signers": "remove"}
             else:
-                wanted[name] = {
-                    "signers": "place",
-                    "signers_place": octal_escaped(copy.allowed_signers),
-                    "revoked_place": octal_escaped(copy.revoked),
-                    "policy_place": octal_escaped(copy.policy),
-                }
+                wanted[name] = {"signers": "place", **copy.place_options()}
             if name in wanted:
                 what = "remove the kept copy" if copy is None else ("replace" if state.signers else "place") + " it"
                 progress.host(name, ("would " if options.dry_run else "") + what)

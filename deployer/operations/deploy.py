@@ -64,7 +64,7 @@ def run_deploy(
     releases are pruned; the drill's earlier phases keep both.
     """
     inventory = run.inventory
-    signed_only = any(settings.require for settings in inventory.signature_settings())
+    signed_only = inventory.requires_signatures
     now = datetime.now(timezone.utc)
     release = release_id or planning.choose_release_id(states, artifact.digest, now, signed_only)
     copies = signing.host_copies(inventory, states)
@@ -92,7 +92,7 @@ def run_deploy(
     if refused_or_dry_run(report, plan, options.dry_run):
         return report
     rollout = _Rollout(run, plan, report, release, final)
-    if not rollout.stage(artifact) or not rollout.migrate():
+    if not rollout.stage(artifact, copies) or not rollout.migrate():
         return report
     attempted, failure = rollout.switch_in_batches(options.unpin)
     if failure:
@@ -132,7 +132,7 @@ class _Rollout:
             f"no host was switched; staged folders stay in {where}/releases/{self.release} for inspection"
         )
 
-    def stage(self, artifact: Artifact) -> bool:
+    def stage(self, artifact: Artifact, copies: Mapping[str, signing.HostCopy]) -> bool:
         to_stage = self.plan.with_action(planning.STAGE)
         if not to_stage:
             return True
@@ -140,7 +140,7 @@ class _Rollout:
         self.run.progress.say(
             f"staging {self.release} on {len(to_stage)} host(s) ({artifact.size} bytes, sha256 {artifact.digest[:12]})"
         )
-        failed = stage(self.run, artifact, self.release, to_stage)
+        failed = stage(self.run, artifact, self.release, to_stage, copies)
         self.report.phases.append(Phase("stage", time.monotonic() - started, not failed))
         if failed:
             self.stop_before_switching("staged but not switched: another host failed", failed)

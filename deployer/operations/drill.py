@@ -161,7 +161,7 @@ def drill(
         locked_run(inventory, "rollback-drill", options, progress) as (run, states, unreachable, _gathered),
     ):
         started = time.monotonic()
-        signed_only = any(settings.require for settings in inventory.signature_settings())
+        signed_only = inventory.requires_signatures
         now = datetime.now(timezone.utc)
         plan = planning.plan_drill(inventory.deploy_to, states, unreachable, artifact.digest, now, signed_only)
         drilled = _Drill(run, artifact, options, check)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+from collections.abc import Mapping
 from datetime import datetime, timezone
 
 from deployer import plan as planning
@@ -20,19 +21,22 @@ from deployer.scripts import (
     EXIT_FETCH,
     EXIT_SIGNATURE,
     EXIT_VALIDATE,
-    octal_escaped,
     run_script,
 )
 
 log = logging.getLogger(__name__)
 
 
-def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> dict[str, HostError]:
-    """Upload (or reuse the cached tarball), unpack, link shared paths, validate: one session per host."""
+def stage(
+    run: Run, artifact: Artifact, release: str, hosts: list[HostPlan], copies: Mapping[str, signing.HostCopy]
+) -> dict[str, HostError]:
+    """Upload (or reuse the cached tarball), unpack, link shared paths, validate: one session per host.
+
+    `copies`: what each host's own copy of who may sign must be (`signing.host_copies`, as planned).
+    """
     inventory = run.inventory
     sources = {host_plan.host: host_plan.source for host_plan in hosts}
     placing = {host_plan.host for host_plan in hosts if host_plan.place_signers}
-    copies = signing.host_copies(inventory, sources)
     signature = artifact.signature
     manifest = artifact.manifest
     revision = artifact.revision
@@ -68,11 +72,7 @@ def stage(run: Run, artifact: Artifact, release: str, hosts: list[HostPlan]) -> 
         if copy is not None:
             signed["signers"] = copy.digests
             if name in placing:
-                signed.update(
-                    signers_place=octal_escaped(copy.allowed_signers),
-                    revoked_place=octal_escaped(copy.revoked),
-                    policy_place=octal_escaped(copy.policy),
-                )
+                signed.update(copy.place_options())
         result = run_script(
             connection,
             "stage",
