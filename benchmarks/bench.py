@@ -14,6 +14,11 @@ to show that round trips, not loopback speed, are what is saved.
 
     .venv/bin/python benchmarks/bench.py --pull --hosts 50 --artifact-mb 50 --runs 3
 
+    .venv/bin/python benchmarks/bench.py --round-trips --runs 5 --latency-ms 100
+
+`--round-trips` counts the round trips each operation waits for on one host: its time with the
+delay minus its time without, over one added round trip.
+
 `--pull` compares the tool with itself: a deploy that uploads the artifact to every host (push)
 against one where every host fetches it from a local nginx (`--pull URL`), interleaved; the bytes
 the controller sends each host over SSH are counted by a pass-through proxy in front of every host.
@@ -200,8 +205,10 @@ def start_proxies(
     delay_ms: float,
     state: str,
     sent=None,  # type: ignore[no-untyped-def]
+    port_offset: int = 0,
 ) -> tuple[multiprocessing.Process, str, str]:
-    """Start the proxies; returns the process, an inventory and a known_hosts pointing at them."""
+    """Start the proxies (listening on port + `port_offset`, so two can front the same hosts);
+    returns the process, an inventory and a known_hosts pointing at them."""
     hosts = fleet.hosts()
     pairs = []
     known = []
@@ -210,10 +217,11 @@ def start_proxies(
         line.split()[0]: line.split(maxsplit=1)[1] for line in Path(fleet.known_hosts).read_text().splitlines()
     }
     for index, host in enumerate(hosts):
-        listen = host.address.replace("127.0.5.", "127.0.7.")
-        pairs.append((listen, host.port, host.address, host.port))
-        known.append(f"[{listen}]:{host.port} {host_keys[f'[{host.address}]:{host.port}']}")
-        lines = [line.replace(f"address: {host.address},", f"address: {listen},") for line in lines]
+        listen, port = host.address.replace("127.0.5.", "127.0.7."), host.port + port_offset
+        pairs.append((listen, port, host.address, host.port))
+        known.append(f"[{listen}]:{port} {host_keys[f'[{host.address}]:{host.port}']}")
+        old, new = f"address: {host.address}, port: {host.port}}}", f"address: {listen}, port: {port}}}"
+        lines = [line.replace(old, new) for line in lines]
         del index
     known_hosts = os.path.join(state, "proxy_known_hosts")
     Path(known_hosts).write_text("\n".join(known) + "\n")
@@ -366,6 +374,69 @@ def bench_pull(hosts: int, runs: int, megabytes: float) -> list[Row]:
         shutil.rmtree(state, ignore_errors=True)
 
 
+def bench_round_trips(runs: int, delay_ms: float) -> str:
+    """Round trips per host of each operation, measured: one host behind the proxy, each operation
+    timed with no added delay and with `delay_ms` each way (interleaved); the difference over one
+    added round trip (2 x delay) is how many round trips the operation waits for, whatever the
+    local costs (process start, CPU) are, since those are in both."""
+    state = tempfile.mkdtemp(prefix="bench-rtt-")
+    fleet = LocalFleet(state)
+    fleet.up(1, subnet="127.0.5", port=2222)
+    proxies = []
+    try:
+        text = Path(fleet.inventory_path).read_text().replace('deploy_to: "/srv/app"', f'deploy_to: "{TOOL_DIR}"')
+        Path(fleet.inventory_path).write_text(text)
+        artifacts = make_artifacts(state, 4 * runs + 1, 0.1)
+        routes = {}
+        for delay in (0.0, delay_ms):
+            folder = os.path.join(state, f"proxy-{delay:g}")
+            os.makedirs(folder)
+            process, inventory, known_hosts = start_proxies(fleet, delay, folder, port_offset=len(proxies))
+            proxies.append(process)
+            (host,) = fleet.hosts()
+            endpoint = (host.address.replace("127.0.5.", "127.0.7."), host.port + len(proxies) - 1)
+            routes[delay] = (inventory, endpoint, ssh_base(fleet.identity_file, known_hosts))
+        tool("deploy", "-i", routes[0.0][0], "--artifact", artifacts[0])
+        fan_out([routes[0.0][1]], routes[0.0][2], ssh_deploy_command("r0"), artifacts[0])
+        times: dict[tuple[str, float], list[float]] = {}
+
+        def timed(name: str, delay: float, action, *args) -> None:  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            action(*args)
+            times.setdefault((name, delay), []).append(time.perf_counter() - started)
+
+        used = 1
+        for run in range(runs):
+            for delay in (0.0, delay_ms) if run % 2 == 0 else (delay_ms, 0.0):
+                inventory, endpoint, base = routes[delay]
+                artifact = artifacts[used]
+                release = f"r{used}"
+                used += 1
+                timed("deploy", delay, tool, "deploy", "-i", inventory, "--artifact", artifact, "--unpin")
+                timed("rollback", delay, tool, "rollback", "-i", inventory)
+                timed("status", delay, tool, "status", "-i", inventory)
+                timed("OpenSSH deploy", delay, fan_out, [endpoint], base, ssh_deploy_command(release), artifact)
+                timed("OpenSSH rollback", delay, fan_out, [endpoint], base, ssh_rollback_command("r0"), None)
+            print(f"  round trips: run {run + 1}/{runs} done", file=sys.stderr)
+        lines = [
+            f"round trips per host, from each operation's time at +{delay_ms:g} ms each way minus at +0 "
+            f"(one host, median of {runs})",
+            "",
+            "| operation | s at +0 | s at +delay | round trips |",
+            "|---|---|---|---|",
+        ]
+        for name in ("deploy", "rollback", "status", "OpenSSH deploy", "OpenSSH rollback"):
+            base_s, slow_s = statistics.median(times[(name, 0.0)]), statistics.median(times[(name, delay_ms)])
+            trips = (slow_s - base_s) / (2 * delay_ms / 1000)
+            lines.append(f"| {name} | {base_s:.2f} | {slow_s:.2f} | {trips:.1f} |")
+        return "\n".join(lines)
+    finally:
+        for process in proxies:
+            process.terminate()
+        fleet.down()
+        shutil.rmtree(state, ignore_errors=True)
+
+
 def median(samples: list[Sample], attribute: str) -> float:
     return statistics.median(getattr(sample, attribute) for sample in samples)
 
@@ -406,10 +477,19 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay added each way by a TCP proxy")
     parser.add_argument("--out", help="also write the table (markdown) to this file")
     parser.add_argument("--pull", action="store_true", help="the tool's push deploy against its pull deploy (nginx)")
+    parser.add_argument(
+        "--round-trips", action="store_true", help="round trips per host of each operation (one host, --latency-ms)"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("the benchmark starts real sshd hosts: run it as root", file=sys.stderr)
         return 2
+    if args.round_trips:
+        result = f"{machine()}\n{bench_round_trips(args.runs, args.latency_ms or 100)}\n"
+        print(result)
+        if args.out:
+            Path(args.out).write_text(result)
+        return 0
     rows: list[Row] = []
     for hosts in (int(value) for value in args.hosts.split(",")):
         if args.pull:
