@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -81,6 +82,34 @@ def test_one_connection_per_host_and_session_budgets(local_fleet, make_inventory
     back = measured(lambda: operations.rollback(inventory, progress=QUIET))
     assert first == second == {n: (1, 3) for n in names}
     assert back == {n: (1, 2) for n in names}
+
+
+def test_a_host_that_allows_one_session_at_a_time(local_fleet, make_inventory, views, artifacts, deploy_to):
+    """sshd with `MaxSessions 1` refuses the channel the tool opens ahead for a host's next step
+    while the current one runs: the step then opens its own, and the budgets hold."""
+    host = local_fleet.host("web4")
+    original = Path(host.config).read_text()
+    local_fleet.stop_host("web4")
+    try:
+        Path(host.config).write_text(original.replace("MaxSessions 64", "MaxSessions 1"))
+        local_fleet.start_host("web4")
+        local_fleet.wait_ready(host)
+        inventory = make_inventory()
+        before = local_fleet.ssh_counts()["web4"]
+        first = deploy(inventory, artifacts["v1"])
+        second = deploy(inventory, artifacts["v2"])
+        back = rollback(inventory)
+        assert first.ok and second.ok and back.ok, [r.verdict() for r in (first, second, back)]
+        assert back.sessions["web4"] == 2 and second.sessions["web4"] == 3
+        after = local_fleet.ssh_counts()["web4"]
+        assert (after[0] - before[0], after[1] - before[1]) == (3, 3 + 3 + 2)
+        assert on_each(views, deploy_to) == {name: (first.target, "v1") for name in views}
+        assert "no more sessions" in Path(host.log).read_text()  # the refusal happened, and was absorbed
+    finally:
+        local_fleet.stop_host("web4")
+        Path(host.config).write_text(original)
+        local_fleet.start_host("web4")
+        local_fleet.wait_ready(host)
 
 
 def test_drill_deploys_rolls_back_and_redeploys(make_inventory, views, artifacts, deploy_to):
