@@ -214,12 +214,18 @@ class HostConnection:
         timeout: float | None = None,
         upload: Sequence[bytes | memoryview] | None = None,
         step: str = "command",
+        gate: threading.Semaphore | None = None,
     ) -> ExecResult:
         """Run `command` (remote script `step`) in one exec session, optionally streaming `upload` to its stdin.
 
         stdout and stderr are read apart (records come from stdout only) and bounded: a host that
         sends more than MAX_OUTPUT_BYTES on stdout is refused (ProtocolError), only stderr's tail
         is kept. The whole call is bounded by `timeout` seconds.
+
+        With `gate` (a pull deploy's cap on hosts fetching at once), stdin stays open after
+        `upload`: when the script says `@progress fetch-wait` it gets a slot of the gate (waiting
+        for one), then "go" on stdin; the slot is given back at `@progress fetched` or when the
+        session ends.
         """
         limit = timeout if timeout is not None else self.timeouts.command
         started = time.monotonic()
@@ -244,8 +250,13 @@ class HostConnection:
                     self.open_ahead()
                 if upload:
                     self._send(channel, upload, deadline)
-                channel.shutdown_write()
-                self._read(channel, stdout, stderr, deadline, self._progress_reader())
+                if gate is None:
+                    channel.shutdown_write()
+                records = _Records(self, channel, deadline, gate)
+                try:
+                    self._read(channel, stdout, stderr, deadline, records.read)
+                finally:
+                    records.give_back()
                 if stdout.overflow:
                     raise ProtocolError(self.host.name, step, f"more than {MAX_OUTPUT_BYTES} bytes on stdout")
                 if not channel.status_event.wait(max(0.01, deadline - time.monotonic())):
@@ -256,9 +267,9 @@ class HostConnection:
         except TimeoutError:
             self._tell("step-failed", f"{step} timeout")
             raise CommandTimeout(self.host.name, f"remote step did not finish within {limit:g}s") from None
-        except Interrupted:
+        except Interrupted as stopped:
             self._tell("step-failed", f"{step} interrupted")
-            raise HostError(self.host.name, f"{step}: stopped by Ctrl-C during the upload") from None
+            raise HostError(self.host.name, f"{step}: stopped by Ctrl-C {stopped or 'during the upload'}") from None
         except HostUnreachable:
             self._tell("step-failed", f"{step} lost")
             raise
@@ -268,23 +279,6 @@ class HostConnection:
         self._tell("step-ok" if status == 0 else "step-failed", f"{step} {status}")
         log.debug("%s: %s exited %s in %.3fs (%d bytes out)", self.host.name, step, status, seconds, stdout.size)
         return ExecResult(status, stdout.text(), stderr.text(), seconds)
-
-    def _progress_reader(self) -> Callable[[bytes], None] | None:
-        """A reader of stdout as it arrives that tells the observer each `@progress` record (the step a
-        script is on: validating, a hook, the health check); None without an observer."""
-        if self.observer is None:
-            return None
-        partial = b""
-
-        def read(data: bytes) -> None:
-            nonlocal partial
-            *lines, partial = (partial + data).split(b"\n")
-            partial = partial[-256:]  # a record line is short; a host's long line is not kept whole
-            for line in lines:
-                if line.startswith(PROGRESS_RECORD):
-                    self._tell("progress", line[len(PROGRESS_RECORD) :][:64].decode("ascii", "replace"))
-
-        return read
 
     @staticmethod
     def _read(
@@ -362,6 +356,53 @@ class HostConnection:
         if self._ahead is not None:
             self._ahead.discard()
         self.connection.close()
+
+
+class _Records:
+    """Reads a session's stdout as it arrives for its `@progress` records (the step a script is on:
+    validating, a hook, the health check): each is told to the observer, and a fetch gate's
+    records take and give back the session's slot (see `HostConnection.run`)."""
+
+    def __init__(
+        self, connection: HostConnection, channel: paramiko.Channel, deadline: float, gate: threading.Semaphore | None
+    ) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.deadline = deadline
+        self.gate = gate
+        self.holding = False
+        self.partial = b""
+
+    def read(self, data: bytes) -> None:
+        *lines, partial = (self.partial + data).split(b"\n")
+        self.partial = partial[-256:]  # a record line is short; a host's long line is not kept whole
+        for line in lines:
+            if line.startswith(PROGRESS_RECORD):
+                self.record(line[len(PROGRESS_RECORD) :][:64].decode("ascii", "replace"))
+
+    def record(self, name: str) -> None:
+        if self.gate is not None and name == "fetch-wait" and not self.holding:
+            self.connection._tell("progress", name)
+            self.take_slot(self.gate)
+            self.channel.sendall(b"go\n")
+            self.channel.shutdown_write()
+        elif self.gate is not None and name == "fetched":
+            self.give_back()
+        else:
+            self.connection._tell("progress", name)
+
+    def take_slot(self, gate: threading.Semaphore) -> None:
+        while not gate.acquire(timeout=0.2):
+            if self.connection.stopping.is_set():
+                raise Interrupted("while waiting to fetch")
+            if time.monotonic() >= self.deadline:
+                raise TimeoutError()
+        self.holding = True
+
+    def give_back(self) -> None:
+        if self.holding and self.gate is not None:
+            self.holding = False
+            self.gate.release()
 
 
 class _ChannelAhead:

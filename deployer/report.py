@@ -159,6 +159,7 @@ class OperationReport:
 
 STEP_PHASES = {"gather": "gather", "stage": "stage", "switch": "switch", "finish": "finish", "run": "migrate"}
 PROGRESS_PHASES = {
+    "fetch-wait": "wait for a fetch slot",
     "fetching": "fetch",
     "validating": "validate",
     "before_switch": "hook before_switch",

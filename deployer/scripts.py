@@ -16,6 +16,7 @@ Scripts answer in records on stdout (`deployer.protocol`); stderr is for humans.
 from __future__ import annotations
 
 import shlex
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -108,13 +109,15 @@ def run_script(
     /,
     session_timeout: float | None = None,
     upload: Sequence[bytes | memoryview] | None = None,
+    gate: threading.Semaphore | None = None,
     **options: str | int | float | None,
 ) -> ScriptResult:
     """Run remote script `script` on one host in one session; its answer parsed by the protocol.
 
+    `gate`: see `HostConnection.run` (stage's cap on hosts fetching at once, with fetch_gate=1).
     Raises a HostError (unreachable, timeout, ProtocolError) when there is no valid answer.
     """
     command = command_line(script, deploy_to, **options)
-    result = connection.run(command, timeout=session_timeout, upload=upload, step=script)
+    result = connection.run(command, timeout=session_timeout, upload=upload, step=script, gate=gate)
     output = parse_output(result.stdout, result.stderr, connection.host.name, script)
     return ScriptResult(result.exit_status, output, result.seconds)

@@ -168,6 +168,9 @@ def _settings(check: Checker, top: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "validate": _optional_string(check, top, "validate"),
         "parallel": check.number(top.get("parallel", DEFAULT_PARALLEL), "parallel", 1, 1000, integer=True),
+        "fetch_parallel": check.number(top["fetch_parallel"], "fetch_parallel", 1, 1000, integer=True)
+        if top.get("fetch_parallel") is not None
+        else 0,
         "timeouts": timeouts,
         "health_check": health_check_section(check, top["health_check"])
         if top.get("health_check") is not None

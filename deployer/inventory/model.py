@@ -127,6 +127,7 @@ class Inventory:
     hosts: tuple[Host, ...]
     validate: str = ""
     parallel: int = DEFAULT_PARALLEL
+    fetch_parallel: int = 0  # pull deploys: at most this many hosts fetch the artifact at once (0: no cap)
     timeouts: Timeouts = field(default_factory=Timeouts)
     health_check: HealthCheck | None = None
     rollout: Rollout = field(default_factory=Rollout)

@@ -31,6 +31,7 @@ TOP_KEYS = {
     "validate",
     "hosts",
     "parallel",
+    "fetch_parallel",
     "timeouts",
     "health_check",
     "rollout",

@@ -32,9 +32,8 @@ def run_once(
     deploy_to = inventory.deploy_to_of(inventory.host(host))
 
     def work(connection: HostConnection) -> ScriptResult:
-        return run_script(
-            connection, "run", deploy_to, session_timeout=inventory.timeouts.migrate + 10, upload=environment, **options
-        )
+        limit = inventory.timeouts.migrate + 10
+        return run_script(connection, "run", deploy_to, session_timeout=limit, upload=environment, gate=None, **options)
 
     for _host, outcome in run.fleet.map(work, [inventory.host(host)]):
         if isinstance(outcome, HostError):

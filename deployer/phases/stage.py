@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import threading
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
@@ -53,6 +54,8 @@ def stage(
     mapped = MappedArtifact(artifact.path) if artifact.path else None
     environment = run.environment
     fetching = env_block(inventory, artifact.url) if artifact.url else b""
+    # a cap on hosts fetching at once (an origin is not stampeded); validation is not capped
+    gate = threading.BoundedSemaphore(inventory.fetch_parallel) if artifact.url and inventory.fetch_parallel else None
     failures: dict[str, HostError] = {}
 
     def work(connection: HostConnection) -> float:
@@ -73,12 +76,14 @@ def stage(
             signed["signers"] = copy.digests
             if name in placing:
                 signed.update(copy.place_options())
+        gated = gate if source == planning.FETCH else None
         result = run_script(
             connection,
             "stage",
             inventory.deploy_to_of(connection.host),
             session_timeout=inventory.timeouts.stage,
             upload=upload,
+            gate=gated,
             release=release,
             digest=artifact.digest,
             source=source,
@@ -89,6 +94,7 @@ def stage(
             shared="\n".join(inventory.shared),
             env="1" if upload[0] else "",
             fetch_timeout=whole_seconds(inventory.timeouts.stage) if source == planning.FETCH else "",
+            fetch_gate="1" if gated is not None else "",
             now=utc_now(),
             **signed,
         )

@@ -1,6 +1,6 @@
 # stage DEPLOY_TO release=ID digest=SHA256 source=upload|fetch|cache [validate=CMD] [meta=FIELDS] [shared=PATHS]
 #       [revision=TEXT] [signature=TEXT principal=P] [signers=DIGESTS]
-#       [signers_place=ESCAPED revoked_place=ESCAPED policy_place=ESCAPED]
+#       [signers_place=ESCAPED revoked_place=ESCAPED policy_place=ESCAPED] [fetch_gate=1]
 # Puts the artifact (source=upload: read from stdin; source=fetch: fetched by this host from the
 # URL in the stdin block, DEPLOYER_ARTIFACT_URL, a pull deploy; source=cache: the copy kept from
 # an earlier deploy with the same digest) into releases/ID, links the shared paths (one per line in PATHS; a
@@ -12,12 +12,14 @@
 # signature itself, with its own ssh-keygen, before the release leaves staging; with require=yes in
 # that copy's policy it refuses a release that came without one, whatever the controller says.
 # signers=DIGESTS is what the controller expects that copy to be: another copy is refused.
+# fetch_gate=1 (a cap on hosts fetching at once): before fetching, say fetch-wait and wait for a
+# "go" line on stdin from the controller; say fetched when done, so the next host may start.
 # shellcheck disable=SC2154  # opt_* are set by parse_options
 deploy_to=$1
 shift
 opt_release='' opt_digest='' opt_source=upload opt_validate='' opt_validate_timeout=900 opt_meta='' opt_shared=''
 opt_revision='' opt_signature='' opt_principal='' opt_signers='' opt_signers_place='' opt_revoked_place=''
-opt_policy_place='' opt_fetch_timeout=300
+opt_policy_place='' opt_fetch_timeout=300 opt_fetch_gate=''
 parse_options "$@"
 read_env
 release_id=$opt_release
@@ -49,12 +51,19 @@ mkdir "$staging" || fail 30 "cannot create $staging"
 fetched=0
 if [ "$opt_source" = fetch ]; then
     [ -n "${artifact_url:-}" ] || fail 10 "source=fetch needs DEPLOYER_ARTIFACT_URL in the stdin block"
+    if [ "$opt_fetch_gate" = 1 ]; then
+        emit progress fetch-wait
+        fetch_go=
+        IFS= read -r fetch_go || true
+        [ "$fetch_go" = go ] || { rm -rf "$staging"; fail 10 "the controller never gave this host its turn to fetch"; }
+    fi
     emit progress fetching
     part=".deployer/artifacts/.$digest.$$.part"
     if ! fetch_artifact "$part" "$opt_fetch_timeout" ".deployer/logs/$release_id.fetch.log"; then
         rm -rf "$staging" "$part"
         fail 33 "could not fetch the artifact: $fetch_reason"
     fi
+    if [ "$opt_fetch_gate" = 1 ]; then emit progress fetched; fi
     actual=$(sha256_of "$part")
     if [ "$actual" != "$digest" ]; then
         rm -rf "$staging" "$part"

@@ -19,6 +19,7 @@ COLOURS = {
     "connect": "#b0b7c3",
     "gather": "#7f8c9d",
     "stage": "#4e79a7",
+    "wait": "#dcdcdc",
     "fetch": "#76b7b2",
     "validate": "#9467bd",
     "migrate": "#8c564b",
@@ -29,7 +30,7 @@ COLOURS = {
     "finish": "#a0a0a0",
 }
 FAILED = "#d62728"
-PARTS = ("fetch", "validate", "hook", "health", "revert")  # drawn inside the step they belong to
+PARTS = ("wait", "fetch", "validate", "hook", "health", "revert")  # drawn inside the step they belong to
 LABEL_WIDTH = 130
 CHART_WIDTH = 900
 ROW = 24

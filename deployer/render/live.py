@@ -28,6 +28,7 @@ STEP_NAMES = {
 # `@progress` records a remote script sends as it goes (deployer/remote/): only these are shown, so
 # a host cannot write into the view.
 PROGRESS_NAMES = {
+    "fetch-wait": "waiting to fetch",
     "fetching": "fetching",
     "validating": "validating",
     "reverting": "reverting",

@@ -139,13 +139,18 @@ def test_a_host_with_neither_curl_nor_wget_is_named_and_nothing_changes(
 class BrokenOrigin(http.server.ThreadingHTTPServer):
     """An origin that misbehaves on purpose, per path: /truncated/NAME (a body shorter than its
     Content-Length), /reset/NAME (the connection reset mid-body, every time), /flaky/NAME (reset
-    mid-body on a request without Range, whole on a resumed one: Range honoured)."""
+    mid-body on a request without Range, whole on a resumed one: Range honoured). And two that are
+    not broken, to see how many hosts fetch at once (`most`): /slow/NAME (the body over about a
+    second), /together/NAME (each request held until two are in flight, at most 30 s)."""
 
     daemon_threads = True
 
     def __init__(self, files: Path) -> None:
         self.files = files
         self.requests: list[tuple[str, str]] = []  # (path, Range header)
+        self.in_flight = 0
+        self.most = 0  # the most requests in flight at once
+        self.changed = threading.Condition()
         super().__init__(("127.0.0.1", 0), BrokenHandler)
 
 
@@ -173,7 +178,9 @@ class BrokenHandler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
-        if mode == "truncated":
+        if mode in ("slow", "together"):
+            self.counted(data)
+        elif mode == "truncated":
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -185,6 +192,24 @@ class BrokenHandler(http.server.BaseHTTPRequestHandler):
         else:
             self.wfile.write(data[start:])
         self.close_connection = True
+
+    def counted(self, data: bytes) -> None:
+        origin = self.server
+        with origin.changed:
+            origin.in_flight += 1
+            origin.most = max(origin.most, origin.in_flight)
+            origin.changed.notify_all()
+            if self.path.startswith("/together/"):
+                origin.changed.wait_for(lambda: origin.in_flight >= 2, timeout=30)
+        try:
+            for index in range(4):
+                self.wfile.write(data[index * len(data) // 4 : (index + 1) * len(data) // 4])
+                self.wfile.flush()
+                if self.path.startswith("/slow/"):
+                    time.sleep(0.25)
+        finally:
+            with origin.changed:
+                origin.in_flight -= 1
 
 
 @pytest.fixture
@@ -274,3 +299,27 @@ def test_a_signed_pull_deploy_is_checked_by_every_host(nginx, make_inventory, vi
     messages = [host["message"] for host in json.loads(refused.stdout)["hosts"]]
     assert all("signature refused by this host" in message for message in messages), messages
     assert {views[name].version(deploy_to) for name in PULLING} == {"v1"}
+
+
+def test_a_cap_on_hosts_fetching_at_once(nginx, broken, make_inventory, views, deploy_to, artifacts):
+    """`fetch_parallel: 1`: the origin never sees two hosts fetching at once, each host shows it
+    waited for its turn, and validation is not held back. Without the cap they fetch together."""
+    origin, url = broken
+    v1, _, _ = publish(nginx, artifacts, "v1", "capped-v1.tar.gz")
+    capped = make_inventory(hosts=PULLING, extra="fetch_parallel: 1\n")
+    done = run_inv("deploy", "-i", capped, "--artifact", v1, "--pull", f"{url}/slow/capped-v1.tar.gz", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {views[name].version(deploy_to) for name in PULLING} == {"v1"}
+    assert len([path for path, _ in origin.requests if path == "/slow/capped-v1.tar.gz"]) == len(PULLING)
+    assert origin.most == 1
+    timeline = json.loads(done.stdout)["timeline"]
+    for name in PULLING:
+        parts = [phase["phase"] for phase in timeline["hosts"][name]]
+        assert "wait for a fetch slot" in parts and "fetch" in parts, parts
+
+    v2, _, _ = publish(nginx, artifacts, "v2", "free-v2.tar.gz")
+    free = make_inventory(hosts=PULLING)
+    done = run_inv("deploy", "-i", free, "--artifact", v2, "--pull", f"{url}/together/free-v2.tar.gz", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert origin.most >= 2  # without the cap, two hosts were fetching at the same time
+    assert {views[name].version(deploy_to) for name in PULLING} == {"v2"}

@@ -50,14 +50,23 @@ def only(tmp_path: Path, fetcher: str) -> dict[str, str]:
     return {"PATH": str(tools)}
 
 
-def stage(deploy_to: str, url: str, digest: str, env: dict[str, str]):
+def stage(deploy_to: str, url: str, digest: str, env: dict[str, str], gate: bytes | None = None):
+    """The stage script fetching `url`; with `gate`, as with a cap on hosts fetching at once, and
+    `gate` is what the controller sends after the environment block (b"go\n": its turn)."""
     line = f"DEPLOYER_ARTIFACT_URL {octal_escaped(url)}\n".encode()
     block = b"DEPLOYER-ENV %d\n" % len(line) + line
     command = command_line(
-        "stage", deploy_to, release="20260101T000000Z-aaaaaaaa", digest=digest, source="fetch", env="1"
+        "stage",
+        deploy_to,
+        release="20260101T000000Z-aaaaaaaa",
+        digest=digest,
+        source="fetch",
+        env="1",
+        fetch_gate="1" if gate is not None else "",
     )
     assert url not in command
-    done = subprocess.run(["/bin/sh", "-c", command], input=block, capture_output=True, env=env, timeout=60)
+    stdin = block + (gate or b"")
+    done = subprocess.run(["/bin/sh", "-c", command], input=stdin, capture_output=True, env=env, timeout=60)
     return done.returncode, parse_output(done.stdout.decode(), done.stderr.decode())
 
 
@@ -84,3 +93,16 @@ def test_an_http_error_is_final_and_named(tmp_path, origin, fetcher):
     assert message.startswith("could not fetch the artifact: ")
     assert "the server answered with an error after 1 attempt(s)" in message
     assert not Path(tmp_path, "srv", "releases", "20260101T000000Z-aaaaaaaa").exists()
+
+
+def test_with_a_cap_on_fetches_a_host_fetches_only_when_told_its_turn(tmp_path, origin):
+    url, digest = origin
+    env = only(tmp_path, "curl")
+    code, output = stage(str(tmp_path / "told"), f"{url}/app.tar.gz", digest, env, gate=b"go\n")
+    assert code == 0, output.error_message()
+    assert output.all("progress")[:3] == [["fetch-wait"], ["fetching"], ["fetched"]]
+    code, output = stage(str(tmp_path / "never"), f"{url}/app.tar.gz", digest, env, gate=b"")
+    assert code == 10 and "never gave this host its turn" in output.error_message()
+    assert output.all("progress") == [["fetch-wait"]]
+    assert os.listdir(tmp_path / "never" / ".deployer" / "artifacts") == []
+    assert not (tmp_path / "never" / "releases" / "20260101T000000Z-aaaaaaaa").exists()
