@@ -83,6 +83,8 @@ def test_good_inventory(keyfiles):
         (("validate:", "shared: .env\nvalidate:"), "shared", "list"),
         (("validate:", "hooks: {after_swtich: x}\nvalidate:"), "hooks.after_swtich", "unknown key"),
         (("validate:", "keep_releases: 0\nvalidate:"), "keep_releases", "between"),
+        (("validate:", "fetch_parallel: 0\nvalidate:"), "fetch_parallel", "between"),
+        (("validate:", "fetch_parallel: some\nvalidate:"), "fetch_parallel", "integer"),
         (("validate:", "timeouts: {hook: 0}\nvalidate:"), "timeouts.hook", "between"),
         (("validate:", "signatures: {require: true}\nvalidate:"), "signatures.allowed_signers", "required"),
         (("validate:", "signatures: {allowed_signers: nothere}\nvalidate:"), "signatures.allowed_signers", "not found"),
@@ -454,6 +456,7 @@ FUZZED_SECTIONS = [
     "sudo",
     "sudo_password_env",
     "parallel",
+    "fetch_parallel",
     "deploy_to",
     "user",
     "validate",
@@ -521,3 +524,10 @@ def test_the_fuzzed_base_inventory_itself_is_valid():
         "hosts": {"web1": {"address": "10.0.0.1"}},
     }
     assert [host.name for host in parse_inventory(yaml.safe_dump(data), "inv.yml").hosts] == ["web1"]
+
+
+def test_fetch_parallel_is_no_cap_unless_given(keyfiles):
+    path, _ = inv(keyfiles, GOOD)
+    assert load_inventory(path).fetch_parallel == 0
+    path, _ = inv(keyfiles, GOOD.replace("validate:", "fetch_parallel: 5\nvalidate:", 1))
+    assert load_inventory(path).fetch_parallel == 5
