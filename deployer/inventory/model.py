@@ -9,6 +9,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from deployer.errors import InputError
 
@@ -201,7 +202,9 @@ class Inventory:
         return self.hooks.get(name, "")
 
     def host(self, name: str) -> Host:
-        for host in self.hosts:
-            if host.name == name:
-                return host
-        raise KeyError(name)
+        return self._by_name[name]
+
+    @cached_property
+    def _by_name(self) -> dict[str, Host]:
+        """Hosts by name (asked once per host in several phases: a scan each time would grow as n^2)."""
+        return {host.name: host for host in self.hosts}
