@@ -57,6 +57,48 @@ def script_source(name: str) -> str:
     return (folder / "lib.sh").read_text("utf-8") + "\n" + (folder / f"{name}.sh").read_text("utf-8")
 
 
+@cache
+def sent_source(name: str) -> str:
+    """What a session sends of script `name`: its text without comment-only lines (a third of the
+    bytes; every session carries its script, octal-escaped, in the exec request)."""
+    return _without_comment_lines(script_source(name))
+
+
+def _without_comment_lines(text: str) -> str:
+    """`text` without the lines that start with `#` outside any quoted string (a string spanning
+    lines keeps every line it holds)."""
+    kept = []
+    quote = ""
+    for line in text.split("\n"):
+        if not quote and line.lstrip().startswith("#"):
+            continue
+        kept.append(line)
+        quote = _quote_open_after(line, quote)
+    return "\n".join(kept)
+
+
+def _quote_open_after(line: str, quote: str) -> str:
+    """The quote (' or ") still open at the end of `line`, given the one open at its start."""
+    index = 0
+    while index < len(line):
+        char = line[index]
+        if quote == "'":
+            quote = "" if char == "'" else quote
+        elif quote == '"':
+            if char == "\\":
+                index += 1
+            elif char == '"':
+                quote = ""
+        elif char == "\\":
+            index += 1
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (index == 0 or line[index - 1] in " \t;|&("):
+            break  # a comment: the rest of the line is not code
+        index += 1
+    return quote
+
+
 # The shell that runs every script on the host (tests swap in BusyBox ash or bash --posix).
 REMOTE_SHELL = "/bin/sh"
 # Printable ASCII that no login shell treats specially inside single quotes (csh: `!`; fish: `\`).
@@ -90,7 +132,7 @@ def command_line(script: str, deploy_to: str, /, **options: str | int | float | 
         if value is None or value == "":
             continue
         args.append(f"{key}={value}")
-    return exec_request(script, script_source(script), args)
+    return exec_request(script, sent_source(script), args)
 
 
 @dataclass(frozen=True)

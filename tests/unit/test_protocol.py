@@ -243,3 +243,14 @@ def test_shown_text_and_data_have_no_control_characters():
 
 def test_every_script_is_known():
     assert {path.stem for path in REMOTE.glob("*.sh")} - {"lib"} == set(SCRIPT_NAMES)
+
+
+def test_sessions_send_scripts_without_their_comment_lines():
+    from deployer.scripts import SCRIPT_NAMES, _without_comment_lines, sent_source
+
+    text = "a='\n# inside a string\n'\n# a comment\n  # another\necho \"x\n# inside too\n\" # trailing\nb=$#\n"
+    assert _without_comment_lines(text) == "a='\n# inside a string\n'\necho \"x\n# inside too\n\" # trailing\nb=$#\n"
+    for name in SCRIPT_NAMES:
+        full = script_source(name)
+        assert sent_source(name).split("\n") == [line for line in full.split("\n") if not line.lstrip().startswith("#")]
+        assert len(sent_source(name)) < 0.85 * len(full)
