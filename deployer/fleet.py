@@ -11,6 +11,7 @@ waits have explicit timeouts.
 from __future__ import annotations
 
 import logging
+import resource
 import select
 import socket
 import threading
@@ -435,6 +436,25 @@ class _ChannelAhead:
             self.channel.close()
 
 
+FILES_PER_HOST = 6  # its socket, and a pipe pair for each of its two channels that select() watches
+
+
+def ensure_open_files(hosts: int) -> int:
+    """Raise this process's soft limit on open files (often 1024, which a fleet of a few hundred
+    hosts exhausts: each holds a socket and pipes) towards what `hosts` need, within the hard
+    limit. Returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 64 + FILES_PER_HOST * hosts
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return soft
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < need:
+        log.warning("open files are limited to %d (hard limit); %d hosts may need %d", target, hosts, need)
+    return target
+
+
 class Fleet:
     """The open connections of one operation, and a bounded pool to work on them in parallel."""
 
@@ -448,6 +468,7 @@ class Fleet:
     ) -> None:
         self.inventory = inventory
         self.observer = observer
+        ensure_open_files(len(inventory.hosts))
         self.sessions_expected = sessions_expected  # per host: see HostConnection.sessions_expected
         self.parallel = max(1, parallel or inventory.parallel)
         self.known_hosts = load_known_hosts(inventory.known_hosts)
