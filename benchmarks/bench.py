@@ -89,12 +89,31 @@ def measured(fleet: LocalFleet, hosts: int, action) -> Sample:  # type: ignore[n
 # --- the tool ---
 
 
+PEAKS: dict[str, list[int]] = {}  # operation -> [peak RSS KB, threads, open fds] of each tool run
+
+
 def tool(*args: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True, timeout=900
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"tool failed: {' '.join(args)}\n{done.stdout}\n{done.stderr}")
+    """The CLI, as a user runs it; its peak memory, threads and open files are sampled from /proc."""
+    with tempfile.TemporaryFile() as out:
+        process = subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=REPO, stdout=out, stderr=out)
+        peak = [0, 0, 0]
+        deadline = time.monotonic() + 900
+        while process.poll() is None:
+            try:
+                status = Path(f"/proc/{process.pid}/status").read_text()
+                fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+                files = len(os.listdir(f"/proc/{process.pid}/fd"))
+                sample = [int(fields["VmRSS"].split()[0]), int(fields["Threads"]), files]
+                peak = [max(a, b) for a, b in zip(peak, sample, strict=True)]
+            except (OSError, KeyError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                process.kill()
+            time.sleep(0.1)
+        PEAKS.setdefault(args[0], []).append(peak)
+        if process.returncode != 0:
+            out.seek(0)
+            raise SystemExit(f"tool failed: {' '.join(args)}\n{out.read().decode(errors='replace')}")
 
 
 # --- the plain OpenSSH fan-out ---
@@ -496,7 +515,12 @@ def main() -> int:
             rows += bench_pull(hosts, args.runs, args.artifact_mb)
         else:
             rows += bench(hosts, args.runs, args.artifact_mb, args.latency_ms)
-    result = f"{machine()}\nmedian of {args.runs} interleaved runs\n\n{table(rows, args.latency_ms)}\n"
+    peaks = "\n".join(
+        f"tool {operation}, largest fleet: peak RSS {max(p[0] for p in runs) / 1024:.0f} MB, "
+        f"threads {max(p[1] for p in runs)}, open files {max(p[2] for p in runs)}"
+        for operation, runs in sorted(PEAKS.items())
+    )
+    result = f"{machine()}\nmedian of {args.runs} interleaved runs\n\n{table(rows, args.latency_ms)}\n\n{peaks}\n"
     print(result)
     if args.out:
         Path(args.out).write_text(result)
