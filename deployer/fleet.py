@@ -192,22 +192,10 @@ class HostConnection:
         self.sessions = 0
         self.observer = observer
         self.stopping = stopping or threading.Event()  # set on Ctrl-C: uploads stop at the next packet
-        # Sessions the operation expects to run here (its budget): up to that many, the next
-        # session's channel is opened while the current one runs, so the next step starts without
-        # waiting a round trip for it. A channel opened ahead and never used starts nothing on the
-        # host (sshd runs a command only on exec) and is closed with the connection.
-        self.sessions_expected = 1
-        self._ahead: _ChannelAhead | None = None
 
     def _tell(self, event: str, detail: str = "") -> None:
         if self.observer is not None:
             self.observer(self.host.name, event, detail)
-
-    def open_ahead(self) -> None:
-        """Start opening the next session's channel now (see `sessions_expected`)."""
-        transport = self.connection.client.get_transport()
-        if self._ahead is None and transport is not None and transport.is_active():
-            self._ahead = _ChannelAhead(transport, self.timeouts.connect)
 
     def run(
         self,
@@ -234,11 +222,8 @@ class HostConnection:
         transport = self.connection.client.get_transport()
         if transport is None or not transport.is_active():
             raise HostUnreachable(self.host.name, "the SSH connection was lost")
-        channel = self._ahead.take() if self._ahead is not None else None
-        self._ahead = None
-        if channel is None:
-            with transport_errors(self.host.name, "cannot open a session"):
-                channel = transport.open_session(timeout=min(limit, self.timeouts.connect))
+        with transport_errors(self.host.name, "cannot open a session"):
+            channel = transport.open_session(timeout=min(limit, self.timeouts.connect))
         self.sessions += 1
         self._tell("step", step)
         stdout = _Collected(MAX_OUTPUT_BYTES)
@@ -247,8 +232,6 @@ class HostConnection:
             with transport_errors(self.host.name, "connection lost during a remote step"):
                 channel.settimeout(limit)
                 _exec_without_waiting(transport, channel, command)
-                if self.sessions < self.sessions_expected:
-                    self.open_ahead()
                 if upload:
                     self._send(channel, upload, deadline)
                 if gate is None:
@@ -354,8 +337,6 @@ class HostConnection:
             self._tell("upload", f"{total}/{total}")
 
     def close(self) -> None:
-        if self._ahead is not None:
-            self._ahead.discard()
         self.connection.close()
 
 
@@ -406,36 +387,6 @@ class _Records:
             self.gate.release()
 
 
-class _ChannelAhead:
-    """A session channel being opened in the background (paramiko's open_session blocks for the
-    server's confirmation, one round trip), taken by the next step or closed unused."""
-
-    def __init__(self, transport: paramiko.Transport, timeout: float) -> None:
-        self.timeout = timeout
-        self.channel: paramiko.Channel | None = None
-        self._thread = threading.Thread(target=self._open, args=(transport,), name="deployer-ahead", daemon=True)
-        self._thread.start()
-
-    def _open(self, transport: paramiko.Transport) -> None:
-        try:
-            self.channel = transport.open_session(timeout=self.timeout)
-        except (OSError, EOFError, paramiko.SSHException) as error:  # the step opens its own, and reports
-            log.debug("opening a session ahead failed: %s", error)
-
-    def take(self) -> paramiko.Channel | None:
-        """The opened channel, if it opened and is still usable (else the caller opens one itself)."""
-        self._thread.join(self.timeout)
-        channel = self.channel
-        if channel is None or channel.closed or self._thread.is_alive():
-            return None
-        return channel
-
-    def discard(self) -> None:
-        """Close the channel if it opened (one still opening ends with its connection)."""
-        if self.channel is not None:
-            self.channel.close()
-
-
 FILES_PER_HOST = 6  # its socket, and a pipe pair for each of its two channels that select() watches
 
 
@@ -464,12 +415,10 @@ class Fleet:
         accept_new_host_keys: bool = False,
         parallel: int | None = None,
         observer: Observer | None = None,
-        sessions_expected: int = 1,
     ) -> None:
         self.inventory = inventory
         self.observer = observer
         ensure_open_files(len(inventory.hosts))
-        self.sessions_expected = sessions_expected  # per host: see HostConnection.sessions_expected
         self.parallel = max(1, parallel or inventory.parallel)
         self.known_hosts = load_known_hosts(inventory.known_hosts)
         self.policy = KnownHostsPolicy(self.known_hosts, accept_new_host_keys, threading.Lock())
@@ -531,8 +480,6 @@ class Fleet:
             self._tell(host, "connect-failed", "unreachable")
             raise
         handle.observer = self.observer
-        handle.sessions_expected = self.sessions_expected
-        handle.open_ahead()  # every operation's first step on a host (gather) runs on it
         seconds = time.monotonic() - started
         self._tell(host, "connected", f"{seconds:.2f}")
         via = f" through {host.gateway}" if host.gateway else ""
