@@ -387,7 +387,7 @@ class _Records:
             self.gate.release()
 
 
-FILES_PER_HOST = 6  # its socket, and a pipe pair for each of its two channels that select() watches
+FILES_PER_HOST = 6  # its socket, a pipe pair for the channel select() watches, and room for a gateway tunnel
 
 
 def ensure_open_files(hosts: int) -> int:
