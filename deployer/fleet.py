@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import resource
-import select
 import socket
 import threading
 import time
@@ -175,6 +174,31 @@ def _exec_without_waiting(transport: paramiko.Transport, channel: paramiko.Chann
     transport._send_user_message(message)  # type: ignore[attr-defined]  # noqa: SLF001 - see the docstring
 
 
+class _Wakeup:
+    """Set when either stream of a channel has data or is closed, with no file descriptor:
+    Channel.fileno() makes a pipe pair per channel, and select() refuses a descriptor past 1023,
+    which a fleet of a few hundred hosts passes. paramiko clears a stream's event when that
+    stream is drained; here only the reader clears it (`arm`, before it looks at both streams),
+    so data on one stream is never hidden by draining the other."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self._event = threading.Event()
+        channel.in_buffer.set_event(self)
+        channel.in_stderr_buffer.set_event(self)
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        """paramiko's call when one stream is drained: ignored (see the class)."""
+
+    def arm(self) -> None:
+        self._event.clear()
+
+    def wait(self, seconds: float) -> None:
+        self._event.wait(seconds)
+
+
 class HostConnection:
     """One open SSH connection to one host; runs scripts as exec sessions on it."""
 
@@ -272,8 +296,10 @@ class HostConnection:
         deadline: float,
         on_stdout: Callable[[bytes], None] | None = None,
     ) -> None:
-        """Read both streams until the remote side's EOF, waking on either (the channel's fileno)."""
+        """Read both streams until the remote side's EOF, waking when either has data or closes."""
+        wake = _Wakeup(channel)
         while True:
+            wake.arm()
             while channel.recv_ready():
                 data = channel.recv(65536)
                 stdout.add(data)
@@ -290,7 +316,7 @@ class HostConnection:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError()
-            select.select([channel], [], [], min(left, 1.0))
+            wake.wait(min(left, 1.0))
 
     def _send(self, channel: paramiko.Channel, parts: Sequence[bytes | memoryview], deadline: float) -> None:
         """Stream `parts` to the channel, in order; stop quietly if the remote side exits early.
@@ -387,12 +413,12 @@ class _Records:
             self.gate.release()
 
 
-FILES_PER_HOST = 6  # its socket, a pipe pair for the channel select() watches, and room for a gateway tunnel
+FILES_PER_HOST = 3  # its socket, and headroom (a gateway tunnel, a file being read or written for it)
 
 
 def ensure_open_files(hosts: int) -> int:
     """Raise this process's soft limit on open files (often 1024, which a fleet of a few hundred
-    hosts exhausts: each holds a socket and pipes) towards what `hosts` need, within the hard
+    hosts exhausts: each holds a socket) towards what `hosts` need, within the hard
     limit. Returns the soft limit in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = 64 + FILES_PER_HOST * hosts

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 from pathlib import Path
 
 import pytest
@@ -110,6 +112,28 @@ def test_a_host_that_allows_one_session_at_a_time(local_fleet, make_inventory, v
         Path(host.config).write_text(original)
         local_fleet.start_host("web4")
         local_fleet.wait_ready(host)
+
+
+def test_a_controller_holding_more_than_1024_open_files(make_inventory, views, artifacts, deploy_to):
+    """A fleet of several hundred hosts puts the tool's descriptors past 1023, where select()
+    refuses to watch one (it did: a 1,000-host deploy failed reading its first session)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    held = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        inventory = make_inventory()
+        first = deploy(inventory, artifacts["v1"])
+        second = deploy(inventory, artifacts["v2"])
+        assert first.ok and second.ok
+        assert on_each(views, deploy_to) == {name: (second.target, "v2") for name in views}
+        back = rollback(inventory)
+        assert back.ok and on_each(views, deploy_to) == {name: (first.target, "v1") for name in views}
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_drill_deploys_rolls_back_and_redeploys(make_inventory, views, artifacts, deploy_to):
