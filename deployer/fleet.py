@@ -174,7 +174,7 @@ def _exec_without_waiting(transport: paramiko.Transport, channel: paramiko.Chann
     transport._send_user_message(message)  # type: ignore[attr-defined]  # noqa: SLF001 - see the docstring
 
 
-class _Wakeup:
+class _Wakeup(threading.Event):
     """Set when either stream of a channel has data or is closed, with no file descriptor:
     Channel.fileno() makes a pipe pair per channel, and select() refuses a descriptor past 1023,
     which a fleet of a few hundred hosts passes. paramiko clears a stream's event when that
@@ -182,21 +182,15 @@ class _Wakeup:
     so data on one stream is never hidden by draining the other."""
 
     def __init__(self, channel: paramiko.Channel) -> None:
-        self._event = threading.Event()
+        super().__init__()
         channel.in_buffer.set_event(self)
         channel.in_stderr_buffer.set_event(self)
-
-    def set(self) -> None:
-        self._event.set()
 
     def clear(self) -> None:
         """paramiko's call when one stream is drained: ignored (see the class)."""
 
     def arm(self) -> None:
-        self._event.clear()
-
-    def wait(self, seconds: float) -> None:
-        self._event.wait(seconds)
+        super().clear()
 
 
 class HostConnection:
