@@ -57,6 +57,7 @@ class Sample:
     cpu: float  # client CPU seconds (user + system of the child processes)
     connections: float  # per host, from sshd logs
     sessions: float
+    host_cpu: float = 0.0  # CPU seconds of all hosts' sshd children (connections, sessions, the scripts)
 
 
 @dataclass
@@ -65,6 +66,11 @@ class Row:
     operation: str
     tool: list[Sample] = field(default_factory=list)
     ssh: list[Sample] = field(default_factory=list)
+    sent_per_host: dict[str, float] = field(default_factory=dict)  # pull rows: controller bytes per host
+
+
+def ratio(row: Row) -> float:
+    return median(row.tool, "seconds") / median(row.ssh, "seconds")
 
 
 def children_cpu() -> float:
@@ -72,8 +78,23 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def hosts_cpu(fleet: LocalFleet) -> float:
+    """CPU seconds used so far by the children each host's sshd has reaped: every connection's
+    sshd, its sessions and what they ran (the /proc/PID/stat cutime and cstime of each listener)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for host in fleet.hosts():
+        try:
+            fields = Path(f"/proc/{Path(host.pid_file).read_text().strip()}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[13]) + int(fields[14])  # cutime, cstime (fields 16 and 17 of stat)
+    return total / ticks
+
+
 def measured(fleet: LocalFleet, hosts: int, action) -> Sample:  # type: ignore[no-untyped-def]
     before_counts = fleet.ssh_counts()
+    before_hosts = hosts_cpu(fleet)
     cpu = children_cpu()
     started = time.perf_counter()
     action()
@@ -83,16 +104,16 @@ def measured(fleet: LocalFleet, hosts: int, action) -> Sample:  # type: ignore[n
     after_counts = fleet.ssh_counts()
     connections = sum(after_counts[n][0] - before_counts[n][0] for n in after_counts) / hosts
     sessions = sum(after_counts[n][1] - before_counts[n][1] for n in after_counts) / hosts
-    return Sample(seconds, cpu, connections, sessions)
+    return Sample(seconds, cpu, connections, sessions, hosts_cpu(fleet) - before_hosts)
 
 
 # --- the tool ---
 
 
-PEAKS: dict[str, list[int]] = {}  # operation -> [peak RSS KB, threads, open fds] of each tool run
+PEAKS: dict[tuple[int, str], list[list[int]]] = {}  # (hosts, operation) -> [peak RSS KB, threads, fds] per run
 
 
-def tool(*args: str) -> None:
+def tool(*args: str, hosts: int = 0) -> None:
     """The CLI, as a user runs it; its peak memory, threads and open files are sampled from /proc."""
     with tempfile.TemporaryFile() as out:
         process = subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=REPO, stdout=out, stderr=out)
@@ -110,7 +131,7 @@ def tool(*args: str) -> None:
             if time.monotonic() > deadline:
                 process.kill()
             time.sleep(0.1)
-        PEAKS.setdefault(args[0], []).append(peak)
+        PEAKS.setdefault((hosts, args[0]), []).append(peak)
         if process.returncode != 0:
             out.seek(0)
             raise SystemExit(f"tool failed: {' '.join(args)}\n{out.read().decode(errors='replace')}")
@@ -299,14 +320,17 @@ def bench(hosts: int, runs: int, megabytes: float, latency_ms: float) -> list[Ro
             artifact = artifacts[run + 1]
             release = f"r{run + 1}"
             pairs = [
-                (deploy.tool, lambda a=artifact: tool("deploy", "-i", inventory_path, "--artifact", a, "--unpin")),
+                (
+                    deploy.tool,
+                    lambda a=artifact: tool("deploy", "-i", inventory_path, "--artifact", a, "--unpin", hosts=hosts),
+                ),
                 (deploy.ssh, lambda r=release, a=artifact: fan_out(endpoints, base, ssh_deploy_command(r), a)),
             ]
             for target, action in pairs if run % 2 == 0 else reversed(pairs):
                 target.append(measured(fleet, hosts, action))
             previous = "r0" if run == 0 else f"r{run}"
             backs = [
-                (rollback.tool, lambda: tool("rollback", "-i", inventory_path)),
+                (rollback.tool, lambda: tool("rollback", "-i", inventory_path, hosts=hosts)),
                 (rollback.ssh, lambda p=previous: fan_out(endpoints, base, ssh_rollback_command(p), None)),
             ]
             for target, action in backs if run % 2 == 0 else reversed(backs):
@@ -381,7 +405,8 @@ def bench_pull(hosts: int, runs: int, megabytes: float) -> list[Row]:
                 target.append(counted(kind, action))
             print(f"  {hosts} hosts: run {run + 1}/{runs} done", file=sys.stderr)
         for kind, values in per_host.items():
-            print(f"controller bytes sent per host over SSH, {kind}: median {statistics.median(values):,.0f}")
+            row.sent_per_host[kind] = statistics.median(values)
+            print(f"controller bytes sent per host over SSH, {kind}: median {row.sent_per_host[kind]:,.0f}")
         return [row]
     finally:
         if origin is not None:
@@ -456,6 +481,78 @@ def bench_round_trips(runs: int, delay_ms: float) -> str:
         shutil.rmtree(state, ignore_errors=True)
 
 
+def peaks_text() -> str:
+    lines = []
+    for (hosts, operation), runs in sorted(PEAKS.items()):
+        if not hosts:
+            continue
+        rss = max(p[0] for p in runs)
+        lines.append(
+            f"tool {operation}, {hosts} hosts: peak RSS {rss / 1024:.0f} MB ({rss / hosts:.0f} KB per host), "
+            f"threads {max(p[1] for p in runs)}, open files {max(p[2] for p in runs)}"
+        )
+    return "\n".join(lines)
+
+
+def bench_targets(runs: int) -> str:
+    """Every case of issue 18's targets, each measured as its own mode would, in one run: the
+    table of target against measured, then each mode's full table."""
+    cases: list[tuple[str, str, str, bool]] = []  # case, target, measured, met
+    tables = []
+
+    def add(label: str, rows: list[Row], latency_ms: float = 0.0) -> dict[str, Row]:
+        tables.append(f"{label}\n\n{table(rows, latency_ms)}")
+        return {row.operation.split()[0]: row for row in rows}
+
+    plain20 = add("20 hosts, 4 MB", bench(20, runs, 4.0, 0.0))
+    plain50 = add("50 hosts, 4 MB", bench(50, runs, 4.0, 0.0))
+    slow20 = add("20 hosts, 4 MB, +25 ms each way", bench(20, runs, 4.0, 25.0), 25.0)
+    large = add("1,000 hosts, 0.8 MB", bench(1000, runs, 0.8, 0.0))
+    pull = add("50 hosts, 50 MB: push (tool column) against pull (OpenSSH column)", bench_pull(50, runs, 50.0))
+
+    def versus(case: str, row: Row, limit: float) -> None:
+        measured = ratio(row)
+        cases.append(
+            (case, f"<= {limit}x OpenSSH fan-out", f"{measured:.2f}x ({median(row.tool, 'seconds'):.1f} s "
+             f"vs {median(row.ssh, 'seconds'):.1f} s)", measured <= limit)
+        )  # fmt: skip
+
+    versus("rollback, 50 hosts, no added latency", plain50["rollback"], 0.7)
+    versus("deploy 4 MB, 20 hosts, no added latency", plain20["deploy"], 0.9)
+    versus("rollback, 20 hosts, +25 ms each way", slow20["rollback"], 0.8)
+    versus("deploy 4 MB, 20 hosts, +25 ms each way", slow20["deploy"], 1.0)
+    versus("rollback, 1,000 hosts", large["rollback"], 0.7)
+    rss = max(p[0] for operation in ("deploy", "rollback") for p in PEAKS[(1000, operation)])
+    cases.append(
+        ("1,000 hosts: client memory (peak of deploy and rollback)", "<= 256 KB per host",
+         f"{rss / 1000:.0f} KB per host (peak RSS {rss / 1024:.0f} MB, all of it)", rss / 1000 <= 256)
+    )  # fmt: skip
+    versus("deploy 0.8 MB, 1,000 hosts", large["deploy"], 0.9)
+    row = pull["deploy"]
+    cases.append(
+        ("deploy 50 MB, 50 hosts: pull from a local HTTP origin against push", "pull <= 0.5x push",
+         f"{1 / ratio(row):.2f}x ({median(row.ssh, 'seconds'):.1f} s vs {median(row.tool, 'seconds'):.1f} s)",
+         1 / ratio(row) <= 0.5)
+    )  # fmt: skip
+    sent = row.sent_per_host["pull"]
+    cases.append(("pull: controller bytes sent per host", "< 10 KB", f"{sent / 1024:.1f} KB", sent < 10 * 1024))
+    # the tool's own samples: every row's tool column, and the pull row's other column (also the tool)
+    fan_out_rows = [r for group in (plain20, plain50, slow20, large) for r in group.values()]
+    every = [r.tool for r in fan_out_rows] + [row.tool, row.ssh]
+    operations = [r.operation.split()[0] for r in fan_out_rows] + ["deploy", "deploy"]
+    connections = max(median(samples, "connections") for samples in every)
+    deploy_sessions = max(median(x, "sessions") for x, op in zip(every, operations, strict=True) if op == "deploy")
+    rollback_sessions = max(median(x, "sessions") for x, op in zip(every, operations, strict=True) if op == "rollback")
+    cases.append(
+        ("connections and sessions per host (every case above, pull included)", "1 and <= 3 / <= 2",
+         f"{connections:g} and {deploy_sessions:g} (deploy) / {rollback_sessions:g} (rollback)",
+         connections == 1 and deploy_sessions <= 3 and rollback_sessions <= 2)
+    )  # fmt: skip
+    lines = ["| case | target | measured | met |", "|---|---|---|---|"]
+    lines += [f"| {case} | {target} | {value} | {'yes' if met else '**no**'} |" for case, target, value, met in cases]
+    return "\n".join(lines) + "\n\n" + "\n\n".join(tables) + "\n\n" + peaks_text()
+
+
 def median(samples: list[Sample], attribute: str) -> float:
     return statistics.median(getattr(sample, attribute) for sample in samples)
 
@@ -463,9 +560,10 @@ def median(samples: list[Sample], attribute: str) -> float:
 def table(rows: list[Row], latency_ms: float) -> str:
     header = (
         "| hosts | operation | tool s | OpenSSH s | tool/OpenSSH | connections/host | sessions/host "
-        "| client CPU ms/host (tool) | client CPU ms/host (OpenSSH) |"
+        "| client CPU ms/host (tool) | client CPU ms/host (OpenSSH) | hosts' CPU ms/host (tool) "
+        "| hosts' CPU ms/host (OpenSSH) |"
     )
-    lines = [header, "|" + "---|" * 9]
+    lines = [header, "|" + "---|" * 11]
     for row in rows:
         tool_s, ssh_s = median(row.tool, "seconds"), median(row.ssh, "seconds")
         lines.append(
@@ -473,7 +571,9 @@ def table(rows: list[Row], latency_ms: float) -> str:
             f"| {tool_s:.2f} | {ssh_s:.2f} | {tool_s / ssh_s:.2f} "
             f"| {median(row.tool, 'connections'):.1f} (OpenSSH {median(row.ssh, 'connections'):.1f}) "
             f"| {median(row.tool, 'sessions'):.1f} (OpenSSH {median(row.ssh, 'sessions'):.1f}) "
-            f"| {median(row.tool, 'cpu') * 1000 / row.hosts:.1f} | {median(row.ssh, 'cpu') * 1000 / row.hosts:.1f} |"
+            f"| {median(row.tool, 'cpu') * 1000 / row.hosts:.1f} | {median(row.ssh, 'cpu') * 1000 / row.hosts:.1f} "
+            f"| {median(row.tool, 'host_cpu') * 1000 / row.hosts:.1f} "
+            f"| {median(row.ssh, 'host_cpu') * 1000 / row.hosts:.1f} |"
         )
     return "\n".join(lines)
 
@@ -499,6 +599,9 @@ def main() -> int:
     parser.add_argument(
         "--round-trips", action="store_true", help="round trips per host of each operation (one host, --latency-ms)"
     )
+    parser.add_argument(
+        "--targets", action="store_true", help="every case of the performance targets in one run (about 30 min)"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("the benchmark starts real sshd hosts: run it as root", file=sys.stderr)
@@ -509,17 +612,19 @@ def main() -> int:
         if args.out:
             Path(args.out).write_text(result)
         return 0
+    if args.targets:
+        result = f"{machine()}\nmedian of {args.runs} interleaved runs\n\n{bench_targets(args.runs)}\n"
+        print(result)
+        if args.out:
+            Path(args.out).write_text(result)
+        return 0
     rows: list[Row] = []
     for hosts in (int(value) for value in args.hosts.split(",")):
         if args.pull:
             rows += bench_pull(hosts, args.runs, args.artifact_mb)
         else:
             rows += bench(hosts, args.runs, args.artifact_mb, args.latency_ms)
-    peaks = "\n".join(
-        f"tool {operation}, largest fleet: peak RSS {max(p[0] for p in runs) / 1024:.0f} MB, "
-        f"threads {max(p[1] for p in runs)}, open files {max(p[2] for p in runs)}"
-        for operation, runs in sorted(PEAKS.items())
-    )
+    peaks = peaks_text()
     result = f"{machine()}\nmedian of {args.runs} interleaved runs\n\n{table(rows, args.latency_ms)}\n\n{peaks}\n"
     print(result)
     if args.out:
