@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import multiprocessing
 import os
 import platform
@@ -89,9 +90,12 @@ def hosts_cpu(fleet: LocalFleet) -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for host in fleet.hosts():
+        pid = fleet.pid(host.name)
+        if pid is None:
+            continue
         try:
-            fields = Path(f"/proc/{Path(host.pid_file).read_text().strip()}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # gone since
             continue
         total += int(fields[13]) + int(fields[14])  # cutime, cstime (fields 16 and 17 of stat)
     return total / ticks
@@ -115,11 +119,12 @@ def measured(fleet: LocalFleet, hosts: int, action) -> Sample:  # type: ignore[n
 # --- the tool ---
 
 
-PEAKS: dict[tuple[int, str], list[list[int]]] = {}  # (hosts, operation) -> [peak RSS KB, threads, fds] per run
+PEAKS: dict[tuple[int, str], list[list[int]]] = {}  # (hosts, kind) -> [peak RSS KB, threads, fds] per run
 
 
-def tool(*args: str, hosts: int = 0) -> None:
-    """The CLI, as a user runs it; its peak memory, threads and open files are sampled from /proc."""
+def tool(*args: str, hosts: int, kind: str = "") -> None:
+    """The CLI, as a user runs it on `hosts` hosts; its peak memory, threads and open files are
+    sampled from /proc and kept under (hosts, `kind`, by default the operation)."""
     with tempfile.TemporaryFile() as out:
         process = subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=REPO, stdout=out, stderr=out)
         peak = [0, 0, 0]
@@ -136,7 +141,7 @@ def tool(*args: str, hosts: int = 0) -> None:
             if time.monotonic() > deadline:
                 process.kill()
             time.sleep(0.1)
-        PEAKS.setdefault((hosts, args[0]), []).append(peak)
+        PEAKS.setdefault((hosts, kind or args[0]), []).append(peak)
         if process.returncode != 0:
             out.seek(0)
             raise SystemExit(f"tool failed: {' '.join(args)}\n{out.read().decode(errors='replace')}")
@@ -317,7 +322,7 @@ def bench(hosts: int, runs: int, megabytes: float, latency_ms: float) -> list[Ro
         artifacts = make_artifacts(state, runs * 2 + 1, megabytes)
 
         # Baselines: both sides have a current release before the measured runs.
-        tool("deploy", "-i", inventory_path, "--artifact", artifacts[0])
+        tool("deploy", "-i", inventory_path, "--artifact", artifacts[0], hosts=hosts)
         fan_out(endpoints, base, ssh_deploy_command("r0"), artifacts[0])
 
         deploy, rollback = Row(hosts, f"deploy {megabytes:g} MB"), Row(hosts, "rollback")
@@ -383,7 +388,7 @@ def bench_pull(hosts: int, runs: int, megabytes: float) -> list[Row]:
         artifacts = make_artifacts(state, runs * 2 + 1, megabytes)
         for path in artifacts:
             os.link(path, os.path.join(state, "files", os.path.basename(path)))
-        tool("deploy", "-i", inventory_path, "--artifact", artifacts[0])
+        tool("deploy", "-i", inventory_path, "--artifact", artifacts[0], hosts=hosts, kind="deploy push")
         row = Row(hosts, f"deploy {megabytes:g} MB: push (tool column) vs pull (OpenSSH column)")
         per_host: dict[str, list[float]] = {"push": [], "pull": []}
 
@@ -397,12 +402,18 @@ def bench_pull(hosts: int, runs: int, megabytes: float) -> list[Row]:
             push_artifact, pull_artifact = artifacts[2 * run + 1], artifacts[2 * run + 2]
             pull_url = f"{url}/{os.path.basename(pull_artifact)}"
             pairs = [
-                (row.tool, "push", lambda a=push_artifact: tool("deploy", "-i", inventory_path, "--artifact", a)),
+                (
+                    row.tool,
+                    "push",
+                    lambda a=push_artifact: tool(
+                        "deploy", "-i", inventory_path, "--artifact", a, hosts=hosts, kind="deploy push"
+                    ),
+                ),
                 (
                     row.ssh,
                     "pull",
                     lambda a=pull_artifact, u=pull_url: tool(
-                        "deploy", "-i", inventory_path, "--artifact", a, "--pull", u
+                        "deploy", "-i", inventory_path, "--artifact", a, "--pull", u, hosts=hosts, kind="deploy pull"
                     ),
                 ),
             ]
@@ -445,7 +456,8 @@ def bench_round_trips(runs: int, delay_ms: float) -> str:
             (host,) = fleet.hosts()
             endpoint = (host.address.replace("127.0.5.", "127.0.7."), host.port + len(proxies) - 1)
             routes[delay] = (inventory, endpoint, ssh_base(fleet.identity_file, known_hosts))
-        tool("deploy", "-i", routes[0.0][0], "--artifact", artifacts[0])
+        one_host = functools.partial(tool, hosts=1)
+        one_host("deploy", "-i", routes[0.0][0], "--artifact", artifacts[0])
         fan_out([routes[0.0][1]], routes[0.0][2], ssh_deploy_command("r0"), artifacts[0])
         times: dict[tuple[str, float], list[float]] = {}
 
@@ -461,9 +473,9 @@ def bench_round_trips(runs: int, delay_ms: float) -> str:
                 artifact = artifacts[used]
                 release = f"r{used}"
                 used += 1
-                timed("deploy", delay, tool, "deploy", "-i", inventory, "--artifact", artifact, "--unpin")
-                timed("rollback", delay, tool, "rollback", "-i", inventory)
-                timed("status", delay, tool, "status", "-i", inventory)
+                timed("deploy", delay, one_host, "deploy", "-i", inventory, "--artifact", artifact, "--unpin")
+                timed("rollback", delay, one_host, "rollback", "-i", inventory)
+                timed("status", delay, one_host, "status", "-i", inventory)
                 timed("OpenSSH deploy", delay, fan_out, [endpoint], base, ssh_deploy_command(release), artifact)
                 timed("OpenSSH rollback", delay, fan_out, [endpoint], base, ssh_rollback_command("r0"), None)
             print(f"  round trips: run {run + 1}/{runs} done", file=sys.stderr)
@@ -489,8 +501,6 @@ def bench_round_trips(runs: int, delay_ms: float) -> str:
 def peaks_text() -> str:
     lines = []
     for (hosts, operation), runs in sorted(PEAKS.items()):
-        if not hosts:
-            continue
         rss = max(p[0] for p in runs)
         lines.append(
             f"tool {operation}, {hosts} hosts: peak RSS {rss / 1024:.0f} MB ({rss / hosts:.0f} KB per host), "
@@ -542,12 +552,11 @@ def bench_targets(runs: int) -> str:
     sent = row.sent_per_host["pull"]
     cases.append(("pull: controller bytes sent per host", "< 10 KB", f"{sent / 1024:.1f} KB", sent < 10 * 1024))
     # the tool's own samples: every row's tool column, and the pull row's other column (also the tool)
-    fan_out_rows = [r for group in (plain20, plain50, slow20, large) for r in group.values()]
-    every = [r.tool for r in fan_out_rows] + [row.tool, row.ssh]
-    operations = [r.operation.split()[0] for r in fan_out_rows] + ["deploy", "deploy"]
-    connections = max(median(samples, "connections") for samples in every)
-    deploy_sessions = max(median(x, "sessions") for x, op in zip(every, operations, strict=True) if op == "deploy")
-    rollback_sessions = max(median(x, "sessions") for x, op in zip(every, operations, strict=True) if op == "rollback")
+    runs_of_the_tool = [(op, r.tool) for group in (plain20, plain50, slow20, large) for op, r in group.items()]
+    runs_of_the_tool += [("deploy", row.tool), ("deploy", row.ssh)]
+    connections = max(median(samples, "connections") for _, samples in runs_of_the_tool)
+    deploy_sessions = max(median(samples, "sessions") for op, samples in runs_of_the_tool if op == "deploy")
+    rollback_sessions = max(median(samples, "sessions") for op, samples in runs_of_the_tool if op == "rollback")
     cases.append(
         ("connections and sessions per host (every case above, pull included)", "1 and <= 3 / <= 2",
          f"{connections:g} and {deploy_sessions:g} (deploy) / {rollback_sessions:g} (rollback)",
