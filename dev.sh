@@ -22,6 +22,7 @@ command -v wget >/dev/null 2>&1 || need_apt+=(wget)
 # remote scripts are tested under
 command -v tcsh >/dev/null 2>&1 || need_apt+=(tcsh)
 command -v fish >/dev/null 2>&1 || need_apt+=(fish)
+command -v zsh >/dev/null 2>&1 || need_apt+=(zsh)  # the test of `deployer completion zsh`
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # the VM fleet (vagrant/, tests/vm/): Vagrant with libvirt and QEMU, and what builds its box

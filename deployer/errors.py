@@ -17,7 +17,7 @@
 
 Paramiko, socket and EOF errors become these in one place, `deployer.fleet` (connecting:
 `classify_connect_error`; an open connection: `transport_errors`), so the rest of the code and
-the reporter only ever see these types. `deployer.cli.guarded` is where everything ends: these
+the reporter only ever see these types. `deployer.exits.guarded` is where everything ends: these
 as their message and exit status, anything else as one line and the run log.
 """
 

@@ -62,3 +62,25 @@ def inventory_files(folder: Path) -> list[Path]:
 def fleet_dir(given: str | None = None) -> str:
     """The local fleet's folder: --state-dir, else `.fleet` in the current folder."""
     return os.path.abspath(given or FLEET_DIR)
+
+
+def project_inventory(folder: str) -> tuple[str | None, str | None]:
+    """`deployer: {inventory: FILE}` from the project configuration in `folder` (`invoke.yaml`, as `inv`
+    reads it beside a tasks.py), relative to that file; or what is wrong with that setting."""
+    import yaml  # noqa: PLC0415 - only when a command runs
+
+    for name in ("invoke.yaml", "invoke.yml"):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = yaml.safe_load(handle)
+        except (OSError, yaml.YAMLError) as error:
+            return None, f"{path}: cannot be read: {error}"
+        section = data.get("deployer") if isinstance(data, dict) else None
+        value = section.get("inventory") if isinstance(section, dict) else None
+        if value is not None and not isinstance(value, str):
+            return None, f"{path}: deployer.inventory must be a file name, got {value!r}"
+        return (os.path.join(folder, value) if value and not os.path.isabs(value) else value) or None, None
+    return None, None

@@ -36,6 +36,7 @@ from typing import Any
 
 from deployer.errors import HostError, LockHeld, StepFailed
 from deployer.fleet import Fleet, HostConnection
+from deployer.invocation import command
 from deployer.protocol import ProtocolError, ScriptOutput
 from deployer.report import Progress
 from deployer.scripts import run_script
@@ -208,7 +209,7 @@ def _refusal(others: dict[str, LockState], waited: float) -> str:
     text = f"the fleet is locked by {lock_state.describe()}, on {name}{more}"
     if waited:
         text += f"; still held after waiting {waited:g}s"
-    return text + "; if that run is gone, see `inv lock-status` and `inv unlock`"
+    return text + f"; if that run is gone, see `{command('lock-status')}` and `{command('unlock')}`"
 
 
 def acquire(

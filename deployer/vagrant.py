@@ -20,6 +20,7 @@ from deployer.errors import InputError, InventoryError
 from deployer.inventory import NAME_RE
 from deployer.inventory.checks import Checker
 from deployer.inventory.ssh_config import SshConfig, host_blocks
+from deployer.invocation import command
 from deployer.keyscan import key_fingerprint, scan
 
 HEALTH = "sh bin/health 8080"
@@ -59,7 +60,7 @@ def parse_ssh_config(text: str, identity_file: str | None = None) -> list[SshHos
         identity = identity_file or os.path.expanduser(found["identityfile"][0].strip('"'))
         hosts.append(SshHost(alias, found["hostname"], int(port), identity))
     if not hosts:
-        raise InputError("ssh config: no Host entries (is the Vagrant fleet up? `inv vm-fleet-up`)")
+        raise InputError(f"ssh config: no Host entries (is the Vagrant fleet up? `{command('vm-fleet-up')}`)")
     identities = {host.identity_file for host in hosts}
     if len(identities) > 1:
         raise InputError("ssh config: the hosts use different keys; this inventory supports one identity_file")
@@ -109,7 +110,7 @@ def keyscan(hosts: list[SshHost], console_folder: str | None = None) -> tuple[st
 def write_inventory(hosts: list[SshHost], out: str, known_hosts: str, deploy_to: str = "/srv/app") -> None:
     folder = os.path.dirname(os.path.abspath(out))
     lines = [
-        "# Written by `inv vagrant-inventory` from `vagrant ssh-config`; host keys from ssh-keyscan.",
+        f"# Written by `{command('vagrant-inventory')}` from `vagrant ssh-config`; host keys from ssh-keyscan.",
         f"deploy_to: {deploy_to}",
         "user: deploy",
         "ssh:",

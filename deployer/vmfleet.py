@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deployer.errors import FleetError, InputError
+from deployer.invocation import command
 
 VAGRANT_DIR = Path(__file__).resolve().parent.parent / "vagrant"
 BUILD_SCRIPT = VAGRANT_DIR / "box" / "build.sh"
@@ -184,7 +185,7 @@ def ensure_box(log_file: Path) -> None:
     if _added_box_stamp() != stamp:
         if _machines_exist():
             # their disks are overlays on the added box's volume: replacing it would break them
-            _log(f"the box {BOX_NAME} was rebuilt; the running VMs keep the old one until `inv vm-fleet-down`")
+            _log(f"the box {BOX_NAME} was rebuilt; the running VMs keep the old one until `{command('vm-fleet-down')}`")
             return
         _log(f"adding the box {BOX_NAME} to Vagrant")
         _logged(["vagrant", "box", "add", "--force", "--name", BOX_NAME, str(built)], log_file, "vagrant box add")
@@ -261,7 +262,7 @@ def up(settings: VmFleetSettings, log_file: Path) -> None:
     if extra:
         raise FleetError(
             f"the fleet already has {', '.join(extra)} beyond --vms {settings.vms}: "
-            "`inv vm-fleet-down` first, or ask for that many"
+            f"`{command('vm-fleet-down')}` first, or ask for that many"
         )
     log_file.parent.mkdir(parents=True, exist_ok=True)
     ensure_libvirt()

@@ -21,8 +21,8 @@ from testinfra.backend.base import CommandResult
 from testinfra.backend.ssh import SshBackend
 from testinfra.host import Host
 
-from deployer.cli import build_sample
 from deployer.localfleet import LocalFleet
+from deployer.playground import build_sample
 from deployer.userlands import MIXED
 
 REPO = Path(__file__).resolve().parent.parent

@@ -16,6 +16,8 @@ import shlex
 
 import pytest
 
+from deployer.invocation import command
+
 DEPLOY_TO = os.environ.get("DEPLOYER_VERIFY_DEPLOY_TO", "")
 # per host (by its testinfra host name) where its deploy_to differs from the inventory's
 DEPLOY_TO_OF = json.loads(os.environ.get("DEPLOYER_VERIFY_DEPLOY_TO_OF", "{}") or "{}")
@@ -77,7 +79,8 @@ def test_previous_version_names_a_release_that_is_there(host, deploy_to):  # typ
 def test_the_lock_is_free(host, deploy_to):  # type: ignore[no-untyped-def]
     if not LOCK_FREE:
         return
-    assert not host.file(f"{deploy_to}/.deployer/lock").exists, "the fleet lock is held (see `inv lock-status`)"
+    held = f"the fleet lock is held (see `{command('lock-status')}`)"
+    assert not host.file(f"{deploy_to}/.deployer/lock").exists, held
 
 
 @pytest.mark.parametrize("path", SHARED or ["(none)"])

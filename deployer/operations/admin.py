@@ -8,6 +8,7 @@ from deployer import plan as planning
 from deployer import signing
 from deployer.errors import HostError
 from deployer.inventory import Inventory
+from deployer.invocation import command
 from deployer.lock import Finished, read_states, run_finish
 from deployer.operations.session import Options, open_fleet, quick_locked
 from deployer.phases import (
@@ -47,7 +48,8 @@ def unpin(inventory: Inventory, options: Options | None = None, progress: Progre
         ] + [HostResult(name, FAILED, None, None, False, 0.0, reason) for name, reason in unreachable.items()]
         report.notes.append(f"was {planning.describe_pin(pin)}" if pin else "the fleet was not pinned")
         if unreachable:
-            report.notes.append("unreachable hosts keep their pin file; run `inv unpin` again when they are back")
+            again = command("unpin")
+            report.notes.append(f"unreachable hosts keep their pin file; run `{again}` again when they are back")
     return report
 
 
@@ -117,7 +119,9 @@ def unlock(
                     report.hosts.append(_unlock_result(name, states[name], outcome))
         report.hosts += [HostResult(n, FAILED, None, None, False, 0.0, r) for n, r in sorted(unreachable.items())]
     if any(result.status == REFUSED for result in report.hosts):
-        report.notes.append("a lock changed since it was shown and was left in place: run `inv unlock` again to see it")
+        report.notes.append(
+            f"a lock changed since it was shown and was left in place: run `{command('unlock')}` again to see it"
+        )
     return report
 
 

@@ -8,6 +8,7 @@ from deployer import plan as planning
 from deployer import signing
 from deployer.errors import HostError
 from deployer.inventory import Inventory
+from deployer.invocation import command
 from deployer.operations.outcome import (
     hook_env,
     in_inventory_order,
@@ -147,12 +148,15 @@ def _notes(report: OperationReport, target: str, bad: str | None, outcomes: dict
     confirmed = [outcome for outcome in outcomes.values() if isinstance(outcome, Switched) and outcome.switched]
     if any("pinned" in outcome.confirmed for outcome in confirmed):
         report.notes.append(
-            f"the fleet is pinned to {target}: `inv deploy` refuses until `inv unpin` (or `inv deploy --unpin`)"
+            f"the fleet is pinned to {target}: `{command('deploy')}` refuses until `{command('unpin')}` "
+            f"(or `{command('deploy --unpin')}`)"
         )
     if bad and any("marked_bad" in outcome.confirmed for outcome in confirmed):
         report.notes.append(f"release {bad} is marked bad: rollback will not pick it again")
     if any(result.status == FAILED for result in report.hosts):
-        report.notes.append("run `inv rollback` again once the failed hosts are back: it completes this rollback")
+        report.notes.append(
+            f"run `{command('rollback')}` again once the failed hosts are back: it completes this rollback"
+        )
 
 
 def rollback(

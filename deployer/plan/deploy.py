@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from deployer.invocation import command
 from deployer.plan.facts import (
     bad_marks,
     describe_pin,
@@ -189,7 +190,7 @@ def _pin_guard(states: Mapping[str, HostState], unpin: bool) -> Guard:
     if unpin:
         return "", [f"the fleet was {describe_pin(pin)}; this deploy removes the pin (--unpin)"]
     return (
-        f"the fleet is {describe_pin(pin)} after a rollback; run `inv unpin` (or deploy with --unpin) "
+        f"the fleet is {describe_pin(pin)} after a rollback; run `{command('unpin')}` (or deploy with --unpin) "
         "once the fix is ready, so a pipeline does not re-deploy the broken release"
     ), []
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from deployer.invocation import command
 from deployer.plan.deploy import choose_release_id
 from deployer.plan.facts import describe_pin, fleet_pin
 from deployer.plan.rollback import choose_rollback_target
@@ -81,7 +82,7 @@ def _drill_precondition(states: Mapping[str, HostState], unreachable: Mapping[st
     if without_release:
         return (
             f"the drill needs a baseline release on every host, and {', '.join(without_release)} "
-            "have none: run `inv deploy` once with the current version first"
+            f"have none: run `{command('deploy')}` once with the current version first"
         )
     if len({state.current for state in states.values()}) != 1:
         split = ", ".join(f"{name}={state.current}" for name, state in sorted(states.items()))
@@ -90,6 +91,6 @@ def _drill_precondition(states: Mapping[str, HostState], unreachable: Mapping[st
     if pin is not None:
         return (
             f"the fleet is {describe_pin(pin)}: a drill would deploy over an incident's rollback; "
-            "run `inv unpin` first if the incident is over"
+            f"run `{command('unpin')}` first if the incident is over"
         )
     return ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
+from deployer.invocation import command
 from deployer.plan import describe_pin
 from deployer.report import OperationReport, shown
 from deployer.revision import Revision
@@ -78,7 +79,7 @@ def status(data: dict[str, Any], out: TextIO | None = None) -> None:
         _out(f"fleet NOT consistent: {split or 'no host has a release'}", out)
     pin = data["pin"]
     if pin:
-        _out(f"PINNED: {describe_pin(pin)}; `inv deploy` refuses until `inv unpin`", out)
+        _out(f"PINNED: {describe_pin(pin)}; `{command('deploy')}` refuses until `{command('unpin')}`", out)
     if data["locked"]:
         first = next(h for h in data["hosts"] if h.get("lock"))
         stale = " (STALE: the process that took it is gone)" if first["lock"]["stale"] else ""
@@ -152,7 +153,8 @@ def lock_status(locks: dict[str, Any], out: TextIO | None = None) -> None:
         _out("no host is locked", out)
     for name, lock in sorted(locks.items()):
         if lock["stale"]:
-            verdict = "STALE: taken on this machine by a process that no longer runs; clear it with `inv unlock`"
+            clear = command("unlock")
+            verdict = f"STALE: taken on this machine by a process that no longer runs; clear it with `{clear}`"
         elif lock["stale"] is None:
             verdict = "cannot tell from here whether the run that took it is still going"
         else:

@@ -24,7 +24,7 @@ def test_each_host_has_its_own_hostname_key_and_srv(local_fleet, views):
 
 def test_fleet_up_and_down_report_as_json(tmp_path):
     state = str(tmp_path / "fleet")
-    up = run_inv("fleet-up", "--hosts", "2", "--state-dir", state, "--subnet", "127.0.8", "--json")
+    up = run_inv("fleet-up", "--count", "2", "--state-dir", state, "--subnet", "127.0.8", "--json")
     assert up.returncode == 0, up.stderr
     data = json.loads(up.stdout)
     assert [h["name"] for h in data["hosts"]] == ["web1", "web2"]

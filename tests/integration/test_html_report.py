@@ -97,7 +97,7 @@ def test_failed_rollout_page_shows_the_failed_batch(make_inventory, artifacts, t
     assert [m["name"] for m in report["timeline"]["marks"] if m["kind"] == "batch"] == ["1/2", "2/2"]
     (tmp_path / "run.json").write_text(result.stdout)
 
-    made = run_inv("report", str(tmp_path / "run.json"), "--html", str(tmp_path / "run.html"))
+    made = run_inv("report", str(tmp_path / "run.json"), "--out", str(tmp_path / "run.html"))
     assert made.returncode == 0, made.stderr
     page = (tmp_path / "run.html").read_text()
     assert "<script" not in page and not re.search(r"(src|href)=", page)  # one self-contained file
@@ -130,7 +130,7 @@ def test_drill_page_shows_its_phases(make_inventory, artifacts, tmp_path):
     )
     assert drill.returncode == 0, drill.stdout + drill.stderr
     (kept,) = runs.glob("*-rollback-drill-*.json")  # every run keeps its JSON report beside its log
-    made = run_inv("report", "latest", "--html", str(tmp_path / "drill.html"), env={"DEPLOYER_LOG_DIR": str(runs)})
+    made = run_inv("report", "latest", "--out", str(tmp_path / "drill.html"), env={"DEPLOYER_LOG_DIR": str(runs)})
     assert made.returncode == 0, made.stderr  # the newest kept report
     page = (tmp_path / "drill.html").read_text()
     assert "Drill phases" in page and "rollback-drill: PASS" in page

@@ -63,7 +63,7 @@ def test_installed_package_from_its_own_folder(
     assert imported.startswith(str(venv)), imported  # the installed package, not this checkout
 
     written = init(venv, project, local_fleet, deploy_to, "--accept-fingerprints", "fingerprints.txt")
-    assert "next: deployer check -i deploy.yml" in written.stdout
+    assert "next: deployer check\n" in written.stdout  # ./deploy.yml is found without -i
     scanned = {tuple(line.split()) for line in (project / "deploy.known_hosts").read_text().splitlines()}
     fleet_keys = {tuple(line.split()) for line in Path(local_fleet.known_hosts).read_text().splitlines()}
     assert scanned == fleet_keys  # exactly the keys the hosts hold, each under its [address]:port
@@ -124,8 +124,14 @@ def test_project_tasks_py_adds_the_deploy_tasks(
     assert "shipped: deploy" in shipped.stdout and "OK on 4/4 hosts" in shipped.stdout
     assert versions(local_fleet, deploy_to) == {"v1"}
     run(venv, project, *invoke, "ship", "--version", "v2")
-    run(venv, project, *invoke, "app.rollback", "--message", "v2 broke checkout")  # inventory from invoke.yaml
+    rolled = run(venv, project, *invoke, "app.rollback", "--message", "v2 broke checkout")  # from invoke.yaml
     assert versions(local_fleet, deploy_to) == {"v1"}
+    # its hints name the tasks as this project spells them, and they work here as printed
+    assert "`inv app.deploy` refuses until `inv app.unpin`" in rolled.stdout, rolled.stdout
+    refused = run(venv, project, *invoke, "app.deploy", "--artifact", "app-v2.tar.gz", ok=False)
+    assert refused.returncode == 3 and "run `inv app.unpin`" in refused.stdout + refused.stderr
+    run(venv, project, *invoke, "app.unpin")
+    assert "PINNED" not in run(venv, project, *invoke, "app.status").stdout
     history = HostView(local_fleet, "web1").sh("cat %s", f"{deploy_to}/.deployer/history.jsonl")
     assert "ship v2" in history and "v2 broke checkout" in history
 
@@ -182,10 +188,14 @@ def test_the_demo_from_any_folder_and_its_closing_commands_work_as_printed(venv:
     demo = run(venv, folder, "deployer", "demo")
     hint = demo.stdout[demo.stdout.rindex("Try:") :].splitlines()
     commands = [shlex.split(line) for line in hint if line.startswith("  ")]
-    assert [command[1] for command in commands] == ["history", "fleet-down"], hint
+    assert [command[:2] for command in commands] == [["deployer", "history"], ["deployer", "rollback"]] + [
+        ["deployer", "fleet-down"]
+    ], hint
     history = run(venv, folder, *commands[0])
-    assert "rollback-drill" in history.stdout or "drill" in history.stdout
-    down = run(venv, folder, *commands[1])
+    assert "drill" in history.stdout and "v3" in history.stdout  # the demo's releases carry their versions
+    planned = run(venv, folder, *commands[1])
+    assert "dry run" in (planned.stdout + planned.stderr).lower()
+    down = run(venv, folder, *commands[2])
     assert "stopped 3 host(s)" in down.stdout
     for address in ("127.0.1.1", "127.0.1.2", "127.0.1.3"):  # its hosts are gone
         with pytest.raises(OSError):

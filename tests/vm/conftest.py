@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from deployer.cli import write_manifest
 from deployer.locate import SAMPLE_APP
+from deployer.playground import write_manifest
 from deployer.release import pack_directory
 from tests.conftest import REPO
 from tests.conftest import run_inv as inv
@@ -189,7 +189,7 @@ def vm_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmFleet]:
     folder = tmp_path_factory.mktemp("vms")
     inventory = folder / "vagrant.yml"
     started = time.monotonic()
-    up = inv("vm-fleet-up", "--vms", str(len(VMS)), "--out", str(inventory), timeout=1800)
+    up = inv("vm-fleet-up", "--count", str(len(VMS)), "--out", str(inventory), timeout=1800)
     if up.returncode != 0:
         inv("vm-fleet-down", timeout=300)
         pytest.fail(f"the VM fleet did not come up (exit {up.returncode}):\n{up.stdout}\n{up.stderr}")
