@@ -13,6 +13,7 @@
     │   ├── CommandTimeout        a remote step outlived its limit
     │   ├── StepFailed            a remote step exited non-zero (exit code, output)
     │   └── ProtocolError         a host's answer broke the protocol (deployer.protocol)
+    ├── Interrupted               Ctrl-C: where each host ended up (exit 130, or 0 when it had completed)
     └── FleetError                the local test fleet could not start or stop
 
 Paramiko, socket and EOF errors become these in one place, `deployer.fleet` (connecting:
@@ -28,6 +29,7 @@ EXIT_OK = 0
 EXIT_HOSTS_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_REFUSED = 3
+EXIT_INTERRUPTED = 130
 
 
 class DeployerError(Exception):
@@ -65,6 +67,21 @@ class PlanRefused(DeployerError):
 
 class LockHeld(PlanRefused):
     """Another operation holds the fleet lock."""
+
+
+class Interrupted(DeployerError):
+    """Ctrl-C stopped the operation; `hosts` says where each host ended up, read back from the host.
+
+    `complete`: every host had already switched and recorded this run's success (its checks passed),
+    so the operation did what it was asked and only the controller's closing steps were cut short:
+    exit 0, said as such. Otherwise exit 130.
+    """
+
+    def __init__(self, message: str, hosts: list[dict[str, object]], complete: bool) -> None:
+        self.hosts = hosts
+        self.complete = complete
+        self.exit_code = EXIT_OK if complete else EXIT_INTERRUPTED
+        super().__init__(message)
 
 
 class FleetError(DeployerError):

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 
 from deployer import runlog
-from deployer.errors import EXIT_HOSTS_FAILED, DeployerError
+from deployer.errors import EXIT_HOSTS_FAILED, DeployerError, Interrupted
 from deployer.invocation import command
 from deployer.render.json import print_json
 from deployer.report import shown
@@ -39,6 +39,8 @@ def guarded(
     _run_log = log_path
     try:
         return action()
+    except Interrupted as cut:
+        return _interrupted(cut, as_json, log_path)
     except DeployerError as error:
         return fail(str(error), error.exit_code, as_json, log_path)
     except KeyboardInterrupt:
@@ -49,6 +51,24 @@ def guarded(
         logging.getLogger("deployer.crash").debug("unexpected error in %s", task, exc_info=True)
         where = f"; details in {log_path}" if log_path else ""
         return fail(f"unexpected error: {type(error).__name__}: {error}{where}", EXIT_HOSTS_FAILED, as_json, log_path)
+
+
+def _interrupted(cut: Interrupted, as_json: bool, log_path: str | None) -> int:
+    """Ctrl-C's ending: where each host is was already said; this says whether the operation completed."""
+    where = f"; run log: {log_path}" if log_path else ""
+    print(shown(("" if cut.complete else "error: ") + str(cut) + where), file=sys.stderr)
+    if as_json:
+        print_json(
+            {
+                "ok": cut.complete,
+                "interrupted": True,
+                ("verdict" if cut.complete else "error"): str(cut),
+                "exit_code": cut.exit_code,
+                "hosts": cut.hosts,
+                "run_log": log_path,
+            }
+        )
+    return cut.exit_code
 
 
 def fail(message: str, code: int, as_json: bool, log_path: str | None = None) -> int:

@@ -262,5 +262,8 @@ class Progress:
         """A part of a longer operation starts (the drill's deploy, rollback, redeploy)."""
         self.timeline.mark("section", name)
 
+    def interrupted(self) -> None:
+        """Ctrl-C: what follows (where each host ended up) is printed as lines that stay on the screen."""
+
     def close(self) -> None:
         """The operation is over (a live view stops here, leaving its last frame)."""

@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from deployer.errors import Interrupted
 from deployer.fleet import Fleet
 from deployer.inventory import Inventory
+from deployer.invocation import command
 from deployer.lock import FleetLock, acquire, read_states, release
 from deployer.phases import (
     Run,
@@ -84,8 +86,8 @@ def locked_run(
             yield run, states, unreachable, Phase("gather", time.monotonic() - started, not unreachable)
         except KeyboardInterrupt:
             with shielded_from_ctrl_c(progress):
-                interrupted(fleet, lock, progress)
-            raise
+                cut = interrupted(fleet, lock, progress, operation, run.run_id)
+            raise cut from None
         finally:
             if lock.held:
                 with shielded_from_ctrl_c(progress):  # a Ctrl-C now must not leave the lock behind
@@ -113,19 +115,57 @@ def shielded_from_ctrl_c(progress: Progress) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def interrupted(fleet: Fleet, lock: FleetLock, progress: Progress) -> None:
+def interrupted(fleet: Fleet, lock: FleetLock, progress: Progress, operation: str, run_id: str) -> Interrupted:
     """After Ctrl-C: let the steps already running on hosts end (uploads stop at once), release our
     lock wherever it may have been taken (every connected host, compare-and-delete on our token,
-    so a lock taken while the answer was in flight is released too), then say where each host is."""
+    so a lock taken while the answer was in flight is released too), then read where each host is
+    and what this run recorded there: the truth the operator and the exit status get."""
+    progress.interrupted()
     progress.say("interrupted: waiting for running steps, releasing the lock, then reading where each host is")
     fleet.settle()
     release(fleet, lock, progress, hosts=set(fleet.connected()) | lock.held)
-    states, unreachable = read_states(fleet, progress)
+    states, unreachable = read_states(fleet, progress, history=HISTORY_READ_BACK)
+    hosts: list[dict[str, object]] = []
     for name in sorted(states):
         state = states[name]
-        progress.host(name, f"current -> {state.current or state.current_problem or 'none'}")
+        record = next((entry for entry in reversed(state.history) if entry.get("run") == run_id), None)
+        release_info = state.releases.get(state.current or "")
+        version = release_info.version if release_info is not None else ""
+        current = (state.current or state.current_problem or "none") + (f" [{version}]" if version else "")
+        done = f"; this run: {record.get('op')} {record.get('result')}" if record else "; this run changed nothing here"
+        progress.say(f"  {name}: current -> {current}{done}")
+        hosts.append({"host": name, "current": state.current, "version": version or None, "this_run": record})
     for name, reason in sorted(unreachable.items()):
-        progress.host(name, f"unknown: {reason}")
+        progress.say(f"  {name}: unknown: {reason}")
+        hosts.append({"host": name, "current": None, "unreachable": reason, "this_run": None})
+    switched = [entry for entry in hosts if entry["this_run"] is not None]
+    complete = (
+        bool(hosts)
+        and not unreachable
+        and all(
+            isinstance(entry["this_run"], dict)
+            and entry["this_run"].get("result") == "ok"
+            and entry["this_run"].get("to") == entry["current"]
+            and entry["this_run"].get("op") == operation
+            for entry in hosts
+        )
+    )
+    if complete:
+        target = hosts[0]["current"]
+        left = "cut short: pruning old releases" if operation == "deploy" else "nothing was left to do"
+        message = (
+            f"{operation}: interrupted after every host switched and passed its checks: {len(hosts)}/{len(hosts)} "
+            f"host(s) on {target} (read back from each host); {left}"
+        )
+    else:
+        message = (
+            f"interrupted: {operation} cut short; {len(switched)}/{len(hosts)} host(s) recorded a switch by this run "
+            f"(each host's state is above; `{command('status')}` shows it again)"
+        )
+    return Interrupted(message, hosts, complete)
+
+
+HISTORY_READ_BACK = 5  # records read back per host after Ctrl-C: this run's own are the newest
 
 
 def counted(report: OperationReport, fleet: Fleet) -> OperationReport:

@@ -9,6 +9,7 @@ before, so the run log and plain output carry the same events.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -74,12 +75,13 @@ class LiveProgress(Progress):
         self._rows: dict[str, _Row] = {name: _Row() for name in hosts or []}
         self._lock = threading.Lock()
         self._live = Live(console=self.console, get_renderable=self._table, refresh_per_second=8, transient=True)
+        self._terminal = _QuietControlKeys()
         self._live.start()
 
     def say(self, message: str) -> None:
-        """A fleet-level line above the live table: one line, cut to the terminal's width, never wrapped."""
+        """A fleet-level line above the live table, wrapped between words: release ids stay whole."""
         log.info("%s", message)
-        self.console.print(shown(message), markup=False, highlight=False, no_wrap=True, overflow="ellipsis")
+        self.console.print(shown(message), markup=False, highlight=False, overflow="fold")
 
     def host(self, host: str, message: str) -> None:
         """A host's own news goes into its row (and the run log), not above the table."""
@@ -97,16 +99,16 @@ class LiveProgress(Progress):
             elif event == "connecting":
                 row.step, row.state, row.started = "connecting" + (f" via {detail}" if detail else ""), "", now
             elif event == "connected":
-                row.step = "connected"
+                row.step, row.state, row.started = "connected, waiting", "", now
             elif event == "step":
                 name = detail.split(" ", 1)[0]
                 row.step, row.state, row.sent, row.total, row.detail = STEP_NAMES.get(name, name), "", 0, 0, ""
-                row.reverting = False
-                row.started = row.started or now
+                row.reverting, row.started = False, now
             elif event == "progress" and detail in PROGRESS_NAMES:
                 row.reverting = row.reverting or detail == "reverting"
                 name = PROGRESS_NAMES[detail]
                 row.step, row.state = (f"revert: {name}" if row.reverting and name != "reverting" else name), ""
+                row.started = now  # each part of a step is timed on its own: a long validation shows as such
             elif event == "upload":
                 sent, _, total = detail.partition("/")
                 row.sent, row.total = int(sent), int(total)
@@ -124,34 +126,73 @@ class LiveProgress(Progress):
 
         table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", expand=True)
         uploading = any(row.total for row in self._rows.values())
-        widths = {"host": max([4, *map(len, self._rows)]), "step": 24, "upload": 12 if uploading else 6}
-        widths.update(state=10, time=6)
-        for column, width in widths.items():  # fixed: only the news column gives way on a narrow terminal
-            table.add_column(column, no_wrap=True, min_width=width, max_width=max(width, 30))
+        table.add_column("host", no_wrap=True, min_width=max([4, *map(len, self._rows)]))
+        table.add_column("step", no_wrap=True, min_width=28, max_width=34)
+        table.add_column("time", no_wrap=True, min_width=6, justify="right")
+        if uploading:
+            table.add_column("upload", no_wrap=True, min_width=12, max_width=12)
         table.add_column("last news", no_wrap=True, overflow="ellipsis", ratio=1)
         now = time.monotonic()
         with self._lock:
             for name, row in sorted(self._rows.items()):
-                upload: Any = ""
-                if row.total and row.sent < row.total:
-                    upload = ProgressBar(total=row.total, completed=row.sent, width=12)
-                elif row.total:
-                    upload = Text("sent", style="dim")
-                if row.state == "ok" and row.reverting:
-                    state = Text("reverted", style="yellow")
-                elif row.state == "ok":
-                    state = Text("ok", style="green")
-                elif row.state == "failed":
-                    state = Text(f"failed {row.detail}", style="red")
-                else:
-                    state = Text("…")
-                running = row.state == "" and row.started and row.step not in ("waiting", "connected")
+                running = row.state == "" and row.started and row.step != "waiting"
                 seconds = now - row.started if running else row.seconds  # a running step's timer keeps going
-                table.add_row(Text(name), Text(row.step), upload, state, f"{seconds:.1f}s", Text(row.note))
+                if row.state == "failed":
+                    step = Text(f"{row.step}: failed {row.detail}".strip(), style="red")
+                elif row.state == "ok":
+                    done = "reverted" if row.reverting else "done"
+                    step = Text(f"{row.step}: {done}", style="yellow" if row.reverting else "green")
+                else:
+                    step = Text(row.step)
+                cells: list[Any] = [Text(name), step, f"{seconds:.1f}s" if row.started else ""]
+                if uploading:
+                    upload: Any = ""
+                    if row.total and row.sent < row.total:
+                        upload = ProgressBar(total=row.total, completed=row.sent, width=12)
+                    elif row.total:
+                        upload = Text("sent", style="dim")
+                    cells.append(upload)
+                table.add_row(*cells, Text(row.note))
         return table
 
+    def interrupted(self) -> None:
+        """Ctrl-C: the live table goes at once (nothing of it left behind); the lines that follow are plain."""
+        self.close()
+
     def close(self) -> None:
-        self._live.stop()
+        if self._live.is_started:
+            self._live.stop()
+        self._terminal.restore()
+
+
+class _QuietControlKeys:
+    """While the live table is drawn, the terminal does not echo `^C`: at the end of a full-width row
+    the echo wrapped the line, and the table, erased by its height, left its header behind."""
+
+    def __init__(self) -> None:
+        self._saved: tuple[int, list[Any]] | None = None
+        try:
+            import termios  # noqa: PLC0415 - POSIX terminals only
+
+            fd = sys.stdin.fileno()
+            if not os.isatty(fd):
+                return
+            self._saved = (fd, termios.tcgetattr(fd))
+            quiet = termios.tcgetattr(fd)
+            quiet[3] &= ~termios.ECHOCTL
+            termios.tcsetattr(fd, termios.TCSANOW, quiet)
+        except (ImportError, AttributeError, OSError, ValueError):
+            self._saved = None
+
+    def restore(self) -> None:
+        if self._saved is None:
+            return
+        import termios  # noqa: PLC0415
+
+        fd, attributes = self._saved
+        self._saved = None
+        with contextlib.suppress(OSError, termios.error):
+            termios.tcsetattr(fd, termios.TCSANOW, attributes)
 
 
 def render_rich(report: OperationReport, console: Any = None) -> None:

@@ -244,6 +244,9 @@ def assert_clean_interrupt(process, views, deploy_to, base, expect_130=True):
         assert code == 130 and "interrupted" in err, out + err
     else:
         assert code in (0, 130), out + err
+    if code == 0 and "interrupted" in err:  # then it says, and the hosts show, that the operation completed
+        assert "interrupted after every host switched and passed its checks" in err, err
+        assert len({view.current_release(deploy_to) for view in views.values()}) == 1
     assert not any(lock_folders(views, deploy_to).values()), err
     currents = {view.current_release(deploy_to) for view in views.values()}
     new = {release for view in views.values() for release in view.releases(deploy_to)} - {base}
@@ -298,7 +301,42 @@ def test_ctrl_c_during_a_remote_step_of_a_deploy(local_fleet, make_inventory, vi
     inventory = make_inventory(validate=MARK if moment == "validate" else "", extra=extra)
     process = inv_process("deploy", "--inventory", inventory, "--artifact", artifacts["v2"])
     interrupt_when(process, lambda: os.path.exists(host_path(local_fleet, "web1", deploy_to, ".deployer", "reached")))
-    assert_clean_interrupt(process, views, deploy_to, base)
+    if moment == "validate":  # before any switch: the deploy is cut short
+        assert_clean_interrupt(process, views, deploy_to, base)
+        return
+    if moment == "before_switch":  # the hook runs in the switch's session: it ends, and may have switched
+        assert_clean_interrupt(process, views, deploy_to, base, expect_130=False)
+        return
+    # Every host had switched; the checks running at Ctrl-C end and pass: the deploy happened, and the
+    # exit status and the report say so (a CI job must not call a live release failed).
+    code = process.wait(timeout=120)
+    out, err = process.communicate()
+    assert code == 0, out + err
+    assert "deploy: interrupted after every host switched and passed its checks: 4/4 host(s) on " in err
+    (new,) = {view.current_release(deploy_to) for view in views.values()}  # read over OpenSSH
+    assert new != base and {view.version(deploy_to) for view in views.values()} == {"v2"}
+    for name in views:  # where each host ended up, as each host says
+        assert f"  {name}: current -> {new}" in err
+    assert err.count("this run: deploy ok") == len(views)
+    assert not any(lock_folders(views, deploy_to).values())
+
+
+def test_ctrl_c_during_the_health_check_with_json_says_what_is_true(
+    local_fleet, make_inventory, views, artifacts, deploy_to
+):
+    """`--json` after a Ctrl-C is one document naming where each host is, not only `interrupted`."""
+    base = deploy(make_inventory(), artifacts["v1"]).target
+    inventory = make_inventory(extra=f"health_check: {{command: '{MARK}', timeout: 10}}\n")
+    process = inv_process("deploy", "--inventory", inventory, "--artifact", artifacts["v2"], "--json")
+    interrupt_when(process, lambda: os.path.exists(host_path(local_fleet, "web1", deploy_to, ".deployer", "reached")))
+    code = process.wait(timeout=120)
+    out, err = process.communicate()
+    document = json.loads(out)
+    assert code == 0 == document["exit_code"] and document["ok"] is True and document["interrupted"] is True, err
+    on = {entry["host"]: entry["current"] for entry in document["hosts"]}
+    assert on == {name: view.current_release(deploy_to) for name, view in views.items()}  # as read over OpenSSH
+    assert base not in on.values()
+    assert all(entry["this_run"]["result"] == "ok" for entry in document["hosts"])
 
 
 def test_ctrl_c_during_the_upload(local_fleet, make_inventory, views, artifacts, deploy_to, tmp_path):
@@ -325,7 +363,8 @@ def test_ctrl_c_during_a_rollback(local_fleet, make_inventory, views, artifacts,
     inventory = make_inventory(extra=f"hooks: {{after_rollback: '{MARK}'}}\n")
     process = inv_process("rollback", "--inventory", inventory)
     interrupt_when(process, lambda: os.path.exists(host_path(local_fleet, "web3", deploy_to, ".deployer", "reached")))
-    assert_clean_interrupt(process, views, deploy_to, first)
+    # the hook runs in the switch's session, after the switch: that session ends, and says so
+    assert_clean_interrupt(process, views, deploy_to, first, expect_130=False)
 
 
 # --- a host's bytes are data ---

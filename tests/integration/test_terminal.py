@@ -157,3 +157,28 @@ def test_a_reverted_rollout_is_shown_as_reverted(make_inventory, artifacts, view
     assert re.search(r"^\s*web3\s+failed\s", final, re.MULTILINE)
     assert re.search(r"^web3: health check failed", final, re.MULTILINE)  # the whole reason, under the table
     assert not re.search(r"^\s*web\d\s+ok\s", final, re.MULTILINE)
+
+
+def test_ctrl_c_on_a_real_terminal_leaves_where_each_host_is_on_the_screen(
+    make_inventory, artifacts, views, deploy_to, terminal
+):
+    subprocess.run(
+        [sys.executable, "-m", "invoke", "deploy", "--inventory", make_inventory(), "--artifact", artifacts["v1"]],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    )
+    before = {name: view.current_release(deploy_to) for name, view in views.items()}
+    window = terminal(100, 30)
+    window.start("deploy", "--inventory", make_inventory(validate="sleep 5"), "--artifact", artifacts["v2"])
+    window.watch(until=lambda screen: validating_for(screen, "web1") is not None)
+    window.tmux("send-keys", "C-c")
+    final = window.wait_for(r"EXIT=\d+")
+    assert "EXIT=130" in final, final
+    assert {name: view.current_release(deploy_to) for name, view in views.items()} == before  # over OpenSSH
+    for name, release in before.items():  # where each host ended up is on the glass, its id whole
+        assert re.search(rf"^  {name}: current -> {release}; this run changed nothing here$", final, re.M), final
+    assert re.search(r"^error: interrupted: deploy cut short; 0/4 host\(s\)", final, re.M), final
+    # nothing of the live table is left behind (no header, no rows), and no echoed ^C broke it
+    assert not re.search(r"^host\s+step\s", final, re.M) and "last news" not in final, final
+    assert "^C" not in final
