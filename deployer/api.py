@@ -246,5 +246,5 @@ def status(inventory: PathLike | None, **flags: Unpack[Flags]) -> dict[str, Any]
 def history(inventory: PathLike | None, limit: int = 20, **flags: Unpack[Flags]) -> dict[str, Any]:
     """The fleet's events, newest first, and the hosts that could not be read."""
     chosen = options(**flags)
-    view = operations.read_fleet(open_inventory(inventory, chosen), chosen, history=limit)
+    view = operations.read_fleet(open_inventory(inventory, chosen), chosen, history=operations.history_records(limit))
     return {"history": operations.history_entries(view, limit), "unreachable": view.unreachable}

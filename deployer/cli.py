@@ -174,7 +174,7 @@ def status(values: Values) -> int:
 
 def history(values: Values) -> int:
     chosen, flags = _inventory(values)
-    view = operations.read_fleet(chosen, flags, history=values.limit)
+    view = operations.read_fleet(chosen, flags, history=operations.history_records(values.limit))
     entries = operations.history_entries(view, values.limit)
     if values.json:
         print_json({"history": entries, "unreachable": view.unreachable})

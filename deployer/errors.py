@@ -120,4 +120,7 @@ class StepFailed(HostError):
         self.step = step
         self.exit_status = exit_code
         self.output = output
-        super().__init__(host, f"{step} failed (exit {exit_code}): {message}")
+        # The script's exit status is the tool's own code (deployer/scripts.py): what failed is said in
+        # words; the number is shown only when nothing better is known (and stays in `exit_status`).
+        said = message and message != "no output"
+        super().__init__(host, f"{step} failed: {message}" if said else f"{step} failed (exit {exit_code}, no output)")

@@ -68,12 +68,20 @@ def plan_data(plan: Plan) -> list[dict[str, Any]]:
     ]
 
 
-def untouched_result(host_plan: HostPlan, has_target: bool) -> HostResult:
-    """The result of a host the operation does not change (kept, refused, unreachable or skipped)."""
+def untouched_result(host_plan: HostPlan, has_target: bool, refused: bool = False) -> HostResult:
+    """The result of a host the operation does not change (kept, refused, unreachable or skipped).
+
+    Under a refused plan every kept host is `unchanged` with the same reason, whatever the operation
+    (one word for one thing in every command); `skipped` is only for a host a running operation
+    stopped before reaching."""
     if host_plan.action == planning.UNREACHABLE:
         status = FAILED
     elif host_plan.action == planning.REFUSE:
         status = REFUSED
+    elif host_plan.action == planning.KEEP and refused:
+        return HostResult(
+            host_plan.host, UNCHANGED, host_plan.before, host_plan.before, False, 0.0, planning.REFUSED_REASON
+        )
     elif host_plan.action == planning.KEEP and has_target:
         status = UNCHANGED
     else:
@@ -87,7 +95,7 @@ def refused_or_dry_run(report: OperationReport, plan: Plan, dry_run: bool) -> bo
     report.warnings.extend(plan.warnings)
     if plan.refusal:
         report.refusal = plan.refusal
-        report.hosts = [untouched_result(host_plan, plan.target is not None) for host_plan in plan.hosts]
+        report.hosts = [untouched_result(host_plan, plan.target is not None, refused=True) for host_plan in plan.hosts]
         return True
     if dry_run:
         report.dry_run = True

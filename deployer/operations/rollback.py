@@ -87,7 +87,7 @@ def run_rollback(
         operation="rollback",
         unlock=final,
         schema=plan.schema if plan.migration else None,
-        pin=pin_info(target, options.message or f"rolled back from {plan.mark_bad or '?'}", run.revision_of(target))
+        pin=pin_info(target, options.message or f"rolled back from {_left(plan, to_switch)}", run.revision_of(target))
         if pin
         else "",
         mark_bad=bad or "",
@@ -101,6 +101,14 @@ def run_rollback(
     if to_switch:
         local_hook(report, inventory, "after_rollback_local", hook_env("rollback", target, states), progress)
     return report
+
+
+def _left(plan: planning.Plan, switching: list[planning.HostPlan]) -> str:
+    """The release(s) the rollback leaves, by name: what the pin says it was rolled back from."""
+    if plan.mark_bad:
+        return plan.mark_bad
+    left = sorted({host.before for host in switching if host.before})
+    return ", ".join(left) if left else "no release (the hosts had none current)"
 
 
 def _switch_back(

@@ -26,6 +26,15 @@ class FleetView:
     unreachable: Unreachable
 
 
+RECORDS_PER_ENTRY = 6  # the most history records one shown entry holds per host (a drill: 3 switches, reverts)
+
+
+def history_records(entries: int) -> int:
+    """How many records to read per host so that the newest `entries` entries are whole (a drill's
+    three records are one entry: reading only `entries` records cut drills short and misnamed their from)."""
+    return entries * RECORDS_PER_ENTRY
+
+
 def read_fleet(inventory: Inventory, options: Options | None = None, history: int = 0) -> FleetView:
     options = options or Options()
     with open_fleet(inventory, options) as fleet:

@@ -25,7 +25,19 @@ from deployer.plan.facts import (
     schema_problem,
     split_of,
 )
-from deployer.plan.model import CACHE, FETCH, KEEP, REFUSE, STAGE, SWITCH, UNREACHABLE, UPLOAD, HostPlan, Plan
+from deployer.plan.model import (
+    CACHE,
+    FETCH,
+    KEEP,
+    REFUSE,
+    REFUSED_REASON,
+    STAGE,
+    SWITCH,
+    UNREACHABLE,
+    UPLOAD,
+    HostPlan,
+    Plan,
+)
 from deployer.plan.prune import plan_prune, protected_releases, prune_list
 from deployer.plan.rollback import choose_rollback_target, plan_rollback
 
@@ -34,6 +46,7 @@ __all__ = [
     "FETCH",
     "KEEP",
     "REFUSE",
+    "REFUSED_REASON",
     "STAGE",
     "SWITCH",
     "UNREACHABLE",

@@ -56,11 +56,14 @@ class Plan:
         return [host for host in self.hosts if host.action in actions]
 
 
+REFUSED_REASON = "not changed: the operation was refused"
+
+
 def held_back(hosts: list[HostPlan], refusal: str) -> tuple[HostPlan, ...]:
     """When the fleet-level plan is refused, no host acts: acting hosts become KEEP, saying why."""
     if not refusal:
         return tuple(hosts)
     return tuple(
-        HostPlan(h.host, KEEP, h.before, h.target, "not changed: the operation was refused") if h.changes else h
+        HostPlan(h.host, KEEP, h.before, h.target, REFUSED_REASON) if h.changes else h
         for h in hosts
     )

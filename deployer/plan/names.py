@@ -5,9 +5,10 @@ An ambiguous or unknown name is refused with the candidates listed, before anyth
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 
-from deployer.plan.facts import describe_releases
+from deployer.invocation import command
 from deployer.revision import COMMIT_PREFIX
 from deployer.state import HostState, ReleaseInfo
 
@@ -50,7 +51,42 @@ def resolve_release(name: str, states: Mapping[str, HostState]) -> tuple[str | N
     hint = ""
     if not COMMIT_PREFIX.match(name.lower()) and all(c in "0123456789abcdefABCDEF" for c in name):
         hint = " (a commit prefix needs at least 7 hex digits)"
+    guess = _near_name(name, releases)
+    if guess:
+        hint += f"; did you mean {guess}?"
     return None, (
-        f"release {name} is not on any reachable host (no release id, version or commit there is {name}){hint}; "
-        f"the releases there, newest first: {describe_releases(states)}"
+        f"release {name} is not on any reachable host (no release id, version or commit there is {name}){hint}"
+        f"{'' if hint.endswith('?') else '.'} "
+        f"Newest first: {_short_list(states, releases)}"
     )
+
+
+SHORT_LIST = 5  # releases named in a refusal: the newest few; `releases` lists them all
+
+
+def _near_name(name: str, releases: Mapping[str, ReleaseInfo]) -> str | None:
+    """The version label or release id closest to a mistyped name (`v2.0.1` -> `v2.0.0`)."""
+    labels = sorted({info.version for info in releases.values() if info.version} | set(releases))
+    found = difflib.get_close_matches(name, labels, n=1, cutoff=0.75)
+    return found[0] if found else None
+
+
+def _short_list(states: Mapping[str, HostState], releases: Mapping[str, ReleaseInfo]) -> str:
+    if not releases:
+        return "no host has any release."
+    ordered = sorted(releases.values(), key=lambda info: info.order_key, reverse=True)
+    currents = {state.current for state in states.values()}
+    parts = []
+    for info in ordered[:SHORT_LIST]:
+        marks = [mark for mark, on in (("current", info.release_id in currents), ("bad", info.bad is not None)) if on]
+        holders = sum(info.release_id in state.releases for state in states.values())
+        if holders < len(states):
+            marks.append(f"on {holders}/{len(states)} hosts")
+        label = info.revision.label()
+        parts.append(
+            f"{label + ' = ' if label else ''}{info.release_id}{' (' + ', '.join(marks) + ')' if marks else ''}"
+        )
+    more = (
+        f"; {len(ordered) - SHORT_LIST} older (`{command('releases')}` lists all)" if len(ordered) > SHORT_LIST else ""
+    )
+    return ", ".join(parts) + more + "."

@@ -49,7 +49,8 @@ def test_a_name_means_one_release(name, expected):
     [
         ("1.1.0", ["version 1.1.0 names 2 releases", "r2 (1.1.0 (1a2b3c4e))", "r3 (1.1.0 (9f8e7d6c))", "release id"]),
         ("1a2b3c4", ["commit prefix 1a2b3c4 names 2 releases", "r1", "r2"]),
-        ("2.0.0", ["release 2.0.0 is not on any reachable host", "r3 (1.1.0 (9f8e7d6c)", "r1 (1.0.0 (1a2b3c4d)"]),
+        ("2.0.0", ["release 2.0.0 is not on any reachable host", "Newest first: 1.1.0 (9f8e7d6c) = r3 (current), "]),
+        ("1.1.O", ["not on any reachable host", "did you mean 1.1.0?", "1.0.0 (1a2b3c4d) = r1."]),
         ("1a2b", ["not on any reachable host", "at least 7 hex digits"]),
         ("deadbeef", ["release deadbeef is not on any reachable host"]),
     ],
