@@ -68,7 +68,9 @@ class _Drill:
     def phase(self, name: str, detail: str, ok: bool, started: float, hosts: list[HostResult], expected: str) -> bool:
         """Record a phase (after the independent testinfra checks, when it passed so far); True if it passed."""
         if ok and self.check is not None and expected:
-            passed, checked = self.check(expected)  # the independent testinfra suite, over OpenSSH
+            with self.run.progress.timeline.span([host.name for host in self.run.inventory.hosts], "checks") as outcome:
+                passed, checked = self.check(expected)  # the independent testinfra suite, over OpenSSH
+                outcome.ok = passed
             if not passed:
                 ok, detail = False, f"{detail}; testinfra checks failed: {checked}"
         seconds = time.monotonic() - started
@@ -125,7 +127,8 @@ class _Drill:
         return fresh
 
     def where(self, states: dict[str, HostState], baseline: str | None) -> list[HostResult]:
-        """Where each host ends (read back): the drill's final per-host result."""
+        """Where each host ends (read back): the drill's final per-host result; its time is the host's
+        time across the drill's phases."""
         return [
             HostResult(
                 name,
@@ -133,7 +136,7 @@ class _Drill:
                 baseline,
                 state.current,
                 True,
-                0.0,
+                sum(result.seconds for phase in self.report.phases for result in phase.hosts if result.host == name),
                 f"on {state.current or state.current_problem or 'no release'}",
             )
             for name, state in sorted(states.items())
@@ -199,6 +202,8 @@ def drill(
         )
         finish(run, sorted(run.lock.held), prune=prune if ok else {})
         report.hosts = drilled.where(states, baseline)
+        drilled_with = artifact.revision if artifact.revision.label() else run.revision_of(plan.release_id)
+        report.revision = drilled_with.as_dict()
     return counted(report, run.fleet)
 
 

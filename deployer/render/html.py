@@ -28,6 +28,7 @@ COLOURS = {
     "health": "#bcbd22",
     "revert": "#f28e2b",
     "finish": "#a0a0a0",
+    "checks": "#b07aa1",
 }
 FAILED = "#d62728"
 PARTS = ("wait", "fetch", "validate", "hook", "health", "revert")  # drawn inside the step they belong to
@@ -84,11 +85,15 @@ def _chart(report: dict[str, Any]) -> str:
         colour = FAILED if name in failed_hosts else "#222"
         parts.append(f'<text x="6" y="{y + 16}" fill="{colour}">{_text(name)}</text>')
     parts += _failed_batches(timeline, names, scale, total)
+    reverts: list[dict[str, Any]] = []
     for mark in timeline.get("marks") or []:
         x = LABEL_WIDTH + float(mark.get("at") or 0) * scale
         kind = str(mark.get("kind"))
         colour = "#555555" if kind == "section" else (FAILED if kind == "revert" else "#999999")
-        label = {"batch": "batch ", "revert": "revert: ", "section": ""}.get(kind, "") + str(mark.get("name", ""))
+        label = {"batch": "batch ", "section": ""}.get(kind, "") + str(mark.get("name", ""))
+        if kind == "revert":  # its reason is a sentence: whole under the chart, numbered here
+            reverts.append(mark)
+            label = f"revert {len(reverts)}"
         parts.append(
             f'<line class="mark {_text(kind)}" x1="{x:.1f}" y1="{TOP - 14}" x2="{x:.1f}" y2="{TOP + ROW * len(names)}" '
             f'stroke="{colour}" stroke-dasharray="4 3"/>'
@@ -113,7 +118,7 @@ def _chart(report: dict[str, Any]) -> str:
                 f'height="{bar}" fill="{colour}"><title>{_text(title)}</title></rect>'
             )
             if not ok and not inner and length > 60:  # drawn last, over the bars inside this one
-                text = _text(f"✗ {phase} failed")
+                text = _text(f"✗ {_what_failed(hosts.get(name, []), entry)} failed")
                 labels.append(f'<text class="failure" x="{x + 4:.1f}" y="{y + 16}" fill="#ffffff">{text}</text>')
     parts += labels
     axis_y = TOP + ROW * len(names) + 16
@@ -122,7 +127,27 @@ def _chart(report: dict[str, Any]) -> str:
         x = LABEL_WIDTH + seconds * scale
         parts.append(f'<text x="{x:.1f}" y="{axis_y}" fill="#666" text-anchor="middle">{seconds:.1f}s</text>')
     parts.append("</svg>")
-    return "\n".join(parts)
+    captions = "".join(
+        f"<li>revert {number} at {float(mark.get('at') or 0):.2f}s ({_text(', '.join(mark.get('hosts') or []))}): "
+        f"{_text(mark.get('name', ''))}</li>"
+        for number, mark in enumerate(reverts, 1)
+    )
+    return "\n".join(parts) + (f'<ol class="reverts">{captions}</ol>' if captions else "")
+
+
+PART_NAMES = {"health": "health check", "validate": "validation", "wait": "wait for a fetch slot"}
+
+
+def _what_failed(entries: list[dict[str, Any]], step: dict[str, Any]) -> str:
+    """The failed part inside a failed step (its health check, a hook), else the step: a failed health
+    check is drawn as such, not as a failed switch."""
+    start, end = float(step.get("start") or 0), step.get("end")
+    for entry in entries:
+        phase = str(entry.get("phase", ""))
+        inside = start <= float(entry.get("start") or 0) and (end is None or float(entry.get("start") or 0) <= end)
+        if phase.split(" ", 1)[0] in PARTS and entry.get("ok") is False and inside:
+            return PART_NAMES.get(phase, phase)
+    return str(step.get("phase", ""))
 
 
 def _failed_batches(timeline: dict[str, Any], names: list[str], scale: float, total: float) -> list[str]:

@@ -3,6 +3,7 @@ browser (Debian's chromium): it renders, and its screenshot shows the bars and t
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -106,6 +107,10 @@ def test_failed_rollout_page_shows_the_failed_batch(make_inventory, artifacts, t
     assert dom.returncode == 0, dom.stderr
     assert dom.stdout.count('class="failed-batch"') == 1  # batch 2/2 (web3, web4), not batch 1/2
     assert "batch 2/2 failed on web3" in dom.stdout
+    # a failed health check is drawn as one (not as a failed switch); each revert's reason is whole
+    assert "✗ health check failed" in dom.stdout and "✗ switch failed" not in dom.stdout
+    for mark in (m for m in report["timeline"]["marks"] if m["kind"] == "revert"):
+        assert html.escape(mark["name"], quote=True) in page  # under the chart, not cut at 40 characters
     assert len(re.findall(r'class="bar (ok|failed)"', dom.stdout)) >= 4 * 5
 
     shot = browse(tmp_path / "run.html", f"--screenshot={tmp_path / 'run.png'}")
@@ -125,15 +130,23 @@ def test_drill_page_shows_its_phases(make_inventory, artifacts, tmp_path):
         inventory,
         "--artifact",
         artifacts["v2"],
-        "--no-verify",
+        "--version",
+        "v2",
         env={"DEPLOYER_LOG_DIR": str(runs)},
     )
     assert drill.returncode == 0, drill.stdout + drill.stderr
     (kept,) = runs.glob("*-rollback-drill-*.json")  # every run keeps its JSON report beside its log
+    report = json.loads(kept.read_text())
+    assert report["revision"]["version"] == "v2"  # the drilled release's version is on its page
+    assert all(host["seconds"] > 0 for host in report["hosts"])  # each host's time across the phases
+    for host, entries in report["timeline"]["hosts"].items():  # the testinfra checks between phases are
+        checks = [entry for entry in entries if entry["phase"] == "checks"]  # drawn, not blank gaps
+        assert len(checks) == 3 and all(entry["ok"] and entry["end"] > entry["start"] for entry in checks), host
     made = run_inv("report", "latest", "--out", str(tmp_path / "drill.html"), env={"DEPLOYER_LOG_DIR": str(runs)})
     assert made.returncode == 0, made.stderr  # the newest kept report
     page = (tmp_path / "drill.html").read_text()
-    assert "Drill phases" in page and "rollback-drill: PASS" in page
+    assert "Drill phases" in page and "rollback-drill" in page and ": PASS" in page and "[v2]" in page
+    assert "0.00s</td>" not in page
     for section in ("deploy", "rollback", "redeploy"):
         assert re.search(rf'class="mark section"[^>]*>\s*<text[^>]*>{section}</text>', page), section
     dom = browse(tmp_path / "drill.html", "--dump-dom")
