@@ -1,49 +1,61 @@
 #!/usr/bin/env bash
-# Set up everything on a fresh Debian machine (as root) and run one job:
-#   ./dev.sh demo   the main job on a local 3-host fleet: deploy v1, deploy v2, rollback, drill, status
-#   ./dev.sh test   the whole test suite (unit, integration against real sshd hosts, the VM suite)
+# Set up what a job needs on a fresh Debian machine (as root) and run it:
+#   ./dev.sh demo   the main job on a local 3-host fleet (installs only what the demo needs: sshd, a venv)
+#   ./dev.sh test   the whole test suite (unit, integration against real sshd hosts, the VM suite); args go to pytest
 #   ./dev.sh bench  the benchmark against a plain OpenSSH fan-out (benchmarks/bench.py; args passed on)
-#   ./dev.sh setup  only the set-up (.venv with the project, openssh-server, shellcheck, vagrant/libvirt/qemu)
+#   ./dev.sh setup  only the set-up for the tests (everything `test` installs)
 set -euo pipefail
 cd "$(dirname "$0")"
 
 need_apt=()
-command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
-command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
-command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
-command -v ruby >/dev/null 2>&1 || need_apt+=(ruby)  # only to check vagrant/Vagrantfile's syntax in the tests
-command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)  # the tests of `sudo: true` hooks
-command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)  # the tests of what the live view shows on a real terminal
-command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # the tests of the HTML report, in a real browser
-[ -x /usr/sbin/nginx ] || need_apt+=(nginx)  # the origin hosts pull artifacts from (pull deploys); started by the tests
-command -v curl >/dev/null 2>&1 || need_apt+=(curl)
-command -v wget >/dev/null 2>&1 || need_apt+=(wget)
-# the local fleet's other userlands and login shells (inv fleet-up --userland), and the shells the
-# remote scripts are tested under
-command -v tcsh >/dev/null 2>&1 || need_apt+=(tcsh)
-command -v fish >/dev/null 2>&1 || need_apt+=(fish)
-command -v zsh >/dev/null 2>&1 || need_apt+=(zsh)  # the test of `deployer completion zsh`
-[ -x /bin/busybox ] || need_apt+=(busybox-static)
+want() {  # want COMMAND PACKAGE: install PACKAGE unless COMMAND is on PATH or in /usr/sbin
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || need_apt+=("$2")
+}
+# What the demo needs: real sshd hosts in their own namespaces, and a virtualenv.
+want sshd openssh-server
+want ssh-keyscan openssh-client
+want unshare util-linux
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
-# the VM fleet (vagrant/, tests/vm/): Vagrant with libvirt and QEMU, and what builds its box
-for tool in vagrant:vagrant virsh:libvirt-clients libvirtd:libvirt-daemon-system qemu-system-x86_64:qemu-system-x86 \
-    qemu-img:qemu-utils mmdebstrap:mmdebstrap dnsmasq:dnsmasq-base iptables:iptables ebtables:ebtables; do
-    command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || need_apt+=("${tool#*:}")
-done
-compgen -G '/usr/share/rubygems-integration/all/gems/vagrant-libvirt-*' >/dev/null || need_apt+=(vagrant-libvirt)
+
+case "${1:-}" in
+    test|setup|bench)
+        want shellcheck shellcheck
+        want ruby ruby        # only to check vagrant/Vagrantfile's syntax in the tests
+        want sudo sudo        # the tests of `sudo: true` hooks
+        want tmux tmux        # the tests of what the live view shows on a real terminal
+        want chromium chromium  # the tests of the HTML report, in a real browser
+        want nginx nginx      # the origin hosts pull artifacts from (pull deploys); started by the tests
+        want curl curl
+        want wget wget
+        want git git
+        # the local fleet's other userlands and login shells, and the shells the remote scripts and
+        # the completion scripts are tested under
+        want tcsh tcsh
+        want fish fish
+        want zsh zsh
+        [ -x /bin/busybox ] || need_apt+=(busybox-static)
+        # the VM fleet (vagrant/, tests/vm/): Vagrant with libvirt and QEMU, and what builds its box
+        for tool in vagrant:vagrant virsh:libvirt-clients libvirtd:libvirt-daemon-system \
+            qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mmdebstrap:mmdebstrap dnsmasq:dnsmasq-base \
+            iptables:iptables ebtables:ebtables; do
+            want "${tool%%:*}" "${tool#*:}"
+        done
+        compgen -G '/usr/share/rubygems-integration/all/gems/vagrant-libvirt-*' >/dev/null || need_apt+=(vagrant-libvirt)
+        ;;
+esac
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "installing: ${need_apt[*]}" >&2
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-if [ ! -x .venv/bin/inv ] || [ pyproject.toml -nt .venv/.installed ]; then
+if [ ! -x .venv/bin/deployer ] || [ pyproject.toml -nt .venv/.installed ]; then
     python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
     touch .venv/.installed
 fi
 
 case "${1:-}" in
-    demo) exec .venv/bin/inv demo ;;
+    demo) exec .venv/bin/deployer demo ;;
     test)
         shift
         .venv/bin/ruff check deployer tasks.py tests benchmarks

@@ -7,6 +7,7 @@ errors end in deployer/exits.py; rendering in deployer/render/. Each handler tak
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -129,10 +130,11 @@ def rollback(values: Values) -> int:
 
 
 def rollback_drill(values: Values) -> int:
-    chosen, flags = _inventory(values, runs_hooks=True)
     check = None
+    if values.verify:  # before anything is read or asked: a missing extra is bad input
+        run_checks = _testinfra_checks("rollback-drill runs `verify`'s checks after each phase", "or pass --no-verify")
+    chosen, flags = _inventory(values, runs_hooks=True)
     if values.verify:
-        from deployer.verify import verify as run_checks  # noqa: PLC0415 - only with --verify
 
         def check(release: str) -> tuple[bool, str]:
             result = run_checks(chosen, release, lock_free=False, quiet=True)
@@ -257,13 +259,7 @@ def prune(values: Values) -> int:
 
 def verify(values: Values) -> int:
     """Check every host with the testinfra suite; the release defaults to the one the fleet is on."""
-    try:
-        from deployer.verify import verify as run_checks  # noqa: PLC0415 - only this command needs it
-    except ImportError as missing:
-        raise InputError(
-            f"verify needs pytest and pytest-testinfra ({missing.name} is missing): pip install 'deployer[verify]'"
-        ) from None
-
+    run_checks = _testinfra_checks("verify checks every host with testinfra")
     chosen, flags = _inventory(values)
     release = values.release
     if release is None:
@@ -289,6 +285,24 @@ def verify(values: Values) -> int:
     else:
         print(verdict)
     return 0 if result.ok else 1
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a module blocked in sys.modules, a broken installation
+        return False
+
+
+def _testinfra_checks(why: str, otherwise: str = "") -> Callable[..., Any]:
+    """`deployer.verify.verify`, or a clear refusal when the `verify` extra (pytest, testinfra) is missing."""
+    missing = [name for name in ("pytest", "testinfra") if not _importable(name)]
+    if missing:
+        install = "pip install 'deployer[verify]'" + (f", {otherwise}" if otherwise else "")
+        raise InputError(f"{why}: it needs pytest and pytest-testinfra ({', '.join(missing)} missing): {install}")
+    from deployer.verify import verify as run_checks  # noqa: PLC0415 - only when checks run
+
+    return run_checks
 
 
 def init(values: Values) -> int:

@@ -251,3 +251,24 @@ def test_build_sample_from_a_broken_installation_is_one_clear_line(tmp_path, mon
     monkeypatch.setattr(playground, "SAMPLE_APP", tmp_path / "sample-app")
     with pytest.raises(InputError, match="sample app is missing from this installation"):
         playground.build_sample("v1", str(tmp_path / "out.tar.gz"))
+
+
+def test_verify_and_the_drill_without_the_verify_extra_say_how_to_get_it(tmp_path):
+    """pytest and testinfra are the `verify` extra: without them, one line says what to install."""
+    hide = "import sys\nsys.modules['testinfra'] = None  # as if the extra were not installed\n"
+    (tmp_path / "sitecustomize.py").write_text(hide)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{REPO}"}
+    for args, words in (
+        (["verify"], "verify checks every host with testinfra"),
+        (["rollback-drill", "-a", "x.tar.gz"], "or pass --no-verify"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "deployer.console", *args, "-i", str(tmp_path / "fleet.yml")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.splitlines()
+        assert words in line and "pip install 'deployer[verify]'" in line and "testinfra missing" in line
