@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
 import textwrap
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(argv: list[str]) -> int:
-    ran_as(PROGRAM)
+    ran_as(_as_typed())
     as_json = "--json" in argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         if len(argv) > 1 and argv[0] == "help":
@@ -82,6 +83,18 @@ def run(argv: list[str]) -> int:
     from deployer import dispatch  # noqa: PLC0415 - after parsing: --help and argument errors stay light
 
     return dispatch.run(name, parsed, *_configured_inventory())
+
+
+def _as_typed() -> str:
+    """How to run this program again from here, for hints: `deployer` when that is what PATH finds,
+    else the path it was started by (`.venv/bin/deployer` from ./dev.sh)."""
+    started = sys.argv[0] if sys.argv and sys.argv[0] else PROGRAM
+    if os.path.basename(started) != PROGRAM or "/" not in started:
+        return PROGRAM
+    on_path = shutil.which(PROGRAM)
+    if on_path and os.path.realpath(on_path) == os.path.realpath(started):
+        return PROGRAM
+    return shlex.quote(os.path.relpath(started) if not started.startswith("/") else started)
 
 
 def _before_separator(words: list[str]) -> list[str]:

@@ -24,7 +24,7 @@ as their message and exit status, anything else as one line and the run log.
 
 from __future__ import annotations
 
-# Process exit statuses, documented in README.md ("Exit status").
+# Process exit statuses, documented in docs/commands.md ("Exit status").
 EXIT_OK = 0
 EXIT_HOSTS_FAILED = 1
 EXIT_BAD_INPUT = 2

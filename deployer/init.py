@@ -348,8 +348,8 @@ def render_inventory(
     """A commented inventory: the keys a first deploy needs, the usual next ones commented out."""
     q = json.dumps
     lines = [
-        f"# Written by `deployer init` from {source}. Every key is checked when loaded; the README's",
-        '# "Inventory" section lists them all (inventories/production.example.yml in the repository shows more).',
+        f"# Written by `deployer init` from {source}. Every key is checked when loaded; docs/inventory.md",
+        "# lists them all (inventories/production.example.yml in the repository shows more).",
         f"deploy_to: {q(deploy_to)}            # each host's releases/, current and shared/ live here",
         f"user: {q(user)}                      # the SSH user the deploy runs as (owns deploy_to)",
         "ssh:",

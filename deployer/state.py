@@ -115,7 +115,7 @@ class HostState:
     history: tuple[Mapping[str, Any], ...] = ()
     notes: tuple[str, ...] = ()
     damaged: tuple[str, ...] = ()  # state files found empty or torn (a power cut), never read as data
-    missing_tools: tuple[str, ...] = ()  # required tools the host lacks (README: "Host requirements")
+    missing_tools: tuple[str, ...] = ()  # required tools the host lacks (docs/hosts.md: "Host requirements")
     writable: str = ""  # "yes"/"no": the deploy user can write deploy_to (or where it would be made)
     signers: str = ""  # sha256 of this host's own copy of who may sign (signing.HostCopy.digests); "" none
 
@@ -123,7 +123,7 @@ class HostState:
         """Why nothing can be changed on this host for want of tools; "" when it has them all."""
         if not self.missing_tools:
             return ""
-        return f'host {self.host} has no {", no ".join(self.missing_tools)} (see the README, "Host requirements")'
+        return f'host {self.host} has no {", no ".join(self.missing_tools)} (see docs/hosts.md, "Host requirements")'
 
     def bad_releases(self) -> dict[str, Mapping[str, Any]]:
         return {rid: info.bad for rid, info in self.releases.items() if info.bad is not None}
