@@ -24,7 +24,7 @@ from deployer.invocation import command
 from deployer.keyscan import key_fingerprint
 from deployer.operations import Options
 from deployer.plan.names import resolve_release
-from deployer.release import check_release_id
+from deployer.release import check_release_name
 from deployer.render import text
 from deployer.render.annotations import print_annotations
 from deployer.render.json import print_json, render_json
@@ -89,7 +89,7 @@ def _keep_report(report: OperationReport) -> None:
         return
     path = os.path.splitext(log)[0] + ".json"
     try:
-        with open(path, "w", encoding="utf-8") as handle:
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
             render_json(report, handle)
     except OSError as error:
         logging.getLogger("deployer.cli").warning("cannot keep the JSON report in %s: %s", path, error)
@@ -273,7 +273,7 @@ def verify(values: Values) -> int:
             )
         release = currents[0]
     else:  # a release id, a version label or a commit prefix, as the fleet records them
-        check_release_id(release)
+        check_release_name(release, "--release")
         named, why = resolve_release(release, operations.read_fleet(chosen, flags).states)
         if named is None:
             raise InputError(why)

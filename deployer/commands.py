@@ -21,7 +21,7 @@ class ArgumentProblem(InputError):
 
 @dataclass(frozen=True)
 class Flag:
-    """One flag: `kind` is "text", "count" (whole number), "seconds", "names" (comma list) or "switch"."""
+    """One flag: `kind` is "text", "count" (a whole number in [low, high]), "seconds" or "switch"."""
 
     name: str
     help: str
@@ -470,7 +470,7 @@ def _checked(flag: Flag, given: Any, fallback: Any) -> Any:
     if flag.kind == "switch":
         return bool(given) if given is not None else bool(fallback)
     if given is None or given == "":
-        return fallback if flag.kind != "names" else ()
+        return fallback
     text = str(given)
     if flag.kind == "count":
         if not text.strip().isdigit() or not flag.low <= int(text) <= flag.high:

@@ -572,6 +572,9 @@ class Fleet:
             return work(self.connect(host))
         except HostError as error:
             return error
+        except Exception as error:  # noqa: BLE001 - one host's odd answer (or a bug on its path) fails that host only
+            log.debug("unexpected error on %s", host.name, exc_info=True)
+            return HostError(host.name, f"unexpected error on this host: {type(error).__name__}: {error}"[:300])
 
     def _submit(self, host: Host, work: Callable[[HostConnection], T]) -> Future[T | HostError]:
         future = self._pool.submit(self._on, host, work)

@@ -50,6 +50,17 @@ def check_release_id(value: str) -> str:
     return value
 
 
+def check_release_name(value: str, flag: str) -> str:
+    """`value` if it can name a release (an id, a version label such as 1.4.2+build.5, a commit
+    prefix), else an InputError: a name is looked up among the fleet's releases, never used as a path."""
+    if is_release_id(value) or revision.VERSION.match(value):
+        return value
+    raise InputError(
+        f"{flag} {value!r} is not a release id, version or commit: use letters, digits, '.', '_', '+' or '-', "
+        "starting with a letter or digit"
+    )
+
+
 def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from datetime import datetime, timezone
 
@@ -42,6 +43,14 @@ class _Prefixed(logging.Formatter):
         return f"{prefix}: {record.getMessage()}"
 
 
+_URL_QUERY = re.compile(r"(?i)(\bhttps?://[^\s?#]*)[?#]\S*")
+
+
+def command_line_shown(words: list[str]) -> str:
+    """The command line as the log keeps it: a URL's query (a presigned URL's credential) replaced by ***."""
+    return _URL_QUERY.sub(r"\1?***", " ".join(words))
+
+
 def folder() -> str:
     """Where run logs (and vagrant's output) go: `$DEPLOYER_LOG_DIR`, else `./.deployer-runs`."""
     return os.environ.get("DEPLOYER_LOG_DIR") or os.path.join(os.getcwd(), ".deployer-runs")
@@ -60,6 +69,8 @@ def start(task: str, verbose: bool = False) -> str | None:
     path: str | None = os.path.join(log_folder, f"{stamp}-{task}-{os.getpid()}.log")
     try:
         os.makedirs(log_folder, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # type: ignore[arg-type]
+        os.chmod(path, 0o600)  # type: ignore[arg-type]  # only its owner reads it: it may be kept as a CI artifact
         file_handler = logging.FileHandler(path, encoding="utf-8")  # type: ignore[arg-type]
     except OSError:
         path = None
@@ -74,5 +85,5 @@ def start(task: str, verbose: bool = False) -> str | None:
     stderr.addFilter(_Redacting())
     stderr.setFormatter(_Prefixed())
     root.addHandler(stderr)
-    root.debug("deployer %s: %s", task, " ".join(sys.argv[1:]))
+    root.debug("deployer %s: %s", task, command_line_shown(sys.argv[1:]))
     return path

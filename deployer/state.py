@@ -156,7 +156,7 @@ def parse_previous_version(raw: str, deploy_to: str) -> tuple[str | None, str]:
 def _json_object(text: str) -> dict[str, Any] | None:
     try:
         parsed = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # host text: a record nested 100,000 deep is damage, not a crash
         return None
     return parsed if isinstance(parsed, dict) else None
 

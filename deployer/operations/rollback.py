@@ -30,7 +30,7 @@ from deployer.phases import (
     run_once,
     switch,
 )
-from deployer.release import check_release_id
+from deployer.release import check_release_name
 from deployer.report import (
     FAILED,
     OK,
@@ -176,7 +176,7 @@ def rollback(
     options = options or Options()
     progress = progress or Progress()
     if to is not None:
-        check_release_id(to)
+        check_release_name(to, "--to")
     with locked_run(inventory, "rollback", options, progress) as (run, states, unreachable, gathered):
         report = run_rollback(run, to, states, unreachable, options)
         report.phases.insert(0, gathered)

@@ -452,18 +452,18 @@ run_bounded() {
     # sh on every host: timeout(1) is missing (macOS) or differs (-k, exit status) between hosts.
     rb_seconds=$1
     shift
-    rb_fired="${TMPDIR:-/tmp}/deployer-fired.$$"
-    rm -f "$rb_fired"
     exec 3<&0  # an asynchronous command would otherwise read /dev/null
     "$@" <&3 3<&- &
     rb_pid=$!
     exec 3<&-
+    # The watchdog says whether it fired by its own exit status (124), not by a file: a file at a
+    # known path could be made by anyone on the host to fake a timeout.
     (
         trap 'kill "$rb_sleep" 2>/dev/null; exit 0' TERM
         sleep "$rb_seconds" &
         rb_sleep=$!
         wait "$rb_sleep"
-        : > "$rb_fired"
+        trap 'kill "$rb_sleep" 2>/dev/null; exit 124' TERM
         rb_tree="$rb_pid $(descendants "$rb_pid")"
         # shellcheck disable=SC2086  # the pids, one word each
         kill -TERM $rb_tree 2>/dev/null
@@ -472,14 +472,14 @@ run_bounded() {
         wait "$rb_sleep"
         # shellcheck disable=SC2086
         kill -KILL $rb_tree 2>/dev/null
+        exit 124
     ) > /dev/null 2>&1 < /dev/null &
     rb_watchdog=$!
     wait "$rb_pid"
     rb_code=$?
     kill "$rb_watchdog" 2>/dev/null
     wait "$rb_watchdog" 2>/dev/null  # a watchdog stopped before its trap is set is reported "Terminated"
-    if [ -e "$rb_fired" ]; then
-        rm -f "$rb_fired"
+    if [ "$?" = 124 ]; then
         rb_code=124
     fi
     return "$rb_code"

@@ -59,7 +59,7 @@ def test_rollback_to_a_typo_is_refused_and_changes_nothing(make_inventory, views
     typo = run_inv("rollback", "--inventory", inventory, "--to", "20991231T000000Z-deadbeef")
     assert typo.returncode == 3, typo.stdout + typo.stderr
     assert "release 20991231T000000Z-deadbeef is not on any reachable host" in typo.stdout
-    listed = typo.stdout.split("newest first: ", 1)[1]
+    listed = typo.stdout.split("Newest first: ", 1)[1]
     assert listed.index(second) < listed.index(first)  # newest first
     assert records_on(views, deploy_to) == before  # no pin, no bad mark, no history line
 

@@ -111,6 +111,12 @@ def test_live_view_and_final_table_on_a_real_terminal(make_inventory, artifacts,
     screens += window.watch(until=lambda screen: "EXIT=" in screen)
     for n in range(1, 5):
         assert any(re.search(rf"^web{n}\s+validating\s", screen, re.MULTILINE) for screen in screens), n
+    # each step is timed on its own: after 3 s of validation, the next step's timer starts again from 0
+    switching = re.compile(r"^web\d\s+switching\S*\s+(\d+\.\d)s", re.MULTILINE)
+    later = [float(found.group(1)) for screen in screens for found in switching.finditer(screen)]
+    assert all(seconds < 2.5 for seconds in later), later
+    # no column of placeholders: every row names its step, none shows a bare "…"
+    assert not any(re.search(r"^web\d\s+…", screen, re.MULTILINE) for screen in screens)
 
     final = window.wait_for(r"EXIT=\d+")
     assert "EXIT=0" in final, final

@@ -272,3 +272,21 @@ def test_verify_and_the_drill_without_the_verify_extra_say_how_to_get_it(tmp_pat
         assert done.returncode == 2, done.stderr
         (line,) = done.stderr.splitlines()
         assert words in line and "pip install 'deployer[verify]'" in line and "testinfra missing" in line
+
+
+def test_the_run_log_is_private_and_keeps_no_url_credential(tmp_path):
+    """A presigned URL's query is a credential: the run log (often kept as a CI artifact) has neither it
+    nor permissions for anyone but its owner."""
+    env = {**os.environ, "DEPLOYER_LOG_DIR": str(tmp_path / "runs")}
+    url = "https://objects.example.org/app.tar.gz?X-Amz-Credential=AKIA1&X-Amz-Signature=0ddba11secret"
+    done = subprocess.run(
+        [sys.executable, "-m", "deployer.console", "deploy", "-i", str(tmp_path / "none.yml"), "-a", url,
+         "--sha256", "0" * 64],
+        capture_output=True, text=True, env=env, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (log,) = (tmp_path / "runs").glob("*-deploy-*.log")
+    assert log.stat().st_mode & 0o777 == 0o600
+    text = log.read_text()
+    assert "https://objects.example.org/app.tar.gz?***" in text
+    assert "0ddba11secret" not in text and "AKIA1" not in text

@@ -402,3 +402,27 @@ echo "$fails"
         check=False,
     )
     assert done.stdout.strip() == "0", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox sh", "bash --posix"])
+def test_no_file_anyone_can_make_turns_a_good_step_into_a_timeout(tmp_path, shell):
+    """The watchdog's verdict is its exit status: a file another local user makes at a guessable path
+    (the old `$TMPDIR/deployer-fired.<pid>`) changes nothing; a real timeout is still 124."""
+    if shutil.which(shell.split()[0]) is None:
+        pytest.fail(f"{shell} is not installed (./dev.sh setup installs it)")
+    lib = (Path(scripts.__file__).parent / "remote" / "lib.sh").read_text()
+    probe = """
+run_bounded 5 sh -c 'touch "$TMPDIR/deployer-fired.$PPID"; exit 0'
+echo "good $?"
+run_bounded 1 sh -c 'sleep 30'
+echo "slow $?"
+"""
+    done = subprocess.run(
+        [*shell.split(), "-c", lib + probe, "bounded"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        check=False,
+    )
+    assert done.stdout.split("\n")[:2] == ["good 0", "slow 124"], done.stdout + done.stderr
