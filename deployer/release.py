@@ -56,8 +56,8 @@ def check_release_name(value: str, flag: str) -> str:
     if is_release_id(value) or revision.VERSION.match(value):
         return value
     raise InputError(
-        f"{flag} {value!r} is not a release id, version or commit: use letters, digits, '.', '_', '+' or '-', "
-        "starting with a letter or digit"
+        f"{flag} {value!r} is not valid: it is not a release id, version or commit (use letters, digits, '.', "
+        "'_', '+' or '-', starting with a letter or digit)"
     )
 
 
