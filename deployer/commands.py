@@ -64,6 +64,21 @@ class Command:
     positional: tuple[str, ...] = ()
     json: bool = True
 
+    def spellings(self, short: bool = True) -> list[str]:
+        """How its flags may be typed (positionals aside): `--help`, each `--flag`, `--no-flag` for a switch
+        that is on by default, and with `short` the short flags (`-h`, `-i`, ...)."""
+        spelled = ["-h", "--help"] if short else ["--help"]
+        for name in self.flag_names():
+            flag = FLAGS[name]
+            if name in self.positional:
+                continue
+            spelled.append(f"--{flag.name}")
+            if short and flag.short:
+                spelled.append(f"-{flag.short}")
+            if flag.kind == "switch" and flag.default is True:
+                spelled.append(f"--no-{flag.name}")
+        return spelled
+
     def flag_names(self) -> tuple[str, ...]:
         shared = FLEET_FLAGS if self.fleet else ()
         locking = LOCK_FLAGS if self.locking else ()

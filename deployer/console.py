@@ -134,10 +134,10 @@ def _explained(spec: Command, message: str, words: list[str]) -> str:
     """argparse's message in the tool's words: which flag, what it expected, the closest real flag."""
     usage = f"see `{PROGRAM} {spec.name} --help`"
     if message.startswith("unrecognized arguments:"):
-        unknown = [word for word in words if word.startswith("-") and word.split("=", 1)[0] not in _spellings(spec)]
+        unknown = [word for word in words if word.startswith("-") and word.split("=", 1)[0] not in spec.spellings()]
         if unknown:
             word = unknown[0].split("=", 1)[0]
-            guess = near(word, tuple(_spellings(spec)))
+            guess = near(word, tuple(spec.spellings()))
             hint = f"; did you mean {guess}?" if guess else f"; {usage}"
             return f"{PROGRAM} {spec.name}: unknown flag {word}{hint}"
         extra = message.split(":", 1)[1].strip()
@@ -156,20 +156,6 @@ def _explained(spec: Command, message: str, words: list[str]) -> str:
             return f"{PROGRAM} {spec.name}: {flag} is a switch and takes no value; {usage}"
         return f"{PROGRAM} {spec.name}: {flag}: {problem}; {usage}"
     return f"{PROGRAM} {spec.name}: {message}; {usage}"
-
-
-def _spellings(spec: Command) -> list[str]:
-    spelled = ["-h", "--help"]
-    for name in spec.flag_names():
-        flag = FLAGS[name]
-        if name in spec.positional:
-            continue
-        spelled.append(f"--{flag.name}")
-        if flag.short:
-            spelled.append(f"-{flag.short}")
-        if flag.kind == "switch" and flag.default is True:
-            spelled.append(f"--no-{flag.name}")
-    return spelled
 
 
 def _argument_error(message: str, as_json: bool) -> int:
