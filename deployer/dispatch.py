@@ -15,7 +15,7 @@ from deployer.locate import named_inventory
 
 # Which module holds each command's handler (imported when the command runs: `--help` stays light).
 HANDLER_MODULES = {
-    "deployer.playground": (
+    "deployer.playground.handlers": (
         "demo",
         "fleet-up",
         "fleet-down",

@@ -15,7 +15,7 @@ from deployer.errors import InputError
 
 ENVIRONMENT = "DEPLOYER_INVENTORY"
 FOLDER_DEFAULTS = ("deploy.yml", "deploy.yaml")
-SAMPLE_APP = Path(__file__).resolve().parent / "sample_app"
+SAMPLE_APP = Path(__file__).resolve().parent / "playground" / "sample_app"
 FLEET_DIR = ".fleet"
 
 

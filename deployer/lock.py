@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from deployer.connection import HostConnection
 from deployer.errors import HostError, LockHeld, StepFailed
-from deployer.fleet import Fleet, HostConnection
+from deployer.fleet import Fleet
 from deployer.invocation import command
 from deployer.protocol import ProtocolError, ScriptOutput
 from deployer.report import Progress

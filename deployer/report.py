@@ -274,7 +274,7 @@ class Progress:
         self.say(f"  {host}: {message}")
 
     def observe(self, host: str, event: str, detail: str) -> None:
-        """A step event from a worker thread (see `deployer.fleet.Observer`): kept in the timeline."""
+        """A step event from a worker thread (see `deployer.connection.Observer`): kept in the timeline."""
         self.timeline.observe(host, event, detail)
 
     def batch(self, number: int, total: int, hosts: list[str]) -> None:

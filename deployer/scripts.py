@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from deployer.protocol import ScriptOutput, parse_output
 
 if TYPE_CHECKING:
-    from deployer.fleet import HostConnection
+    from deployer.connection import HostConnection
 
 EXIT_USAGE = 10
 EXIT_REFUSED = 20

@@ -1,10 +1,9 @@
 """Release signatures with OpenSSH's own tools: `ssh-keygen -Y sign` and `ssh-keygen -Y verify`.
 
-Checked three times: by the controller before any host is contacted (`check_artifact`), by every
-host itself inside its staging session against its own copy of who may sign (`HostCopy`, placed in
-`.deployer/signers/` by the first signed deploy or `deployer place-signers`; remote/stage.sh), and,
-for a rollback or `--to`, the signer each host recorded is checked against today's allowed signers
-and revoked keys (`still_trusted`). A signature is a detached `ARTIFACT.sig` in a namespace of its
+Checked three times: by the controller before any host is contacted (`check_artifact`, here), by
+every host itself inside its staging session against its own copy of who may sign (`host_signers`),
+and, for a rollback or `--to`, the signer each host recorded is checked against today's allowed
+signers and revoked keys (`still_trusted`, here). A signature is a detached `ARTIFACT.sig` in a namespace of its
 own (a signature made for another purpose, e.g. git commits, never verifies as a release's).
 Verification says *why* a signature is not accepted (unsigned, another namespace, not these bytes, a
 key nobody trusts, a key outside its validity window or not allowed this namespace, a revoked key)
@@ -21,17 +20,15 @@ import re
 import shlex
 import subprocess
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deployer.errors import InputError
-from deployer.scripts import octal_escaped
 
 if TYPE_CHECKING:
-    from deployer.inventory.model import Inventory, Signatures
-    from deployer.state import HostState
+    from deployer.inventory.model import Signatures
 
 NAMESPACE = "deployer-release"
 GOOD = re.compile(
@@ -62,87 +59,7 @@ class Signature:
     text: str
 
 
-# What a host's copy of the allowed signers may weigh: it travels inside the staging session's
-# command line (at most once per host), which has to stay well under Linux's 128 KiB per argument.
-MAX_ALLOWED_SIGNERS = 16 * 1024
-MAX_REVOKED = 4 * 1024
 MAX_SIGNATURE = 8 * 1024
-
-
-@dataclass(frozen=True)
-class HostCopy:
-    """The files a host keeps in `.deployer/signers/` so it can check signatures on its own: the
-    allowed signers, the revoked keys (b"" for none) and the policy line (require, namespace)."""
-
-    allowed_signers: bytes
-    revoked: bytes
-    policy: bytes
-
-    @property
-    def digests(self) -> str:
-        """The sha256 of each file as the host reports them ("-" for no revoked keys): remote signers_state."""
-        files = (self.allowed_signers, self.revoked, self.policy)
-        return " ".join(hashlib.sha256(data).hexdigest() if data else "-" for data in files)
-
-    def place_options(self) -> dict[str, str]:
-        """The options that make a host keep this copy (remote `place_signers`, in stage and finish)."""
-        return {
-            "signers_place": octal_escaped(self.allowed_signers),
-            "revoked_place": octal_escaped(self.revoked),
-            "policy_place": octal_escaped(self.policy),
-        }
-
-
-def host_copy(settings: Signatures) -> HostCopy:
-    """What hosts following `settings` keep, read from the inventory's files (InputError if unreadable)."""
-
-    def read(path: str, key: str, limit: int) -> bytes:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as error:
-            raise InputError(f"signatures.{key}: cannot read {path}: {error.strerror}") from None
-        if len(data) > limit:
-            raise InputError(f"signatures.{key}: {path} is {len(data)} bytes; hosts take at most {limit}")
-        return data
-
-    allowed = read(settings.allowed_signers, "allowed_signers", MAX_ALLOWED_SIGNERS)
-    revoked = read(settings.revoked, "revoked", MAX_REVOKED) if settings.revoked else b""
-    policy = f"require={'yes' if settings.require else 'no'} namespace={settings.namespace}\n".encode()
-    return HostCopy(allowed, revoked, policy)
-
-
-def host_copies(inventory: Inventory, names: Iterable[str]) -> dict[str, HostCopy]:
-    """What each named host's own copy of who may sign must be (hosts that follow no `signatures`
-    are left out); each inventory file is read once."""
-    read: dict[Signatures, HostCopy] = {}
-    copies = {}
-    for name in names:
-        settings = inventory.signatures_of(inventory.host(name))
-        if settings is not None:
-            copies[name] = read[settings] if settings in read else read.setdefault(settings, host_copy(settings))
-    return copies
-
-
-def untrusted_releases(inventory: Inventory, states: Mapping[str, HostState]) -> dict[tuple[str, str], str]:
-    """(host, release) -> why that release may not go live there again (a rollback, `--to`): its
-    signer is no longer trusted, or it was staged unsigned where signed releases are required."""
-    found: dict[tuple[str, str], str] = {}
-    judged: dict[tuple[Signatures, str, str], str] = {}
-    for name, state in states.items():
-        settings = inventory.signatures_of(inventory.host(name))
-        if settings is None:
-            continue
-        for info in state.releases.values():
-            if info.signer:
-                key = (settings, info.signer, info.signer_fingerprint)
-                if key not in judged:
-                    judged[key] = still_trusted(settings, info.signer, info.signer_fingerprint)
-                why = judged[key]
-            else:
-                why = "it was staged without a signature, and signed releases are required" if settings.require else ""
-            if why:
-                found[(name, info.release_id)] = why
-    return found
 
 
 def signature_path(artifact: str) -> str:

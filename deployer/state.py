@@ -117,7 +117,7 @@ class HostState:
     damaged: tuple[str, ...] = ()  # state files found empty or torn (a power cut), never read as data
     missing_tools: tuple[str, ...] = ()  # required tools the host lacks (docs/hosts.md: "Host requirements")
     writable: str = ""  # "yes"/"no": the deploy user can write deploy_to (or where it would be made)
-    signers: str = ""  # sha256 of this host's own copy of who may sign (signing.HostCopy.digests); "" none
+    signers: str = ""  # sha256 of this host's own copy of who may sign (host_signers.HostCopy.digests); "" none
 
     def lacks_tools(self) -> str:
         """Why nothing can be changed on this host for want of tools; "" when it has them all."""

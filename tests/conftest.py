@@ -21,9 +21,9 @@ from testinfra.backend.base import CommandResult
 from testinfra.backend.ssh import SshBackend
 from testinfra.host import Host
 
-from deployer.localfleet import LocalFleet
-from deployer.playground import build_sample
-from deployer.userlands import MIXED
+from deployer.playground.handlers import build_sample
+from deployer.playground.localfleet import LocalFleet
+from deployer.playground.userlands import MIXED
 
 REPO = Path(__file__).resolve().parent.parent
 FLEET_SIZE = 4

@@ -4,7 +4,7 @@
 - `load`: reading and checking a YAML inventory (`load_inventory`, `parse_inventory`)
 - `checks`: the small schema library every check goes through (errors name file and key)
 - `sections`: the inventory's keys and its smaller sections
-- `ssh_config`: the one OpenSSH client config reader (also used by `deployer.vagrant`)
+- `ssh_config`: the one OpenSSH client config reader (also used by `deployer.playground.vagrant`)
 """
 
 from deployer.inventory.load import load_inventory, parse_inventory

@@ -78,6 +78,12 @@ class Rollout:
         return min(self.batch, hosts) if self.batch else hosts
 
 
+# What a host's copy of the allowed signers may weigh: it travels inside the staging session's
+# command line (at most once per host), which has to stay well under Linux's 128 KiB per argument.
+MAX_ALLOWED_SIGNERS = 16 * 1024
+MAX_REVOKED = 4 * 1024
+
+
 @dataclass(frozen=True)
 class Signatures:
     """Inventory `signatures`: who may sign releases (an ssh-keygen allowed_signers file), in which

@@ -14,6 +14,8 @@ from deployer.inventory.model import (
     BATCH_PERCENT_RE,
     ENV_NAME_RE,
     LOCAL_HOOKS,
+    MAX_ALLOWED_SIGNERS,
+    MAX_REVOKED,
     REMOTE_HOOKS,
     USER_RE,
     EnvVar,
@@ -22,7 +24,6 @@ from deployer.inventory.model import (
     Rollout,
     Signatures,
 )
-from deployer.signing import MAX_ALLOWED_SIGNERS, MAX_REVOKED
 
 TOP_KEYS = {
     "deploy_to",

@@ -1,5 +1,5 @@
 """OpenSSH client configs (ssh_config, `vagrant ssh-config` output): the one reader, used by the
-inventory (hosts named by alias, ProxyJump bastions) and by `deployer.vagrant`."""
+inventory (hosts named by alias, ProxyJump bastions) and by `deployer.playground.vagrant`."""
 
 from __future__ import annotations
 

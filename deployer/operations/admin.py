@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from deployer import host_signers
 from deployer import plan as planning
-from deployer import signing
 from deployer.errors import HostError
 from deployer.inventory import Inventory
 from deployer.invocation import command
@@ -155,7 +155,7 @@ def place_signers(
     progress = progress or Progress()
     report = OperationReport("place-signers", None)
     with quick_locked(inventory, "place-signers", options, progress) as (run, states, unreachable):
-        copies = signing.host_copies(inventory, states)
+        copies = host_signers.host_copies(inventory, states)
         wanted: dict[str, dict[str, str]] = {}
         results: dict[str, HostResult] = {}
         for name, state in states.items():

@@ -7,8 +7,8 @@ import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
+from deployer import host_signers
 from deployer import plan as planning
-from deployer import signing
 from deployer.errors import HostError
 from deployer.inventory import Inventory
 from deployer.operations.outcome import (
@@ -67,7 +67,7 @@ def run_deploy(
     signed_only = inventory.requires_signatures
     now = datetime.now(timezone.utc)
     release = release_id or planning.choose_release_id(states, artifact.digest, now, signed_only)
-    copies = signing.host_copies(inventory, states)
+    copies = host_signers.host_copies(inventory, states)
     plan = planning.plan_deploy(
         inventory.deploy_to,
         states,
@@ -132,7 +132,7 @@ class _Rollout:
             f"no host was switched; staged folders stay in {where}/releases/{self.release} for inspection"
         )
 
-    def stage(self, artifact: Artifact, copies: Mapping[str, signing.HostCopy]) -> bool:
+    def stage(self, artifact: Artifact, copies: Mapping[str, host_signers.HostCopy]) -> bool:
         to_stage = self.plan.with_action(planning.STAGE)
         if not to_stage:
             return True

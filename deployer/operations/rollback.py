@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
+from deployer import host_signers
 from deployer import plan as planning
-from deployer import signing
 from deployer.errors import HostError
 from deployer.inventory import Inventory
 from deployer.invocation import command
@@ -68,7 +68,7 @@ def run_rollback(
         to,
         force=options.force,
         rollback_migrations=bool(inventory.rollback_migrations),
-        untrusted=signing.untrusted_releases(inventory, states),
+        untrusted=host_signers.untrusted_releases(inventory, states),
     )
     show_plan(plan, progress)
     report = OperationReport(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from deployer import host_signers
 from deployer import plan as planning
-from deployer import signing
 from deployer.inventory import Inventory
 from deployer.lock import is_stale, read_states
 from deployer.operations.session import Options, Unreachable, open_fleet
@@ -249,7 +249,7 @@ def releases_table(view: FleetView) -> list[dict[str, Any]]:
 LOW_DISK_MB = 100  # `check` calls a host short of room below this (a release needs its tarball and its files)
 
 
-def _signers_check(state: HostState, copy: signing.HostCopy | None) -> str:
+def _signers_check(state: HostState, copy: host_signers.HostCopy | None) -> str:
     """The host's own copy of who may sign, against the inventory's: what `check` reports."""
     if copy is None:
         return "kept without signatures" if state.signers else "-"
@@ -261,7 +261,7 @@ def _signers_check(state: HostState, copy: signing.HostCopy | None) -> str:
 def check_rows(view: FleetView) -> list[dict[str, Any]]:
     """`deployer check`: per host, whether a deploy could run there (read only, no lock taken)."""
     rows = []
-    copies = signing.host_copies(view.inventory, view.states)
+    copies = host_signers.host_copies(view.inventory, view.states)
     for host in view.inventory.hosts:
         row: dict[str, Any] = {"host": host.name, "address": f"{host.address}:{host.port}", "problems": []}
         if host.name in view.unreachable:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from deployer.connection import HostConnection
 from deployer.errors import HostError
-from deployer.fleet import HostConnection
 from deployer.lock import utc_now
 from deployer.phases.run import Run, whole_seconds
 from deployer.scripts import (

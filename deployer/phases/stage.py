@@ -9,10 +9,10 @@ import threading
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
+from deployer import host_signers
 from deployer import plan as planning
-from deployer import signing
+from deployer.connection import HostConnection
 from deployer.errors import HostError, StepFailed
-from deployer.fleet import HostConnection
 from deployer.lock import utc_now
 from deployer.phases.run import Run, env_block, whole_seconds
 from deployer.plan import HostPlan
@@ -29,11 +29,11 @@ log = logging.getLogger(__name__)
 
 
 def stage(
-    run: Run, artifact: Artifact, release: str, hosts: list[HostPlan], copies: Mapping[str, signing.HostCopy]
+    run: Run, artifact: Artifact, release: str, hosts: list[HostPlan], copies: Mapping[str, host_signers.HostCopy]
 ) -> dict[str, HostError]:
     """Upload (or reuse the cached tarball), unpack, link shared paths, validate: one session per host.
 
-    `copies`: what each host's own copy of who may sign must be (`signing.host_copies`, as planned).
+    `copies`: what each host's own copy of who may sign must be (`host_signers.host_copies`, as planned).
     """
     inventory = run.inventory
     sources = {host_plan.host: host_plan.source for host_plan in hosts}

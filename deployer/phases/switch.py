@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from deployer.connection import HostConnection
 from deployer.errors import HostError, StepFailed
-from deployer.fleet import HostConnection
 from deployer.lock import utc_now
 from deployer.phases.run import Run, history_line, schema_text, whole_seconds
 from deployer.plan import HostPlan

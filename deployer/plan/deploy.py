@@ -101,7 +101,7 @@ def plan_deploy(
     Refused as a whole (nothing staged) when a host cannot take it, the fleet is pinned (unless
     `unpin`), hosts are split between releases (unless `force`: the deploy is what they converge
     on), or the release cannot run against the recorded database schema (unless `force`).
-    `signers` is, per host, what its own copy of who may sign must be (`signing.HostCopy.digests`;
+    `signers` is, per host, what its own copy of who may sign must be (`host_signers.HostCopy.digests`;
     missing: the host follows no `signatures`). With `pull`, hosts without the artifact cached fetch
     it from its URL themselves instead of receiving it.
     """

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from deployer.localfleet import LocalFleet
 from deployer.locate import SAMPLE_APP
+from deployer.playground.localfleet import LocalFleet
 from tests.conftest import REPO, HostView, fleet_fingerprints
 
 pytestmark = pytest.mark.fleet

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from deployer.commands import COMMANDS
-from deployer.localfleet import LocalFleet
+from deployer.playground.localfleet import LocalFleet
 from tests.conftest import HostView, fleet_fingerprints
 
 pytestmark = pytest.mark.fleet

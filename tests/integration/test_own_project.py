@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.localfleet import LocalFleet
+from deployer.playground.localfleet import LocalFleet
 from tests.conftest import HostView, fleet_fingerprints, run_on_a_terminal
 
 pytestmark = pytest.mark.fleet

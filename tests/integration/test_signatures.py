@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer import operations, signing
+from deployer import host_signers, operations, signing
 from deployer.inventory import load_inventory
 from deployer.report import Progress
 from tests.conftest import run_inv
@@ -229,7 +229,7 @@ def test_a_host_whose_copy_was_changed_refuses_on_its_own_when_the_controller_is
     kept = f"{deploy_to}/.deployer/signers/allowed_signers"
     views["web1"].sh("echo 'mallory@example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMallory' >> %s", kept)
     # the controller reads every host's copy as the inventory's (a bug, a lying gather): only web1 can tell
-    expected = signing.host_copy(load_inventory(signed["inventory"]).signature_settings()[0]).digests
+    expected = host_signers.host_copy(load_inventory(signed["inventory"]).signature_settings()[0]).digests
     monkeypatch.setattr("deployer.state._parse_signers", lambda output: expected)
     v2 = signed_copy(signed, "v2", artifacts)
     result = operations.deploy(load_inventory(signed["inventory"]), v2, progress=QUIET)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.localfleet import LocalFleet
+from deployer.playground.localfleet import LocalFleet
 from tests.conftest import run_inv, yaml_quote
 
 SUBNET = "127.0.6"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.localfleet import DEPLOY_USER, LocalFleet
+from deployer.playground.localfleet import DEPLOY_USER, LocalFleet
 from tests.conftest import run_inv, run_on_a_terminal
 
 SUDOERS = "/etc/sudoers.d/zz-deployer-tests"

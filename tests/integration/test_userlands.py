@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from deployer.localfleet import LocalFleet
-from deployer.userlands import ROOT
+from deployer.playground.localfleet import LocalFleet
+from deployer.playground.userlands import ROOT
 from tests.conftest import run_inv
 
 

@@ -17,8 +17,8 @@ import pytest
 
 from deployer import operations
 from deployer.inventory import load_inventory
-from deployer.localfleet import LocalFleet
 from deployer.operations import Options
+from deployer.playground.localfleet import LocalFleet
 from deployer.report import Progress
 
 pytestmark = [pytest.mark.fleet, pytest.mark.soak]

@@ -245,12 +245,12 @@ def test_any_unexpected_exception_ends_as_one_line_and_the_run_log(tmp_path, mon
 
 
 def test_build_sample_from_a_broken_installation_is_one_clear_line(tmp_path, monkeypatch):
-    from deployer import playground  # noqa: PLC0415
     from deployer.errors import InputError  # noqa: PLC0415
+    from deployer.playground import handlers  # noqa: PLC0415
 
-    monkeypatch.setattr(playground, "SAMPLE_APP", tmp_path / "sample-app")
+    monkeypatch.setattr(handlers, "SAMPLE_APP", tmp_path / "sample-app")
     with pytest.raises(InputError, match="sample app is missing from this installation"):
-        playground.build_sample("v1", str(tmp_path / "out.tar.gz"))
+        handlers.build_sample("v1", str(tmp_path / "out.tar.gz"))
 
 
 def test_verify_and_the_drill_without_the_verify_extra_say_how_to_get_it(tmp_path):

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from deployer import signing
+from deployer import host_signers, signing
 from deployer.errors import InputError
+from deployer.inventory.model import MAX_ALLOWED_SIGNERS
 
 
 def keypair(folder: Path, name: str) -> tuple[str, str]:
@@ -143,13 +144,13 @@ def test_a_recorded_signer_stays_trusted_until_removed_revoked_or_denied_the_nam
 def test_what_hosts_keep_is_byte_exact_and_bounded(release):
     from deployer.inventory.model import Signatures
 
-    copy = signing.host_copy(Signatures(release["allowed"], require=True))
+    copy = host_signers.host_copy(Signatures(release["allowed"], require=True))
     assert copy.allowed_signers == Path(release["allowed"]).read_bytes()
     assert copy.policy == b"require=yes namespace=deployer-release\n"
     assert copy.digests.split()[1] == "-"
-    Path(release["allowed"]).write_text("x" * (signing.MAX_ALLOWED_SIGNERS + 1))
+    Path(release["allowed"]).write_text("x" * (MAX_ALLOWED_SIGNERS + 1))
     with pytest.raises(InputError, match="hosts take at most"):
-        signing.host_copy(Signatures(release["allowed"]))
+        host_signers.host_copy(Signatures(release["allowed"]))
 
 
 def test_a_line_ssh_keygen_cannot_parse_is_skipped_in_the_explanations(release):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer import signing
+from deployer import host_signers, signing
 from deployer.inventory.model import Signatures
 from deployer.protocol import parse_output
 from deployer.release import PreparedArtifact
@@ -62,7 +62,7 @@ def signed(tmp_path: Path):
 
 
 def stage(signed, release: str, data: bytes | None = None, place: bool = True, **options: str):
-    copy = signing.host_copy(options.pop("settings", None) or signed["settings"])
+    copy = host_signers.host_copy(options.pop("settings", None) or signed["settings"])
     given: dict[str, str] = {"signers": copy.digests}
     if place:
         given.update(
@@ -104,7 +104,7 @@ def test_the_first_signed_stage_places_the_hosts_copy_and_records_the_signer(sig
     state = parse_state("web1", gathered, signed["deploy_to"])
     info = state.releases["20260101T000000Z-aaaaaaaa"]
     assert (info.signer, info.signer_fingerprint) == ("ci@example.org", ci_fingerprint)
-    assert state.signers == signing.host_copy(signed["settings"]).digests
+    assert state.signers == host_signers.host_copy(signed["settings"]).digests
 
 
 def test_a_host_that_requires_signatures_refuses_an_unsigned_release_whatever_the_controller_says(signed):

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from deployer import fleet
+from deployer import connection
 from deployer.inventory import Host
 
 WINDOW = 2 * 1024 * 1024
@@ -60,13 +60,13 @@ class WindowedChannel:
                 self.out_buffer_cv.notify_all()
 
 
-def sender() -> fleet.HostConnection:
-    connection = fleet.HostConnection.__new__(fleet.HostConnection)
-    connection.host = Host("web1", "127.0.0.1")
-    connection.timeouts = SimpleNamespace(command=5.0, connect=5.0)
-    connection.observer = None
-    connection.stopping = threading.Event()
-    return connection
+def sender() -> connection.HostConnection:
+    host = connection.HostConnection.__new__(connection.HostConnection)
+    host.host = Host("web1", "127.0.0.1")
+    host.timeouts = SimpleNamespace(command=5.0, connect=5.0)
+    host.observer = None
+    host.stopping = threading.Event()
+    return host
 
 
 def test_a_slow_reader_never_has_more_than_the_in_flight_limit_waiting():
@@ -77,7 +77,7 @@ def test_a_slow_reader_never_has_more_than_the_in_flight_limit_waiting():
     finally:
         channel.stop.set()
     assert bytes(channel.received) == payload
-    assert channel.peak_unconsumed <= fleet.IN_FLIGHT + PACKET
+    assert channel.peak_unconsumed <= connection.IN_FLIGHT + PACKET
     assert max(channel.sizes) <= PACKET - 64  # one SSH packet per send, never split by paramiko
 
 
@@ -88,20 +88,20 @@ def test_a_reader_that_stops_reading_times_the_upload_out():
             sender()._send(channel, [b"x" * (4 * 1024 * 1024)], time.monotonic() + 0.3)  # type: ignore[arg-type]
     finally:
         channel.stop.set()
-    assert channel.peak_unconsumed <= fleet.IN_FLIGHT + PACKET
+    assert channel.peak_unconsumed <= connection.IN_FLIGHT + PACKET
 
 
 def test_ctrl_c_stops_an_upload_at_the_next_packet():
     """Fleet.settle (after Ctrl-C) sets `stopping`: the sender stops before touching the data again,
     so the artifact's memory map can be closed safely once the workers are done."""
     channel = WindowedChannel(consume_per_tick=64 * 1024)
-    connection = sender()
+    host = sender()
     payload = b"y" * (8 * 1024 * 1024)
-    stopper = threading.Timer(0.05, connection.stopping.set)
+    stopper = threading.Timer(0.05, host.stopping.set)
     stopper.start()
     try:
-        with pytest.raises(fleet.Interrupted):
-            connection._send(channel, [payload], time.monotonic() + 30)  # type: ignore[arg-type]
+        with pytest.raises(connection.Interrupted):
+            host._send(channel, [payload], time.monotonic() + 30)  # type: ignore[arg-type]
     finally:
         channel.stop.set()
         stopper.cancel()

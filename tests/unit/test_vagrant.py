@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from deployer.errors import InputError
-from deployer.vagrant import SshHost, check_against_console, key_fingerprint, parse_ssh_config
+from deployer.playground.vagrant import SshHost, check_against_console, key_fingerprint, parse_ssh_config
 from tests.conftest import REPO
 
 SSH_CONFIG = """\

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from deployer import vmfleet
 from deployer.errors import FleetError, InputError
+from deployer.playground import vmfleet
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from deployer.locate import SAMPLE_APP
-from deployer.playground import write_manifest
+from deployer.playground.handlers import write_manifest
 from deployer.release import pack_directory
 from tests.conftest import REPO
 from tests.conftest import run_inv as inv

@@ -17,13 +17,13 @@ from deployer import cli, runlog
 from deployer.commands import Values, values
 from deployer.errors import InputError
 from deployer.invocation import command
-from deployer.localfleet import LocalFleet
 from deployer.locate import SAMPLE_APP, fleet_dir
+from deployer.playground.localfleet import LocalFleet
+from deployer.playground.userlands import parse_userlands
 from deployer.release import pack_directory, sha256_file
 from deployer.render.json import print_json
-from deployer.userlands import parse_userlands
 
-REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout, when running from one (vagrant/)
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout, when running from one (vagrant/)
 
 
 def fleet_up(given: Values) -> int:
@@ -58,7 +58,7 @@ def fleet_down(given: Values) -> int:
 
 
 def vm_fleet_up(given: Values) -> int:
-    from deployer import vmfleet  # noqa: PLC0415 - only these commands need it
+    from deployer.playground import vmfleet  # noqa: PLC0415 - only these commands need it
 
     _vagrant_folder()
     _check_out_folder(given.out)  # before minutes of starting VMs, not after
@@ -67,7 +67,7 @@ def vm_fleet_up(given: Values) -> int:
 
 
 def vm_fleet_down(given: Values) -> int:
-    from deployer import vmfleet  # noqa: PLC0415 - only these commands need it
+    from deployer.playground import vmfleet  # noqa: PLC0415 - only these commands need it
 
     vmfleet.down(_vagrant_log("vm-fleet-down"))
     if given.json:
@@ -103,7 +103,7 @@ def vagrant_inventory(given: Values) -> int:
 
 
 def _write_vagrant_inventory(ssh_config: str | None, out: str, as_json: bool) -> int:
-    from deployer.vagrant import vagrant_inventory as write  # noqa: PLC0415 - only these commands need it
+    from deployer.playground.vagrant import vagrant_inventory as write  # noqa: PLC0415 - only these commands need it
 
     _check_out_folder(out)
     hosts, checked = write(ssh_config, out, _vagrant_folder())

@@ -1,6 +1,6 @@
 """The userlands a local fleet host can have, so the suite sees what breaks off Debian.
 
-Every host of `deployer.localfleet` is an sshd in its own mount namespace; its userland is what
+Every host of `deployer.playground.localfleet` is an sshd in its own mount namespace; its userland is what
 that namespace shows the deploy user's session (`setup_script` runs inside it before sshd starts):
 
 - gnu: the machine's own Debian userland (GNU coreutils, GNU tar, dash as /bin/sh);

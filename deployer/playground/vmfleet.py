@@ -9,7 +9,7 @@
    cache (`$DEPLOYER_VM_CACHE`, default `~/.cache/deployer-vm`) when missing or made by another
    version of that script, then added to Vagrant; its kernel and initrd copied where QEMU may read.
 4. `vagrant up --provider libvirt` in `vagrant/`, its output kept in a log file, not on the screen.
-5. the inventory (`deployer.vagrant`), with every host key checked against the fingerprints the VM
+5. the inventory (`deployer.playground.vagrant`), with every host key checked against the fingerprints the VM
    printed on its serial console at boot.
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path
 from deployer.errors import FleetError, InputError
 from deployer.invocation import command
 
-VAGRANT_DIR = Path(__file__).resolve().parent.parent / "vagrant"
+VAGRANT_DIR = Path(__file__).resolve().parents[2] / "vagrant"
 BUILD_SCRIPT = VAGRANT_DIR / "box" / "build.sh"
 BOX_NAME = "deployer/bookworm"
 BOOT_DIR = Path("/var/lib/libvirt/boot")

@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deployer.errors import FleetError
-from deployer.userlands import ROOT as USERLAND_ROOT
-from deployer.userlands import discard as discard_userland
-from deployer.userlands import prepare as prepare_userland
-from deployer.userlands import setup_script as userland_setup
+from deployer.playground.userlands import ROOT as USERLAND_ROOT
+from deployer.playground.userlands import discard as discard_userland
+from deployer.playground.userlands import prepare as prepare_userland
+from deployer.playground.userlands import setup_script as userland_setup
 
 DEPLOY_USER = "deploy"
 SSHD = "/usr/sbin/sshd"
