@@ -50,7 +50,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from deployer.localfleet import LocalFleet  # noqa: E402
+from deployer.playground.localfleet import LocalFleet  # noqa: E402
 from deployer.release import pack_directory  # noqa: E402
 
 TOOL_DIR = "/srv/bench-tool"

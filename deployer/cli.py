@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from deployer import api, exits, operations, runlog
-from deployer.commands import Values, names
+from deployer.arguments import Values, names
 from deployer.errors import InputError, PlanRefused
 from deployer.inventory import Inventory
 from deployer.invocation import command

@@ -7,47 +7,11 @@ used daily, and never mean two things. Nothing here imports paramiko or fabric: 
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from deployer.errors import InputError
-
-
-class ArgumentProblem(InputError):
-    """A command line the tool cannot take: unknown command or flag, a value of the wrong kind (exit 2)."""
-
-
-@dataclass(frozen=True)
-class Flag:
-    """One flag: `kind` is "text", "count" (a whole number in [low, high]), "seconds" or "switch"."""
-
-    name: str
-    help: str
-    kind: str = "text"
-    metavar: str = ""
-    short: str = ""
-    default: Any = None
-    low: int = 0
-    high: int = 0
-
-    @property
-    def attr(self) -> str:
-        return self.name.replace("-", "_")
-
-    @property
-    def takes_value(self) -> bool:
-        return self.kind != "switch"
-
-    @property
-    def spelled(self) -> str:
-        """`-i, --inventory FILE` as help shows it."""
-        long = f"--{self.name}"
-        if self.kind == "switch" and self.default is True:
-            long = f"--{self.name} / --no-{self.name}"
-        value = f" {self.metavar or self.name.upper()}" if self.takes_value else ""
-        return (f"-{self.short}, " if self.short else "    ") + long + value
+from deployer.arguments import Flag, Values, checked
 
 
 @dataclass(frozen=True)
@@ -455,62 +419,12 @@ def default(command: str, flag: str) -> Any:
     return DEFAULTS.get((command, flag), FLAGS[flag].default)
 
 
-@dataclass
-class Values:
-    """A command's checked values, by attribute (`values.dry_run`), whichever front end parsed them."""
-
-    command: str
-    given: dict[str, Any] = field(default_factory=dict)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["given"][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
 def values(command: str, raw: Mapping[str, Any]) -> Values:
     """Check what a front end parsed (text as typed, switches as bools) against the table: numbers are
     numbers in range, names are lists; a bad value is an ArgumentProblem naming the flag and what it expects."""
     spec = COMMANDS[command]
-    checked: dict[str, Any] = {}
+    given: dict[str, Any] = {}
     for name in spec.flag_names():
         flag = FLAGS[name]
-        given = raw.get(flag.attr)
-        checked[flag.attr] = _checked(flag, given, default(command, name))
-    return Values(command, checked)
-
-
-def _checked(flag: Flag, given: Any, fallback: Any) -> Any:
-    if flag.kind == "switch":
-        return bool(given) if given is not None else bool(fallback)
-    if given is None or given == "":
-        return fallback
-    text = str(given)
-    if flag.kind == "count":
-        if not text.strip().isdigit() or not flag.low <= int(text) <= flag.high:
-            raise ArgumentProblem(f"--{flag.name} expects a whole number from {flag.low} to {flag.high}, got {text!r}")
-        return int(text)
-    if flag.kind == "seconds":
-        try:
-            number = float(text)
-        except ValueError:
-            number = -1.0
-        if not 0 <= number <= 86400:
-            raise ArgumentProblem(f"--{flag.name} expects seconds from 0 to 86400, got {text!r}")
-        return number
-    return text
-
-
-def names(value: str | None) -> tuple[str, ...]:
-    """`web1, web2` -> ("web1", "web2")."""
-    return tuple(name.strip() for name in (value or "").split(",") if name.strip())
-
-
-def near(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
-    """The closest of `choices` to a mistyped `word`, if one is close enough to suggest."""
-    found = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return found[0] if found else None
-
-
-Handler = Callable[[Values], int]
+        given[flag.attr] = checked(flag, raw.get(flag.attr), default(command, name))
+    return Values(command, given)

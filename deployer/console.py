@@ -19,6 +19,7 @@ import textwrap
 from collections.abc import Sequence
 
 from deployer import __version__, exits
+from deployer.arguments import ArgumentProblem, near
 from deployer.commands import (
     COMMANDS,
     FLAGS,
@@ -26,10 +27,8 @@ from deployer.commands import (
     GROUPS,
     LOCK_FLAGS,
     OUTPUT_FLAGS,
-    ArgumentProblem,
     Command,
     default,
-    near,
 )
 from deployer.errors import EXIT_BAD_INPUT
 from deployer.invocation import ran_as

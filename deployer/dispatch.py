@@ -8,7 +8,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from deployer import exits
-from deployer.commands import COMMANDS, ArgumentProblem, Values, values
+from deployer.arguments import ArgumentProblem, Values
+from deployer.commands import COMMANDS, values
 from deployer.errors import EXIT_BAD_INPUT, InputError
 from deployer.invocation import command
 from deployer.locate import named_inventory

@@ -13,6 +13,7 @@ from deployer import host_signers
 from deployer import plan as planning
 from deployer.connection import HostConnection
 from deployer.errors import HostError, StepFailed
+from deployer.inventory import Inventory
 from deployer.lock import utc_now
 from deployer.phases.run import Run, env_block, whole_seconds
 from deployer.plan import HostPlan
@@ -22,6 +23,7 @@ from deployer.scripts import (
     EXIT_FETCH,
     EXIT_SIGNATURE,
     EXIT_VALIDATE,
+    ScriptResult,
     run_script,
 )
 
@@ -38,19 +40,7 @@ def stage(
     inventory = run.inventory
     sources = {host_plan.host: host_plan.source for host_plan in hosts}
     placing = {host_plan.host for host_plan in hosts if host_plan.place_signers}
-    signature = artifact.signature
-    manifest = artifact.manifest
-    revision = artifact.revision
-    staged_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # orders releases; never mtimes
-    meta = " ".join(
-        [
-            staged_at,
-            str(manifest.schema_version) if manifest else "-",
-            str(manifest.min_schema) if manifest else "-",
-            revision.version or "-",
-            revision.commit or "-",
-        ]
-    )
+    meta = release_meta(artifact)
     mapped = MappedArtifact(artifact.path) if artifact.path else None
     environment = run.environment
     fetching = env_block(inventory, artifact.url) if artifact.url else b""
@@ -68,14 +58,7 @@ def stage(
             upload = [environment, mapped.view]
         else:
             upload = [environment]
-        copy = copies.get(name)
-        signed: dict[str, str] = {}
-        if signature is not None:
-            signed.update(signature=signature.text, principal=signature.signer.principal)
-        if copy is not None:
-            signed["signers"] = copy.digests
-            if name in placing:
-                signed.update(copy.place_options())
+        signed = signature_options(artifact, copies.get(name), place=name in placing)
         gated = gate if source == planning.FETCH else None
         result = run_script(
             connection,
@@ -90,7 +73,7 @@ def stage(
             validate=inventory.validate,
             validate_timeout=whole_seconds(inventory.timeouts.validate),
             meta=meta,
-            revision=revision_file(revision),
+            revision=revision_file(artifact.revision),
             shared="\n".join(inventory.shared),
             env="1" if upload[0] else "",
             fetch_timeout=whole_seconds(inventory.timeouts.stage) if source == planning.FETCH else "",
@@ -98,19 +81,9 @@ def stage(
             now=utc_now(),
             **signed,
         )
-        output = result.output
         if result.exit_status != 0:
-            steps = {EXIT_VALIDATE: "validation", EXIT_SIGNATURE: "signature", EXIT_FETCH: "fetching"}
-            step = steps.get(result.exit_status, "staging")
-            message = output.error_message()
-            failed = output.first("validate_failed")
-            if result.exit_status == EXIT_VALIDATE and failed is not None:
-                code, tail = failed[0], failed[1].strip()
-                message = f"`{inventory.validate}` exited {code}" + (f": {tail}" if tail else "")
-                if code == "124":
-                    message += f" (stopped after timeouts.validate = {inventory.timeouts.validate:g}s)"
-            raise StepFailed(connection.host.name, step, result.exit_status, message, output.tail())
-        if output.first("staged") != [release, artifact.digest]:
+            raise staging_failed(name, result, inventory)
+        if result.output.first("staged") != [release, artifact.digest]:
             raise StepFailed(connection.host.name, "staging", 0, "the host did not confirm the staged release")
         return result.seconds
 
@@ -129,6 +102,48 @@ def stage(
         if mapped is not None:
             mapped.close()
     return failures
+
+
+def release_meta(artifact: Artifact) -> str:
+    """The release's `meta` record: when it was staged (by this controller's clock; it orders
+    releases, never mtimes), the manifest's schema bounds, the revision's version and commit."""
+    manifest = artifact.manifest
+    return " ".join(
+        [
+            datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            str(manifest.schema_version) if manifest else "-",
+            str(manifest.min_schema) if manifest else "-",
+            artifact.revision.version or "-",
+            artifact.revision.commit or "-",
+        ]
+    )
+
+
+def signature_options(artifact: Artifact, copy: host_signers.HostCopy | None, place: bool) -> dict[str, str]:
+    """What a host needs to check the artifact's signature on its own: the signature and who signed
+    it, the digests its copy of who may sign must have, and (`place`) that copy itself."""
+    signed: dict[str, str] = {}
+    if artifact.signature is not None:
+        signed.update(signature=artifact.signature.text, principal=artifact.signature.signer.principal)
+    if copy is not None:
+        signed["signers"] = copy.digests
+        if place:
+            signed.update(copy.place_options())
+    return signed
+
+
+def staging_failed(host: str, result: ScriptResult, inventory: Inventory) -> StepFailed:
+    """A failed staging session in words: which step (validation, signature, fetching, staging) and why."""
+    output = result.output
+    steps = {EXIT_VALIDATE: "validation", EXIT_SIGNATURE: "signature", EXIT_FETCH: "fetching"}
+    message = output.error_message()
+    failed = output.first("validate_failed")
+    if result.exit_status == EXIT_VALIDATE and failed is not None:
+        code, tail = failed[0], failed[1].strip()
+        message = f"`{inventory.validate}` exited {code}" + (f": {tail}" if tail else "")
+        if code == "124":
+            message += f" (stopped after timeouts.validate = {inventory.timeouts.validate:g}s)"
+    return StepFailed(host, steps.get(result.exit_status, "staging"), result.exit_status, message, output.tail())
 
 
 class MappedArtifact:

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from deployer import cli, runlog
-from deployer.commands import Values, values
+from deployer.arguments import Values
+from deployer.commands import values
 from deployer.errors import InputError
 from deployer.invocation import command
 from deployer.locate import SAMPLE_APP, fleet_dir

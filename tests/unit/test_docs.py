@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from deployer import reference
-from deployer.commands import COMMANDS, ArgumentProblem
+from deployer.arguments import ArgumentProblem
+from deployer.commands import COMMANDS
 from deployer.console import _parser
 from tests.conftest import REPO
 
