@@ -191,7 +191,6 @@ def deploy(
     progress = progress or Progress(quiet=quiet)
     with artifact_source(artifact, git, repo, chosen) as (source, chosen):
         report = operations.deploy(fleet, source, release, chosen, progress)
-    report.timeline = progress.timeline.data()
     return report
 
 
@@ -208,9 +207,7 @@ def rollback(
     chosen = options(**flags)
     fleet = open_inventory(inventory, chosen, runs_hooks=True)
     progress = progress or Progress(quiet=quiet)
-    report = operations.rollback(fleet, to, chosen, progress)
-    report.timeline = progress.timeline.data()
-    return report
+    return operations.rollback(fleet, to, chosen, progress)
 
 
 def drill(
@@ -231,7 +228,6 @@ def drill(
     progress = progress or Progress(quiet=quiet)
     with artifact_source(artifact, git, repo, chosen) as (source, chosen):
         report = operations.drill(fleet, source, chosen, progress=progress, check=check)
-    report.timeline = progress.timeline.data()
     return report
 
 

@@ -64,11 +64,9 @@ def _inventory(values: Values, runs_hooks: bool = False) -> tuple[Inventory, Opt
     return api.open_inventory(values.inventory, chosen, runs_hooks=runs_hooks), chosen
 
 
-def emit(report: OperationReport, as_json: bool, progress: Progress | None = None) -> int:
+def emit(report: OperationReport, as_json: bool) -> int:
     """Print an operation's report in the form asked for; keep its JSON beside the run log."""
     exits.ignore_ctrl_c_from_now_on()
-    if progress is not None:
-        report.timeline = progress.timeline.data()
     _keep_report(report)
     print_annotations(report, sys.stderr if as_json else sys.stdout)  # stdout stays one JSON document
     if as_json:
@@ -119,14 +117,14 @@ def deploy(values: Values) -> int:
         _progress(chosen) as progress,
     ):
         report = operations.deploy(chosen, source, values.release, flags, progress)
-    return emit(report, values.json, progress)
+    return emit(report, values.json)
 
 
 def rollback(values: Values) -> int:
     chosen, flags = _inventory(values, runs_hooks=True)
     with _progress(chosen) as progress:
         report = operations.rollback(chosen, values.to, flags, progress)
-    return emit(report, values.json, progress)
+    return emit(report, values.json)
 
 
 def rollback_drill(values: Values) -> int:
@@ -152,7 +150,6 @@ def rollback_drill(values: Values) -> int:
             refusal = OperationReport("rollback-drill", None, phases=[Phase("baseline", 0.0, False, str(refused))])
             write_junit(refusal, values.junit)
         raise
-    report.timeline = progress.timeline.data()
     if values.junit:
         write_junit(report, values.junit)
     return emit(report, values.json)

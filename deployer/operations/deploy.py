@@ -21,14 +21,14 @@ from deployer.operations.outcome import (
     switch_result,
     untouched_result,
 )
-from deployer.operations.session import Options, Unreachable, counted, locked_run, prepared_artifact
+from deployer.operations.session import Options, Unreachable, finished, locked_run, prepared_artifact
 from deployer.phases import (
     Run,
     Switched,
     SwitchRequest,
     finish,
     mark_info,
-    run_once,
+    migrate_once,
     stage,
     switch,
 )
@@ -150,17 +150,11 @@ class _Rollout:
         plan, inventory = self.plan, self.run.inventory
         if plan.migration != "migrate" or not inventory.migrate or not self.acting:
             return True
-        first = in_inventory_order(inventory, list(self.acting))[0]
-        started = time.monotonic()
-        self.run.progress.say(f"running migrate once on {first} (schema {plan.migration_from} -> {plan.migration_to})")
-        problem = run_once(
-            self.run, first, self.release, "migrate", inventory.migrate, plan.migration_from, plan.migration_to
-        )
-        self.report.phases.append(Phase("migrate", time.monotonic() - started, not problem, problem))
-        if problem:
-            self.report.problems.append(f"migration failed: {problem}")
-            self.stop_before_switching("not switched: the migration failed")
-        return not problem
+        hosts = list(self.acting)
+        if migrate_once(self.run, self.report, "migrate", self.release, hosts, plan.migration_from, plan.migration_to):
+            return True
+        self.stop_before_switching("not switched: the migration failed")
+        return False
 
     def switch_in_batches(self, unpin: bool) -> tuple[list[str], str]:
         """Switch batch by batch in inventory order; (hosts attempted, why the rollout stopped or "")."""
@@ -268,4 +262,4 @@ def deploy(
     ):
         report = run_deploy(run, artifact, release_id, states, unreachable, options)
         report.phases.insert(0, gathered)
-    return counted(report, run.fleet)
+    return finished(report, run)

@@ -15,7 +15,7 @@ from deployer.lock import read_states
 from deployer.operations.deploy import run_deploy
 from deployer.operations.outcome import switch_result
 from deployer.operations.rollback import run_rollback
-from deployer.operations.session import Options, Unreachable, counted, locked_run, prepared_artifact
+from deployer.operations.session import Options, Unreachable, finished, locked_run, prepared_artifact
 from deployer.phases import (
     Run,
     SwitchRequest,
@@ -175,7 +175,7 @@ def drill(
                 report.hosts = [
                     HostResult(n, FAILED, None, None, False, 0.0, r) for n, r in sorted(unreachable.items())
                 ]
-                return report
+                return finished(report, run)
             raise PlanRefused(plan.refusal)
         baseline = plan.baseline
         assert baseline is not None
@@ -204,7 +204,7 @@ def drill(
         report.hosts = drilled.where(states, baseline)
         drilled_with = artifact.revision if artifact.revision.label() else run.revision_of(plan.release_id)
         report.revision = drilled_with.as_dict()
-    return counted(report, run.fleet)
+    return finished(report, run)
 
 
 def _with(options: Options, **changes: Any) -> Options:

@@ -26,20 +26,22 @@ from deployer.report import (
 )
 from deployer.state import HostState
 
+# What each planned action is called: in the plan shown before acting, and in a dry run's rows.
+ACTION_WORDS = {
+    planning.STAGE: ("stage and switch", "would stage and switch to {target}"),
+    planning.SWITCH: ("switch", "would switch to {target}"),
+    planning.KEEP: ("no change", "would stay"),
+    planning.REFUSE: ("REFUSED", "refused: {reason}"),
+    planning.UNREACHABLE: ("UNREACHABLE", "unreachable: {reason}"),
+}
+
 
 def show_plan(plan: Plan, progress: Progress) -> None:
-    labels = {
-        planning.STAGE: "stage and switch",
-        planning.SWITCH: "switch",
-        planning.KEEP: "no change",
-        planning.REFUSE: "REFUSED",
-        planning.UNREACHABLE: "UNREACHABLE",
-    }
     if plan.refusal:  # nothing will happen: the verdict says why, the summary names each host's part
         return
     progress.say(f"plan: {plan.operation} -> {plan.target or '(none)'}")
     for host_plan in plan.hosts:
-        label = labels[host_plan.action]
+        label = ACTION_WORDS[host_plan.action][0]
         if host_plan.action == planning.STAGE:
             label += " (cached artifact)" if host_plan.source == planning.CACHE else " (upload)"
         if host_plan.target and host_plan.target == plan.target and host_plan.action != planning.KEEP:
@@ -108,13 +110,7 @@ def refused_or_dry_run(report: OperationReport, plan: Plan, dry_run: bool) -> bo
 
 
 def _dry_run_text(plan: Plan, host_plan: HostPlan) -> str:
-    text = {
-        planning.STAGE: f"would stage and switch to {host_plan.target}",
-        planning.SWITCH: f"would switch to {host_plan.target}",
-        planning.KEEP: "would stay",
-        planning.REFUSE: f"refused: {host_plan.reason}",
-        planning.UNREACHABLE: f"unreachable: {host_plan.reason}",
-    }[host_plan.action]
+    text = ACTION_WORDS[host_plan.action][1].format(target=host_plan.target, reason=host_plan.reason)
     pruned = plan.prune.get(host_plan.host)
     return text + (f"; would prune {' '.join(pruned)}" if pruned else "")
 

@@ -11,7 +11,6 @@ from deployer.inventory import Inventory
 from deployer.invocation import command
 from deployer.operations.outcome import (
     hook_env,
-    in_inventory_order,
     local_hook,
     plan_data,
     refused_or_dry_run,
@@ -19,15 +18,15 @@ from deployer.operations.outcome import (
     switch_result,
     untouched_result,
 )
-from deployer.operations.session import Options, Unreachable, counted, locked_run
+from deployer.operations.session import Options, Unreachable, finished, locked_run
 from deployer.phases import (
     Run,
     Switched,
     SwitchRequest,
     finish,
     mark_info,
+    migrate_once,
     pin_info,
-    run_once,
     switch,
 )
 from deployer.release import check_release_name
@@ -134,21 +133,12 @@ def _rollback_migrations(run: Run, plan: planning.Plan, report: OperationReport)
     to_switch = plan.with_action(planning.SWITCH)
     if not plan.migration or not to_switch:
         return True
-    inventory = run.inventory
-    first = in_inventory_order(inventory, [h.host for h in to_switch])[0]
-    started = time.monotonic()
-    run.progress.say(
-        f"running rollback_migrations once on {first} (schema {plan.migration_from} -> {plan.migration_to})"
-    )
-    command = inventory.rollback_migrations
-    problem = run_once(
-        run, first, plan.target or "", "rollback_migrations", command, plan.migration_from, plan.migration_to
-    )
-    report.phases.append(Phase("rollback_migrations", time.monotonic() - started, not problem, problem))
-    if problem:
-        report.problems.append(f"rollback_migrations failed: {problem}")
-        report.hosts = [untouched_result(h, True) for h in plan.hosts]
-    return not problem
+    hosts = [h.host for h in to_switch]
+    target = plan.target or ""
+    if migrate_once(run, report, "rollback_migrations", target, hosts, plan.migration_from, plan.migration_to):
+        return True
+    report.hosts = [untouched_result(h, True) for h in plan.hosts]
+    return False
 
 
 def _notes(report: OperationReport, target: str, bad: str | None, outcomes: dict[str, Switched | HostError]) -> None:
@@ -180,4 +170,4 @@ def rollback(
     with locked_run(inventory, "rollback", options, progress) as (run, states, unreachable, gathered):
         report = run_rollback(run, to, states, unreachable, options)
         report.phases.insert(0, gathered)
-    return counted(report, run.fleet)
+    return finished(report, run)

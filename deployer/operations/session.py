@@ -168,10 +168,12 @@ def interrupted(fleet: Fleet, lock: FleetLock, progress: Progress, operation: st
 HISTORY_READ_BACK = 5  # records read back per host after Ctrl-C: this run's own are the newest
 
 
-def counted(report: OperationReport, fleet: Fleet) -> OperationReport:
-    """Record how many connections and sessions the operation used (issue 6's budgets, asserted in tests)."""
-    report.connections = fleet.connections_opened
-    report.sessions = fleet.sessions_by_host()
+def finished(report: OperationReport, run: Run) -> OperationReport:
+    """The report of an operation that ran: how many connections and sessions it used (budgets the
+    tests assert) and its timeline (what each host did, when)."""
+    report.connections = run.fleet.connections_opened
+    report.sessions = run.fleet.sessions_by_host()
+    report.timeline = run.progress.timeline.data()
     return report
 
 

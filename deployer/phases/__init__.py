@@ -13,7 +13,7 @@ Results come back as values; nothing here prints except through `Progress`.
 
 from deployer.phases.finish import finish
 from deployer.phases.local_hooks import LocalHookResult, run_local_hook
-from deployer.phases.migrate import run_once
+from deployer.phases.migrate import migrate_once
 from deployer.phases.run import Run, env_block, history_line, mark_info, pin_info
 from deployer.phases.stage import stage
 from deployer.phases.switch import Switched, SwitchRequest, switch, switch_host
@@ -29,7 +29,7 @@ __all__ = [
     "mark_info",
     "pin_info",
     "run_local_hook",
-    "run_once",
+    "migrate_once",
     "stage",
     "switch",
     "switch_host",
