@@ -32,273 +32,39 @@ the controller sends each host over SSH are counted by a pass-through proxy in f
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import multiprocessing
 import os
-import platform
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from deployer.playground.localfleet import LocalFleet  # noqa: E402
-from deployer.release import pack_directory  # noqa: E402
-
-TOOL_DIR = "/srv/bench-tool"
-SSH_DIR = "/srv/bench-ssh"
-
-
-@dataclass
-class Sample:
-    seconds: float
-    cpu: float  # client CPU seconds (user + system of the child processes)
-    connections: float  # per host, from sshd logs
-    sessions: float
-    host_cpu: float = 0.0  # CPU seconds of all hosts' sshd children (connections, sessions, the scripts)
-
-
-@dataclass
-class Row:
-    hosts: int
-    operation: str
-    tool: list[Sample] = field(default_factory=list)
-    ssh: list[Sample] = field(default_factory=list)
-    sent_per_host: dict[str, float] = field(default_factory=dict)  # pull rows: controller bytes per host
-
-
-def ratio(row: Row) -> float:
-    return median(row.tool, "seconds") / median(row.ssh, "seconds")
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def hosts_cpu(fleet: LocalFleet) -> float:
-    """CPU seconds used so far by the children each host's sshd has reaped: every connection's
-    sshd, its sessions and what they ran (the /proc/PID/stat cutime and cstime of each listener)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for host in fleet.hosts():
-        pid = fleet.pid(host.name)
-        if pid is None:
-            continue
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):  # gone since
-            continue
-        total += int(fields[13]) + int(fields[14])  # cutime, cstime (fields 16 and 17 of stat)
-    return total / ticks
-
-
-def measured(fleet: LocalFleet, hosts: int, action) -> Sample:  # type: ignore[no-untyped-def]
-    before_counts = fleet.ssh_counts()
-    before_hosts = hosts_cpu(fleet)
-    cpu = children_cpu()
-    started = time.perf_counter()
-    action()
-    seconds = time.perf_counter() - started
-    cpu = children_cpu() - cpu
-    time.sleep(0.2)  # let every sshd child finish writing its log lines
-    after_counts = fleet.ssh_counts()
-    connections = sum(after_counts[n][0] - before_counts[n][0] for n in after_counts) / hosts
-    sessions = sum(after_counts[n][1] - before_counts[n][1] for n in after_counts) / hosts
-    return Sample(seconds, cpu, connections, sessions, hosts_cpu(fleet) - before_hosts)
-
-
-# --- the tool ---
-
-
-PEAKS: dict[tuple[int, str], list[list[int]]] = {}  # (hosts, kind) -> [peak RSS KB, threads, fds] per run
-
-
-def tool(*args: str, hosts: int, kind: str = "") -> None:
-    """The CLI, as a user runs it on `hosts` hosts; its peak memory, threads and open files are
-    sampled from /proc and kept under (hosts, `kind`, by default the operation)."""
-    with tempfile.TemporaryFile() as out:
-        process = subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=REPO, stdout=out, stderr=out)
-        peak = [0, 0, 0]
-        deadline = time.monotonic() + 900
-        while process.poll() is None:
-            try:
-                status = Path(f"/proc/{process.pid}/status").read_text()
-                fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-                files = len(os.listdir(f"/proc/{process.pid}/fd"))
-                sample = [int(fields["VmRSS"].split()[0]), int(fields["Threads"]), files]
-                peak = [max(a, b) for a, b in zip(peak, sample, strict=True)]
-            except (OSError, KeyError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                process.kill()
-            time.sleep(0.1)
-        PEAKS.setdefault((hosts, kind or args[0]), []).append(peak)
-        if process.returncode != 0:
-            out.seek(0)
-            raise SystemExit(f"tool failed: {' '.join(args)}\n{out.read().decode(errors='replace')}")
-
-
-# --- the plain OpenSSH fan-out ---
-
-
-def ssh_base(fleet_key: str, known_hosts: str) -> list[str]:
-    return [
-        "ssh",
-        "-i", fleet_key,
-        "-o", "IdentitiesOnly=yes",
-        "-o", "BatchMode=yes",
-        "-o", f"UserKnownHostsFile={known_hosts}",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", "ControlMaster=no",
-        "-o", "ControlPath=none",
-    ]  # fmt: skip
-
-
-def fan_out(endpoints: list[tuple[str, int]], base: list[str], command: str, stdin_path: str | None) -> None:
-    processes = []
-    for address, port in endpoints:
-        stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
-        processes.append(
-            (
-                subprocess.Popen([*base, "-p", str(port), f"deploy@{address}", command], stdin=stdin),
-                stdin,
-            )
-        )
-    failed = 0
-    for process, stdin in processes:
-        failed += process.wait(timeout=900) != 0
-        if stdin is not subprocess.DEVNULL:
-            stdin.close()  # type: ignore[union-attr]
-    if failed:
-        raise SystemExit(f"OpenSSH fan-out: {failed} host(s) failed: {command}")
-
-
-def ssh_deploy_command(release: str) -> str:
-    d = SSH_DIR
-    return (
-        f"set -e; mkdir -p {d}/releases/{release}; tar -xzf - -C {d}/releases/{release}; "
-        f"if [ -L {d}/current ]; then readlink {d}/current > {d}/releases/{release}/previousVersion; fi; "
-        f"ln -s releases/{release} {d}/.current.tmp && mv -T {d}/.current.tmp {d}/current"
-    )
-
-
-def ssh_rollback_command(release: str) -> str:
-    d = SSH_DIR
-    return f"set -e; ln -s releases/{release} {d}/.current.tmp && mv -T {d}/.current.tmp {d}/current"
-
-
-# --- latency proxy ---
-
-
-def proxy_main(pairs: list[tuple[str, int, str, int]], delay: float, sent=None) -> None:  # type: ignore[no-untyped-def]
-    """Forward each listen address to its host, delaying every chunk by `delay` in each direction;
-    `sent` (a shared array, one slot per pair) counts the bytes sent towards each host."""
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: int = -1) -> None:
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-
-        async def pump() -> None:
-            while True:
-                due, data = await queue.get()
-                if not data:
-                    break
-                wait = due - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                writer.write(data)
-                await writer.drain()
-            writer.close()
-
-        task = asyncio.create_task(pump())
-        try:
-            while data := await reader.read(65536):
-                if slot >= 0 and sent is not None:
-                    sent[slot] += len(data)
-                queue.put_nowait((time.monotonic() + delay, data))
-        finally:
-            queue.put_nowait((0.0, b""))
-            await task
-
-    def handler(target: tuple[str, int], slot: int):  # type: ignore[no-untyped-def]
-        async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-            try:
-                server_reader, server_writer = await asyncio.open_connection(*target)
-            except OSError:
-                client_writer.close()
-                return
-            await asyncio.gather(
-                pipe(client_reader, server_writer, slot), pipe(server_reader, client_writer), return_exceptions=True
-            )
-
-        return handle
-
-    async def main() -> None:
-        servers = [
-            await asyncio.start_server(handler((h, p), slot), la, lp) for slot, (la, lp, h, p) in enumerate(pairs)
-        ]
-        await asyncio.gather(*(server.serve_forever() for server in servers))
-
-    asyncio.run(main())
-
-
-def start_proxies(
-    fleet: LocalFleet,
-    delay_ms: float,
-    state: str,
-    sent=None,  # type: ignore[no-untyped-def]
-    port_offset: int = 0,
-) -> tuple[multiprocessing.Process, str, str]:
-    """Start the proxies (listening on port + `port_offset`, so two can front the same hosts);
-    returns the process, an inventory and a known_hosts pointing at them."""
-    hosts = fleet.hosts()
-    pairs = []
-    known = []
-    lines = Path(fleet.inventory_path).read_text().splitlines()
-    host_keys = {
-        line.split()[0]: line.split(maxsplit=1)[1] for line in Path(fleet.known_hosts).read_text().splitlines()
-    }
-    for index, host in enumerate(hosts):
-        listen, port = host.address.replace("127.0.5.", "127.0.7."), host.port + port_offset
-        pairs.append((listen, port, host.address, host.port))
-        known.append(f"[{listen}]:{port} {host_keys[f'[{host.address}]:{host.port}']}")
-        old, new = f"address: {host.address}, port: {host.port}}}", f"address: {listen}, port: {port}}}"
-        lines = [line.replace(old, new) for line in lines]
-        del index
-    known_hosts = os.path.join(state, "proxy_known_hosts")
-    Path(known_hosts).write_text("\n".join(known) + "\n")
-    inventory = os.path.join(state, "proxy_inventory.yml")
-    text = "\n".join(lines).replace(f'known_hosts: "{fleet.known_hosts}"', f'known_hosts: "{known_hosts}"')
-    Path(inventory).write_text(text + "\n")
-    process = multiprocessing.Process(target=proxy_main, args=(pairs, delay_ms / 1000, sent), daemon=True)
-    process.start()
-    time.sleep(0.5)
-    return process, inventory, known_hosts
-
-
-# --- the run ---
-
-
-def make_artifacts(folder: str, count: int, megabytes: float) -> list[str]:
-    paths = []
-    for index in range(count):
-        tree = os.path.join(folder, f"app{index}")
-        os.makedirs(os.path.join(tree, "public"))
-        Path(tree, "VERSION").write_text(f"bench-{index}\n")
-        Path(tree, "public", "index.html").write_text("<h1>bench</h1>\n")
-        Path(tree, "public", "assets.bin").write_bytes(os.urandom(int(megabytes * 1024 * 1024)))
-        path = os.path.join(folder, f"app{index}.tar.gz")
-        pack_directory(tree, path)
-        paths.append(path)
-    return paths
+from benchmarks.harness import (  # noqa: E402
+    PEAKS,
+    TOOL_DIR,
+    LocalFleet,
+    Row,
+    Sample,
+    fan_out,
+    machine,
+    make_artifacts,
+    measured,
+    median,
+    ratio,
+    ssh_base,
+    ssh_deploy_command,
+    ssh_rollback_command,
+    start_nginx,
+    start_proxies,
+    table,
+    tool,
+)
 
 
 def bench(hosts: int, runs: int, megabytes: float, latency_ms: float) -> list[Row]:
@@ -354,19 +120,6 @@ def bench(hosts: int, runs: int, megabytes: float, latency_ms: float) -> list[Ro
             proxy.terminate()
         fleet.down()
         shutil.rmtree(state, ignore_errors=True)
-
-
-def start_nginx(folder: str) -> tuple[subprocess.Popen[bytes], str]:
-    """Debian's nginx serving `folder` on 127.0.8.1 (the origin pull deploys fetch from)."""
-    conf = os.path.join(folder, "nginx.conf")
-    Path(conf).write_text(
-        f"daemon off; user root; worker_processes 2; pid {folder}/nginx.pid; error_log {folder}/error.log;\n"
-        f"events {{ worker_connections 1024; }}\n"
-        f"http {{ access_log off; sendfile on; server {{ listen 127.0.8.1:8080; root {folder}/files; }} }}\n"
-    )
-    process = subprocess.Popen(["/usr/sbin/nginx", "-c", conf, "-p", folder])
-    time.sleep(0.5)
-    return process, "http://127.0.8.1:8080"
 
 
 def bench_pull(hosts: int, runs: int, megabytes: float) -> list[Row]:
@@ -565,41 +318,6 @@ def bench_targets(runs: int) -> str:
     lines = ["| case | target | measured | met |", "|---|---|---|---|"]
     lines += [f"| {case} | {target} | {value} | {'yes' if met else '**no**'} |" for case, target, value, met in cases]
     return "\n".join(lines) + "\n\n" + "\n\n".join(tables) + "\n\n" + peaks_text()
-
-
-def median(samples: list[Sample], attribute: str) -> float:
-    return statistics.median(getattr(sample, attribute) for sample in samples)
-
-
-def table(rows: list[Row], latency_ms: float) -> str:
-    header = (
-        "| hosts | operation | tool s | OpenSSH s | tool/OpenSSH | connections/host | sessions/host "
-        "| client CPU ms/host (tool) | client CPU ms/host (OpenSSH) | hosts' CPU ms/host (tool) "
-        "| hosts' CPU ms/host (OpenSSH) |"
-    )
-    lines = [header, "|" + "---|" * 11]
-    for row in rows:
-        tool_s, ssh_s = median(row.tool, "seconds"), median(row.ssh, "seconds")
-        lines.append(
-            f"| {row.hosts} | {row.operation}{f' (+{latency_ms:g} ms each way)' if latency_ms else ''} "
-            f"| {tool_s:.2f} | {ssh_s:.2f} | {tool_s / ssh_s:.2f} "
-            f"| {median(row.tool, 'connections'):.1f} (OpenSSH {median(row.ssh, 'connections'):.1f}) "
-            f"| {median(row.tool, 'sessions'):.1f} (OpenSSH {median(row.ssh, 'sessions'):.1f}) "
-            f"| {median(row.tool, 'cpu') * 1000 / row.hosts:.1f} | {median(row.ssh, 'cpu') * 1000 / row.hosts:.1f} "
-            f"| {median(row.tool, 'host_cpu') * 1000 / row.hosts:.1f} "
-            f"| {median(row.ssh, 'host_cpu') * 1000 / row.hosts:.1f} |"
-        )
-    return "\n".join(lines)
-
-
-def machine() -> str:
-    cpus = os.cpu_count()
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    ssh_version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
-    return (
-        f"{platform.node()}: {cpus} CPUs, {memory:.0f} GiB, {platform.platform()}, Python {platform.python_version()}, "
-        f"{ssh_version}"
-    )
 
 
 def main() -> int:
