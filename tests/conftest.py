@@ -8,6 +8,7 @@ import pty
 import re
 import select
 import shlex
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -227,3 +228,37 @@ def run_on_a_terminal(
     _, status = os.waitpid(pid, 0)
     os.close(fd)
     return os.waitstatus_to_exitcode(status), transcript.decode(errors="replace")
+
+
+def inv_process(*args: str) -> subprocess.Popen[str]:
+    """The CLI in the background, as an operator's terminal runs it: Ctrl-C (SIGINT) is not ignored.
+
+    A test run started in the background by a non-interactive shell (CI) inherits SIGINT ignored,
+    and Python then never raises KeyboardInterrupt: the child's SIGINT is reset to the default."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def lock_folders(views, deploy_to):
+    return {name: view.host.run("test -d %s", f"{deploy_to}/.deployer/lock").rc == 0 for name, view in views.items()}
+
+
+def wait_for_lock(views, deploy_to, process):
+    deadline = time.monotonic() + 60
+    while not all(lock_folders(views, deploy_to).values()):
+        assert process.poll() is None, f"the operation ended before it was seen locking: {process.communicate()}"
+        assert time.monotonic() < deadline, "the operation never took the lock"
+        time.sleep(0.05)
+
+
+def git(repo, *args):
+    env = {"GIT_AUTHOR_NAME": "Ana", "GIT_AUTHOR_EMAIL": "ana@example.org", "GIT_COMMITTER_NAME": "Ana"}
+    env |= {"GIT_COMMITTER_EMAIL": "ana@example.org", "PATH": "/usr/bin:/bin", "HOME": str(repo)}
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, env=env).stdout

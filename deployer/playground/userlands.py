@@ -19,6 +19,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from deployer.errors import FleetError
@@ -151,6 +152,9 @@ def parse_userlands(text: str) -> tuple[str, ...]:
     return kinds
 
 
+STALE_AFTER_SECONDS = 7 * 24 * 3600
+
+
 def prepare(kind: str, folder: str, fleet: str = "") -> None:
     """Build what userland `kind` needs under `folder` (shared by the fleet's hosts; idempotent).
 
@@ -160,9 +164,12 @@ def prepare(kind: str, folder: str, fleet: str = "") -> None:
         raise FleetError(f"unknown userland {kind!r}; choose from {', '.join(USERLANDS)} or mixed")
     root = Path(folder)
     for stale in root.parent.glob("userlands-*") if root.parent.exists() else ():
-        if stale != root:  # built by an older version of this module
+        # built by another version of this module: another checkout's fleet may be running on it
+        # (a test suite beside a demo), so only one unused for a week goes
+        if stale != root and time.time() - stale.stat().st_mtime > STALE_AFTER_SECONDS:
             shutil.rmtree(stale, ignore_errors=True)
     Path(root, "empty").mkdir(parents=True, exist_ok=True)
+    os.utime(root)  # in use: see above
     for parent in (root, *root.parents):
         if parent == Path("/"):
             break

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -15,38 +13,10 @@ from deployer import operations
 from deployer.inventory import load_inventory
 from deployer.operations import Options
 from deployer.report import Progress
-from tests.conftest import REPO, run_inv
+from tests.conftest import inv_process, lock_folders, run_inv, wait_for_lock
 
 pytestmark = pytest.mark.fleet
 QUIET = Progress(quiet=True)
-
-
-def inv_process(*args: str) -> subprocess.Popen[str]:
-    """The CLI in the background, as an operator's terminal runs it: Ctrl-C (SIGINT) is not ignored.
-
-    A test run started in the background by a non-interactive shell (CI) inherits SIGINT ignored,
-    and Python then never raises KeyboardInterrupt: the child's SIGINT is reset to the default."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-
-
-def lock_folders(views, deploy_to):
-    return {name: view.host.run("test -d %s", f"{deploy_to}/.deployer/lock").rc == 0 for name, view in views.items()}
-
-
-def wait_for_lock(views, deploy_to, process):
-    deadline = time.monotonic() + 60
-    while not all(lock_folders(views, deploy_to).values()):
-        assert process.poll() is None, f"the operation ended before it was seen locking: {process.communicate()}"
-        assert time.monotonic() < deadline, "the operation never took the lock"
-        time.sleep(0.05)
 
 
 def test_two_deploys_started_at_the_same_moment_exactly_one_proceeds(make_inventory, views, artifacts, deploy_to):

@@ -5,17 +5,10 @@ commit prefix, and names that mean nothing or more than one release refused, cha
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
-from tests.conftest import run_inv
-
-
-def git(repo, *args):
-    env = {"GIT_AUTHOR_NAME": "Ana", "GIT_AUTHOR_EMAIL": "ana@example.org", "GIT_COMMITTER_NAME": "Ana"}
-    env |= {"GIT_COMMITTER_EMAIL": "ana@example.org", "PATH": "/usr/bin:/bin", "HOME": str(repo)}
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, env=env).stdout
+from tests.conftest import git, run_inv
 
 
 @pytest.fixture

@@ -295,7 +295,7 @@ def test_a_rollback_to_a_release_whose_key_was_revoked_is_refused_unless_forced(
 
 
 def test_a_commit_signed_with_sign_git_deploys_with_deploy_git(signed, views, deploy_to):
-    from tests.integration.test_versions import git
+    from tests.conftest import git
 
     folder = signed["folder"] / "repo"
     folder.mkdir()

@@ -21,8 +21,7 @@ from deployer.inventory import load_inventory
 from deployer.lock import process_identity, runtime_id
 from deployer.operations import Options
 from deployer.report import REFUSED, Progress
-from tests.conftest import run_inv
-from tests.integration.test_lock_and_pin import inv_process, lock_folders
+from tests.conftest import inv_process, lock_folders, run_inv
 
 pytestmark = pytest.mark.fleet
 QUIET = Progress(quiet=True)

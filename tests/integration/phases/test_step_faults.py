@@ -17,8 +17,7 @@ from deployer import operations
 from deployer.inventory import load_inventory
 from deployer.release import pack_directory
 from deployer.report import Progress
-from tests.conftest import run_inv
-from tests.integration.test_lock_and_pin import inv_process, lock_folders, wait_for_lock
+from tests.conftest import inv_process, lock_folders, run_inv, wait_for_lock
 
 pytestmark = pytest.mark.fleet
 QUIET = Progress(quiet=True)
