@@ -2,6 +2,7 @@
 # Set up what a job needs on a fresh Debian machine (as root) and run it:
 #   ./dev.sh demo   the main job on a local 3-host fleet (installs only what the demo needs: sshd, a venv)
 #   ./dev.sh test   the whole test suite (unit, integration against real sshd hosts, the VM suite); args go to pytest
+#   ./dev.sh test --quick   lint, types, unit tests and a smoke deploy/rollback/drill on the local fleet (minutes)
 #   ./dev.sh bench  the benchmark against a plain OpenSSH fan-out (benchmarks/bench.py; args passed on)
 #   ./dev.sh setup  only the set-up for the tests (everything `test` installs)
 set -euo pipefail
@@ -60,6 +61,10 @@ case "${1:-}" in
         shift
         .venv/bin/ruff check deployer tasks.py tests benchmarks
         .venv/bin/mypy
+        if [ "${1:-}" = --quick ]; then  # the inner loop: unit tests and a smoke on the local fleet
+            shift
+            exec .venv/bin/python -m pytest -m "smoke or not (fleet or vm or soak)" "$@"
+        fi
         exec .venv/bin/python -m pytest "$@" ;;
     bench) shift; exec .venv/bin/python benchmarks/bench.py "$@" ;;
     setup) ;;

@@ -132,3 +132,12 @@ def test_the_planner_does_no_io():
             names = {alias.name for node in ast.walk(text) if isinstance(node, ast.Import) for alias in node.names}
             names |= {node.module or "" for node in ast.walk(text) if isinstance(node, ast.ImportFrom)}
             assert not {n for n in names | GRAPH[name] if n.startswith(acting)}, name
+
+
+def test_the_inventory_is_a_description_that_depends_on_nothing_that_acts():
+    """`inventory/` (what the fleet is) imports only itself and the error tree: not signing, scripts
+    or connections (it once did, through signing's size limits, and closed a circle of nine)."""
+    for name in MODULES:
+        if name.startswith("deployer.inventory"):
+            outside = {target for target in GRAPH[name] if not target.startswith("deployer.inventory")}
+            assert outside <= {"deployer.errors"}, name

@@ -30,6 +30,7 @@ def on_each(views, deploy_to):
     return {name: (view.current_release(deploy_to), view.version(deploy_to)) for name, view in views.items()}
 
 
+@pytest.mark.smoke
 def test_deploy_then_rollback_on_every_host(make_inventory, views, artifacts, deploy_to):
     inventory = make_inventory(validate="sh bin/check")
     first = deploy(inventory, artifacts["v1"])
@@ -136,6 +137,7 @@ def test_a_controller_holding_more_than_1024_open_files(make_inventory, views, a
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+@pytest.mark.smoke
 def test_drill_deploys_rolls_back_and_redeploys(make_inventory, views, artifacts, deploy_to):
     inventory = make_inventory(validate="sh bin/check")
     baseline = deploy(inventory, artifacts["v1"]).target
