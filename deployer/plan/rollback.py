@@ -29,18 +29,27 @@ def _rolled_back_to(state: HostState) -> str | None:
     return None
 
 
-def _latest_rollback_targets(states: Mapping[str, HostState]) -> set[str]:
-    """Where the most recent rollback (by the controller's time it records) sent its hosts.
+def _switch_time(state: HostState) -> str:
+    """When this host's last switch (deploy, rollback or revert) happened, as it recorded it; "" unknown."""
+    return str(state.last_op.get("time") or "") if state.last_op else ""
 
-    A host still on the target of an older, finished rollback is not part of an unfinished one.
-    More than one target means rollbacks that cannot be ordered: the caller refuses.
+
+def _latest_rollback_targets(states: Mapping[str, HostState]) -> set[str]:
+    """Where the most recent rollback sent its hosts, while it is the fleet's latest switch.
+
+    Every switch a host records ends an older rollback's claim: a canary rolled back to R1, then
+    the rest of the fleet deployed R3 and R4, leaves no unfinished rollback to R1 to complete (the
+    hosts are on different releases). A host still on the target of an older, finished rollback
+    is not part of an unfinished one. More than one target means rollbacks that cannot be
+    ordered: the caller refuses.
     """
-    latest: dict[str, set[str]] = {}
+    newest = max((_switch_time(state) for state in states.values()), default="")
+    latest: set[str] = set()
     for state in states.values():
         target = _rolled_back_to(state)
-        if target is not None and state.last_op is not None:
-            latest.setdefault(str(state.last_op.get("time") or ""), set()).add(target)
-    return latest[max(latest)] if latest else set()
+        if target is not None and _switch_time(state) == newest:
+            latest.add(target)
+    return latest
 
 
 def _describe_split(counts: Iterable[tuple[str | None, int]]) -> str:

@@ -10,6 +10,7 @@ from deployer.state import HostState, ReleaseInfo
 
 D = "/srv/app"
 RELEASES = ["r0", "r1", "r2", "r3"]
+SWITCH_TIMES = ["", "2026-12-01T01:00:00Z", "2026-12-01T02:00:00Z", "2026-12-01T03:00:00Z"]
 PIN = {"release": "r1", "user": "ana", "time": "2026-11-22T03:00:00Z", "why": "checkout broken"}
 
 
@@ -49,7 +50,9 @@ def fleets(draw):
         present = draw(st.sets(st.sampled_from(RELEASES)))
         if current:
             present.add(current)
-        last = draw(st.sampled_from([None, {"op": "rollback", "to": current}, {"op": "deploy", "to": current}]))
+        op = draw(st.sampled_from([None, "rollback", "deploy", "revert"]))
+        when = draw(st.sampled_from(SWITCH_TIMES))
+        last = None if op is None else {"op": op, "to": current, "time": when}
         states[f"h{i}"] = host(f"h{i}", current, previous, releases=tuple(sorted(present)), last_op=last)
     down = {f"d{i}": "refused" for i in range(draw(st.integers(0, 2)))}
     return states, down

@@ -291,3 +291,38 @@ def test_a_target_whose_signer_is_no_longer_trusted_is_refused_and_records_nothi
     assert any("SWITCHING ANYWAY (--force)" in warning for warning in forced.warnings)
     # a release that is untrusted elsewhere, or on a host that does not switch, is no reason
     assert not p.plan_rollback(D, states, {}, untrusted={("a", "r1"): "x", ("b", "r3"): "y"}).refusal
+
+
+@settings(max_examples=400, deadline=None)
+@given(fleets(), st.sampled_from([None, *RELEASES]))
+def test_a_rollback_older_than_a_later_switch_never_decides(generated, to):
+    """Every switch a host records ends an older rollback's claim: the plan is the same as if the
+    rollback records older than the fleet's latest switch were not there."""
+    states, down = generated
+    newest = max((str((s.last_op or {}).get("time") or "") for s in states.values()), default="")
+    forgotten = {
+        name: with_(state, last_op=None)
+        if state.last_op and state.last_op.get("op") == "rollback" and state.last_op.get("time", "") < newest
+        else state
+        for name, state in states.items()
+    }
+    plan, without = p.plan_rollback(D, states, down, to), p.plan_rollback(D, forgotten, down, to)
+    assert (plan.target, plan.refusal, actions(plan)) == (without.target, without.refusal, actions(without))
+
+
+class TestStaleRollbackRecords:
+    def test_a_canary_rolled_back_long_ago_does_not_send_the_fleet_back_to_it(self):
+        """Canary rolled back to r1 (`--group canary`); the others then deployed r2 and r3."""
+        canary = host("canary", "r1", "r0", last_op={"op": "rollback", "to": "r1", "time": "2026-12-01T01:00:00Z"})
+        later = {"op": "deploy", "to": "r3", "time": "2026-12-01T03:00:00Z"}
+        states = fleet(canary, host("a", "r3", "r2", last_op=later), host("b", "r3", "r2", last_op=later))
+        plan = p.plan_rollback(D, states, {})
+        assert plan.target is None and "different releases" in plan.refusal
+        assert not plan.acting()
+
+    def test_the_latest_rollback_still_completes_on_a_host_it_missed(self):
+        rolled = {"op": "rollback", "to": "r1", "time": "2026-12-01T03:00:00Z"}
+        earlier = {"op": "deploy", "to": "r2", "time": "2026-12-01T02:00:00Z"}
+        states = fleet(host("a", "r1", "r0", last_op=rolled), host("b", "r2", "r1", last_op=earlier))
+        plan = p.plan_rollback(D, states, {})
+        assert plan.target == "r1" and actions(plan) == {"a": p.KEEP, "b": p.SWITCH}
