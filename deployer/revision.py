@@ -11,6 +11,7 @@ import gzip
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
@@ -106,12 +107,31 @@ def from_manifest(data: Mapping[str, object], where: str) -> Revision:
     )
 
 
+def git_command(folder: str) -> list[str]:
+    """`git` in `folder` with the settings that would run that repository's own programs turned off:
+    the file system monitor (`core.fsmonitor`, run by `git status`), hooks, and clean/smudge/process
+    filters (run when git compares the work tree). A repository is data, never code the tool runs."""
+    safe = ["git", "-C", folder, "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null"]
+    try:
+        listed = subprocess.run(
+            [*safe, "config", "--null", "--get-regexp", r"^filter\."], capture_output=True, timeout=30, check=False
+        ).stdout.decode(errors="replace")
+    except (OSError, subprocess.TimeoutExpired):
+        listed = ""
+    drivers = {entry.split("\n", 1)[0].rsplit(".", 1)[0] for entry in listed.split("\0") if entry.startswith("filter.")}
+    for driver in sorted(drivers):
+        safe += ["-c", f"{driver}.clean=cat", "-c", f"{driver}.smudge=cat", "-c", f"{driver}.process="]
+        safe += ["-c", f"{driver}.required=false"]
+    return safe
+
+
 def from_git(folder: str, ref: str = "HEAD") -> Revision:
     """What git knows about `ref` in the work tree holding `folder` (empty when it is not in one)."""
+    command = git_command(folder)
 
     def git(*args: str) -> str:
         try:
-            done = subprocess.run(["git", "-C", folder, *args], capture_output=True, text=True, timeout=30, check=False)
+            done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=30, check=False)
         except (OSError, subprocess.TimeoutExpired):
             return ""
         return done.stdout.strip() if done.returncode == 0 else ""
@@ -142,19 +162,29 @@ def pack_git(repository: str, ref: str, destination: str) -> Revision:
     found = from_git(repository, ref)
     if not found.commit:
         raise ArtifactError(f"{where}: no commit {ref!r} in the git repository at {repository}")
-    try:
-        archived = subprocess.run(
-            ["git", "-C", repository, "archive", "--format=tar", found.commit],
-            capture_output=True,
-            timeout=600,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ArtifactError(f"{where}: git archive failed ({exc})") from None
-    if archived.returncode != 0:
-        raise ArtifactError(f"{where}: git archive failed: {archived.stderr.decode(errors='replace').strip()}")
-    with open(destination, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped:
-        zipped.write(archived.stdout)
+    with tempfile.TemporaryFile() as errors:
+        try:
+            archiving = subprocess.Popen(
+                [*git_command(repository), "archive", "--format=tar", found.commit],
+                stdout=subprocess.PIPE,
+                stderr=errors,
+            )
+        except OSError as exc:
+            raise ArtifactError(f"{where}: git archive failed ({exc})") from None
+        assert archiving.stdout is not None
+        with open(destination, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped:
+            # streamed: an archive of any size needs a chunk of memory, not its size
+            while chunk := archiving.stdout.read(1024 * 1024):
+                zipped.write(chunk)
+        try:
+            status = archiving.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            archiving.kill()
+            raise ArtifactError(f"{where}: git archive did not finish within 600s") from None
+        if status != 0:
+            errors.seek(0)
+            said = errors.read(4096).decode(errors="replace").strip()
+            raise ArtifactError(f"{where}: git archive failed: {said}")
     return found
 
 

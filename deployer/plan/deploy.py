@@ -9,6 +9,7 @@ from typing import Any
 
 from deployer.invocation import command
 from deployer.plan.facts import (
+    SCHEMA_SPLIT_HINT,
     bad_marks,
     describe_pin,
     describe_split,
@@ -16,6 +17,7 @@ from deployer.plan.facts import (
     fleet_pin,
     fleet_schema,
     release_anywhere,
+    schema_disagreement,
     schema_problem,
     split_of,
 )
@@ -118,6 +120,7 @@ def plan_deploy(
         _pin_guard(states, unpin),
         _split_guard(states, release_id, force),
         ("", _bad_warnings(states, release_id, digest)),
+        _schema_split_guard(states, force),
         _schema_guard(release_id, manifest, recorded, force),
     ]
     refusal = next((refused for refused, _warnings in guards if refused), "")
@@ -219,6 +222,16 @@ def _bad_warnings(states: Mapping[str, HostState], release_id: str, digest: str)
         for bad_id, info in sorted(bad_marks(states).items())
         if bad_id == release_id or (digest and release_anywhere(states, bad_id) and digest_of(states, bad_id) == digest)
     ]
+
+
+def _schema_split_guard(states: Mapping[str, HostState], force: bool) -> Guard:
+    """Hosts that disagree on the recorded schema: refused (it decides whether `migrate` runs) unless `force`."""
+    problem = schema_disagreement(states)
+    if not problem:
+        return "", []
+    if force:
+        return "", [problem + "; taking the highest and recording it on every host switched (--force)"]
+    return problem + SCHEMA_SPLIT_HINT, []
 
 
 def _schema_guard(release_id: str, manifest: Manifest | None, recorded: SchemaRecord | None, force: bool) -> Guard:

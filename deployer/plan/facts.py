@@ -31,9 +31,28 @@ def fleet_pin(states: Mapping[str, HostState]) -> Mapping[str, Any] | None:
 
 
 def fleet_schema(states: Mapping[str, HostState]) -> SchemaRecord | None:
-    """The newest schema any host records: the database is shared, so the highest version wins."""
+    """The schema the hosts record (the highest, where they disagree: see `schema_disagreement`)."""
     records = [state.schema for state in states.values() if state.schema is not None]
     return max(records, key=lambda record: (record.version, record.min_compatible)) if records else None
+
+
+SCHEMA_SPLIT_HINT = (
+    "; correct <deploy_to>/.deployer/schema on the hosts that are wrong, or use --force to take the highest"
+)
+
+
+def schema_disagreement(states: Mapping[str, HostState]) -> str:
+    """Hosts recording different database schema versions, named ("" when those that record one
+    agree). The database is shared, so one host's record (restored from a staging copy, say) must
+    not silently decide migrations for the fleet. Hosts with no record yet (new ones) do not count."""
+    by_version: dict[int, list[str]] = {}
+    for name, state in sorted(states.items()):
+        if state.schema is not None:
+            by_version.setdefault(state.schema.version, []).append(name)
+    if len(by_version) <= 1:
+        return ""
+    split = "; ".join(f"{version} on {', '.join(hosts)}" for version, hosts in sorted(by_version.items()))
+    return f"hosts disagree about the database schema they record ({split})"
 
 
 def bad_marks(states: Mapping[str, HostState]) -> dict[str, Mapping[str, Any]]:

@@ -7,12 +7,14 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from deployer.plan.facts import (
+    SCHEMA_SPLIT_HINT,
     bad_marks,
     describe_releases,
     describe_split,
     fleet_schema,
     manifest_of,
     release_anywhere,
+    schema_disagreement,
     schema_problem,
     split_of,
 )
@@ -179,6 +181,11 @@ def plan_rollback(
         states, target, recorded, force, rollback_migrations
     )
     signature_refusal, signature_warnings = _signature_guard(hosts, target, untrusted or {}, force)
+    split = schema_disagreement(states)
+    if split and force:
+        schema_warnings.append(split + "; taking the highest (--force)")
+    elif split:
+        schema_refusal = split + SCHEMA_SPLIT_HINT  # first: the other schema checks read the highest
     refusal = refusal or schema_refusal or signature_refusal
     warnings += signature_warnings
     return Plan(

@@ -130,3 +130,27 @@ def test_a_subfolder_of_a_repository_is_archived_alone(repo, tmp_path):
     pack_git(str(repo / "web"), "HEAD", str(out))
     with tarfile.open(out) as archive:
         assert archive.getnames() == ["VERSION"]
+
+
+def test_a_repositorys_own_programs_never_run(repo, tmp_path):
+    """An artifact folder's repository is data: its fsmonitor hook (run by `git status`), its clean
+    filter (run when git compares the work tree) and its smudge filter (run by `git archive`) are
+    programs of whoever wrote .git/config, and reading the revision or packing --git runs none."""
+    ran = tmp_path / "ran"
+    hook = tmp_path / "evil"
+    hook.write_text(f"#!/bin/sh\necho \"$0 $*\" >> {ran}\ncat\n")
+    hook.chmod(0o755)
+    git(repo, "config", "core.fsmonitor", str(hook))
+    git(repo, "config", "filter.evil.clean", str(hook))
+    git(repo, "config", "filter.evil.smudge", str(hook))
+    (repo / ".gitattributes").write_text("* filter=evil\n")
+    git(repo, "add", ".gitattributes")
+    git(repo, "commit", "-q", "-m", "attributes")
+    ran.unlink(missing_ok=True)  # committing here (the test's own git) may have run it
+    (repo / "VERSION").write_text("changed, so status must look at it\n")
+    found = from_git(str(repo))
+    assert found.dirty and found.commit
+    pack_git(str(repo), "HEAD", str(tmp_path / "app.tar.gz"))
+    with tarfile.open(tmp_path / "app.tar.gz") as archive:
+        assert archive.extractfile("VERSION").read() == b"two\n"
+    assert not ran.exists(), ran.read_text()

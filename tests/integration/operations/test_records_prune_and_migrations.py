@@ -213,6 +213,26 @@ def test_migrations_run_once_and_rollback_respects_the_schema(make_inventory, vi
     assert all(view.sh("cat %s", f"{deploy_to}/.deployer/schema").startswith("2 1 ") for view in views.values())
 
 
+
+def test_hosts_that_disagree_on_the_schema_refuse_a_deploy_that_would_skip_migrate(
+    make_inventory, views, deploy_to, tmp_path
+):
+    """web3 is restored from staging with schema 55 while the fleet records 41: a release at 50 must
+    not skip `migrate` on the strength of web3's record. Refused naming both; nothing changes."""
+    log = f"{deploy_to}-migrations.log"
+    inventory = make_inventory(extra=f"migrate: 'echo \"$DEPLOYER_SCHEMA_FROM->$DEPLOYER_SCHEMA_TO\" >> {log}'\n")
+    first = deploy(inventory, build_app(tmp_path, "s41", "schema_version: 41\nmin_schema: 41\n")).target
+    views["web3"].sh("printf '55 50 r-staging\\n' > %s", f"{deploy_to}/.deployer/schema")
+    s50 = build_app(tmp_path, "s50", "schema_version: 50\n")
+    refused = run_inv("deploy", "--inventory", inventory, "--artifact", s50)
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "41 on web1, web2, web4; 55 on web3" in refused.stdout
+    assert {view.current_release(deploy_to) for view in views.values()} == {first}
+    assert [view.sh("cat %s", f"{deploy_to}/.deployer/schema").split()[0] for view in views.values()] == [
+        "41", "41", "55", "41"
+    ]
+    assert views["web1"].sh("cat %s", log).splitlines() == ["->41"]  # migrate never ran for 50
+
 def test_forced_rollback_past_the_schema_is_allowed_and_said(make_inventory, views, deploy_to, tmp_path):
     inventory = make_inventory()
     deploy(inventory, build_app(tmp_path, "s1", "schema_version: 1\n"))

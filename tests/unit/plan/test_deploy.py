@@ -96,6 +96,20 @@ class TestDeployGuards:
         assert plan.migration == "migrate" and (plan.migration_from, plan.migration_to) == (1, 2)
         assert plan.schema == SchemaRecord(2, 1, "r9")
 
+    def test_hosts_that_disagree_on_the_recorded_schema_are_refused_with_both_values(self):
+        """A host restored from staging records 55, the others 41: the release (schema 50) would skip
+        `migrate` on the strength of one host's record. Refused, both values named; nothing acts."""
+        a = with_(host("a", "r1"), schema=SchemaRecord(41, 41, "r1"))
+        b = with_(host("b", "r1"), schema=SchemaRecord(41, 41, "r1"))
+        restored = with_(host("c", "r1"), schema=SchemaRecord(55, 50, "r7"))
+        new = with_(host("d", "r1"))  # no record yet: not a disagreement
+        plan = p.plan_deploy(D, fleet(a, b, restored, new), {}, "r9", "d9", manifest=Manifest(50, 41))
+        assert "41 on a, b; 55 on c" in plan.refusal and not plan.acting() and plan.migration == ""
+        forced = p.plan_deploy(D, fleet(a, b, restored, new), {}, "r9", "d9", manifest=Manifest(56, 41), force=True)
+        assert not forced.refusal and any("disagree" in warning for warning in forced.warnings)
+        agreeing = p.plan_deploy(D, fleet(a, b, new), {}, "r9", "d9", manifest=Manifest(50, 41))
+        assert not agreeing.refusal and agreeing.migration == "migrate"
+
 
 @given(st.integers(1, 300), st.integers(1, 300))
 def test_batches_cover_every_host_once_in_order(hosts, size):

@@ -326,3 +326,14 @@ class TestStaleRollbackRecords:
         states = fleet(host("a", "r1", "r0", last_op=rolled), host("b", "r2", "r1", last_op=earlier))
         plan = p.plan_rollback(D, states, {})
         assert plan.target == "r1" and actions(plan) == {"a": p.KEEP, "b": p.SWITCH}
+
+
+def test_a_rollback_with_hosts_that_disagree_on_the_recorded_schema_is_refused():
+    states = fleet(
+        with_(host("a", "r3", "r2"), schema=SchemaRecord(41, 41, "r3")),
+        with_(host("b", "r3", "r2"), schema=SchemaRecord(55, 55, "r7")),
+    )
+    plan = p.plan_rollback(D, states, {})
+    assert "41 on a; 55 on b" in plan.refusal and not plan.acting() and plan.mark_bad is None
+    forced = p.plan_rollback(D, states, {}, force=True)
+    assert not forced.refusal and forced.target == "r2"
