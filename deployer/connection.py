@@ -175,7 +175,7 @@ class HostConnection:
                     self._send(channel, upload, deadline)
                 if gate is None:
                     channel.shutdown_write()
-                records = _Records(self, channel, deadline, gate)
+                records = _Records(self, channel, deadline, gate, step)
                 try:
                     self._read(channel, stdout, stderr, deadline, records.read)
                 finally:
@@ -287,12 +287,19 @@ class _Records:
     records take and give back the session's slot (see `HostConnection.run`)."""
 
     def __init__(
-        self, connection: HostConnection, channel: paramiko.Channel, deadline: float, gate: threading.Semaphore | None
+        self,
+        connection: HostConnection,
+        channel: paramiko.Channel,
+        deadline: float,
+        gate: threading.Semaphore | None,
+        step: str,
     ) -> None:
         self.connection = connection
         self.channel = channel
         self.deadline = deadline
         self.gate = gate
+        self.step = step
+        self.asked = False  # a session asks for its fetch slot once: a second ask breaks the protocol
         self.holding = False
         self.partial = b""
 
@@ -304,15 +311,27 @@ class _Records:
                 self.record(line[len(PROGRESS_RECORD) :][:64].decode("ascii", "replace"))
 
     def record(self, name: str) -> None:
-        if self.gate is not None and name == "fetch-wait" and not self.holding:
+        if self.gate is not None and name == "fetch-wait":
+            if self.asked:
+                raise ProtocolError(self.connection.host.name, self.step, "it asked for a fetch slot twice")
+            self.asked = True
             self.connection.tell("progress", name)
             self.take_slot(self.gate)
-            self.channel.sendall(b"go\n")
-            self.channel.shutdown_write()
+            self.say_go()
         elif self.gate is not None and name == "fetched":
             self.give_back()
         else:
             self.connection.tell("progress", name)
+
+    def say_go(self) -> None:
+        """"go" on the session's stdin, then its end; bounded by the step's deadline. paramiko's
+        `sendall` would spin forever on a channel whose write side is already shut (`send` returns 0)."""
+        if self.channel.closed or self.channel.eof_sent:
+            raise ProtocolError(self.connection.host.name, self.step, "it asked for a fetch slot after its input ended")
+        self.channel.settimeout(max(0.01, self.deadline - time.monotonic()))
+        if self.channel.send(b"go\n") != 3:
+            raise ProtocolError(self.connection.host.name, self.step, "it stopped reading before its fetch slot")
+        self.channel.shutdown_write()
 
     def take_slot(self, gate: threading.Semaphore) -> None:
         while not gate.acquire(timeout=0.2):
