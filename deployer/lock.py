@@ -143,7 +143,17 @@ def process_identity(pid: int) -> dict[str, str]:
         "machine": _read("/etc/machine-id"),
         "boot": _read("/proc/sys/kernel/random/boot_id"),
         "pid_start": start,
+        "pid_namespace": _pid_namespace(),
     }
+
+
+def _pid_namespace() -> str:
+    """This process's PID namespace ("pid:[4026531836]"): pids mean something only inside it, and
+    containers sharing one /dev/shm (so one runtime id) can each have their own."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 MAX_HISTORY_LINES = 10000
@@ -368,7 +378,7 @@ def is_stale(lock_state: LockState) -> bool | None:
     """True when the run that took the lock provably no longer exists; None when that cannot be known.
 
     Provable only for locks that name this controller's runtime id (this machine, this boot: see
-    `runtime_id`) and whose process (pid and start time) no longer runs. Anything else, a lock
+    `runtime_id`) and this PID namespace, and whose process (pid and start time) no longer runs. Anything else, a lock
     from before a reboot included, cannot be judged from here: `inv unlock` is the way. The
     machine id, the boot id and hostnames prove nothing on their own (clones and containers share them).
     """
@@ -380,5 +390,7 @@ def is_stale(lock_state: LockState) -> bool | None:
     identity = process_identity(os.getpid())
     if info.get("machine") != identity["machine"] or info.get("boot") != identity["boot"]:
         return None  # the runtime id says "here": anything else disagreeing means it cannot be trusted
+    if not identity["pid_namespace"] or info.get("pid_namespace") != identity["pid_namespace"]:
+        return None  # its pid counts in another PID namespace (or an older lock does not say which)
     running = process_identity(pid)["pid_start"]
     return not running or running != info.get("pid_start")

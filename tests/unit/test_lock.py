@@ -8,12 +8,16 @@ import json
 import os
 import stat
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from deployer import lock as locking
 from deployer.lock import FleetLock, is_stale, process_identity, runtime_id
 from deployer.state import LockState
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def lock_of(**changes):
@@ -52,8 +56,20 @@ def test_a_reused_pid_is_not_mistaken_for_the_holder():
         {"machine": "another-machine"},
         {"pid": "not a number"},
         {"pid": 0},
+        # Another PID namespace sharing our /dev/shm (so our runtime id), or a lock that does not say.
+        {"pid_namespace": "pid:[1]"},
+        {"pid_namespace": None},
     ],
-    ids=["clone-same-machine-id", "no-runtime-id", "boot-disagrees", "machine-disagrees", "bad-pid", "pid-zero"],
+    ids=[
+        "clone-same-machine-id",
+        "no-runtime-id",
+        "boot-disagrees",
+        "machine-disagrees",
+        "bad-pid",
+        "pid-zero",
+        "other-pid-namespace",
+        "no-pid-namespace",
+    ],
 )
 def test_locks_that_cannot_be_judged_are_never_stale(changes):
     # The holder's process is gone in every case: only the proof is missing.
@@ -84,3 +100,33 @@ def test_a_runtime_id_file_others_can_write_proves_nothing(tmp_path, monkeypatch
 def test_without_a_runtime_folder_no_lock_is_ever_stale(tmp_path, monkeypatch):
     monkeypatch.setattr(locking, "RUNTIME_FOLDERS", (str(tmp_path / "missing"),))
     assert is_stale(lock_of(pid=dead_pid())) is None
+
+
+def test_a_live_holder_in_another_pid_namespace_sharing_dev_shm_is_not_judged_dead():
+    """Two containers with `--ipc=host` (one /dev/shm, so one runtime id) and their own PID
+    namespaces: the holder's pid means another process here, or none. Before, its lock was judged
+    stale and deleted while it ran; now its PID namespace is part of the proof."""
+    holder = subprocess.Popen(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            sys.executable,
+            "-c",
+            "from deployer.lock import FleetLock; import sys, time; print(FleetLock('deploy').info(), flush=True); "
+            "sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        info = json.loads(holder.stdout.readline())
+        assert info["runtime"] == runtime_id() and info["pid"] < 10  # our runtime id, its own pid count
+        assert info["pid_namespace"] != process_identity(os.getpid())["pid_namespace"]
+        assert holder.poll() is None  # the holder is alive
+        assert is_stale(LockState(False, info, "token")) is None
+    finally:
+        holder.communicate("")
