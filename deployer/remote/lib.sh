@@ -503,7 +503,7 @@ descendants() {
 # this user and root can read (mktemp: mode 600), removes it, and runs the command. The password,
 # when there is one, reaches `sudo -S` on a pipe; it is never exported, written or on a command line.
 # shellcheck disable=SC2016  # expanded by the root-side sh, not here
-SUDO_WRAPPER='while IFS=" " read -r n v; do [ -n "$n" ] && v=$(printf "%b." "$v") && export "$n=${v%.}"; done < "$1"
+SUDO_WRAPPER='while IFS= read -r l; do n=${l%% *}; [ -n "$n" ] && v=$(printf "%b." "${l#* }") && export "$n=${v%.}"; done < "$1"
 rm -f "$1"
 cd "$2" && exec sh -c "$3" < /dev/null'
 

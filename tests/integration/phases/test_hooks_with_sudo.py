@@ -25,7 +25,7 @@ PASSWORD = "Pw-" + secrets.token_hex(8)
 
 HOOK = (
     'id -u > "$DEPLOYER_DEPLOY_TO/$HOOK_NAME.uid"; '
-    'printf "%s|%s" "$DEPLOYER_RELEASE" "$APP_TOKEN" > "$DEPLOYER_DEPLOY_TO/$HOOK_NAME.env"; '
+    'printf "%s|%s|[%s]" "$DEPLOYER_RELEASE" "$APP_TOKEN" "$SPACED" > "$DEPLOYER_DEPLOY_TO/$HOOK_NAME.env"; '
     'cat /proc/[0-9]*/cmdline > "$DEPLOYER_DEPLOY_TO/$HOOK_NAME.cmdlines" 2>/dev/null; true'
 )
 
@@ -57,6 +57,7 @@ def sudo_inventory(make_inventory, hosts=None, password_line="sudo_password_env:
         password_line,
         "env:",
         "  APP_TOKEN: {value: tok-123, secret: true}",
+        '  SPACED: "  two  words  "',  # kept whole through sudo as without it (leading/trailing spaces too)
     ]
     lines += [
         "hooks:",
@@ -95,7 +96,8 @@ def test_hooks_of_sudo_hosts_run_as_root_with_the_password_never_shown(
         assert uid == ("0" if name != "web4" else deploy_uid)
         release = os.readlink(host_file(local_fleet, name, f"{deploy_to}/current")).split("/", 1)[1]
         # the hook saw its variables (and the inventory's secret) through sudo
-        assert host_file(local_fleet, name, f"{deploy_to}/after_switch.env").read_text() == f"{release}|tok-123"
+        seen = host_file(local_fleet, name, f"{deploy_to}/after_switch.env").read_text()
+        assert seen == f"{release}|tok-123|[  two  words  ]"
         # nowhere on the host: not in any file the tool or the hook wrote, not in any process's command line
         assert PASSWORD not in everything_under(local_fleet, name, deploy_to)
         assert not list(host_file(local_fleet, name, f"{deploy_to}/.deployer").rglob("sudo-env.*"))
