@@ -169,6 +169,19 @@ first_line() {
     fi
 }
 
+# The last rename or removal of a session (a state file, the pin's removal, the lock's release) is
+# flushed before the session ends, so whatever it confirmed survives a power cut: settle_writes, at exit.
+unflushed=
+trap 'settle_writes' EXIT
+
+settle_writes() {
+    [ -n "$unflushed" ] || return 0
+    sw_path=$unflushed
+    unflushed=
+    [ -e "$sw_path" ] || sw_path=.
+    flush "$sw_path" 2>/dev/null || emit warning "the last change could not be flushed to disk"
+}
+
 flush() {
     # flush PATH: what was written on PATH's file system reaches stable storage before going on
     # (sync -f, the file system only, where the host's sync has it; else a whole sync).
@@ -205,6 +218,7 @@ replace_file() {
     wf_tmp="$2.tmp.$$"
     # shellcheck disable=SC2059  # FORMAT is one of the two fixed formats above
     if printf "$1" "$3" > "$wf_tmp" && flush "$wf_tmp" && mv -f "$wf_tmp" "$2"; then
+        unflushed=$2
         return 0
     fi
     rm -f "$wf_tmp"
@@ -429,6 +443,7 @@ lock_release() {
     fi
     [ ! -e .deployer/lock.gone ] || rm -rf .deployer/lock.gone
     if mv .deployer/lock .deployer/lock.gone && rm -rf .deployer/lock.gone; then
+        unflushed=.deployer
         emit unlocked
     else
         emit warning "could not remove the lock"
@@ -621,6 +636,7 @@ set_pin() {
         fi
     elif [ -f .deployer/pin ] || [ -L .deployer/pin ]; then
         if rm -f .deployer/pin; then
+            unflushed=.deployer
             emit unpinned
         else
             emit warning "could not remove the pin"
@@ -643,6 +659,7 @@ prune_releases() {
         [ -d "releases/$id" ] || continue
         if mv "releases/$id" ".deployer/trash/$id.$$" && rm -rf ".deployer/trash/$id.$$"; then
             rm -f ".deployer/meta/$id" ".deployer/bad/$id" ".deployer/logs/$id".* ".deployer/signatures/$id.sig"
+            unflushed=.deployer
             emit pruned "$id"
         else
             emit warning "could not remove release $id"

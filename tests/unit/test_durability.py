@@ -76,8 +76,10 @@ def test_a_release_is_on_disk_before_its_status_says_ok(artifact, recorded, vali
     release_flush = [i for i, call in enumerate(calls) if call.startswith(("args=-f releases/r1 ", "args= "))]
     assert release_flush, calls
     assert "release=yes" in calls[release_flush[-1]] and "meta=validating" in calls[release_flush[-1]]
-    # ...and only then "ok" is written, through a temp file flushed before the rename.
-    assert ".deployer/meta/r1.tmp." in calls[-1] and release_flush[-1] < len(calls) - 1
+    # ...and only then "ok" is written, through a temp file flushed before the rename, and the
+    # rename is flushed before the session ends.
+    assert ".deployer/meta/r1.tmp." in calls[-2] and release_flush[-1] < len(calls) - 2
+    assert "meta=ok" in calls[-1]
     assert Path(deploy_to, ".deployer", "meta", "r1").read_text().startswith("ok ")
 
 
@@ -151,3 +153,59 @@ def test_a_damaged_pin_is_reported_never_trusted(tmp_path, artifact, how):
     truncated(pin, how)
     state = gathered(deploy_to)
     assert state.pin is None and ".deployer/pin" in state.damaged
+
+
+STATE_SYNC = """#!/bin/sh
+# Record, at each call, the state files a session's last steps write or remove.
+d="$DEPLOY_TO/.deployer"
+{
+    printf 'schema=%s' "$(cut -d' ' -f1 "$d/schema" 2>/dev/null)"
+    printf ' pin=%s' "$([ -e "$d/pin" ] && echo yes || echo no)"
+    printf ' bad=%s' "$(ls "$d/bad" 2>/dev/null | tr '\\n' ,)"
+    printf ' lock=%s\\n' "$([ -d "$d/lock" ] && echo yes || echo no)"
+} >> "$SYNC_LOG"
+exec REAL_SYNC "$@"
+"""
+
+
+@pytest.fixture
+def state_recorded(recorded):
+    env, log, deploy_to = recorded
+    fake = Path(env["PATH"].split(":")[0], "sync")
+    fake.write_text(STATE_SYNC.replace("REAL_SYNC", shutil.which("sync") or "/bin/sync"))
+    return env, log, deploy_to
+
+
+def test_a_sessions_last_records_are_flushed_before_it_ends(artifact, state_recorded):
+    """The schema, the pin and a bad mark are the switch's last renames: before, the session ended
+    with them renamed but never flushed (a power cut after the controller was told could lose them)."""
+    env, log, deploy_to = state_recorded
+    prepared, data = artifact
+    for release in ("r0", "r1"):
+        run(command_line("stage", deploy_to, release=release, digest=prepared.digest, source="upload"), env, data)
+    switched = command_line(
+        "switch",
+        deploy_to,
+        target="r1",
+        expected="",
+        mode="rollback",
+        schema="7 7 r1",
+        pin='{"release": "r1"}',
+        mark_bad="r0",
+        bad_info='{"why": "broken"}',
+    )
+    code, out = run(switched, env)
+    assert code == 0 and out.has("pinned") and out.has("marked_bad")
+    assert log.read_text().splitlines()[-1] == "schema=7 pin=yes bad=r0, lock=no"
+
+
+def test_removing_the_pin_and_the_lock_is_flushed_before_the_session_ends(artifact, state_recorded):
+    env, log, deploy_to = state_recorded
+    prepared, data = artifact
+    run(command_line("stage", deploy_to, release="r1", digest=prepared.digest, source="upload"), env, data)
+    code, out = run(command_line("gather", deploy_to, lock="take", lock_token="t" * 32, lock_info="{}"), env)
+    assert code == 0 and out.first("lock") == ["taken"]
+    Path(deploy_to, ".deployer", "pin").write_text('{"release": "r1"}\n')
+    code, out = run(command_line("finish", deploy_to, unpin="1", unlock="t" * 32), env)
+    assert code == 0 and out.has("unpinned") and out.has("unlocked")
+    assert log.read_text().splitlines()[-1].endswith("pin=no bad= lock=no")
