@@ -216,8 +216,11 @@ write_bytes() {
 replace_file() {
     # replace_file FORMAT PATH TEXT: printf FORMAT TEXT into a temp file, flushed, renamed over PATH.
     wf_tmp="$2.tmp.$$"
+    # Never through a link: whatever is at the temp name goes, and the file is created anew
+    # (set -C: the shell's O_EXCL), so a link planted there cannot redirect the write.
+    rm -f "$wf_tmp"
     # shellcheck disable=SC2059  # FORMAT is one of the two fixed formats above
-    if printf "$1" "$3" > "$wf_tmp" && flush "$wf_tmp" && mv -f "$wf_tmp" "$2"; then
+    if (set -C && printf "$1" "$3" > "$wf_tmp") && flush "$wf_tmp" && mv -f "$wf_tmp" "$2"; then
         unflushed=$2
         return 0
     fi

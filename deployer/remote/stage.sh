@@ -81,7 +81,7 @@ if [ "$opt_source" = upload ]; then
     upload_log=".deployer/logs/$release_id.upload.log"
     unpack_log=".deployer/logs/$release_id.unpack.log"
     # gzip and tar separately, tar inside the folder: tar -z and -C are not in every tar.
-    tee "$part" 2> "$upload_log" | gzip -dc 2> "$unpack_log.gzip" | (cd "$staging" && tar -xf -) 2> "$unpack_log"
+    tee "$part" 2> "$upload_log" | gzip -dc 2> "$unpack_log.gzip" | (cd "$staging" && tar -xof -) 2> "$unpack_log"
     unpacked=$?
     cat "$unpack_log.gzip" >> "$unpack_log" 2>/dev/null
     rm -f "$unpack_log.gzip"
@@ -113,13 +113,34 @@ else
         rm -rf "$staging"
         fail 31 "artifact digest mismatch: expected $digest, got $actual"
     fi
-    if ! gzip -dc < "$cached" 2> "$staging.gzip" | (cd "$staging" && tar -xf -) 2> "$staging.err" ||
+    if ! gzip -dc < "$cached" 2> "$staging.gzip" | (cd "$staging" && tar -xof -) 2> "$staging.err" ||
         [ -s "$staging.gzip" ]; then
         reason=$(tail -n 3 "$staging.gzip" "$staging.err" 2>/dev/null | grep -v -e '^==>' -e '^$' | tr '\n' ' ')
         rm -rf "$staging" "$staging.err" "$staging.gzip"
         fail 30 "unpacking failed (disk full?): $reason"
     fi
     rm -f "$staging.err" "$staging.gzip"
+fi
+
+# What the controller could not check (a pull deploy's artifact never reaches it), the host checks
+# in what it unpacked (without the archive's owners: tar -o): no device files, FIFOs or sockets, no
+# file of the deployer's own shipped at the top, and no set-id bits (removed, and said).
+odd=$(find "$staging" \( -type b -o -type c -o -type p -o -type s \) -print 2>/dev/null | head -n 1)
+if [ -n "$odd" ]; then
+    rm -rf "$staging"
+    fail 20 "the artifact holds a device file, FIFO or socket (${odd#"$staging"/}): not allowed in a release"
+fi
+for reserved in "$staging"/previousVersion "$staging"/previousVersion.*; do
+    if [ -e "$reserved" ] || [ -L "$reserved" ]; then
+        rm -rf "$staging"
+        fail 20 "the artifact ships ${reserved#"$staging"/}: previousVersion is written by the deployer"
+    fi
+done
+setid=$(find "$staging" -type f \( -perm -4000 -o -perm -2000 \) -print 2>/dev/null | head -n 1)
+if [ -n "$setid" ]; then
+    find "$staging" -type f \( -perm -4000 -o -perm -2000 \) -exec chmod ug-s {} + ||
+        { rm -rf "$staging"; fail 30 "cannot remove set-id bits in the release"; }
+    emit warning "set-user-id and set-group-id bits were removed from the release (${setid#"$staging"/} and others)"
 fi
 
 refuse_signature() {
@@ -168,6 +189,18 @@ link_shared() {
     name=${1%/}
     shared_path="$deploy_abs/shared/$name"
     in_release="$staging/$name"
+    # No folder on the way may be a link: the release's own `storage -> /etc` would turn the
+    # removal and copy below into operations outside the release.
+    ls_parent=$staging
+    ls_rest=$name
+    while [ "${ls_rest#*/}" != "$ls_rest" ]; do
+        ls_parent="$ls_parent/${ls_rest%%/*}"
+        ls_rest=${ls_rest#*/}
+        if [ -L "$ls_parent" ]; then
+            rm -rf "$staging"
+            fail 20 "shared path $name: ${ls_parent#"$staging"/} is a link in the release; shared paths go through folders only"
+        fi
+    done
     if [ ! -e "$shared_path" ] && [ ! -L "$shared_path" ]; then
         mkdir -p "$(dirname "$shared_path")" || return 1
         if [ "$name" != "$1" ]; then
