@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from deployer.errors import EXIT_HOSTS_FAILED, EXIT_OK, EXIT_REFUSED
+from deployer.redaction import Redactor
 from deployer.revision import Revision
 from deployer.sanitize import sanitize
 
@@ -26,21 +27,19 @@ REVERTED = "reverted"  # switched, then switched back to where it was (verified)
 
 GOOD_STATUSES = (OK, UNCHANGED)
 log = logging.getLogger("deployer.progress")
-REDACTED = "***"
-_secrets: set[str] = set()
+_redacted = Redactor()
 
 
 def set_secrets(values: list[str]) -> None:
-    """Values (secret env, key passphrase) replaced by *** in everything this module writes."""
-    _secrets.update(value for value in values if len(value) >= 3)
+    """Values (secret env, key passphrase) replaced by *** in everything this module writes
+    (also transformed: see `deployer.redaction`)."""
+    _redacted.add(values)
 
 
 def shown(text: str) -> str:
     """Text as it may be shown anywhere (terminal, plain lines, JSON, logs): secrets replaced by ***,
     then control characters escaped and length capped (`deployer.sanitize`). The one boundary."""
-    for value in sorted(_secrets, key=len, reverse=True):
-        text = text.replace(value, REDACTED)
-    return sanitize(text)
+    return sanitize(_redacted(text))
 
 
 def shown_data(data: Any) -> Any:
