@@ -177,12 +177,12 @@ class HostConnection:
                     channel.shutdown_write()
                 records = _Records(self, channel, deadline, gate, step)
                 try:
-                    self._read(channel, stdout, stderr, deadline, records.read)
+                    self._read(channel, stdout, stderr, records)
                 finally:
                     records.give_back()
                 if stdout.overflow:
                     raise ProtocolError(self.host.name, step, f"more than {MAX_OUTPUT_BYTES} bytes on stdout")
-                if not channel.status_event.wait(max(0.01, deadline - time.monotonic())):
+                if not channel.status_event.wait(max(0.01, records.deadline - time.monotonic())):
                     raise TimeoutError()
                 status = channel.exit_status
                 if status == -1 and not transport.is_active():  # no exit status: the connection died
@@ -204,22 +204,17 @@ class HostConnection:
         return ExecResult(status, stdout.text(), stderr.text(), seconds)
 
     @staticmethod
-    def _read(
-        channel: paramiko.Channel,
-        stdout: _Collected,
-        stderr: _Collected,
-        deadline: float,
-        on_stdout: Callable[[bytes], None] | None = None,
-    ) -> None:
-        """Read both streams until the remote side's EOF, waking when either has data or closes."""
+    def _read(channel: paramiko.Channel, stdout: _Collected, stderr: _Collected, records: _Records) -> None:
+        """Read both streams until the remote side's EOF, waking when either has data or closes;
+        `records` reads stdout's records as they come, and holds the deadline (a fetch slot's
+        wait moves it: waiting and working have their own bounds)."""
         wake = _Wakeup(channel)
         while True:
             wake.arm()
             while channel.recv_ready():
                 data = channel.recv(65536)
                 stdout.add(data)
-                if on_stdout is not None:
-                    on_stdout(data)
+                records.read(data)
                 if stdout.overflow:
                     return
             while channel.recv_stderr_ready():
@@ -228,7 +223,7 @@ class HostConnection:
                 if not channel.recv_ready() and not channel.recv_stderr_ready():
                     return
                 continue
-            left = deadline - time.monotonic()
+            left = records.deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError()
             wake.wait(min(left, 1.0))
@@ -299,6 +294,7 @@ class _Records:
         self.deadline = deadline
         self.gate = gate
         self.step = step
+        self.waited = 0.0  # seconds spent waiting for a fetch slot: added to the deadline
         self.asked = False  # a session asks for its fetch slot once: a second ask breaks the protocol
         self.holding = False
         self.partial = b""
@@ -334,12 +330,20 @@ class _Records:
         self.channel.shutdown_write()
 
     def take_slot(self, gate: threading.Semaphore) -> None:
+        """Wait for a slot of the fetch gate, within its own bound (`timeouts.fetch_wait`): the time
+        waited is added to the step's deadline, so hosts late in the queue keep all of `timeouts.stage`."""
+        started = time.monotonic()
+        limit = self.connection.timeouts.fetch_wait
         while not gate.acquire(timeout=0.2):
             if self.connection.stopping.is_set():
                 raise Interrupted("while waiting to fetch")
-            if time.monotonic() >= self.deadline:
-                raise TimeoutError()
+            if time.monotonic() - started >= limit:
+                raise CommandTimeout(
+                    self.connection.host.name, f"no fetch slot within {limit:g}s (timeouts.fetch_wait, fetch_parallel)"
+                )
         self.holding = True
+        self.waited = time.monotonic() - started
+        self.deadline += self.waited
 
     def give_back(self) -> None:
         if self.holding and self.gate is not None:

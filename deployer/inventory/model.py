@@ -36,6 +36,7 @@ class Timeouts:
     hook: float = 60.0
     migrate: float = 600.0
     validate: float = 900.0
+    fetch_wait: float = 3600.0  # a pull deploy's wait for a fetch slot (fetch_parallel); not part of `stage`
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ GATEWAY_KEYS = {"address", "port", "user"}
 GATEWAY_RE = re.compile(
     r"^(?:(?P<user>[^@\s]+)@)?(?P<address>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?$"
 )
-TIMEOUT_KEYS = {"connect", "command", "stage", "hook", "migrate", "validate"}
+TIMEOUT_KEYS = {"connect", "command", "stage", "hook", "migrate", "validate", "fetch_wait"}
 HEALTH_KEYS = {"command", "timeout", "retries", "interval", "expect"}
 HEALTH_EXPECT = ("release", "version", "commit")
 ROLLOUT_KEYS = {"batch", "pause"}

@@ -141,7 +141,8 @@ class BrokenOrigin(http.server.ThreadingHTTPServer):
     Content-Length), /reset/NAME (the connection reset mid-body, every time), /flaky/NAME (reset
     mid-body on a request without Range, whole on a resumed one: Range honoured). And two that are
     not broken, to see how many hosts fetch at once (`most`): /slow/NAME (the body over about a
-    second), /together/NAME (requests held until two have been in flight at once, at most 30 s)."""
+    second), /slower/NAME (over about two), /together/NAME (requests held until two have been in
+    flight at once, at most 30 s)."""
 
     daemon_threads = True
 
@@ -178,7 +179,7 @@ class BrokenHandler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
-        if mode in ("slow", "together"):
+        if mode in ("slow", "slower", "together"):
             self.counted(data)
         elif mode == "truncated":
             self.wfile.write(data[: len(data) // 2])
@@ -210,6 +211,8 @@ class BrokenHandler(http.server.BaseHTTPRequestHandler):
                         counted = False
                 elif self.path.startswith("/slow/") and index > 0:
                     time.sleep(0.25)
+                elif self.path.startswith("/slower/") and index > 0:
+                    time.sleep(0.7)
                 self.wfile.write(data[index * len(data) // 4 : (index + 1) * len(data) // 4])
                 self.wfile.flush()
         finally:
@@ -329,3 +332,33 @@ def test_a_cap_on_hosts_fetching_at_once(nginx, broken, make_inventory, views, d
     assert done.returncode == 0, done.stdout + done.stderr
     assert origin.most >= 2  # without the cap, two hosts were fetching at the same time
     assert {views[name].version(deploy_to) for name in PULLING} == {"v2"}
+
+
+def test_waiting_for_a_fetch_slot_has_its_own_bound_apart_from_the_stage_limit(
+    nginx, broken, make_inventory, views, deploy_to, artifacts
+):
+    """One host fetches at a time, each fetch takes about 2 s, staging is allowed 5 s: the last host
+    waits about 4 s for its turn. Before, the wait counted against timeouts.stage and the last hosts
+    timed out in the queue; now waiting is bounded by timeouts.fetch_wait, working by timeouts.stage."""
+    origin, url = broken
+    v1, _, _ = publish(nginx, artifacts, "v1", "queued-v1.tar.gz")
+    queued = make_inventory(hosts=PULLING, extra="fetch_parallel: 1\ntimeouts: {stage: 5}\n")
+    done = run_inv("deploy", "-i", queued, "--artifact", v1, "--pull", f"{url}/slower/queued-v1.tar.gz", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {views[name].version(deploy_to) for name in PULLING} == {"v1"}
+    assert origin.most == 1
+    waits = [
+        phase["end"] - phase["start"]
+        for name in PULLING
+        for phase in json.loads(done.stdout)["timeline"]["hosts"][name]
+        if phase["phase"] == "wait for a fetch slot"
+    ]
+    assert max(waits) > 3  # the last host did wait in the queue for most of the stage limit
+
+    v2, _, _ = publish(nginx, artifacts, "v2", "queued-v2.tar.gz")
+    impatient = make_inventory(hosts=PULLING, extra="fetch_parallel: 1\ntimeouts: {fetch_wait: 0.5}\n")
+    done = run_inv("deploy", "-i", impatient, "--artifact", v2, "--pull", f"{url}/slower/queued-v2.tar.gz", "--json")
+    assert done.returncode == 1
+    messages = [host["message"] for host in json.loads(done.stdout)["hosts"]]
+    assert sum("no fetch slot within 0.5s (timeouts.fetch_wait" in message for message in messages) == 2, messages
+    assert {views[name].version(deploy_to) for name in PULLING} == {"v1"}  # nothing switched
