@@ -133,7 +133,7 @@ pause() {
 }
 
 # What every host must have (README, "Host requirements"); gather reports the missing ones.
-REQUIRED_TOOLS='awk cat cp cut dd df gzip ln ls mkdir mv od rm sed sleep sync tail tar tee tr wc'
+REQUIRED_TOOLS='awk cat chmod cp cut dd df find grep gzip head ln ls mkdir mv od ps rm sed sleep sync tail tar tee tr wc'
 
 missing_tools() {
     # missing_tools: emit @missing TOOL for each required tool the host lacks (command -v: no process).
@@ -476,18 +476,27 @@ run_bounded() {
     exec 3<&-
     # The watchdog says whether it fired by its own exit status (124), not by a file: a file at a
     # known path could be made by anyone on the host to fake a timeout.
+    # Once it fired it finishes its work whatever the command does: the top process may exit on
+    # TERM while what it started ignores TERM (and, orphaned, is no longer its descendant), so the
+    # tree is the one taken when it fired, and the caller's TERM is ignored from then on; anything
+    # of that tree (and what it started since) still there after 5 s gets KILL.
     (
         trap 'kill "$rb_sleep" 2>/dev/null; exit 0' TERM
         sleep "$rb_seconds" &
         rb_sleep=$!
         wait "$rb_sleep"
-        trap 'kill "$rb_sleep" 2>/dev/null; exit 124' TERM
+        trap '' TERM
         rb_tree="$rb_pid $(descendants "$rb_pid")"
         # shellcheck disable=SC2086  # the pids, one word each
         kill -TERM $rb_tree 2>/dev/null
-        sleep 5 &
-        rb_sleep=$!
-        wait "$rb_sleep"
+        rb_waited=0
+        # shellcheck disable=SC2086
+        while [ "$rb_waited" -lt 5 ] && any_alive $rb_tree; do
+            sleep 1
+            rb_waited=$((rb_waited + 1))
+        done
+        # shellcheck disable=SC2086
+        rb_tree="$rb_tree $(descendants $rb_tree)"
         # shellcheck disable=SC2086
         kill -KILL $rb_tree 2>/dev/null
         exit 124
@@ -504,17 +513,32 @@ run_bounded() {
 }
 
 descendants() {
-    # descendants PID: the pids of every process PID started, and theirs (POSIX ps -A -o).
-    ps -A -o pid= -o ppid= 2>/dev/null | awk -v root="$1" '
+    # descendants PID...: the pids of every process these started, and theirs (POSIX ps -A -o).
+    ps -A -o pid= -o ppid= 2>/dev/null | awk -v roots="$*" '
         { parent[$1] = $2 }
         END {
-            found[root] = 1
+            count = split(roots, root, " ")
+            for (i = 1; i <= count; i++) { found[root[i]] = 1; given[root[i]] = 1 }
             do {
                 more = 0
                 for (pid in parent) if (!(pid in found) && (parent[pid] in found)) { found[pid] = 1; more = 1 }
             } while (more)
-            for (pid in found) if (pid != root) printf "%s ", pid
+            for (pid in found) if (!(pid in given)) printf "%s ", pid
         }'
+}
+
+any_alive() {
+    # any_alive PID...: whether any of these processes still runs (a zombie, dead but not yet reaped
+    # by a parent or an init that does not reap, does not count where /proc tells).
+    for aa_pid in "$@"; do
+        kill -0 "$aa_pid" 2>/dev/null || continue
+        if [ -r "/proc/$aa_pid/stat" ] && IFS= read -r aa_stat < "/proc/$aa_pid/stat" 2>/dev/null; then
+            aa_state=${aa_stat##*) }
+            [ "${aa_state%% *}" != Z ] || continue
+        fi
+        return 0
+    done
+    return 1
 }
 
 # Run as root by sudo: the wrapper loads the variables the command should see from a file only

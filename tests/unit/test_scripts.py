@@ -22,6 +22,8 @@ from deployer.release import PreparedArtifact
 from deployer.scripts import EXIT_CHANGED, EXIT_NOT_SYMLINK, EXIT_VALIDATE, command_line, exec_request, script_source
 from deployer.state import parse_state
 
+LIB = Path(__file__).resolve().parents[2] / "deployer" / "remote" / "lib.sh"
+
 
 def run(command: str, stdin: bytes = b"", cwd: str | None = None, env: dict[str, str] | None = None):
     # sshd hands the command to the login shell as `sh -c COMMAND`; do the same.
@@ -326,6 +328,8 @@ def test_validate_is_bounded_even_without_timeout_1(tmp_path, artifact):
         os.symlink(shutil.which(tool), bin_dir / tool)
     for tool in ("cut", "sed", "df", "awk", "dirname", "sync", "ln", "readlink", "pwd", "ls", "grep", "ps", "od"):
         os.symlink(shutil.which(tool), bin_dir / tool)
+    for tool in ("find", "head", "chmod"):
+        os.symlink(shutil.which(tool), bin_dir / tool)
     deploy_to = str(tmp_path / "app")
     late = tmp_path / "late"
     started = time.monotonic()
@@ -426,3 +430,31 @@ echo "slow $?"
         check=False,
     )
     assert done.stdout.split("\n")[:2] == ["good 0", "slow 124"], done.stdout + done.stderr
+
+
+def test_the_watchdog_stops_what_ignores_term_even_after_the_top_process_exited(tmp_path):
+    """`run_bounded 1 sh -c '(trap "" TERM; sleep 30; ...) & wait'`: TERM ends the top process at
+    once, its child ignores TERM. Before, the caller then stopped the watchdog before its KILL and
+    the child lived on (and acted 30 s later); now it is gone when run_bounded returns."""
+    pid_file, late = tmp_path / "child.pid", tmp_path / "late"
+    command = f"(trap \"\" TERM; sh -c 'echo $$ > {pid_file}; exec sleep 30'; echo late > {late}) & wait"
+    started = time.monotonic()
+    done = subprocess.run(
+        [*scripts.REMOTE_SHELL.split(), "-c", f'. "{LIB}"; run_bounded 1 sh -c "$1"; echo "status $?"', "sh", command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "status 124", done.stderr
+    assert time.monotonic() - started < 15
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 3  # KILL was sent before run_bounded returned; dying takes a moment
+    state = "R"
+    while state not in ("gone", "Z") and time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            state = "gone"
+        time.sleep(0.05)
+    assert state in ("gone", "Z"), f"the child that ignored TERM still runs ({state})"
+    assert not late.exists()
