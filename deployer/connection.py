@@ -182,6 +182,8 @@ class HostConnection:
                     records.give_back()
                 if stdout.overflow:
                     raise ProtocolError(self.host.name, step, f"more than {MAX_OUTPUT_BYTES} bytes on stdout")
+                if not transport.is_active() and not channel.status_event.is_set():
+                    raise HostUnreachable(self.host.name, f"the SSH connection was lost during {step}")
                 if not channel.status_event.wait(max(0.01, records.deadline - time.monotonic())):
                     raise TimeoutError()
                 status = channel.exit_status

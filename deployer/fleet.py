@@ -40,6 +40,7 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 T = TypeVar("T")
 KEEPALIVE_SECONDS = 15
+KEEPALIVE_MISSES = 3  # unanswered keepalives in a row before a connection counts as lost (Liveness)
 # A host that vanishes (power cut, network gone) answers nothing, and TCP alone would keep
 # retransmitting for about 15 minutes, so a run would hang on it until the step's timeout
 # (stage: 900 s). With data always in flight (the keepalives above), TCP_USER_TIMEOUT closes the
@@ -65,6 +66,41 @@ def detect_dead_peer(sock: object) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
     if hasattr(socket, "TCP_USER_TIMEOUT"):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_PEER_SECONDS * 1000)
+
+
+class Liveness:
+    """Keepalives that expect an answer, on every transport (OpenSSH's ServerAliveInterval and
+    ServerAliveCountMax): a host reached through a gateway is a channel, not a socket, so TCP's own
+    keepalive cannot tell that it went silent (its packets dropped while the gateway stays up).
+    paramiko's `set_keepalive` asks for no reply; here each keepalive asks for one, and a transport
+    that answered none of the last KEEPALIVE_MISSES is closed: its steps fail as "connection lost"
+    within about a minute, however the host is reached. Runs in the transport's own thread (paramiko
+    calls it when nothing was sent for KEEPALIVE_SECONDS)."""
+
+    def __init__(self, transport: paramiko.Transport, name: str) -> None:
+        self.transport = transport
+        self.name = name
+        self.answered = threading.Event()
+        self.answered.set()
+        self.misses = 0
+
+    def start(self) -> None:
+        self.transport.packetizer.set_keepalive(KEEPALIVE_SECONDS, self.probe)
+
+    def probe(self, _packetizer: object = None) -> None:
+        self.misses = 0 if self.answered.is_set() else self.misses + 1
+        if self.misses >= KEEPALIVE_MISSES:
+            log.debug("%s: no answer to %d keepalives: closing the connection", self.name, self.misses)
+            self.transport.close()
+            return
+        self.answered.clear()
+        # any answer to a global request (sshd: "failure", it does not know the name) sets this
+        self.transport.completion_event = self.answered
+        message = paramiko.Message()
+        message.add_byte(paramiko.common.cMSG_GLOBAL_REQUEST)
+        message.add_string("keepalive@openssh.com")
+        message.add_boolean(True)
+        self.transport._send_user_message(message)  # type: ignore[attr-defined]  # noqa: SLF001 - see the class
 
 
 def classify_connect_error(host: Host, exc: BaseException, timeout: float) -> HostError:
@@ -226,7 +262,7 @@ class Fleet:
             raise classify_connect_error(host, exc, timeout) from None
         transport = connection.client.get_transport()
         if transport is not None:
-            transport.set_keepalive(KEEPALIVE_SECONDS)
+            Liveness(transport, host.name).start()
             detect_dead_peer(transport.sock)
             transport.sock.settimeout(IDLE_WAKEUP_SECONDS)
         return HostConnection(host, connection, self.inventory, stopping=self.stopping)

@@ -11,13 +11,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from deployer.playground.localfleet import LocalFleet
-from tests.conftest import run_inv, yaml_quote
+from tests.conftest import REPO, run_inv, yaml_quote
 
 SUBNET = "127.0.6"
 
@@ -178,3 +182,64 @@ def test_ssh_config_problems_are_named_before_anything_is_contacted(fleet: Local
         assert done.returncode == 2, done.stdout + done.stderr
         assert message in done.stderr and "hosts." in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every process under it, read from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree = [root]
+    for pid in tree:
+        tree += [child for child, parent in parents.items() if parent == pid]
+    return tree
+
+
+def test_a_host_behind_a_bastion_that_goes_silent_is_noticed_by_keepalives(
+    fleet: LocalFleet, tmp_path: Path, artifacts: dict[str, str]
+) -> None:
+    """web2, reached through the bastion web1, stops answering in the middle of a step (its sshd
+    frozen: the TCP connection from the bastion stays up, nothing comes back). The step may take
+    900 s; before, the run waited all of it (TCP keepalive cannot see through a tunnel). Now the
+    keepalives that expect an answer close web2's connection and the run ends with web2 lost."""
+    bastion = fleet.host("web1")
+    deploy_to = "/srv/silent-behind-bastion"
+    marker = f"{deploy_to}/hook-started"
+    hook = f'if [ "$(hostname)" = web2 ]; then touch {marker}; sleep 600; fi'
+    lines = [*base_lines(fleet, deploy_to), f"gateway: 'deploy@{bastion.address}:2222'"]
+    lines[-2] = "timeouts: {connect: 5, command: 30, stage: 900, hook: 900}"
+    lines += [f"hooks: {{before_switch: {json.dumps(hook)}}}", "hosts:"]
+    lines += [f"  {n}: {{address: {fleet.host(n).address}, port: 2222}}" for n in ("web2", "web3")]
+    inventory = write(tmp_path, "inventory.yml", lines)
+    deploy = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "deploy", "-i", inventory, "--artifact", artifacts["v1"], "--json"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    frozen: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not on_host(fleet, "web2", marker).exists():
+            assert deploy.poll() is None and time.monotonic() < deadline, deploy.communicate()
+            time.sleep(0.1)
+        web2 = fleet.pid("web2")
+        assert web2 is not None
+        frozen = process_tree(web2)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        out, err = deploy.communicate(timeout=240)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        if deploy.poll() is None:
+            deploy.kill()
+    report = json.loads(out)
+    web2_result = next(host for host in report["hosts"] if host["host"] == "web2")
+    assert web2_result["status"] == "failed" and "connection was lost" in web2_result["message"], web2_result
+    assert current_of(fleet, "web2", deploy_to) is None  # never switched

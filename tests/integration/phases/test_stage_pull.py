@@ -141,7 +141,7 @@ class BrokenOrigin(http.server.ThreadingHTTPServer):
     Content-Length), /reset/NAME (the connection reset mid-body, every time), /flaky/NAME (reset
     mid-body on a request without Range, whole on a resumed one: Range honoured). And two that are
     not broken, to see how many hosts fetch at once (`most`): /slow/NAME (the body over about a
-    second), /slower/NAME (over about two), /together/NAME (requests held until two have been in
+    second), /slower/NAME (over about three), /together/NAME (requests held until two have been in
     flight at once, at most 30 s)."""
 
     daemon_threads = True
@@ -212,7 +212,7 @@ class BrokenHandler(http.server.BaseHTTPRequestHandler):
                 elif self.path.startswith("/slow/") and index > 0:
                     time.sleep(0.25)
                 elif self.path.startswith("/slower/") and index > 0:
-                    time.sleep(0.7)
+                    time.sleep(1.5)
                 self.wfile.write(data[index * len(data) // 4 : (index + 1) * len(data) // 4])
                 self.wfile.flush()
         finally:
@@ -337,12 +337,12 @@ def test_a_cap_on_hosts_fetching_at_once(nginx, broken, make_inventory, views, d
 def test_waiting_for_a_fetch_slot_has_its_own_bound_apart_from_the_stage_limit(
     nginx, broken, make_inventory, views, deploy_to, artifacts
 ):
-    """One host fetches at a time, each fetch takes about 2 s, staging is allowed 5 s: the last host
-    waits about 4 s for its turn. Before, the wait counted against timeouts.stage and the last hosts
+    """One host fetches at a time, each fetch takes about 3 s, staging is allowed 5.5 s: the last host
+    waits about 6 s for its turn. Before, the wait counted against timeouts.stage and the last hosts
     timed out in the queue; now waiting is bounded by timeouts.fetch_wait, working by timeouts.stage."""
     origin, url = broken
     v1, _, _ = publish(nginx, artifacts, "v1", "queued-v1.tar.gz")
-    queued = make_inventory(hosts=PULLING, extra="fetch_parallel: 1\ntimeouts: {stage: 5}\n")
+    queued = make_inventory(hosts=PULLING, extra="fetch_parallel: 1\n", timeouts="{connect: 5, command: 30, stage: 5.5}")
     done = run_inv("deploy", "-i", queued, "--artifact", v1, "--pull", f"{url}/slower/queued-v1.tar.gz", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     assert {views[name].version(deploy_to) for name in PULLING} == {"v1"}
@@ -353,10 +353,10 @@ def test_waiting_for_a_fetch_slot_has_its_own_bound_apart_from_the_stage_limit(
         for phase in json.loads(done.stdout)["timeline"]["hosts"][name]
         if phase["phase"] == "wait for a fetch slot"
     ]
-    assert max(waits) > 3  # the last host did wait in the queue for most of the stage limit
+    assert max(waits) > 4.5  # the last host waited in the queue about as long as the whole stage limit
 
     v2, _, _ = publish(nginx, artifacts, "v2", "queued-v2.tar.gz")
-    impatient = make_inventory(hosts=PULLING, extra="fetch_parallel: 1\ntimeouts: {fetch_wait: 0.5}\n")
+    impatient = make_inventory(hosts=PULLING, extra="fetch_parallel: 1\n", timeouts="{connect: 5, fetch_wait: 0.5}")
     done = run_inv("deploy", "-i", impatient, "--artifact", v2, "--pull", f"{url}/slower/queued-v2.tar.gz", "--json")
     assert done.returncode == 1
     messages = [host["message"] for host in json.loads(done.stdout)["hosts"]]
