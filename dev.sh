@@ -65,7 +65,25 @@ case "${1:-}" in
             shift
             exec .venv/bin/python -m pytest -m "smoke or not (fleet or vm or soak)" "$@"
         fi
-        exec .venv/bin/python -m pytest "$@" ;;
+        if [ "$#" -gt 0 ]; then
+            exec .venv/bin/python -m pytest "$@"
+        fi
+        # The whole suite: the VM suite (mostly waiting for VMs to boot) runs beside the rest (which
+        # mostly waits on sshd hosts); they share nothing but the machine. Its output follows the rest's.
+        vm_log=$(mktemp /tmp/deployer-vm-tests.XXXXXX)
+        .venv/bin/python -m pytest tests/vm -p no:cacheprovider --basetemp=/tmp/deployer-vm-tests > "$vm_log" 2>&1 &
+        vm_pid=$!
+        trap 'kill -INT "$vm_pid" 2>/dev/null; wait "$vm_pid"; rm -f "$vm_log"; exit 130' INT TERM
+        rest=0
+        .venv/bin/python -m pytest --ignore=tests/vm || rest=$?
+        vm=0
+        wait "$vm_pid" || vm=$?
+        trap - INT TERM
+        echo
+        echo "=== the VM suite (tests/vm), run beside the rest ==="
+        cat "$vm_log"
+        rm -f "$vm_log"
+        [ "$rest" = 0 ] && [ "$vm" = 0 ] ;;
     bench) shift; exec .venv/bin/python benchmarks/bench.py "$@" ;;
     setup) ;;
     *) echo "usage: ./dev.sh demo|test|bench|setup" >&2; exit 2 ;;
