@@ -342,7 +342,7 @@ def test_waiting_for_a_fetch_slot_has_its_own_bound_apart_from_the_stage_limit(
     timed out in the queue; now waiting is bounded by timeouts.fetch_wait, working by timeouts.stage."""
     origin, url = broken
     v1, _, _ = publish(nginx, artifacts, "v1", "queued-v1.tar.gz")
-    queued = make_inventory(hosts=PULLING, extra="fetch_parallel: 1\n", timeouts="{connect: 5, command: 30, stage: 5.5}")
+    queued = make_inventory(hosts=PULLING, extra="fetch_parallel: 1\n", timeouts="{connect: 5, stage: 5.5}")
     done = run_inv("deploy", "-i", queued, "--artifact", v1, "--pull", f"{url}/slower/queued-v1.tar.gz", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     assert {views[name].version(deploy_to) for name in PULLING} == {"v1"}
