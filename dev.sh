@@ -63,7 +63,8 @@ case "${1:-}" in
         .venv/bin/mypy
         if [ "${1:-}" = --quick ]; then  # the inner loop: unit tests and a smoke on the local fleet
             shift
-            exec .venv/bin/python -m pytest -m "smoke or not (fleet or vm or soak)" "$@"
+            .venv/bin/python -m pytest -n 4 tests/unit "$@"
+            exec .venv/bin/python -m pytest -m smoke tests/integration "$@"
         fi
         if [ "$#" -gt 0 ]; then
             exec .venv/bin/python -m pytest "$@"
@@ -75,7 +76,9 @@ case "${1:-}" in
         vm_pid=$!
         trap 'kill -INT "$vm_pid" 2>/dev/null; wait "$vm_pid"; rm -f "$vm_log"; exit 130' INT TERM
         rest=0
-        .venv/bin/python -m pytest --ignore=tests/vm || rest=$?
+        # unit tests in 4 processes (they mostly wait on shells and sleeps); the local fleet's tests in one
+        .venv/bin/python -m pytest -n 4 tests/unit || rest=$?
+        .venv/bin/python -m pytest tests/integration tests/soak || rest=$?
         vm=0
         wait "$vm_pid" || vm=$?
         trap - INT TERM
