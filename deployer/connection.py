@@ -28,6 +28,9 @@ Observer = Callable[[str, str, str], None]
 PROGRESS_RECORD = b"@progress\t"  # see deployer/protocol.py: told to the observer as it arrives
 UPLOAD_REPORT_BYTES = 256 * 1024  # how often an upload's progress is told to the observer
 IN_FLIGHT = 1024 * 1024  # unconsumed upload bytes allowed at a host's sshd; see HostConnection._send
+# (host name, the session's deadline) -> whether the host's whole batch passed: asked by a switch
+# session at `@progress verdict-wait` (see HostConnection.run and phases.switch.BatchVerdict).
+Verdict = Callable[[str, float], bool]
 STDERR_TAIL_BYTES = 64 * 1024  # what is kept of a session's stderr (its end: where the errors are)
 
 
@@ -143,6 +146,7 @@ class HostConnection:
         upload: Sequence[bytes | memoryview] | None = None,
         step: str = "command",
         gate: threading.Semaphore | None = None,
+        verdict: Verdict | None = None,
     ) -> ExecResult:
         """Run `command` (remote script `step`) in one exec session, optionally streaming `upload` to its stdin.
 
@@ -154,6 +158,10 @@ class HostConnection:
         `upload`: when the script says `@progress fetch-wait` it gets a slot of the gate (waiting
         for one), then "go" on stdin; the slot is given back at `@progress fetched` or when the
         session ends.
+
+        With `verdict` (a switch whose lock and pruning wait for its batch's verdict), stdin also stays
+        open: at `@progress verdict-wait` the verdict is asked for (waiting for the other hosts of
+        the batch; the time waited is added to the deadline) and "commit" or "hold" goes on stdin.
         """
         limit = timeout if timeout is not None else self.timeouts.command
         started = time.monotonic()
@@ -173,9 +181,9 @@ class HostConnection:
                 _exec_without_waiting(transport, channel, command)
                 if upload:
                     self._send(channel, upload, deadline)
-                if gate is None:
+                if gate is None and verdict is None:
                     channel.shutdown_write()
-                records = _Records(self, channel, deadline, gate, step)
+                records = _Records(self, channel, deadline, gate, step, verdict)
                 try:
                     self._read(channel, stdout, stderr, records)
                 finally:
@@ -290,8 +298,10 @@ class _Records:
         deadline: float,
         gate: threading.Semaphore | None,
         step: str,
+        verdict: Verdict | None = None,
     ) -> None:
         self.connection = connection
+        self.verdict = verdict
         self.channel = channel
         self.deadline = deadline
         self.gate = gate
@@ -318,17 +328,27 @@ class _Records:
             self.say_go()
         elif self.gate is not None and name == "fetched":
             self.give_back()
+        elif self.verdict is not None and name == "verdict-wait":
+            self.connection.tell("progress", name)
+            started = time.monotonic()
+            commit = self.verdict(self.connection.host.name, self.deadline)
+            self.deadline += time.monotonic() - started
+            self.answer(b"commit\n" if commit else b"hold\n")
+            self.verdict = None  # asked once
         else:
             self.connection.tell("progress", name)
 
     def say_go(self) -> None:
-        """"go" on the session's stdin, then its end; bounded by the step's deadline. paramiko's
+        self.answer(b"go\n")
+
+    def answer(self, line: bytes) -> None:
+        """One line on the session's stdin, then its end; bounded by the step's deadline. paramiko's
         `sendall` would spin forever on a channel whose write side is already shut (`send` returns 0)."""
         if self.channel.closed or self.channel.eof_sent:
-            raise ProtocolError(self.connection.host.name, self.step, "it asked for a fetch slot after its input ended")
+            raise ProtocolError(self.connection.host.name, self.step, "it asked for an answer after its input ended")
         self.channel.settimeout(max(0.01, self.deadline - time.monotonic()))
-        if self.channel.send(b"go\n") != 3:
-            raise ProtocolError(self.connection.host.name, self.step, "it stopped reading before its fetch slot")
+        if self.channel.send(line) != len(line):
+            raise ProtocolError(self.connection.host.name, self.step, "it stopped reading before its answer")
         self.channel.shutdown_write()
 
     def take_slot(self, gate: threading.Semaphore) -> None:

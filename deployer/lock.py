@@ -360,7 +360,7 @@ def release(
     """
     failures: dict[str, HostError] = {}
     names = sorted(lock.held if hosts is None else set(hosts))
-    options_of = {name: {"unlock": lock.token} for name in names}
+    options_of = {name: {"unlock": lock.token, "fence": lock.token} for name in names}
     for name, outcome in run_finish(fleet, options_of, "releasing the lock"):
         if isinstance(outcome, HostError):
             failures[name] = outcome

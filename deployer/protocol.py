@@ -63,6 +63,7 @@ RECORDS: dict[str, tuple[str, ...]] = {
     "already": ("link",),
     "switched": ("before", "after"),
     "history_written": (),
+    "held": (),  # the batch did not pass: the lock stays and nothing is pruned (a revert follows)
     "hook": ("name", "result", "code", "tail*"),
     "health": ("result", "attempt", "code*"),
     # finish (and the tail of switch)

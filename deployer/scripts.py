@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from deployer.protocol import ScriptOutput, parse_output
 
 if TYPE_CHECKING:
-    from deployer.connection import HostConnection
+    from deployer.connection import HostConnection, Verdict
 
 EXIT_USAGE = 10
 EXIT_REFUSED = 20
@@ -34,6 +34,7 @@ EXIT_NOT_SYMLINK = 21
 EXIT_CHANGED = 22
 EXIT_IO = 30
 EXIT_DIGEST = 31
+EXIT_FENCED = 35  # the run no longer holds this host's lock (or a later session took over): nothing more changed
 EXIT_SIGNATURE = 32
 EXIT_FETCH = 33
 EXIT_VALIDATE = 40
@@ -152,6 +153,7 @@ def run_script(
     session_timeout: float | None = None,
     upload: Sequence[bytes | memoryview] | None = None,
     gate: threading.Semaphore | None = None,
+    verdict: Verdict | None = None,
     **options: str | int | float | None,
 ) -> ScriptResult:
     """Run remote script `script` on one host in one session; its answer parsed by the protocol.
@@ -160,6 +162,6 @@ def run_script(
     Raises a HostError (unreachable, timeout, ProtocolError) when there is no valid answer.
     """
     command = command_line(script, deploy_to, **options)
-    result = connection.run(command, timeout=session_timeout, upload=upload, step=script, gate=gate)
+    result = connection.run(command, timeout=session_timeout, upload=upload, step=script, gate=gate, verdict=verdict)
     output = parse_output(result.stdout, result.stderr, connection.host.name, script)
     return ScriptResult(result.exit_status, output, result.seconds)

@@ -175,7 +175,8 @@ def place_signers(
             report.notes.append("dry run: nothing was changed")
             results.update({name: _signers_result(name, states[name], UNCHANGED, "would change") for name in wanted})
         else:
-            for name, outcome in run_finish(run.fleet, wanted, "placing the allowed signers"):
+            fenced = {name: {**asked, "fence": run.lock.token} for name, asked in wanted.items()}
+            for name, outcome in run_finish(run.fleet, fenced, "placing the allowed signers"):
                 state, copy = states[name], copies.get(name)
                 expected = copy.digests if copy is not None else "removed"
                 if isinstance(outcome, HostError):

@@ -171,6 +171,9 @@ class _Rollout:
                 schema=self.plan.schema,
                 unpin=unpin,
                 prune=self.plan.prune if self.final and last else {},
+                # the last batch's verdict is the deploy's: its hosts keep the lock and prune nothing
+                # until every one of them passed (a revert may follow)
+                verdict=self.final and last and len(group) > 1,
                 bad_on_failure=mark_info("deploy failed: its checks failed on this host after the switch"),
             )
             label = f"batch {index + 1}/{len(groups)}: " if len(groups) > 1 else ""

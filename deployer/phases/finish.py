@@ -28,7 +28,9 @@ def finish(run: Run, hosts: list[str], unlock: bool = True, **options: Any) -> d
         }
         for name in hosts
     }
-    options_of = {name: wanted for name, wanted in options_of.items() if any(wanted.values())}
+    options_of = {
+        name: {**wanted, "fence": run.lock.token} for name, wanted in options_of.items() if any(wanted.values())
+    }
     for name, outcome in run_finish(run.fleet, options_of, "finishing"):
         if isinstance(outcome, HostError):
             failures[name] = outcome.reason

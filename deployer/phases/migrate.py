@@ -28,6 +28,7 @@ def run_once(
         "schema_from": "" if schema_from is None else str(schema_from),
         "schema_to": "" if schema_to is None else str(schema_to),
         "run": run.run_id,
+        "fence": run.lock.token,
         "env": "1" if run.environment else "",
         "now": utc_now(),
     }
@@ -36,7 +37,9 @@ def run_once(
 
     def work(connection: HostConnection) -> ScriptResult:
         limit = inventory.timeouts.migrate + 10
-        return run_script(connection, "run", deploy_to, session_timeout=limit, upload=environment, gate=None, **options)
+        return run_script(
+            connection, "run", deploy_to, session_timeout=limit, upload=environment, gate=None, verdict=None, **options
+        )
 
     for _host, outcome in run.fleet.map(work, [inventory.host(host)]):
         if isinstance(outcome, HostError):

@@ -67,6 +67,7 @@ def stage(
             session_timeout=inventory.timeouts.stage,
             upload=upload,
             gate=gated,
+            verdict=None,
             release=release,
             digest=artifact.digest,
             source=source,
@@ -79,6 +80,7 @@ def stage(
             fetch_timeout=whole_seconds(inventory.timeouts.stage) if source == planning.FETCH else "",
             fetch_gate="1" if gated is not None else "",
             now=utc_now(),
+            fence=run.lock.token,
             **signed,
         )
         if result.exit_status != 0:

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +64,9 @@ class SwitchRequest:
     mark_bad: str = ""
     bad_info: str = ""
     prune: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # the lock's release and the pruning wait for the whole batch's verdict (a deploy's last batch:
+    # a revert may follow); where the batch cannot wait in its sessions, they are left to the finish
+    verdict: bool = False
 
 
 def _switch_options(run: Run, host_plan: HostPlan, request: SwitchRequest) -> tuple[dict[str, Any], float]:
@@ -94,6 +100,7 @@ def _switch_options(run: Run, host_plan: HostPlan, request: SwitchRequest) -> tu
         "bad_on_failure": request.bad_on_failure,
         "prune": " ".join(request.prune.get(host_plan.host, ())),
         "unlock": run.lock.token if request.unlock else "",
+        "fence": run.lock.token,
         "unlock_always": "1" if request.unlock and request.mode != "deploy" else "",
         "env": "1" if run.environment else "",
         "sudo": "1" if host.sudo else "",
@@ -114,12 +121,28 @@ def _switch_options(run: Run, host_plan: HostPlan, request: SwitchRequest) -> tu
     return options, timeout
 
 
-def switch_host(connection: HostConnection, run: Run, host_plan: HostPlan, request: SwitchRequest) -> Switched:
+def switch_host(
+    connection: HostConnection,
+    run: Run,
+    host_plan: HostPlan,
+    request: SwitchRequest,
+    verdict: BatchVerdict | None = None,
+) -> Switched:
     """Run the shared switch helper on one host and check its read-back against the plan."""
     target = host_plan.target or ""
     options, timeout = _switch_options(run, host_plan, request)
+    if verdict is not None:
+        options["await_verdict"] = "1"
     deploy_to = run.inventory.deploy_to_of(connection.host)
-    result = run_script(connection, "switch", deploy_to, session_timeout=timeout, upload=[run.environment], **options)
+    result = run_script(
+        connection,
+        "switch",
+        deploy_to,
+        session_timeout=timeout,
+        upload=[run.environment],
+        verdict=verdict.ready if verdict is not None else None,
+        **options,
+    )
     output = result.output
     status = result.exit_status
     name = connection.host.name
@@ -163,13 +186,51 @@ def switch_host(connection: HostConnection, run: Run, host_plan: HostPlan, reque
     return switched
 
 
+class BatchVerdict:
+    """The verdict of one batch, given to its hosts' switch sessions while they wait for it (their
+    lock and pruning depend on it): "commit" once every host of the batch passed its checks,
+    "hold" as soon as one failed (or its session ended without passing). Every session of the batch
+    must be able to wait at once: used only when the batch fits in the fleet's pool."""
+
+    def __init__(self, hosts: list[str]) -> None:
+        self.expected = set(hosts)
+        self.passed: set[str] = set()
+        self.ended: set[str] = set()
+        self.changed = threading.Condition()
+
+    def ready(self, host: str, deadline: float) -> bool:
+        """`host` passed and waits: whether the whole batch passed (False when the deadline comes first)."""
+        with self.changed:
+            self.passed.add(host)
+            self.ended.add(host)
+            self.changed.notify_all()
+            self.changed.wait_for(
+                lambda: self.ended >= self.expected or self.ended - self.passed,
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
+            return self.passed >= self.expected
+
+    def end(self, host: str) -> None:
+        """`host`'s session ended: if it never said it passed, the batch did not."""
+        with self.changed:
+            self.ended.add(host)
+            self.changed.notify_all()
+
+
 def switch(run: Run, hosts: list[HostPlan], request: SwitchRequest) -> dict[str, Switched | HostError]:
     """The switch phase on `hosts`, in parallel; outcomes per host."""
     by_name = {host_plan.host: host_plan for host_plan in hosts}
     outcomes: dict[str, Switched | HostError] = {}
+    verdict = BatchVerdict(list(by_name)) if request.verdict and len(by_name) <= run.fleet.parallel else None
+    if request.verdict and verdict is None:  # too many to wait at once: the finish releases and prunes
+        request = dataclasses.replace(request, unlock=False, prune={}, verdict=False)
 
     def work(connection: HostConnection) -> Switched:
-        return switch_host(connection, run, by_name[connection.host.name], request)
+        try:
+            return switch_host(connection, run, by_name[connection.host.name], request, verdict)
+        finally:
+            if verdict is not None:
+                verdict.end(connection.host.name)
 
     targets = [run.inventory.host(name) for name in by_name]
     for host, outcome in run.fleet.map(work, targets):

@@ -7,7 +7,8 @@
 #   0 ok | 10 usage | 20 refused (precondition) | 21 current is not a symlink
 #   22 current changed since it was read | 30 I/O failure (disk full, permission)
 #   31 artifact digest mismatch | 32 signature refused by this host | 33 artifact could not be
-#   fetched (pull deploys) | 40 validation failed | 50 verification after switch failed
+#   fetched (pull deploys) | 35 fenced: this run no longer holds the lock here (or a later session
+#   took over); nothing more was changed | 40 validation failed | 50 verification after switch failed
 #   60 before_switch hook failed (not switched) | 61 after_switch hook failed (switched)
 #   62 health check failed (switched) | 63 after_rollback hook failed (switched)
 #   64 migration command failed
@@ -444,6 +445,13 @@ lock_release() {
         emit lock_changed "$lr_have"
         return 0
     fi
+    if [ -f .deployer/lock/session ]; then  # a session still acting under this lock stops first
+        first_line .deployer/lock/session
+        case $line in
+            '' | *[!0-9]* | "$$") ;;
+            *) stop_session "$line" ;;
+        esac
+    fi
     [ ! -e .deployer/lock.gone ] || rm -rf .deployer/lock.gone
     if mv .deployer/lock .deployer/lock.gone && rm -rf .deployer/lock.gone; then
         unflushed=.deployer
@@ -451,6 +459,64 @@ lock_release() {
     else
         emit warning "could not remove the lock"
     fi
+}
+
+# --- fencing: a session changes this host only while the lock holds its run's token ---
+
+fence_enter() {
+    # fence_enter: at the start of a session that changes the host (fence=TOKEN given). Refuses
+    # unless the lock holds TOKEN; stops an earlier session of this host still running under the
+    # lock (one the controller gave up on: a timeout, a lost connection), with everything it
+    # started, before this one acts; then records this session as the one acting.
+    [ -n "${opt_fence:-}" ] || return 0
+    fence
+    if [ -f .deployer/lock/session ]; then
+        first_line .deployer/lock/session
+        case $line in
+            '' | *[!0-9]* | "$$") ;;
+            *) stop_session "$line" ;;
+        esac
+    fi
+    if ! { printf '%s\n' "$$" > ".deployer/lock/session.$$" && mv -f ".deployer/lock/session.$$" .deployer/lock/session; }; then
+        fail 30 "cannot record this session in $(pwd)/.deployer/lock"
+    fi
+    fence_me=$$
+}
+
+fence() {
+    # fence: immediately before each change to the host: the lock still holds this run's token and
+    # no later session took over from this one; otherwise stop, changing nothing more.
+    [ -n "${opt_fence:-}" ] || return 0
+    if [ "$(lock_token)" != "$opt_fence" ]; then
+        fail 35 "this run no longer holds the lock on this host; nothing more was changed here"
+    fi
+    if [ -n "${fence_me:-}" ]; then
+        line=
+        [ ! -f .deployer/lock/session ] || first_line .deployer/lock/session
+        [ "$line" = "$fence_me" ] || fail 35 "a later session took over this host; nothing more was changed here"
+    fi
+}
+
+stop_session() {
+    # stop_session PID: stop an earlier session of the tool (its process group: sshd makes each
+    # session's shell a group leader) if it still runs and is one (its command line names a
+    # deployer script), and wait until it is gone (at most 10 s).
+    if [ -r "/proc/$1/cmdline" ]; then
+        ss_args=$(tr '\000' ' ' < "/proc/$1/cmdline" 2>/dev/null)
+    else  # BusyBox's ps has no -p: the whole list, this pid's line
+        ss_args=$(ps -A -o pid= -o args= 2>/dev/null | awk -v pid="$1" '$1 == pid { $1 = ""; print }')
+    fi
+    case $ss_args in
+        *" deployer-"*) ;;
+        *) return 0 ;;
+    esac
+    emit warning "stopping an earlier session of this run still running on this host (pid $1)"
+    kill -KILL -"$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null
+    ss_waited=0
+    while [ "$ss_waited" -lt 10 ] && any_alive "$1"; do
+        sleep 1
+        ss_waited=$((ss_waited + 1))
+    done
 }
 
 # --- hooks, health checks and other commands run on the host ---

@@ -8,11 +8,13 @@ opt_run=''
 parse_options "$@"
 read_env
 cd "$deploy_to" || fail 20 "cannot enter $deploy_to"
+fence_enter
 [ -d "releases/$opt_release" ] || fail 20 "release $opt_release is not present in $deploy_to/releases"
 mkdir -p .deployer/logs
 log="$(pwd -P)/.deployer/logs/$opt_release.$opt_name.log"
 export DEPLOYER_RELEASE="$opt_release" DEPLOYER_DEPLOY_TO="$deploy_to"
 export DEPLOYER_SCHEMA_FROM="$opt_schema_from" DEPLOYER_SCHEMA_TO="$opt_schema_to"
+fence
 if run_command "releases/$opt_release" "$opt_timeout" "$log" "$opt_command"; then
     emit ran "$opt_name" 0
     history_event "$opt_name" "$opt_release" ok "schema $opt_schema_from -> $opt_schema_to"

@@ -39,6 +39,7 @@ if [ ! -d "$deploy_to/.deployer/staging" ] || [ ! -d "$deploy_to/releases" ]; th
 fi
 cd "$deploy_to" || fail 30 "cannot enter $deploy_to"
 deploy_abs=$(pwd -P)
+fence_enter
 if [ -e "releases/$release_id" ] || [ -L "releases/$release_id" ]; then
     fail 20 "release $release_id already exists on this host; release folders are never reused"
 fi
@@ -247,6 +248,7 @@ fi
 meta="$digest ${opt_meta:-- - - - -} $signer"
 # "validating" until the release is validated and on stable storage: only then "ok", the one status
 # a later deploy reuses or a rollback switches to (a power cut in between leaves "validating").
+fence
 write_file ".deployer/meta/$release_id" "validating $meta" || { rm -rf "$staging"; fail 30 "cannot write release metadata (disk full?)"; }
 if ! reason=$(mv "$staging" "releases/$release_id" 2>&1); then
     rm -rf "$staging" ".deployer/meta/$release_id"
@@ -254,6 +256,7 @@ if ! reason=$(mv "$staging" "releases/$release_id" 2>&1); then
 fi
 
 if [ -n "$opt_validate" ]; then
+    fence
     emit progress validating
     log="$deploy_abs/.deployer/logs/$release_id.validate.log"
     export DEPLOYER_RELEASE="$release_id" DEPLOYER_RELEASE_DIR="$deploy_abs/releases/$release_id"
@@ -262,6 +265,7 @@ if [ -n "$opt_validate" ]; then
         :
     else
         code=$?
+        fence
         write_file ".deployer/meta/$release_id" "failed $meta" || true
         emit validate_failed "$code" "$(log_tail "$log")"
         exit 40
@@ -271,5 +275,6 @@ fi
 # "ok" (itself written durably), so no host switches to it, now or after a power cut, and a later
 # deploy never reuses a release whose files a cut emptied.
 flush "releases/$release_id" || fail 30 "cannot flush the release to disk"
+fence
 write_file ".deployer/meta/$release_id" "ok $meta" || fail 30 "cannot write release metadata (disk full?)"
 emit staged "$release_id" "$digest"

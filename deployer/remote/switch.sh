@@ -5,7 +5,9 @@
 #   3. point `current` at releases/ID atomically (temp symlink + rename) and read it back;
 #   4. append the switch to the history; record schema, pin, bad mark as asked;
 #   5. run the after hook (after_switch for deploys, after_rollback otherwise), then the health check;
-#   6. when all of that passed (or unlock_always=1): prune the listed releases and release our lock.
+#   6. when all of that passed (or unlock_always=1): prune the listed releases and release our lock;
+#      with await_verdict=1, only once the controller says the whole batch passed ("commit" on stdin):
+#      otherwise ("hold", or the controller gone) the lock stays for the revert or the finish.
 # mode=revert treats "already on the target" as done, so a revert can always be rerun.
 # shellcheck disable=SC2154  # opt_* are set by parse_options
 deploy_to=$1
@@ -25,6 +27,7 @@ mode=$opt_mode
 [ -n "$target" ] || fail 10 "switch needs target="
 
 cd "$deploy_to" || fail 20 "cannot enter $deploy_to"
+fence_enter
 if [ ! -d "releases/$target" ] || [ -L "releases/$target" ]; then
     fail 20 "release $target is not present in $deploy_to/releases"
 fi
@@ -53,9 +56,11 @@ else
         fail 22 "current changed since it was read: now '$before', expected '$opt_expected'"
     fi
     if [ "$mode" = deploy ]; then
+        fence
         if ! run_hook before_switch "releases/$target" "$opt_hook_timeout" "$target" "$opt_before_switch"; then
             fail 60 "before_switch hook failed; current not changed"
         fi
+        fence
         write_file "releases/$target/previousVersion" "$opt_previous" || fail 30 "cannot write previousVersion (disk full?)"
     fi
 
@@ -66,6 +71,7 @@ else
     rm -rf "$scratch"
     mkdir -p "$scratch" || fail 30 "cannot create $deploy_to/$scratch"
     ln -s "releases/$target" "$scratch/current" || { rm -rf "$scratch"; fail 30 "cannot create the new link"; }
+    fence
     if ! mv -f "$scratch/current" .; then
         rm -rf "$scratch"
         fail 30 "cannot move the new link over current"
@@ -83,6 +89,7 @@ else
     fi
     emit switched "$before" "$after"
     # Records of the switch, written only by the session that switched (never for "already").
+    fence
     [ -z "$opt_history" ] || record_history "$opt_history" rotate
     if [ -n "$opt_schema" ]; then
         write_file .deployer/schema "$opt_schema" || emit warning "schema version not recorded (disk full?)"
@@ -96,6 +103,7 @@ else
 fi
 
 code=0
+fence
 if [ "$mode" = deploy ]; then
     run_hook after_switch current/ "$opt_hook_timeout" "$target" "$opt_after_switch" || code=61
 else
@@ -105,6 +113,16 @@ if [ "$code" = 0 ]; then
     health_check "$target" "$opt_health" "$opt_health_timeout" "$opt_health_retries" "$opt_health_interval" \
         "$opt_health_expect" || code=62
 fi
+if [ "$code" = 0 ] && [ "${opt_await_verdict:-}" = 1 ]; then
+    emit progress verdict-wait
+    verdict=
+    IFS= read -r verdict || true
+    if [ "$verdict" != commit ]; then
+        emit held
+        exit 0
+    fi
+fi
+fence
 if [ "$code" = 0 ]; then
     prune_releases "$opt_prune"
 elif [ "$mode" = deploy ] && [ -n "$opt_bad_on_failure" ]; then
