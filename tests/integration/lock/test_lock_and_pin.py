@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +150,44 @@ def test_ctrl_c_releases_the_lock(make_inventory, views, artifacts, deploy_to):
     assert code == 130 and "interrupted" in err
     assert not any(lock_folders(views, deploy_to).values())
     assert {view.version(deploy_to) for view in views.values()} == {"v1"}
+
+
+def running(marker: str) -> list[int]:
+    """Processes on this machine (the local fleet shares its PID namespace) whose command line holds `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_controller_killed_during_a_hook_leaves_nothing_acting_once_the_next_run_starts(
+    make_inventory, views, artifacts, deploy_to
+):
+    """SIGKILL while a slow before_switch hook runs on every host, then another deploy at once.
+    Before, the old hooks ran on beside the new run (and would have gone on to switch had their
+    sessions not lost stdout); now the new run, clearing the stale lock, stops the old sessions
+    and everything they started before it acts."""
+    marker = "slow-hook-marker"  # the hook's own shell carries it (BusyBox's sh sleeps without a process)
+    started = f"{deploy_to}-hook-started"
+    hook = f"touch {started}; sh -c 'sleep 31; true' {marker}"
+    inventory = make_inventory(extra=f"hooks: {{before_switch: {json.dumps(hook)}}}\n")
+    plain = make_inventory()
+    assert run_inv("deploy", "-i", plain, "--artifact", artifacts["v1"]).returncode == 0
+    killed = inv_process("deploy", "-i", inventory, "--artifact", artifacts["v2"])
+    deadline = time.monotonic() + 60
+    while not all(view.host.run("test -e %s", started).rc == 0 for view in views.values()):
+        assert killed.poll() is None and time.monotonic() < deadline, killed.communicate()
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert len(running(marker)) == len(views)  # the hooks run on without their controller
+    next_run = run_inv("deploy", "-i", plain, "--artifact", artifacts["v3"])
+    assert next_run.returncode == 0, next_run.stdout + next_run.stderr
+    assert "removing a stale lock" in next_run.stdout + next_run.stderr
+    assert running(marker) == []  # stopped before the new run acted, not 31 s later
+    assert {view.version(deploy_to) for view in views.values()} == {"v3"}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from deployer import operations
 from deployer.inventory import load_inventory
 from deployer.report import REVERTED, Progress
-from tests.conftest import run_inv
+from tests.conftest import inv_process, lock_folders, run_inv
 
 pytestmark = pytest.mark.fleet
 QUIET = Progress(quiet=True)
@@ -135,3 +136,37 @@ def test_hooks_run_on_hosts_and_locally_with_the_release_in_their_environment(
         assert views[name].sh("tail -n 1 %s", f"{deploy_to}/hooks.log") == f"rollback {first.target}"
         assert views[name].version(deploy_to) == "v1"
     assert log.read_text().splitlines()[-1] == f"rolled back to {first.target}"
+
+
+def test_a_failed_last_batch_is_reverted_under_the_lock_with_nothing_pruned(
+    make_inventory, views, artifacts, deploy_to
+):
+    """One batch of four; web2's health check fails (slowly). Before, the three healthy hosts pruned
+    their oldest release and released their lock inside their switch sessions, before the batch's
+    verdict: the revert then ran on hosts nobody held, and the release the fleet went back to could
+    be the one just pruned. Now they wait for the verdict: while web2 is still checking, every host
+    is locked, and after the revert every host still has every release it had."""
+    marker = f"{deploy_to}-web2-checking"
+    check = f'if [ "$(hostname)" = web2 ]; then touch {marker}; sleep 3; exit 1; fi'
+    extra = f"health_check: {{command: {json.dumps(check)}, timeout: 10, retries: 0}}\nkeep_releases: 2\n"
+    inventory = make_inventory(extra=extra)
+    calm = make_inventory(extra="keep_releases: 2\n")
+    for version in ("v1", "v2"):
+        assert run_inv("deploy", "-i", calm, "--artifact", artifacts[version]).returncode == 0
+    before = {name: sorted(view.sh("ls %s", f"{deploy_to}/releases").split()) for name, view in views.items()}
+    assert all(len(releases) == 2 for releases in before.values())  # a third deploy would prune one
+    deploying = inv_process("deploy", "-i", inventory, "--artifact", artifacts["v3"], "--json")
+    deadline = time.monotonic() + 60
+    while views["web2"].host.run("test -e %s", marker).rc != 0:
+        assert deploying.poll() is None and time.monotonic() < deadline, deploying.communicate()
+        time.sleep(0.05)
+    assert lock_folders(views, deploy_to) == {name: True for name in views}  # held while web2 checks
+    out, err = deploying.communicate(timeout=120)
+    assert deploying.returncode == 1, out + err
+    by_host = {host["host"]: host for host in json.loads(out)["hosts"]}
+    assert {by_host[name]["status"] for name in ("web1", "web3", "web4")} == {REVERTED}, by_host
+    for name, view in views.items():
+        releases = view.sh("ls %s", f"{deploy_to}/releases").split()
+        assert set(before[name]) <= set(releases), (name, releases)  # nothing pruned
+        assert view.version(deploy_to) == "v2"
+    assert not any(lock_folders(views, deploy_to).values())
