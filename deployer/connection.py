@@ -306,7 +306,6 @@ class _Records:
         self.deadline = deadline
         self.gate = gate
         self.step = step
-        self.waited = 0.0  # seconds spent waiting for a fetch slot: added to the deadline
         self.asked = False  # a session asks for its fetch slot once: a second ask breaks the protocol
         self.holding = False
         self.partial = b""
@@ -325,7 +324,7 @@ class _Records:
             self.asked = True
             self.connection.tell("progress", name)
             self.take_slot(self.gate)
-            self.say_go()
+            self.answer(b"go\n")
         elif self.gate is not None and name == "fetched":
             self.give_back()
         elif self.verdict is not None and name == "verdict-wait":
@@ -337,9 +336,6 @@ class _Records:
             self.verdict = None  # asked once
         else:
             self.connection.tell("progress", name)
-
-    def say_go(self) -> None:
-        self.answer(b"go\n")
 
     def answer(self, line: bytes) -> None:
         """One line on the session's stdin, then its end; bounded by the step's deadline. paramiko's
@@ -364,8 +360,7 @@ class _Records:
                     self.connection.host.name, f"no fetch slot within {limit:g}s (timeouts.fetch_wait, fetch_parallel)"
                 )
         self.holding = True
-        self.waited = time.monotonic() - started
-        self.deadline += self.waited
+        self.deadline += time.monotonic() - started
 
     def give_back(self) -> None:
         if self.holding and self.gate is not None:
