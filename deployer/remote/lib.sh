@@ -562,9 +562,7 @@ run_bounded() {
             rb_waited=$((rb_waited + 1))
         done
         # shellcheck disable=SC2086
-        rb_tree="$rb_tree $(descendants $rb_tree)"
-        # shellcheck disable=SC2086
-        kill -KILL $rb_tree 2>/dev/null
+        kill_tree $rb_tree
         exit 124
     ) > /dev/null 2>&1 < /dev/null &
     rb_watchdog=$!
@@ -579,18 +577,40 @@ run_bounded() {
 }
 
 descendants() {
-    # descendants PID...: the pids of every process these started, and theirs (POSIX ps -A -o).
+    # descendants PID...: the pids of every process these started, and theirs, each after its
+    # parent (POSIX ps -A -o).
     ps -A -o pid= -o ppid= 2>/dev/null | awk -v roots="$*" '
         { parent[$1] = $2 }
         END {
             count = split(roots, root, " ")
-            for (i = 1; i <= count; i++) { found[root[i]] = 1; given[root[i]] = 1 }
+            for (i = 1; i <= count; i++) found[root[i]] = 1
             do {
                 more = 0
-                for (pid in parent) if (!(pid in found) && (parent[pid] in found)) { found[pid] = 1; more = 1 }
+                for (pid in parent) if (!(pid in found) && (parent[pid] in found)) {
+                    found[pid] = 1; more = 1; printf "%s ", pid
+                }
             } while (more)
-            for (pid in found) if (!(pid in given)) printf "%s ", pid
         }'
+}
+
+kill_tree() {
+    # kill_tree PID...: KILL these processes and every process they started. All are stopped first
+    # (STOP, each parent before its children, then what they had started meanwhile: a stopped
+    # process forks nothing), so that none of them sees another die and acts on it in between (a
+    # shell whose child was killed first runs its next command before its own KILL arrives).
+    kt_tree=$*
+    kt_new=$kt_tree
+    kt_round=0
+    while [ -n "$kt_new" ] && [ "$kt_round" -lt 20 ]; do
+        # shellcheck disable=SC2086  # the pids, one word each
+        kill -STOP $kt_new 2>/dev/null
+        # shellcheck disable=SC2086
+        kt_new=$(descendants $kt_tree)
+        kt_tree="$kt_tree $kt_new"
+        kt_round=$((kt_round + 1))
+    done
+    # shellcheck disable=SC2086
+    kill -KILL $kt_tree 2>/dev/null
 }
 
 any_alive() {

@@ -458,3 +458,41 @@ def test_the_watchdog_stops_what_ignores_term_even_after_the_top_process_exited(
         time.sleep(0.05)
     assert state in ("gone", "Z"), f"the child that ignored TERM still runs ({state})"
     assert not late.exists()
+
+
+def test_the_watchdogs_kill_leaves_no_parent_time_to_act_on_its_childs_death(tmp_path):
+    """30 subshells ignore TERM, each waiting on a `sleep` before it writes a line. The watchdog's
+    KILL went to the saved tree in no order: a subshell whose `sleep` was killed first wrote its
+    line before its own KILL arrived (seen in CI under load; this test failed on that script in all three shells).
+    Now the tree is stopped first, then killed: no line is ever written, nothing is left."""
+    late, pids = tmp_path / "late", tmp_path / "pids"
+    branches = (
+        'i=0; while [ "$i" -lt 30 ]; do '
+        '(trap "" TERM; sh -c "echo \\$\\$ >> $2; exec sleep 30"; echo late >> "$1") & i=$((i + 1)); '
+        "done; wait"
+    )
+    done = subprocess.run(
+        [
+            *scripts.REMOTE_SHELL.split(),
+            "-c",
+            f'. "{LIB}"; run_bounded 1 sh -c "$1" sh "$2" "$3"; echo "status $?"',
+            "sh",
+            branches,
+            str(late),
+            str(pids),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "status 124", done.stderr
+    sleeps = [int(pid) for pid in pids.read_text().split()]
+    assert len(sleeps) == 30
+    time.sleep(0.5)  # a subshell that survived would write now
+    assert not late.exists(), late.read_text()
+    for pid in sleeps:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            continue
+        assert state == "Z", f"sleep {pid} still runs ({state})"
