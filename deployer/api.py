@@ -74,6 +74,7 @@ class Flags(TypedDict, total=False):
     dry_run: bool
     force: bool
     unpin: bool
+    watch: bool
     version: str | None
     commit: str | None
     signature: str | None
@@ -92,6 +93,7 @@ def options(
     dry_run: bool = False,
     force: bool = False,
     unpin: bool = False,
+    watch: bool = True,
     version: str | None = None,
     commit: str | None = None,
     signature: str | None = None,
@@ -109,6 +111,7 @@ def options(
         dry_run=dry_run,
         force=force,
         unpin=unpin,
+        no_watch=not watch,
         lock_wait=lock_wait,
         message=message,
         hosts=tuple(hosts),

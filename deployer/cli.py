@@ -52,6 +52,7 @@ def options(values: Values) -> Options:
         dry_run=flag("dry_run", False),
         force=flag("force", False),
         unpin=flag("unpin", False),
+        watch=flag("watch", True),
         lock_wait=flag("lock_wait") or 0.0,
         message=flag("message") or "",
         hosts=names(flag("hosts")),
@@ -124,6 +125,13 @@ def rollback(values: Values) -> int:
     chosen, flags = _inventory(values, runs_hooks=True)
     with _progress(chosen) as progress:
         report = operations.rollback(chosen, values.to, flags, progress)
+    return emit(report, values.json)
+
+
+def watch(values: Values) -> int:
+    chosen, flags = _inventory(values, runs_hooks=True)
+    with _progress(chosen) as progress:
+        report = operations.watch_fleet(chosen, flags, progress, values.duration)
     return emit(report, values.json)
 
 
@@ -404,6 +412,7 @@ HANDLERS: dict[str, Callable[[Values], int]] = {
     "deploy": deploy,
     "rollback": rollback,
     "rollback-drill": rollback_drill,
+    "watch": watch,
     "status": status,
     "history": history,
     "releases": releases,

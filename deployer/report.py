@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
-from deployer.errors import EXIT_HOSTS_FAILED, EXIT_OK, EXIT_REFUSED
+from deployer.errors import EXIT_HOSTS_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED
 from deployer.redaction import Redactor
 from deployer.revision import Revision
 from deployer.sanitize import sanitize
@@ -91,12 +91,15 @@ class OperationReport:
     dry_run: bool = False  # only planned: nothing was changed
     signature: dict[str, Any] = field(default_factory=dict)  # who signed the artifact (principal, fingerprint)
     timeline: dict[str, Any] = field(default_factory=dict)  # per host, each phase's start and end (Timeline)
+    watches: list[dict[str, Any]] = field(default_factory=list)  # each watch after a switch, with every sample
+    cut_short: str = ""  # Ctrl-C ended a watch: the fleet was left as it was (exit 130)
 
     @property
     def ok(self) -> bool:
         return (
             not self.refusal
             and not self.problems
+            and not self.cut_short
             and all(result.status in GOOD_STATUSES for result in self.hosts)
             and all(phase.ok for phase in self.phases if self.operation == "rollback-drill")
         )
@@ -107,6 +110,8 @@ class OperationReport:
             return EXIT_OK
         if self.refusal:  # refused as a whole before anything changed, unreachable hosts or not
             return EXIT_REFUSED
+        if self.cut_short:
+            return EXIT_INTERRUPTED
         return EXIT_HOSTS_FAILED
 
     def verdict(self) -> str:
@@ -128,6 +133,8 @@ class OperationReport:
             return f"{what}: OK on {total}/{total} hosts ({changed} changed and verified)"
         if self.refusal:
             return f"{what}: REFUSED: {self.refusal}"
+        if self.cut_short and not bad:
+            return f"{what}: WATCH CUT SHORT: {self.cut_short}"
         failed = [result for result in bad if result.status not in (REVERTED, SKIPPED)]
         skipped = [result for result in bad if result.status == SKIPPED]
         names = ", ".join(result.host for result in failed)

@@ -45,6 +45,7 @@ from deployer.inventory.sections import (
     signatures_section,
 )
 from deployer.inventory.ssh_config import SshConfig
+from deployer.inventory.watch import watch_section
 
 
 def parse_inventory(text: str, path: str, environ: Mapping[str, str] | None = None) -> Inventory:
@@ -79,6 +80,7 @@ def parse_inventory(text: str, path: str, environ: Mapping[str, str] | None = No
         sudo_password=sudo_password,
         sudo_password_source=sudo_password_source,
         env=env_section(check, top["env"], environ) if top.get("env") is not None else (),
+        watch=watch_section(check, top["watch"], environ) if top.get("watch") is not None else None,
         **_settings(check, top),
     )
 

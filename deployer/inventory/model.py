@@ -6,8 +6,9 @@ Built by `deployer.inventory.load` after every value was checked; frozen, so not
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -150,6 +151,7 @@ class Inventory:
     sudo_password: str = field(default="", repr=False)  # filled in by the CLI: from sudo_password_env or asked once
     sudo_password_source: str = ""  # "" (passwordless sudo -n) | "ask" | "env:NAME"
     signatures: Signatures | None = None
+    watch: Watch | None = None  # what is watched after a switch, and what a failure means
 
     def deploy_to_of(self, host: Host) -> str:
         """Where `host` deploys: its own or its group's deploy_to, else the inventory's."""
@@ -203,6 +205,7 @@ class Inventory:
     def secrets(self) -> list[str]:
         """Every value that must never appear in output, logs or history."""
         values = [var.value for var in self.env if var.secret] + [self.passphrase, self.sudo_password]
+        values += self.watch.secrets() if self.watch is not None else []
         return [value for value in values if value]
 
     def hook(self, name: str) -> str:
@@ -215,3 +218,77 @@ class Inventory:
     def _by_name(self) -> dict[str, Host]:
         """Hosts by name (asked once per host in several phases: a scan each time would grow as n^2)."""
         return {host.name: host for host in self.hosts}
+
+
+# --- the watch after a switch (parsed by deployer.inventory.watch) ---
+
+DEFAULT_FAILURE_LIMIT = 2  # failed samples of one check that fail the watch (one noisy sample does not)
+DEFAULT_ERROR_LIMIT = 4  # unreadable samples in a row before on_error applies (Argo's consecutiveErrorLimit)
+_OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """When a value fails its check: `fail_if: "> 0.05"`."""
+
+    operator: str
+    threshold: float
+
+    def fails(self, value: float) -> bool:
+        return _OPERATORS[self.operator](value, self.threshold)
+
+    def __str__(self) -> str:
+        return f"{self.operator} {self.threshold:g}"
+
+
+@dataclass(frozen=True)
+class WatchCheck:
+    """One check of the watch. `target` is the provider's URL, or the command for command kinds."""
+
+    name: str
+    kind: str
+    target: str
+    query: str = ""
+    fail_if: Condition | None = None
+    on_empty: str = ""
+    filters: tuple[str, ...] = ()
+    timeout: float = 10.0
+    bearer_token: str = field(default="", repr=False)
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    @property
+    def reads_a_provider(self) -> bool:
+        return self.kind in ("prometheus", "alertmanager", "prometheus_alerts")
+
+    def threshold_text(self) -> str:
+        """What failing means for this check, in words shown beside its value."""
+        if self.kind == "prometheus":
+            return f"fails if {self.fail_if}"
+        if self.kind in ("alertmanager", "prometheus_alerts"):
+            return "fails if any alert fires"
+        return "fails if it exits non-zero"
+
+
+@dataclass(frozen=True)
+class Watch:
+    """How long to watch after a switch (`duration`, the bake time), how often to sample, and when
+    to give up: `failure_limit` failed samples of one check fail the watch; `error_limit`
+    unreadable samples of one check in a row make it undecidable, and `on_error` says what then."""
+
+    duration: float
+    interval: float
+    checks: tuple[WatchCheck, ...]
+    failure_limit: int = DEFAULT_FAILURE_LIMIT
+    error_limit: int = DEFAULT_ERROR_LIMIT
+    on_error: str = "rollback"
+
+    def secrets(self) -> list[str]:
+        return [value for check in self.checks for value in (check.bearer_token, check.password) if value]

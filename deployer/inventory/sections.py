@@ -49,6 +49,7 @@ TOP_KEYS = {
     "sudo",
     "sudo_password",
     "sudo_password_env",
+    "watch",
 }
 SSH_KEYS = {"identity_file", "known_hosts", "passphrase_env", "config"}
 ENV_VALUE_KEYS = {"value", "from_env", "secret"}

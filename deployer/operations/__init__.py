@@ -8,6 +8,7 @@ show -> act (`deployer.phases`: stage, switch, finish) -> verify (from what the 
 - `session`: the run's lifecycle (fleet, lock, Ctrl-C), shared by every workflow
 - `deploy`, `rollback`, `drill`: the workflows that switch hosts
 - `views`: status, history, releases (read only); `admin`: unpin, prune, unlock, place-signers
+- `watch`: `deployer watch`, a live fleet watched (and rolled back when the watch fails)
 - `outcome`: plans shown, and host outcomes as report rows
 """
 
@@ -26,6 +27,7 @@ from deployer.operations.views import (
     status_data,
     status_exit_code,
 )
+from deployer.operations.watch import watch_fleet
 
 __all__ = [
     "FleetView",
@@ -46,4 +48,5 @@ __all__ = [
     "status_exit_code",
     "unlock",
     "unpin",
+    "watch_fleet",
 ]

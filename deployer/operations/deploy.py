@@ -11,6 +11,8 @@ from deployer import host_signers
 from deployer import plan as planning
 from deployer.errors import HostError
 from deployer.inventory import Inventory
+from deployer.inventory.model import Watch
+from deployer.invocation import command
 from deployer.operations.outcome import (
     hook_env,
     in_inventory_order,
@@ -32,7 +34,11 @@ from deployer.phases import (
     stage,
     switch,
 )
+from deployer.phases.watch import CUT, check_queries
+from deployer.phases.watch import watch as watch_phase
 from deployer.plan import HostPlan
+from deployer.plan.watch import FAILED as FAILED_WATCH
+from deployer.plan.watch import PASSED, UNDECIDED
 from deployer.release import Artifact, check_release_id
 from deployer.report import (
     FAILED,
@@ -89,9 +95,11 @@ def run_deploy(
     if artifact.signer is not None:
         report.signature = artifact.signer.as_dict()
         report.notes.append(f"signed by {artifact.signer.principal} ({artifact.signer.fingerprint})")
+    if inventory.watch is not None and plan.acting() and not options.no_watch:
+        report.warnings += check_queries(inventory.watch, run.progress)  # a malformed query: refused here
     if refused_or_dry_run(report, plan, options.dry_run):
         return report
-    rollout = _Rollout(run, plan, report, release, final)
+    rollout = _Rollout(run, plan, report, release, final, None if options.no_watch else inventory.watch)
     if not rollout.stage(artifact, copies) or not rollout.migrate():
         return report
     attempted, failure = rollout.switch_in_batches(options.unpin)
@@ -99,6 +107,8 @@ def run_deploy(
         rollout.revert(attempted, failure)
         if final:
             finish(run, sorted(run.lock.held))  # only our lock: marks were written by the sessions that switched
+    elif final and (report.cut_short or report.problems):  # a watch held or cut short: no verdict, nothing pruned
+        finish(run, sorted(run.lock.held))
     elif final:
         finish(run, sorted(run.lock.held), prune=plan.prune, unpin="1" if options.unpin else "")
     report.hosts = list(rollout.results.values())
@@ -110,8 +120,11 @@ def run_deploy(
 class _Rollout:
     """One deploy's phases after its plan: stage, migrate, switch in batches, revert on failure."""
 
-    def __init__(self, run: Run, plan: planning.Plan, report: OperationReport, release: str, final: bool) -> None:
+    def __init__(
+        self, run: Run, plan: planning.Plan, report: OperationReport, release: str, final: bool, watch: Watch | None
+    ) -> None:
         self.run = run
+        self.watch = watch
         self.plan = plan
         self.report = report
         self.release = release
@@ -167,13 +180,14 @@ class _Rollout:
             request = SwitchRequest(
                 mode="deploy",
                 operation="deploy",
-                unlock=self.final and last,
+                # a watched deploy keeps every lock and prunes nothing until its last watch passed
+                unlock=self.final and last and self.watch is None,
                 schema=self.plan.schema,
                 unpin=unpin,
-                prune=self.plan.prune if self.final and last else {},
+                prune=self.plan.prune if self.final and last and self.watch is None else {},
                 # the last batch's verdict is the deploy's: its hosts keep the lock and prune nothing
                 # until every one of them passed (a revert may follow)
-                verdict=self.final and last and len(group) > 1,
+                verdict=self.final and last and len(group) > 1 and self.watch is None,
                 bad_on_failure=mark_info("deploy failed: its checks failed on this host after the switch"),
             )
             label = f"batch {index + 1}/{len(groups)}: " if len(groups) > 1 else ""
@@ -188,15 +202,41 @@ class _Rollout:
             phase_name = f"switch batch {index + 1}" if len(groups) > 1 else "switch"
             self.report.phases.append(Phase(phase_name, time.monotonic() - started, not failed))
             if failed:
-                for name in (name for later in groups[index + 1 :] for name in later):
-                    before = self.acting[name].before
-                    message = f"not switched: batch {index + 1} failed"
-                    self.results[name] = HostResult(name, SKIPPED, before, before, False, 0.0, message)
+                self.skip([name for later in groups[index + 1 :] for name in later], f"batch {index + 1} failed")
                 return attempted, ", ".join(f"{name}: {self.results[name].message}" for name in failed)
+            if self.watch is not None:
+                label = "the fleet" if last else f"batch {index + 1}/{len(groups)}"
+                failure = self.watched(self.watch, label, attempted)
+                if failure or self.report.cut_short or self.report.problems:
+                    self.skip([name for later in groups[index + 1 :] for name in later], f"the watch of {label} ended")
+                    return attempted, failure
             if not last and inventory.rollout.pause:
                 progress.say(f"batch {index + 1} healthy; pausing {inventory.rollout.pause:g}s")
                 time.sleep(inventory.rollout.pause)
         return attempted, ""
+
+    def skip(self, names: list[str], why: str) -> None:
+        for name in names:
+            before = self.acting[name].before
+            self.results[name] = HostResult(name, SKIPPED, before, before, False, 0.0, f"not switched: {why}")
+
+    def watched(self, watch: Watch, label: str, switched: list[str]) -> str:
+        """Watch the hosts switched so far; why the rollout must be reverted ("" if not: passed, or
+        held or cut short, said in the report)."""
+        started = time.monotonic()
+        outcome = watch_phase(watch, label, self.release, switched, self.run.progress, self.report)
+        self.report.phases.append(Phase(f"watch {label}", time.monotonic() - started, outcome.verdict == PASSED))
+        if outcome.verdict == PASSED:
+            return ""
+        if outcome.verdict == FAILED_WATCH or (outcome.verdict == UNDECIDED and watch.on_error == "rollback"):
+            return outcome.reason + ("; on_error: rollback" if outcome.verdict == UNDECIDED else "")
+        back = f"`{command('rollback')}` puts them back on their previous release"
+        where = f"{len(switched)} host(s) stay on {self.release} (switched, verified)"
+        if outcome.verdict == CUT:
+            self.report.cut_short = f"{outcome.reason}; nothing was rolled back: {where}; {back}"
+        else:
+            self.report.problems.append(f"{outcome.reason}; on_error: hold: nothing was rolled back: {where}; {back}")
+        return ""
 
     def revert(self, attempted: list[str], failure: str) -> None:
         """Put every host this rollout touched back on the release it had (the planner's revert plan)."""

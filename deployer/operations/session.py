@@ -46,6 +46,7 @@ class Options:
     signature: str | None = None  # deploy/drill: --signature FILE (default: the artifact's .sig beside it)
     pull: str = ""  # deploy/drill: --pull URL, hosts fetch the artifact from there (a pull deploy)
     sha256: str = ""  # deploy/drill: --sha256 HEX, the digest of an artifact given as a URL
+    no_watch: bool = False  # deploy/drill: --no-watch, skip the inventory's watch after the switch
 
 
 def prepared_artifact(inventory: Inventory, source: str, options: Options) -> PreparedArtifact:

@@ -63,7 +63,4 @@ def held_back(hosts: list[HostPlan], refusal: str) -> tuple[HostPlan, ...]:
     """When the fleet-level plan is refused, no host acts: acting hosts become KEEP, saying why."""
     if not refusal:
         return tuple(hosts)
-    return tuple(
-        HostPlan(h.host, KEEP, h.before, h.target, REFUSED_REASON) if h.changes else h
-        for h in hosts
-    )
+    return tuple(HostPlan(h.host, KEEP, h.before, h.target, REFUSED_REASON) if h.changes else h for h in hosts)

@@ -1,0 +1,106 @@
+"""The watch after a switch: the inventory's checks read every `interval` for `duration` from
+this machine, judged by `plan.watch.Tally`; every sample goes into the report. Ctrl-C ends it with
+no verdict (nothing is rolled back for it). The operation decides what a verdict leads to."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from deployer.inventory.model import Watch
+from deployer.plan.watch import ERROR, FAIL, INCONCLUSIVE, PASS, Sample, Tally
+from deployer.providers import check_query, read_check
+from deployer.report import OperationReport, Progress
+
+CUT = "cut short"  # Ctrl-C during the watch: no verdict
+SHOWN_OUTCOME = {PASS: "ok", FAIL: "FAILING", INCONCLUSIVE: "inconclusive", ERROR: "UNREADABLE"}
+
+
+@dataclass(frozen=True)
+class WatchOutcome:
+    """How a watch ended: PASSED, FAILED, UNDECIDED (`plan.watch`) or CUT, and why in words."""
+
+    verdict: str
+    reason: str
+    seconds: float
+
+
+def check_queries(watch: Watch, progress: Progress) -> list[str]:
+    """Ask every Prometheus query once before anything switches: a malformed one raises BadQuery
+    (the deploy is refused); a provider that cannot be read now is a warning (the watch's error
+    policy decides about it later)."""
+    warnings = []
+    for check in watch.checks:
+        problem = check_query(check)
+        if problem:
+            warnings.append(f"watch check {check.name!r} cannot be read now ({problem}); its on_error policy applies")
+    for warning in warnings:
+        progress.say(f"warning: {warning}")
+    return warnings
+
+
+def watch(
+    watch: Watch,
+    label: str,
+    release: str,
+    hosts: list[str],
+    progress: Progress,
+    report: OperationReport,
+    sleep: Callable[[float], None] = time.sleep,
+) -> WatchOutcome:
+    """Watch `hosts` (on `release`) for the watch's duration, or until a verdict comes first."""
+    environment = {"DEPLOYER_RELEASE": release, "DEPLOYER_HOSTS": " ".join(hosts), "DEPLOYER_WATCH": label}
+    tally = Tally(watch)
+    started = time.monotonic()
+    names = ", ".join(check.name for check in watch.checks)
+    progress.say(f"watching {label} on {release} for {watch.duration:g}s (every {watch.interval:g}s): {names}")
+    progress.timeline.mark("watch", label, hosts)
+    verdict, reason = "", ""
+    try:
+        rounds = 0
+        while not verdict:
+            for check in watch.checks:
+                judged = read_check(check, environment)
+                at = round(time.monotonic() - started, 3)
+                if tally.add(Sample(check.name, at, judged.outcome, judged.value, judged.text)):
+                    break
+            elapsed = time.monotonic() - started
+            progress.say(_status_line(tally, label, max(0.0, watch.duration - elapsed)))
+            if tally.verdict or elapsed >= watch.duration:
+                verdict, reason = tally.end(), tally.reason
+                break
+            rounds += 1
+            sleep(max(0.0, started + min(rounds * watch.interval, watch.duration) - time.monotonic()))
+    except KeyboardInterrupt:
+        progress.interrupted()
+        verdict, reason = CUT, f"the watch of {label} was cut short by Ctrl-C after {time.monotonic() - started:.0f}s"
+    seconds = time.monotonic() - started
+    progress.timeline.mark("watch-end", f"{label}: {verdict}", hosts)
+    progress.say(f"watch of {label}: {verdict.upper()}: {reason}")
+    report.watches.append(
+        {
+            "label": label,
+            "release": release,
+            "hosts": hosts,
+            "duration": watch.duration,
+            "interval": watch.interval,
+            "checks": [
+                {"name": check.name, "kind": check.kind, "fails_if": check.threshold_text()} for check in watch.checks
+            ],
+            "samples": [sample.as_dict() for sample in tally.samples],
+            "verdict": verdict,
+            "reason": reason,
+            "seconds": round(seconds, 3),
+        }
+    )
+    return WatchOutcome(verdict, reason, seconds)
+
+
+def _status_line(tally: Tally, label: str, left: float) -> str:
+    parts = []
+    for check, sample in tally.last_values():
+        if sample is None:
+            continue
+        parts.append(f"{check.name} {sample.text} ({check.threshold_text()}) {SHOWN_OUTCOME[sample.outcome]}")
+    return f"  watch {label}: {left:.0f}s left: " + "; ".join(parts)
