@@ -26,6 +26,8 @@ case "${1:-}" in
         want tmux tmux        # the tests of what the live view shows on a real terminal
         want chromium chromium  # the tests of the HTML report, in a real browser
         want nginx nginx      # the origin hosts pull artifacts from (pull deploys); started by the tests
+        want prometheus prometheus  # the watch after the switch: a real Prometheus and Alertmanager,
+        want prometheus-alertmanager prometheus-alertmanager  # started by the tests on loopback
         want curl curl
         want wget wget
         want git git

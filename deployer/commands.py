@@ -212,6 +212,12 @@ FLAG_LIST = (
         metavar="NAMES",
         default="gnu",
     ),
+    Flag(
+        "broken",
+        "a release whose /health passes while every other request fails (to try the watch)",
+        kind="switch",
+        default=False,
+    ),
     Flag("memory", "MB of memory per VM", kind="count", metavar="MB", default=512, low=128, high=65536),
 )
 FLAGS: dict[str, Flag] = {flag.name: flag for flag in FLAG_LIST}
@@ -401,8 +407,8 @@ COMMAND_LIST = (
         "build-sample",
         "local",
         "Pack the sample app (shipped with deployer) with a VERSION.",
-        ("build-sample --version v2 -o dist/app-v2.tar.gz",),
-        ("version", "out"),
+        ("build-sample --version v2 -o dist/app-v2.tar.gz", "build-sample --version v3 --broken -o dist/app-v3.tar.gz"),
+        ("version", "out", "broken"),
     ),
     Command(
         "vm-fleet-up",

@@ -99,7 +99,7 @@ def _get(check: WatchCheck, path: str, parameters: list[tuple[str, str]]) -> Any
     except urllib.error.HTTPError as refused:
         detail = _error_detail(refused)
         if check.kind == "prometheus" and refused.code in (400, 422):
-            raise BadQuery(f"watch check {check.name!r}: Prometheus refused the query: {detail}") from None
+            raise BadQuery(f"Prometheus refused the query of watch check {check.name!r}: {detail}") from None
         raise _Unreadable(f"HTTP {refused.code}" + (f": {detail}" if detail else "")) from None
     except (urllib.error.URLError, OSError) as failed:
         reason = getattr(failed, "reason", failed)

@@ -31,7 +31,9 @@ FLEET_SIZE = 4
 # One host of each kind (deployer/userlands.py): web1 GNU/dash, web2 BusyBox, web3 posix-strict
 # (the FreeBSD/macOS class), web4 GNU with tcsh as the deploy user's login shell.
 FLEET_USERLANDS = MIXED
-FLEET_SUBNET = "127.0.2"  # apart from `inv fleet-up`'s 127.0.1, so tests and a demo can coexist
+# apart from `inv fleet-up`'s 127.0.1, so tests and a demo can coexist; another checkout's run
+# beside this one takes another (DEPLOYER_TEST_SUBNET=127.0.9)
+FLEET_SUBNET = os.environ.get("DEPLOYER_TEST_SUBNET", "127.0.2")
 
 
 @pytest.fixture(scope="session")

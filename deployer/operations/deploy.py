@@ -96,7 +96,8 @@ def run_deploy(
         report.signature = artifact.signer.as_dict()
         report.notes.append(f"signed by {artifact.signer.principal} ({artifact.signer.fingerprint})")
     if inventory.watch is not None and plan.acting() and not options.no_watch:
-        report.warnings += check_queries(inventory.watch, run.progress)  # a malformed query: refused here
+        # a malformed query is refused here, before anything is staged
+        report.warnings += check_queries(inventory.watch, run.progress, inventory.path)
     if refused_or_dry_run(report, plan, options.dry_run):
         return report
     rollout = _Rollout(run, plan, report, release, final, None if options.no_watch else inventory.watch)
@@ -229,7 +230,9 @@ class _Rollout:
         if outcome.verdict == PASSED:
             return ""
         if outcome.verdict == FAILED_WATCH or (outcome.verdict == UNDECIDED and watch.on_error == "rollback"):
-            return outcome.reason + ("; on_error: rollback" if outcome.verdict == UNDECIDED else "")
+            failure = outcome.reason + ("; on_error: rollback" if outcome.verdict == UNDECIDED else "")
+            self.report.problems.append(failure)
+            return failure
         back = f"`{command('rollback')}` puts them back on their previous release"
         where = f"{len(switched)} host(s) stay on {self.release} (switched, verified)"
         if outcome.verdict == CUT:

@@ -31,7 +31,7 @@ def watch_fleet(
     watch = inventory.watch
     if duration is not None:
         watch = dataclasses.replace(watch, duration=float(duration), interval=min(watch.interval, float(duration)))
-    check_queries(watch, progress)  # a malformed query: refused before anything is contacted
+    check_queries(watch, progress, inventory.path)  # a malformed query: refused before anything is contacted
     with locked_run(inventory, "watch", options, progress) as (run, states, unreachable, gathered):
         live = {state.current for state in states.values()}
         release = next(iter(live)) if len(live) == 1 else None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from deployer.inventory.model import Watch
 from deployer.plan.watch import ERROR, FAIL, INCONCLUSIVE, PASS, Sample, Tally
-from deployer.providers import check_query, read_check
+from deployer.providers import BadQuery, check_query, read_check
 from deployer.report import OperationReport, Progress
 
 CUT = "cut short"  # Ctrl-C during the watch: no verdict
@@ -26,13 +26,16 @@ class WatchOutcome:
     seconds: float
 
 
-def check_queries(watch: Watch, progress: Progress) -> list[str]:
+def check_queries(watch: Watch, progress: Progress, inventory: str) -> list[str]:
     """Ask every Prometheus query once before anything switches: a malformed one raises BadQuery
-    (the deploy is refused); a provider that cannot be read now is a warning (the watch's error
-    policy decides about it later)."""
+    naming the inventory's key (the operation is refused); a provider that cannot be read now is
+    a warning (the watch's error policy decides about it later)."""
     warnings = []
-    for check in watch.checks:
-        problem = check_query(check)
+    for index, check in enumerate(watch.checks):
+        try:
+            problem = check_query(check)
+        except BadQuery as refused:
+            raise BadQuery(f"{inventory}: watch.checks[{index}].query: {refused}") from None
         if problem:
             warnings.append(f"watch check {check.name!r} cannot be read now ({problem}); its on_error policy applies")
     for warning in warnings:

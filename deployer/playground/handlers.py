@@ -134,7 +134,7 @@ def _write_vagrant_inventory(ssh_config: str | None, out: str, as_json: bool) ->
 
 
 def build_sample_command(given: Values) -> int:
-    path = build_sample(given.version, given.out)
+    path = build_sample(given.version, given.out, broken=given.broken)
     if given.json:
         print_json({"artifact": path, "version": given.version})
     else:
@@ -142,8 +142,9 @@ def build_sample_command(given: Values) -> int:
     return 0
 
 
-def build_sample(version: str, out: str) -> str:
-    """Pack the sample app with VERSION set to `version` into the .tar.gz `out`."""
+def build_sample(version: str, out: str, broken: bool = False) -> str:
+    """Pack the sample app with VERSION set to `version` into the .tar.gz `out`; `broken`: a release
+    whose /health passes while every other request fails (what a watch after the switch is for)."""
     if not version or any(ch in version for ch in "\n\0/"):
         raise InputError(f"sample version {version!r} is not usable")
     if not SAMPLE_APP.is_dir():  # package data: only missing from a broken installation
@@ -154,6 +155,8 @@ def build_sample(version: str, out: str) -> str:
         for program in Path(tree, "bin").iterdir():  # wheels need not keep modes: the app's programs run
             program.chmod(0o755)
         Path(tree, "VERSION").write_text(version + "\n")
+        if broken:
+            Path(tree, "BROKEN").write_text("every request but /health fails (built with build-sample --broken)\n")
         write_manifest(tree)
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         pack_directory(tree, out)

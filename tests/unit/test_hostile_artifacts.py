@@ -27,7 +27,9 @@ def archive(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
     return raw.getvalue()
 
 
-def member(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, uid: int = 0, link: str = "") -> tarfile.TarInfo:  # noqa: E501
+def member(
+    name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, uid: int = 0, link: str = ""
+) -> tarfile.TarInfo:  # noqa: E501
     info = tarfile.TarInfo(name)
     info.type, info.mode, info.uid, info.gid, info.linkname = kind, mode, uid, uid, link
     return info

@@ -138,7 +138,7 @@ def test_a_repositorys_own_programs_never_run(repo, tmp_path):
     programs of whoever wrote .git/config, and reading the revision or packing --git runs none."""
     ran = tmp_path / "ran"
     hook = tmp_path / "evil"
-    hook.write_text(f"#!/bin/sh\necho \"$0 $*\" >> {ran}\ncat\n")
+    hook.write_text(f'#!/bin/sh\necho "$0 $*" >> {ran}\ncat\n')
     hook.chmod(0o755)
     git(repo, "config", "core.fsmonitor", str(hook))
     git(repo, "config", "filter.evil.clean", str(hook))

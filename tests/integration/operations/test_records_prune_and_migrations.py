@@ -213,7 +213,6 @@ def test_migrations_run_once_and_rollback_respects_the_schema(make_inventory, vi
     assert all(view.sh("cat %s", f"{deploy_to}/.deployer/schema").startswith("2 1 ") for view in views.values())
 
 
-
 def test_hosts_that_disagree_on_the_schema_refuse_a_deploy_that_would_skip_migrate(
     make_inventory, views, deploy_to, tmp_path
 ):
@@ -229,9 +228,13 @@ def test_hosts_that_disagree_on_the_schema_refuse_a_deploy_that_would_skip_migra
     assert "41 on web1, web2, web4; 55 on web3" in refused.stdout
     assert {view.current_release(deploy_to) for view in views.values()} == {first}
     assert [view.sh("cat %s", f"{deploy_to}/.deployer/schema").split()[0] for view in views.values()] == [
-        "41", "41", "55", "41"
+        "41",
+        "41",
+        "55",
+        "41",
     ]
     assert views["web1"].sh("cat %s", log).splitlines() == ["->41"]  # migrate never ran for 50
+
 
 def test_forced_rollback_past_the_schema_is_allowed_and_said(make_inventory, views, deploy_to, tmp_path):
     inventory = make_inventory()
