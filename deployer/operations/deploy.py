@@ -265,6 +265,14 @@ class _Rollout:
         all_back = all(not isinstance(outcomes[h.host], HostError) for h in back)
         self.report.phases.append(Phase("revert", time.monotonic() - started, all_back))
         self.report.reverted_to_start = all_back
+        if self.final and any(not isinstance(outcomes[h.host], HostError) for h in back):
+            env = {
+                "DEPLOYER_OPERATION": "revert",
+                "DEPLOYER_RELEASE": ",".join(sorted({h.target or "" for h in back})),
+                "DEPLOYER_PREVIOUS": self.release,
+                "DEPLOYER_HOSTS": ",".join(sorted(h.host for h in back)),
+            }
+            local_hook(self.report, self.run.inventory, "after_rollback_local", env, self.run.progress)
 
 
 def _reverted(result: HostResult, host_plan: HostPlan, outcome: Switched | HostError) -> None:

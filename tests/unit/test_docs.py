@@ -112,13 +112,15 @@ def test_every_deployer_example_in_the_docs_parses(page, line):
         raise AssertionError(f"{page}: `{line}`: {problem}") from None
 
 
-def test_the_readmes_inventory_example_loads(tmp_path):
+def test_the_readmes_inventory_and_watch_examples_load(tmp_path):
     from deployer.inventory.load import parse_inventory  # noqa: PLC0415
 
     readme = (REPO / "README.md").read_text()
-    (example,) = [body for language, body in FENCE.findall(readme) if language == "yaml"]
+    example, watch = [body for language, body in FENCE.findall(readme) if language == "yaml"]
     (tmp_path / "deploy.known_hosts").write_text("")
     key = tmp_path / "id_ed25519"
     key.write_text("")
     inventory = parse_inventory(example.replace("~/.ssh/id_ed25519", str(key)), str(tmp_path / "deploy.yml"))
     assert [host.name for host in inventory.hosts] == ["web1", "web2"]
+    watched = parse_inventory(example.replace("~/.ssh/id_ed25519", str(key)) + watch, str(tmp_path / "deploy.yml"))
+    assert watched.watch is not None and [check.kind for check in watched.watch.checks] == ["prometheus"]

@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -168,6 +169,7 @@ APP_SETTINGS = f"""\
 hooks:
   after_switch: 'kill -HUP "$(cat ../../serve.pid)" 2>/dev/null || true'
   after_rollback: 'kill -HUP "$(cat ../../serve.pid)" 2>/dev/null || true'
+  after_rollback_local: 'echo "$DEPLOYER_OPERATION $DEPLOYER_RELEASE $DEPLOYER_PREVIOUS" > rolled-back.txt'
 health_check:
   command: 'sh bin/health {APP_PORT} "$(cat ../../serve.address)"'
   timeout: 5
@@ -259,7 +261,7 @@ def test_a_release_that_passes_its_health_checks_but_fails_its_requests_is_rolle
     assert failing and all(sample["check"] in ("error ratio", "alerts") for sample in failing)
     ratio = [sample["value"] for sample in failing if sample["check"] == "error ratio"]
     assert all(value > 0.05 for value in ratio)
-    assert [phase["name"] for phase in report["phases"]][-2:] == ["watch the fleet", "revert"]
+    assert [phase["name"] for phase in report["phases"]][-3:] == ["watch the fleet", "revert", "after_rollback_local"]
 
     # Independently: every host serves the previous release again (its server, over HTTP, and its
     # link, over SSH), the broken one is marked bad with the check and its condition, no lock left.
@@ -271,6 +273,8 @@ def test_a_release_that_passes_its_health_checks_but_fails_its_requests_is_rolle
         assert views[name].host.run("test -d %s", f"{deploy_to}/.deployer/lock").rc == 1
         assert new in views[name].releases(deploy_to)  # kept for inspection, not pruned
     assert app.answers.get(500, 0) > 0  # the load really met the broken release
+    # the local rollback hook ran (here, beside the inventory), told what was reverted to what
+    assert (Path(inventory).parent / "rolled-back.txt").read_text().split() == ["revert", good, new]
 
 
 def test_a_good_release_passes_its_watch_under_the_lock_and_stays(
