@@ -283,6 +283,10 @@ class Progress:
         """A step event from a worker thread (see `deployer.connection.Observer`): kept in the timeline."""
         self.timeline.observe(host, event, detail)
 
+    def watching(self, message: str) -> None:
+        """The watch's latest sample round (a countdown): a line here, redrawn in place by a live view."""
+        self.say(message)
+
     def batch(self, number: int, total: int, hosts: list[str]) -> None:
         """A rollout batch starts switching these hosts."""
         self.timeline.mark("batch", f"{number}/{total}", hosts)

@@ -69,7 +69,7 @@ def watch(
                 if tally.add(Sample(check.name, at, judged.outcome, judged.value, judged.text)):
                     break
             elapsed = time.monotonic() - started
-            progress.say(_status_line(tally, label, max(0.0, watch.duration - elapsed)))
+            progress.watching(_status_line(tally, label, max(0.0, watch.duration - elapsed)))
             if tally.verdict or elapsed >= watch.duration:
                 verdict, reason = tally.end(), tally.reason
                 break

@@ -74,6 +74,7 @@ class LiveProgress(Progress):
         self.console = Console(file=self.stream, highlight=False)
         self._rows: dict[str, _Row] = {name: _Row() for name in hosts or []}
         self._lock = threading.Lock()
+        self._watch_line = ""
         self._live = Live(console=self.console, get_renderable=self._table, refresh_per_second=8, transient=True)
         self._terminal = _QuietControlKeys()
         self._live.start()
@@ -82,6 +83,12 @@ class LiveProgress(Progress):
         """A fleet-level line above the live table, wrapped between words: release ids stay whole."""
         log.info("%s", message)
         self.console.print(shown(message), markup=False, highlight=False, overflow="fold")
+
+    def watching(self, message: str) -> None:
+        """The watch's countdown: one line under the table, redrawn in place (the run log keeps each)."""
+        log.info("%s", message)
+        with self._lock:
+            self._watch_line = shown(message.strip())
 
     def host(self, host: str, message: str) -> None:
         """A host's own news goes into its row (and the run log), not above the table."""
@@ -153,6 +160,10 @@ class LiveProgress(Progress):
                         upload = Text("sent", style="dim")
                     cells.append(upload)
                 table.add_row(*cells, Text(row.note))
+            if self._watch_line:
+                from rich.console import Group  # noqa: PLC0415
+
+                return Group(table, Text(self._watch_line, overflow="fold"))
         return table
 
     def interrupted(self) -> None:

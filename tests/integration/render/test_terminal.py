@@ -188,3 +188,28 @@ def test_ctrl_c_on_a_real_terminal_leaves_where_each_host_is_on_the_screen(
     # nothing of the live table is left behind (no header, no rows), and no echoed ^C broke it
     assert not re.search(r"^host\s+step\s", final, re.M) and "last news" not in final, final
     assert "^C" not in final
+
+
+def test_the_watch_counts_down_in_place_under_the_live_table(make_inventory, artifacts, views, deploy_to, terminal):
+    """On a terminal the watch is one line under the table, redrawn with each sample round: it
+    counts down (a later screen shows fewer seconds left) and never piles up a line per round."""
+    subprocess.run(
+        [sys.executable, "-m", "invoke", "deploy", "--inventory", make_inventory(), "--artifact", artifacts["v1"]],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    )
+    watched = make_inventory(
+        extra="watch: {duration: 6, interval: 1, checks: [{name: smoke, command: 'echo checkout-ok'}]}\n"
+    )
+    window = terminal(140, 40)
+    window.start("deploy", "--inventory", watched, "--artifact", artifacts["v2"])
+    countdown = re.compile(r"watch the fleet: (\d+)s left: smoke exit 0: checkout-ok \(fails if it exits non-zero\) ok")
+    screens = window.watch(lambda screen: "EXIT=" in screen, timeout=120)
+    shown = [[int(left) for left in countdown.findall(screen)] for screen in screens]
+    assert all(len(lefts) <= 1 for lefts in shown), "more than one countdown line on one screen"
+    lefts = [found[0] for found in shown if found]
+    assert len(set(lefts)) >= 3 and lefts == sorted(lefts, reverse=True), lefts
+    final = window.everything()
+    assert "EXIT=0" in final and "watch of the fleet: PASSED" in final, final
+    assert not countdown.search(final)  # the live line went with the table
