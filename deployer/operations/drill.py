@@ -84,11 +84,15 @@ class _Drill:
         self.run.progress.section(self.run.drill_phase)
         result = run_deploy(self.run, self.artifact, release, states, {}, self.options, final=False)
         self.report.warnings.extend(result.warnings)
+        self.report.watches.extend(result.watches)  # the inventory's watch runs after each deploy phase
+        self.report.cut_short = self.report.cut_short or result.cut_short
         fresh, _unreachable, problems = verify_phase(self.run, {n: release for n in states})
         if result.refusal:
             return self.phase(name, f"refused: {result.refusal}", False, started, [], ""), fresh
         merged = _merge(result, problems)
         detail = f"release {release}" + _problem_text(problems)
+        if result.problems or result.cut_short:
+            detail += "; " + "; ".join([*result.problems, result.cut_short]).strip("; ")
         return self.phase(name, detail, result.ok and not problems, started, merged.hosts, release), fresh
 
     def rollback(self, target: str, states: dict[str, HostState]) -> tuple[bool, dict[str, HostState]]:

@@ -464,3 +464,32 @@ def test_ctrl_c_during_the_watch_rolls_nothing_back_and_says_how_to(
         assert oldest in views[name].releases(deploy_to)  # nor pruned
         assert views[name].host.run("test -d %s", f"{deploy_to}/.deployer/lock").rc == 1
         assert views[name].host.run("ls %s", f"{deploy_to}/.deployer/bad").stdout.strip() == ""
+
+
+def test_the_drill_watches_its_deploy_and_its_redeploy(make_inventory, views, artifacts, deploy_to, tmp_path):
+    """In an integration environment the drill watches each deploy phase as a deploy does: a check
+    that fails only for the drilled release fails the drill's deploy phase, and the fleet is put
+    back where the drill found it."""
+    seen = tmp_path / "watched"
+    check = f"    - {{name: smoke, command: 'echo $DEPLOYER_RELEASE >> {seen}; test ! -e {tmp_path}/broken'}}\n"
+    inventory = make_inventory(hosts=["web1", "web2"], extra=watch_settings(check, duration=1, interval=0.5))
+    (old,) = baseline(inventory, artifacts["v1"])
+
+    passed = run_inv("rollback-drill", "-i", inventory, "-a", artifacts["v2"], "--no-verify", "--json")
+
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    report = json.loads(passed.stdout)
+    assert [watched["verdict"] for watched in report["watches"]] == ["passed", "passed"]
+    drilled = {watched["release"] for watched in report["watches"]}
+    assert len(drilled) == 1 and drilled != {old}
+    assert set(seen.read_text().split()) == drilled  # the command ran, told which release it watched
+
+    (tmp_path / "broken").write_text("")
+    failed = run_inv("rollback-drill", "-i", inventory, "-a", artifacts["v3"], "--no-verify", "--json")
+
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    report = json.loads(failed.stdout)
+    assert report["watches"][0]["verdict"] == "failed"
+    assert "watch check 'smoke' failed" in report["verdict"]
+    live = views["web1"].current_release(deploy_to)
+    assert {views[name].current_release(deploy_to) for name in ("web1", "web2")} == {live} and live in drilled
