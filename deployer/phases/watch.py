@@ -89,7 +89,13 @@ def watch(
             "duration": watch.duration,
             "interval": watch.interval,
             "checks": [
-                {"name": check.name, "kind": check.kind, "fails_if": check.threshold_text()} for check in watch.checks
+                {
+                    "name": check.name,
+                    "kind": check.kind,
+                    "fails_if": check.threshold_text(),
+                    "threshold": check.fail_if.threshold if check.fail_if is not None else None,
+                }
+                for check in watch.checks
             ],
             "samples": [sample.as_dict() for sample in tally.samples],
             "verdict": verdict,

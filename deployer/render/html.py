@@ -1,6 +1,7 @@
 """`deployer report RUN.json --html OUT`: one self-contained HTML page for a run (no script, no
-external file): the verdict, the per-host table, and a timeline chart with one row per host, its
-phases as bars, the rollout's batches and the drill's phases as marks, failures in red.
+external file): the verdict, the per-host table, a timeline chart with one row per host, its
+phases as bars, the rollout's batches and the drill's phases as marks, failures in red, and each
+watch's samples over time (`deployer.render.watch_chart`).
 
 Everything shown passes `shown()` and HTML escaping: a run's report holds text from hosts.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from deployer.errors import InputError
+from deployer.render.watch_chart import watch_charts
 from deployer.report import shown
 
 COLOURS = {
@@ -241,6 +243,7 @@ margin-right: 4px; vertical-align: middle; }} li.fail {{ color: #a31515; }}
 <h2>Timeline</h2>
 <p>{_legend()}</p>
 {_chart(report)}
+{watch_charts(report)}
 <h2>Hosts</h2>
 {_table(report)}
 </body></html>

@@ -25,6 +25,7 @@ from deployer.operations import Options
 from deployer.playground.handlers import build_sample
 from deployer.report import Progress
 from tests.conftest import inv_process, lock_folders, run_inv
+from tests.integration.render.test_html_report import browse
 
 pytestmark = pytest.mark.fleet
 QUIET = Progress(quiet=True)
@@ -275,6 +276,18 @@ def test_a_release_that_passes_its_health_checks_but_fails_its_requests_is_rolle
     assert app.answers.get(500, 0) > 0  # the load really met the broken release
     # the local rollback hook ran (here, beside the inventory), told what was reverted to what
     assert (Path(inventory).parent / "rolled-back.txt").read_text().split() == ["revert", good, new]
+
+    # The HTML report draws each check's samples over time with its threshold, failures in red,
+    # the switch and the revert marked (read in a real browser's DOM).
+    (tmp_path / "run.json").write_text(result.stdout)
+    made = run_inv("report", str(tmp_path / "run.json"), "--out", str(tmp_path / "run.html"))
+    assert made.returncode == 0, made.stderr
+    dom = browse(tmp_path / "run.html", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr
+    assert dom.stdout.count('class="watch-check"') == 2  # error ratio, alerts
+    assert dom.stdout.count('class="threshold"') == 1  # the error ratio's 0.05
+    assert dom.stdout.count('class="sample fail"') == len(failing)
+    assert ">switched<" in dom.stdout and ">revert<" in dom.stdout
 
 
 def test_a_good_release_passes_its_watch_under_the_lock_and_stays(
