@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import http.server
 import json
-import shutil
 import signal
-import subprocess
 import threading
 import time
 import urllib.request
@@ -26,6 +24,8 @@ from deployer.playground.handlers import build_sample
 from deployer.report import Progress
 from tests.conftest import inv_process, lock_folders, run_inv
 from tests.integration.render.test_html_report import browse
+from tests.monitoring import ERROR_RATIO, Load, wait_http
+from tests.monitoring import monitoring as running_monitoring
 
 pytestmark = pytest.mark.fleet
 QUIET = Progress(quiet=True)
@@ -33,77 +33,14 @@ APP_HOSTS = ["web1", "web4"]  # GNU userlands: the sample app's server needs pyt
 APP_PORT = 18080
 PROMETHEUS = "127.0.0.1:19090"
 ALERTMANAGER = "127.0.0.1:19093"
-ERROR_RATIO = 'sum(rate(sample_app_requests_total{code="500"}[5s])) / sum(rate(sample_app_requests_total[5s]))'
-
-
-def _wait_http(url: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            assert time.monotonic() < deadline, f"{url} never answered"
-            time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
 def monitoring(local_fleet, tmp_path_factory) -> Iterator[dict[str, str]]:
-    """Prometheus (scraping every second each host's sample app, with an alert rule on the error
-    ratio) and Alertmanager, real processes on loopback, stopped by pid at the end."""
-    for program in ("prometheus", "prometheus-alertmanager"):
-        if shutil.which(program) is None:
-            pytest.fail(f"{program} is not installed (./dev.sh setup installs Debian's package)")
-    folder = tmp_path_factory.mktemp("monitoring")
-    targets = ", ".join(f'"{host.address}:{APP_PORT}"' for host in local_fleet.hosts() if host.name in APP_HOSTS)
-    (folder / "rules.yml").write_text(
-        "groups:\n- name: sample\n  rules:\n  - alert: SampleAppErrors\n"
-        f"    expr: '({ERROR_RATIO}) > 0.05'\n    labels: {{severity: page, service: sample}}\n"
-    )
-    (folder / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "rule_files: [rules.yml]\n"
-        f'alerting: {{alertmanagers: [{{static_configs: [{{targets: ["{ALERTMANAGER}"]}}]}}]}}\n'
-        f"scrape_configs:\n- job_name: sample\n  static_configs: [{{targets: [{targets}]}}]\n"
-    )
-    (folder / "alertmanager.yml").write_text(
-        "route: {receiver: nobody, group_wait: 0s, group_interval: 1s, repeat_interval: 1h}\n"
-        "receivers: [{name: nobody}]\n"
-    )
-    log = open(folder / "monitoring.log", "wb")  # noqa: SIM115 - closed at teardown
-    processes = [
-        subprocess.Popen(
-            [
-                "prometheus-alertmanager",
-                f"--config.file={folder / 'alertmanager.yml'}",
-                f"--storage.path={folder / 'am-data'}",
-                f"--web.listen-address={ALERTMANAGER}",
-                "--cluster.listen-address=",
-            ],
-            stdout=log,
-            stderr=log,
-        ),
-        subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={folder / 'prometheus.yml'}",
-                f"--storage.tsdb.path={folder / 'prom-data'}",
-                f"--web.listen-address={PROMETHEUS}",
-            ],
-            stdout=log,
-            stderr=log,
-        ),
-    ]
-    try:
-        _wait_http(f"http://{ALERTMANAGER}/-/ready")
-        _wait_http(f"http://{PROMETHEUS}/-/ready")
-        yield {"prometheus": f"http://{PROMETHEUS}", "alertmanager": f"http://{ALERTMANAGER}"}
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
-        log.close()
+    """Prometheus scraping each app host's sample app every second, and Alertmanager (tests/monitoring.py)."""
+    targets = [f"{host.address}:{APP_PORT}" for host in local_fleet.hosts() if host.name in APP_HOSTS]
+    with running_monitoring(tmp_path_factory.mktemp("monitoring"), targets, PROMETHEUS, ALERTMANAGER) as urls:
+        yield urls
 
 
 class App:
@@ -114,9 +51,11 @@ class App:
         self.views = {name: views[name] for name in APP_HOSTS}
         self.addresses = {host.name: host.address for host in fleet.hosts() if host.name in APP_HOSTS}
         self.deploy_to = deploy_to
-        self.stopping = threading.Event()
-        self.answers: dict[int, int] = {}
-        self.load = threading.Thread(target=self._send, daemon=True)
+        self.load = Load([f"http://{address}:{APP_PORT}/" for address in self.addresses.values()])
+
+    @property
+    def answers(self) -> dict[int, int]:
+        return self.load.answers
 
     def start(self) -> None:
         for name, view in self.views.items():
@@ -127,21 +66,8 @@ class App:
                 f"--app {self.deploy_to}/current > serve.log 2>&1 < /dev/null & echo $! > {self.deploy_to}/serve.pid"
             )
         for address in self.addresses.values():
-            _wait_http(f"http://{address}:{APP_PORT}/health", 30)
+            wait_http(f"http://{address}:{APP_PORT}/health", 30)
         self.load.start()
-
-    def _send(self) -> None:
-        while not self.stopping.is_set():
-            for address in self.addresses.values():
-                try:
-                    with urllib.request.urlopen(f"http://{address}:{APP_PORT}/", timeout=2) as answer:
-                        code = answer.status
-                except urllib.error.HTTPError as failed:
-                    code = failed.code
-                except OSError:
-                    code = 0
-                self.answers[code] = self.answers.get(code, 0) + 1
-            time.sleep(0.02)
 
     def serving(self) -> dict[str, str]:
         """The release each host's server says it serves (its /health, over HTTP)."""
@@ -152,9 +78,7 @@ class App:
         return found
 
     def stop(self) -> None:
-        self.stopping.set()
-        if self.load.is_alive():
-            self.load.join(timeout=10)
+        self.load.stop()
         for view in self.views.values():
             view.host.run(f"test -f {self.deploy_to}/serve.pid && kill $(cat {self.deploy_to}/serve.pid)")
 
