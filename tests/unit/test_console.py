@@ -151,7 +151,7 @@ def test_listing_and_help_import_no_ssh_stack():
 
 def test_every_fleet_command_takes_the_shared_flags_and_changing_ones_the_lock_flags():
     shared = {"inventory", "verbose", "hosts", "group", "json", "parallel", "accept-new-host-keys"}
-    changing = {"deploy", "rollback", "rollback-drill", "unpin", "prune", "place-signers"}
+    changing = {"deploy", "rollback", "rollback-drill", "watch", "unpin", "prune", "place-signers"}
     for name, spec in COMMANDS.items():
         flags = set(spec.flag_names())
         if spec.fleet:

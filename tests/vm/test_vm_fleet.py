@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from tests.monitoring import ERROR_RATIO, Load, monitoring
 from tests.vm.conftest import DEPLOY_TO, VMS, VmFleet, hold, inv, inv_background, kill_group
 
 pytestmark = pytest.mark.vm
@@ -53,15 +54,32 @@ def wait_for_marker(vms: VmFleet, name: str, marker: str, process: subprocess.Po
 def test_drill_with_the_systemd_service_and_a_clock_hours_off(vms, artifacts, tmp_path):
     """The drill against the real service (reload hooks, health checks that ask it which release it
     serves), with web2's clock six hours ahead: release order, the rollback's target and history
-    times come from this machine, so nothing changes."""
+    times come from this machine, so nothing changes. The drill is watched, as in an integration
+    environment with traffic: a real Prometheus scrapes the service's /metrics on each VM while
+    requests flow, and both deploy phases pass their watch on real values."""
     vms.sh("web2", "date -s @$(( $(date +%s) + 21600 )) >/dev/null")
+    load = Load([f"http://{vms.addresses[name]}:8080/" for name in VMS])
+    targets = [f"{vms.addresses[name]}:8080" for name in VMS]
     try:
         v1 = deployed(inv("deploy", "-i", str(vms.inventory), "--artifact", artifacts["v1"], "--json"))
         for name in VMS:
             assert_serving(vms, name, v1, "v1")
         junit = tmp_path / "drill.xml"
-        drill = inv("rollback-drill", "-i", str(vms.inventory), "--artifact", artifacts["v2"], "--junit", str(junit))
+        (tmp_path / "monitoring").mkdir()
+        with monitoring(tmp_path / "monitoring", targets, "127.0.0.1:19190", "127.0.0.1:19193") as urls:
+            load.start()
+            check = {"name": "error ratio", "prometheus": urls["prometheus"], "query": ERROR_RATIO}
+            check.update({"fail_if": "> 0.05", "on_empty": "inconclusive"})
+            watched = vms.make_inventory(
+                tmp_path / "watched.yml", watch={"duration": 8, "interval": 1, "checks": [check]}
+            )
+            drill = inv("rollback-drill", "-i", watched, "--artifact", artifacts["v2"], "--junit", str(junit), "--json")
         assert drill.returncode == 0, drill.stdout + drill.stderr
+        watches = json.loads(drill.stdout)["watches"]
+        assert [watch["verdict"] for watch in watches] == ["passed", "passed"]
+        values = [sample["value"] for watch in watches for sample in watch["samples"] if sample["outcome"] == "pass"]
+        assert values and all(value <= 0.05 for value in values)  # real ratios, read from the VMs' service
+        assert load.answers.get(200, 0) > 0
         report = junit.read_text()
         assert 'failures="0"' in report and report.count("<testcase") >= 3 * len(VMS)
         v2 = status(str(vms.inventory))["currents"]
@@ -74,6 +92,7 @@ def test_drill_with_the_systemd_service_and_a_clock_hours_off(vms, artifacts, tm
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         assert len(times) >= 4 and all(stamp <= now for stamp in times), times  # not six hours ahead
     finally:
+        load.stop()
         vms.sh("web2", f"date -s @{int(time.time())} >/dev/null")
 
 
