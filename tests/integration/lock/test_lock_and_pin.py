@@ -140,11 +140,17 @@ def test_deploy_with_unpin_removes_the_pin(make_inventory, views, artifacts, dep
 
 
 def test_ctrl_c_releases_the_lock(make_inventory, views, artifacts, deploy_to):
-    inventory = make_inventory(validate="sleep 3")
+    """Ctrl-C while every host validates: the validation waits for a file the test makes only after
+    the SIGINT (a `sleep 3` raced the test's own lock polling on a loaded machine: the deploy had
+    finished, exit 0, before the Ctrl-C came)."""
+    go = f"{deploy_to}-go"
+    inventory = make_inventory(validate=f"while [ ! -e {go} ]; do sleep 1; done")
     assert operations.deploy(load_inventory(make_inventory()), artifacts["v1"], progress=QUIET).ok
     process = inv_process("deploy", "--inventory", inventory, "--artifact", artifacts["v2"])
     wait_for_lock(views, deploy_to, process)
     os.killpg(process.pid, signal.SIGINT)
+    for view in views.values():  # the running validations may end now: the Ctrl-C is in
+        view.sh("touch %s", go)
     code = process.wait(timeout=60)
     _out, err = process.communicate()
     assert code == 130 and "interrupted" in err
