@@ -274,6 +274,8 @@ class WatchCheck:
             return f"fails if {self.fail_if}"
         if self.kind in ("alertmanager", "prometheus_alerts"):
             return "fails if any alert fires"
+        if self.kind == "host_command":
+            return "fails if it exits non-zero on any host"
         return "fails if it exits non-zero"
 
 

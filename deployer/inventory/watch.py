@@ -15,7 +15,7 @@ from deployer.inventory.checks import Checker, kind
 from deployer.inventory.model import DEFAULT_ERROR_LIMIT, DEFAULT_FAILURE_LIMIT, Condition, Watch, WatchCheck
 
 WATCH_KEYS = {"duration", "interval", "failure_limit", "error_limit", "on_error", "checks"}
-KINDS = ("prometheus", "alertmanager", "prometheus_alerts", "command")
+KINDS = ("prometheus", "alertmanager", "prometheus_alerts", "command", "host_command")
 CHECK_KEYS = {*KINDS, "name", "query", "fail_if", "on_empty", "filter", "timeout", "bearer_token_env", "basic_auth"}
 BASIC_AUTH_KEYS = {"username", "password_env"}
 ON_EMPTY = ("fail", "pass", "inconclusive")

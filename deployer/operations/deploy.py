@@ -225,7 +225,7 @@ class _Rollout:
         """Watch the hosts switched so far; why the rollout must be reverted ("" if not: passed, or
         held or cut short, said in the report)."""
         started = time.monotonic()
-        outcome = watch_phase(watch, label, self.release, switched, self.run.progress, self.report)
+        outcome = watch_phase(watch, label, self.release, switched, self.run.progress, self.report, self.run)
         self.report.phases.append(Phase(f"watch {label}", time.monotonic() - started, outcome.verdict == PASSED))
         if outcome.verdict == PASSED:
             return ""

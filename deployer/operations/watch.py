@@ -44,7 +44,7 @@ def watch_fleet(
             return finished(report, run)
         hosts = sorted(states)
         started = time.monotonic()
-        outcome = watch_phase(watch, "the fleet", release, hosts, progress, report)
+        outcome = watch_phase(watch, "the fleet", release, hosts, progress, report, run)
         report.phases.append(Phase("watch", time.monotonic() - started, outcome.verdict == PASSED, outcome.reason))
         rolls_back = outcome.verdict == FAILED or (outcome.verdict == UNDECIDED and watch.on_error == "rollback")
         if not rolls_back:

@@ -8,10 +8,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from deployer.inventory.model import Watch
-from deployer.plan.watch import ERROR, FAIL, INCONCLUSIVE, PASS, Sample, Tally
+from deployer.connection import HostConnection
+from deployer.errors import HostError
+from deployer.inventory.model import Watch, WatchCheck
+from deployer.lock import utc_now
+from deployer.phases.run import Run, whole_seconds
+from deployer.plan.watch import ERROR, FAIL, INCONCLUSIVE, PASS, Judged, Sample, Tally, judge_host_commands
 from deployer.providers import BadQuery, check_query, read_check
 from deployer.report import OperationReport, Progress
+from deployer.scripts import ScriptResult, run_script
 
 CUT = "cut short"  # Ctrl-C during the watch: no verdict
 SHOWN_OUTCOME = {PASS: "ok", FAIL: "FAILING", INCONCLUSIVE: "inconclusive", ERROR: "UNREADABLE"}
@@ -50,6 +55,7 @@ def watch(
     hosts: list[str],
     progress: Progress,
     report: OperationReport,
+    run: Run | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> WatchOutcome:
     """Watch `hosts` (on `release`) for the watch's duration, or until a verdict comes first."""
@@ -64,7 +70,10 @@ def watch(
         rounds = 0
         while not verdict:
             for check in watch.checks:
-                judged = read_check(check, environment)
+                if check.kind == "host_command":
+                    judged = _on_each_host(run, check, release, hosts)
+                else:
+                    judged = read_check(check, environment)
                 at = round(time.monotonic() - started, 3)
                 if tally.add(Sample(check.name, at, judged.outcome, judged.value, judged.text)):
                     break
@@ -104,6 +113,51 @@ def watch(
         }
     )
     return WatchOutcome(verdict, reason, seconds)
+
+
+def _on_each_host(run: Run | None, check: WatchCheck, release: str, hosts: list[str]) -> Judged:
+    """A `host_command` check: the command in releases/RELEASE on every watched host at once, over
+    the operation's connections, under its lock (fenced), kept out of the history."""
+    if run is None:
+        return Judged(ERROR, None, "no connection to the hosts")
+    inventory = run.inventory
+    options = {
+        "release": release,
+        "name": "watch",
+        "command": check.target,
+        "timeout": whole_seconds(check.timeout),
+        "run": run.run_id,
+        "fence": run.lock.token,
+        "env": "1" if run.environment else "",
+        "now": utc_now(),
+        "record": "no",
+    }
+
+    def work(connection: HostConnection) -> ScriptResult:
+        deploy_to = inventory.deploy_to_of(connection.host)
+        limit = check.timeout + 10
+        return run_script(
+            connection,
+            "run",
+            deploy_to,
+            session_timeout=limit,
+            upload=[run.environment],
+            gate=None,
+            verdict=None,
+            **options,
+        )
+
+    results: dict[str, tuple[int, str] | str] = {}
+    for host, outcome in run.fleet.map(work, [inventory.host(name) for name in hosts]):
+        if isinstance(outcome, HostError):
+            results[host.name] = outcome.reason
+            continue
+        ran = outcome.output.first("ran") or []
+        if len(ran) < 2 or not ran[1].isdigit():
+            results[host.name] = outcome.output.error_message()
+            continue
+        results[host.name] = (int(ran[1]), ran[2] if len(ran) > 2 else "")
+    return judge_host_commands(results)
 
 
 def _status_line(tally: Tally, label: str, left: float) -> str:

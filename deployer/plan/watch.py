@@ -130,6 +130,25 @@ def judge_command(exit_status: int, output: str) -> Judged:
     return Judged(FAIL, float(exit_status), f"exit {exit_status}" + (f": {last}" if last else ""))
 
 
+def judge_host_commands(results: Mapping[str, tuple[int, str] | str]) -> Judged:
+    """A command run on each host: (exit status, last output) per host, or why a host could not
+    run it. Any host's non-zero exit fails the sample; otherwise an unreachable host makes it
+    unreadable (a pass must come from every host)."""
+    failing = {host: found for host, found in results.items() if isinstance(found, tuple) and found[0] != 0}
+    if failing:
+        shown = "; ".join(
+            f"{host}: exit {code}" + (f": {tail.strip()}" if tail.strip() else "")
+            for host, (code, tail) in sorted(failing.items())[:MAX_SHOWN_SERIES]
+        )
+        more = f" and {len(failing) - MAX_SHOWN_SERIES} more" if len(failing) > MAX_SHOWN_SERIES else ""
+        return Judged(FAIL, float(len(failing)), f"failing on {len(failing)}/{len(results)} host(s): {shown}{more}")
+    lost = {host: found for host, found in results.items() if isinstance(found, str)}
+    if lost or not results:
+        host, why = sorted(lost.items())[0] if lost else ("", "no host to run it on")
+        return Judged(ERROR, None, f"{host}: {why}" if host else why)
+    return Judged(PASS, 0.0, f"exit 0 on {len(results)} host(s)")
+
+
 def label_matches(matcher: str, labels: Mapping[str, Any]) -> bool:
     """An equality matcher (`name="value"`) against an alert's labels."""
     parsed = MATCHER_RE.fullmatch(matcher)

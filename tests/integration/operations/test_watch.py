@@ -296,7 +296,10 @@ def test_a_malformed_query_is_refused_before_anything_is_staged(
         assert views[name].host.run("test -d %s", f"{deploy_to}/.deployer/lock").rc == 1
 
 
-@pytest.mark.parametrize(("rule", "code", "where"), [("pass", 0, "new"), ("fail", 1, "old")])
+# inconclusive all along: the check never passed, the watch decided nothing, on_error (rollback) applies
+@pytest.mark.parametrize(
+    ("rule", "code", "where"), [("pass", 0, "new"), ("fail", 1, "old"), ("inconclusive", 1, "old")]
+)
 def test_an_empty_result_follows_the_rule_the_user_chose(
     make_inventory, views, artifacts, deploy_to, monitoring, rule, code, where
 ):
@@ -312,6 +315,8 @@ def test_an_empty_result_follows_the_rule_the_user_chose(
     assert samples and all(sample["text"] == "no data (empty result)" for sample in samples)
     expected = report["target"] if where == "new" else old
     assert {views[name].current_release(deploy_to) for name in ("web1", "web2")} == {expected}
+    if rule == "inconclusive":
+        assert "never passed during the watch" in report["verdict"] and "on_error: rollback" in report["verdict"]
 
 
 class _Answers503(http.server.BaseHTTPRequestHandler):
@@ -334,45 +339,39 @@ def unavailable() -> Iterator[str]:
     server.server_close()
 
 
-def test_an_unreadable_provider_under_rollback_reverts_the_fleet(make_inventory, views, artifacts, deploy_to):
-    check = query_check("dead", "http://127.0.0.1:1", "up", "< 1", "fail")
-    settings = watch_settings(check, duration=30, interval=0.5, extra="  error_limit: 3\n  on_error: rollback\n")
-    inventory = make_inventory(hosts=["web1", "web2"], extra=settings)
-    (old,) = baseline(inventory, artifacts["v1"])
-
-    result = run_inv("deploy", "-i", inventory, "-a", artifacts["v2"], "--json")
-
-    assert result.returncode == 1, result.stdout + result.stderr
-    report = json.loads(result.stdout)
-    assert "could not be read 3 times in a row: connection refused; on_error: rollback" in report["verdict"]
-    assert "back where it was" in report["verdict"]
-    assert [sample["outcome"] for sample in report["watches"][0]["samples"]] == ["error"] * 3
-    new = report["target"]
-    for name in ("web1", "web2"):
-        assert views[name].current_release(deploy_to) == old
-        assert "connection refused" in bad_mark(views[name], deploy_to, new)["why"]
-
-
-def test_an_unreadable_provider_under_hold_leaves_the_fleet_switched_and_says_so(
-    make_inventory, views, artifacts, deploy_to, unavailable, fourth
+@pytest.mark.parametrize("policy", ["rollback", "hold"])
+@pytest.mark.parametrize("provider", ["refused", "503"])
+def test_an_unreadable_provider_is_neither_a_pass_nor_silently_a_failure(
+    make_inventory, views, artifacts, deploy_to, unavailable, fourth, provider, policy
 ):
-    check = query_check("busy", unavailable, "up", "< 1", "fail")
-    settings = watch_settings(check, duration=30, interval=0.5, extra="  error_limit: 2\n  on_error: hold\n")
+    """error_limit unreadable samples in a row make the watch undecidable; on_error says what then:
+    rollback reverts the fleet (the release marked bad, the reason said); hold leaves it switched,
+    marks and prunes nothing, releases the lock, exits 1 and says how to roll back."""
+    url, how = ("http://127.0.0.1:1", "connection refused") if provider == "refused" else (unavailable, "HTTP 503")
+    check = query_check("metrics", url, "up", "< 1", "fail")
+    settings = watch_settings(check, duration=30, interval=0.5, extra=f"  error_limit: 3\n  on_error: {policy}\n")
     inventory = make_inventory(hosts=["web1", "web2"], extra=settings + "keep_releases: 1\n")
-    oldest, _, _ = baseline(make_inventory(hosts=["web1", "web2"]), artifacts["v1"], artifacts["v2"], artifacts["v3"])
+    three = (artifacts[version] for version in ("v1", "v2", "v3"))
+    oldest, _, old = baseline(make_inventory(hosts=["web1", "web2"]), *three)
 
     result = run_inv("deploy", "-i", inventory, "-a", fourth, "--json")
 
     assert result.returncode == 1, result.stdout + result.stderr
     report = json.loads(result.stdout)
-    assert "HTTP 503" in report["verdict"] and "on_error: hold" in report["verdict"]
-    assert "inv rollback" in report["verdict"]
+    assert [sample["outcome"] for sample in report["watches"][0]["samples"]] == ["error"] * 3
+    assert f"could not be read 3 times in a row: {how}; on_error: {policy}" in report["verdict"]
     new = report["target"]
-    for name in ("web1", "web2"):  # switched and left so; nothing pruned or marked before a verdict
-        assert views[name].current_release(deploy_to) == new
-        assert oldest in views[name].releases(deploy_to)
-        assert bad_mark(views[name], deploy_to, new) is None
+    for name in ("web1", "web2"):
         assert views[name].host.run("test -d %s", f"{deploy_to}/.deployer/lock").rc == 1
+        assert oldest in views[name].releases(deploy_to)  # no verdict: nothing pruned
+        if policy == "rollback":
+            assert views[name].current_release(deploy_to) == old
+            assert how in bad_mark(views[name], deploy_to, new)["why"]
+        else:  # switched and left so, said so; nothing marked
+            assert views[name].current_release(deploy_to) == new
+            assert bad_mark(views[name], deploy_to, new) is None
+    assert ("back where it was" in report["verdict"]) == (policy == "rollback")
+    assert ("inv rollback" in report["verdict"]) == (policy == "hold")
 
 
 def test_ctrl_c_during_the_watch_rolls_nothing_back_and_says_how_to(
@@ -430,3 +429,25 @@ def test_the_drill_watches_its_deploy_and_its_redeploy(make_inventory, views, ar
     assert "watch check 'smoke' failed" in report["verdict"]
     live = views["web1"].current_release(deploy_to)
     assert {views[name].current_release(deploy_to) for name in ("web1", "web2")} == {live} and live in drilled
+
+
+def test_a_command_on_each_host_fails_the_watch_when_it_fails_on_one(make_inventory, views, artifacts, deploy_to):
+    """`host_command` runs in the watched release on every host at once, over the deploy's own
+    connections (one per host, also for the watch), on GNU and POSIX-strict userlands alike;
+    failing on web3 reverts both hosts. Its runs stay out of the history."""
+    check = "    - {name: local smoke, host_command: 'test \"$(hostname)\" != web3 || { echo cart empty; exit 4; }'}\n"
+    inventory = make_inventory(hosts=["web1", "web3"], extra=watch_settings(check, duration=5, interval=0.5))
+    (old,) = baseline(inventory, artifacts["v1"])
+
+    result = run_inv("deploy", "-i", inventory, "-a", artifacts["v2"], "--json")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert "failing on 1/2 host(s): web3: exit 4: cart empty" in report["verdict"]
+    assert report["connections"] == 2  # the watch's runs used the deploy's connections
+    new = report["target"]
+    for name in ("web1", "web3"):
+        assert views[name].current_release(deploy_to) == old
+        assert "web3: exit 4: cart empty" in bad_mark(views[name], deploy_to, new)["why"]
+        history = views[name].sh("cat %s", f"{deploy_to}/.deployer/history.jsonl").splitlines()
+        assert [json.loads(line)["op"] for line in history] == ["deploy", "deploy", "revert"]

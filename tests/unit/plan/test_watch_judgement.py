@@ -19,11 +19,13 @@ from deployer.plan.watch import (
     PASS,
     PASSED,
     UNDECIDED,
+    Judged,
     ProviderAnswerError,
     Sample,
     Tally,
     judge_alertmanager,
     judge_command,
+    judge_host_commands,
     judge_prometheus_alerts,
     judge_query,
 )
@@ -260,3 +262,15 @@ def test_an_interval_longer_than_the_watch_and_two_checks_with_one_name_are_refu
         parsed(tmp_path, "watch: {duration: 10, interval: 20, checks: [{command: x}]}\n")
     with pytest.raises(InventoryError, match=r"watch.checks\[1\].name: 'command' is used by another check"):
         parsed(tmp_path, "watch: {duration: 10, checks: [{command: x}, {command: y}]}\n")
+
+
+def test_a_command_on_each_host_fails_on_any_host_and_passes_only_on_all():
+    assert judge_host_commands({"web1": (0, ""), "web2": (0, "ok")}) == Judged(PASS, 0.0, "exit 0 on 2 host(s)")
+    failed = judge_host_commands({"web1": (0, ""), "web2": (3, "checkout 500\n"), "web3": "connection lost"})
+    assert (failed.outcome, failed.value, failed.text) == (
+        FAIL,
+        1.0,
+        "failing on 1/3 host(s): web2: exit 3: checkout 500",
+    )
+    lost = judge_host_commands({"web1": (0, ""), "web3": "connection lost"})
+    assert (lost.outcome, lost.text) == (ERROR, "web3: connection lost")  # a pass must come from every host
