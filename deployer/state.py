@@ -238,14 +238,20 @@ def _damaged(output: ScriptOutput, current: str | None) -> tuple[str, ...]:
 
 def parse_state(host: str, output: ScriptOutput, deploy_to: str) -> HostState:
     """Build a HostState from gather's records (each part parsed by its own small reader below)."""
-    notes: list[str] = []
+    notes: list[str] = list(output.warnings())  # e.g. a lock cleared, or seen, from before the host's last boot
     hostname = (output.first("hostname") or [""])[0]
     lock = _parse_lock(output)
     missing = tuple(fields[0] for fields in output.all("missing") if fields)
     writable = (output.first("writable") or [""])[0]
     if (output.first("deploy_to") or ["missing"])[0] != "present":
         return HostState(
-            host=host, hostname=hostname, deploy_to=deploy_to, lock=lock, missing_tools=missing, writable=writable
+            host=host,
+            hostname=hostname,
+            deploy_to=deploy_to,
+            lock=lock,
+            missing_tools=missing,
+            writable=writable,
+            notes=tuple(notes),
         )
     releases = _parse_releases(output, deploy_to, notes)
     current = _parse_current(output, deploy_to)

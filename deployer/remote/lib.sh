@@ -395,16 +395,38 @@ json_text() {
     printf '%s' "$1" | tr -d '\000-\037' | sed 's/\\/\\\\/g; s/"/\\"/g' | cut -c 1-300
 }
 
-# --- the fleet lock: a folder created with mkdir (atomic), holding "TOKEN\nJSON" in info ---
+# --- the fleet lock: a folder holding "TOKEN\nJSON" in info and this host's boot id in boot ---
+# It is made whole under a temporary name, flushed, then renamed into place: the lock is never
+# visible without its details, also after a power cut. A lock taken before this host's current
+# boot is stale by proof: every session that could act under it died with that boot, and fencing
+# stops its run from acting again (its token is no longer the lock's); the next run clears it.
+
+host_boot_id() {
+    # host_boot_id: this boot's id (Linux); "" where the host has none (then no lock is judged by it).
+    line=
+    [ ! -r /proc/sys/kernel/random/boot_id ] || first_line /proc/sys/kernel/random/boot_id
+    printf '%s\n' "$line"
+}
+
+lock_before_boot() {
+    # lock_before_boot: whether the lock records a boot of this host other than the current one.
+    [ -f .deployer/lock/boot ] || return 1
+    first_line .deployer/lock/boot
+    lb_now=$(host_boot_id)
+    [ -n "$line" ] && [ -n "$lb_now" ] && [ "$line" != "$lb_now" ]
+}
 
 emit_lock_held() {
-    # The holder writes info just after its mkdir: if it is not there yet, look again once.
+    # A lock left by an older version of the tool may be a bare folder for a moment: look again once.
     [ -f .deployer/lock/info ] || sleep 1
     held_token='' held_info=''
     if [ -f .deployer/lock/info ]; then
         { IFS= read -r held_token; IFS= read -r held_info; } < .deployer/lock/info || true
     fi
     emit lock held "$held_token" "$held_info"
+    if lock_before_boot; then
+        emit warning "the lock was taken before this host's last boot: the run that took it can no longer act here, and the next deploy or rollback clears it"
+    fi
 }
 
 lock_token() {
@@ -416,16 +438,35 @@ lock_token() {
 lock_take() {
     # lock_take TOKEN INFO: take the lock (or find it already ours); otherwise report who holds it.
     [ -d .deployer ] || mkdir -p .deployer || fail 30 "cannot create $(pwd)/.deployer"
-    if mkdir .deployer/lock 2>/dev/null; then
-        if ! write_file .deployer/lock/info "$1
-$2"; then
-            rm -rf .deployer/lock
-            fail 30 "cannot write the lock in $(pwd)/.deployer (disk full?)"
+    if [ -d .deployer/lock ]; then
+        if [ "$(lock_token)" = "$1" ]; then
+            emit lock taken
+            return 0
         fi
-        emit lock taken
-    elif [ "$(lock_token)" = "$1" ]; then
+        if ! lock_before_boot; then
+            emit_lock_held
+            return 0
+        fi
+        first_line .deployer/lock/info
+        emit warning "cleared a lock taken before this host's last boot (run ${line%"${line#????????????}"}): no session of that run survived the reboot"
+        rm -rf .deployer/lock.stale
+        mv .deployer/lock .deployer/lock.stale && rm -rf .deployer/lock.stale
+    fi
+    lt_new=.deployer/lock.new.$$
+    rm -rf "$lt_new"
+    lt_boot=$(host_boot_id)
+    if ! { mkdir "$lt_new" && (set -C && printf '%s\n%s\n' "$1" "$2" > "$lt_new/info") \
+        && (set -C && printf '%s\n' "$lt_boot" > "$lt_new/boot") && flush "$lt_new/info"; }; then
+        rm -rf "$lt_new"
+        fail 30 "cannot write the lock in $(pwd)/.deployer (disk full?)"
+    fi
+    # Onto a lock another run published meanwhile, mv puts ours inside it: then it is theirs.
+    mv "$lt_new" .deployer/lock 2>/dev/null
+    if [ "$(lock_token)" = "$1" ]; then
+        unflushed=.deployer/lock
         emit lock taken
     else
+        rm -rf ".deployer/lock/lock.new.$$" "$lt_new"
         emit_lock_held
     fi
 }

@@ -196,7 +196,7 @@ def test_lock_is_taken_by_exactly_one_of_many_simultaneous_runs(tmp_path):
     deploy_to = str(tmp_path / "app")
     processes = [
         subprocess.Popen(["sh", "-c", gather_locking(deploy_to, f"t{i}")], stdout=subprocess.PIPE, text=True)
-        for i in range(12)
+        for i in range(24)
     ]
     outputs = [parse_output(process.communicate(timeout=60)[0]) for process in processes]
     taken = [i for i, out in enumerate(outputs) if out.first("lock") == ["taken"]]
@@ -204,9 +204,11 @@ def test_lock_is_taken_by_exactly_one_of_many_simultaneous_runs(tmp_path):
     holder = f"t{taken[0]}"
     for i, out in enumerate(outputs):
         if i != taken[0]:
-            # Held, naming the holder (or, if read in the instant between mkdir and writing the
-            # details even after waiting, a lock without details: never a second holder).
-            assert out.first("lock") in (["held", holder, f'{{"who": "{holder}"}}'], ["held", "", ""])
+            # Held, naming the holder: the lock is published whole, never seen without its details
+            assert out.first("lock") == ["held", holder, f'{{"who": "{holder}"}}']
+    # the losers' folders went (also those a quicker run's lock swallowed)
+    assert sorted(os.listdir(os.path.join(deploy_to, ".deployer", "lock"))) == ["boot", "info"]
+    assert [name for name in os.listdir(os.path.join(deploy_to, ".deployer")) if name.startswith("lock.")] == []
     # Taking it again with the holder's token is fine (one run, several phases); others still see it held.
     assert run(gather_locking(deploy_to, holder))[1].first("lock") == ["taken"]
     # Only the holder's token (or "*", inv unlock) removes it.
@@ -214,6 +216,31 @@ def test_lock_is_taken_by_exactly_one_of_many_simultaneous_runs(tmp_path):
     assert os.path.isdir(os.path.join(deploy_to, ".deployer", "lock"))
     assert run(command_line("finish", deploy_to, unlock=holder))[1].first("unlocked") == []
     assert not os.path.exists(os.path.join(deploy_to, ".deployer", "lock"))
+
+
+def test_a_lock_taken_before_the_hosts_last_boot_is_cleared_by_the_next_run_that_takes_it(tmp_path):
+    """After a power cut every session of the run that held the lock is gone, and fencing keeps that
+    run from acting again: the next run takes the lock, saying whose it cleared. A lock of this
+    boot stays held; one of an earlier boot is shown as such to a run that only reads."""
+    deploy_to = str(tmp_path / "app")
+    old_run = "a" * 32
+    assert run(gather_locking(deploy_to, old_run))[1].first("lock") == ["taken"]
+    boot = Path(deploy_to, ".deployer", "lock", "boot")
+    assert boot.read_text() == Path("/proc/sys/kernel/random/boot_id").read_text()
+    assert run(gather_locking(deploy_to, "b" * 32))[1].first("lock")[:2] == ["held", old_run]  # this boot
+
+    boot.write_text("00000000-0000-0000-0000-000000000000\n")  # as left by the boot before a power cut
+    read = run(command_line("gather", deploy_to))[1]
+    assert read.first("lock")[:2] == ["held", old_run]
+    assert any("taken before this host's last boot" in warning for warning in read.warnings())
+    code, out = run(gather_locking(deploy_to, "c" * 32))
+    assert code == 0 and out.first("lock") == ["taken"]
+    assert out.warnings() == [
+        "cleared a lock taken before this host's last boot (run aaaaaaaaaaaa): "
+        "no session of that run survived the reboot"
+    ]
+    assert Path(deploy_to, ".deployer", "lock", "info").read_text().startswith("c" * 32)
+    assert not Path(deploy_to, ".deployer", "lock.stale").exists()
 
 
 def test_prune_removes_listed_releases_but_never_current_and_drops_unused_cache(tmp_path, artifact):
