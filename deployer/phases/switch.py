@@ -196,6 +196,7 @@ class BatchVerdict:
         self.expected = set(hosts)
         self.passed: set[str] = set()
         self.ended: set[str] = set()
+        self.abandoned = False
         self.changed = threading.Condition()
 
     def ready(self, host: str, deadline: float) -> bool:
@@ -205,10 +206,18 @@ class BatchVerdict:
             self.ended.add(host)
             self.changed.notify_all()
             self.changed.wait_for(
-                lambda: self.ended >= self.expected or self.ended - self.passed,
+                lambda: self.abandoned or self.ended >= self.expected or self.ended - self.passed,
                 timeout=max(0.0, deadline - time.monotonic()),
             )
-            return self.passed >= self.expected
+            return self.passed >= self.expected and not self.abandoned
+
+    def abandon(self) -> None:
+        """The operation stopped (Ctrl-C) before every session of the batch ran: the ones waiting
+        hold at once (a host whose session never started would otherwise keep them waiting to
+        their limit)."""
+        with self.changed:
+            self.abandoned = True
+            self.changed.notify_all()
 
     def end(self, host: str) -> None:
         """`host`'s session ended: if it never said it passed, the batch did not."""
@@ -233,22 +242,32 @@ def switch(run: Run, hosts: list[HostPlan], request: SwitchRequest) -> dict[str,
                 verdict.end(connection.host.name)
 
     targets = [run.inventory.host(name) for name in by_name]
-    for host, outcome in run.fleet.map(work, targets):
-        outcomes[host.name] = outcome
-        if isinstance(outcome, HostError):
-            run.progress.host(host.name, f"FAILED: {outcome.reason}")
-            continue
-        if outcome.unlocked:
-            run.lock.held.discard(host.name)
-        text = f"current -> {outcome.link} (verified)"
-        if outcome.health:
-            text += f", {outcome.health}"
-        if outcome.pruned:
-            text += f", pruned {len(outcome.pruned)} old release(s)"
-        if outcome.failing:
-            text += f"; FAILED: {outcome.failing}"
-        run.progress.host(host.name, text)
+    try:
+        for host, outcome in run.fleet.map(work, targets):
+            _shown(run, host.name, outcome)
+            outcomes[host.name] = outcome
+    except BaseException:
+        if verdict is not None:
+            verdict.abandon()
+        raise
     return outcomes
+
+
+def _shown(run: Run, name: str, outcome: Switched | HostError) -> None:
+    """One host's switch outcome: its lock's release noted, its line in the progress."""
+    if isinstance(outcome, HostError):
+        run.progress.host(name, f"FAILED: {outcome.reason}")
+        return
+    if outcome.unlocked:
+        run.lock.held.discard(name)
+    text = f"current -> {outcome.link} (verified)"
+    if outcome.health:
+        text += f", {outcome.health}"
+    if outcome.pruned:
+        text += f", pruned {len(outcome.pruned)} old release(s)"
+    if outcome.failing:
+        text += f"; FAILED: {outcome.failing}"
+    run.progress.host(name, text)
 
 
 def expected_in_health_output(expect: str, target: str, revision: Revision) -> str:
