@@ -347,7 +347,9 @@ def test_an_unreadable_provider_is_neither_a_pass_nor_silently_a_failure(
     """error_limit unreadable samples in a row make the watch undecidable; on_error says what then:
     rollback reverts the fleet (the release marked bad, the reason said); hold leaves it switched,
     marks and prunes nothing, releases the lock, exits 1 and says how to roll back."""
-    url, how = ("http://127.0.0.1:1", "connection refused") if provider == "refused" else (unavailable, "HTTP 503")
+    url, how = (
+        ("http://127.0.0.1:1", "connection refused") if provider == "refused" else (unavailable, "HTTP 503: overloaded")
+    )
     check = query_check("metrics", url, "up", "< 1", "fail")
     settings = watch_settings(check, duration=30, interval=0.5, extra=f"  error_limit: 3\n  on_error: {policy}\n")
     inventory = make_inventory(hosts=["web1", "web2"], extra=settings + "keep_releases: 1\n")
