@@ -71,7 +71,8 @@ def run_deploy(
     """
     inventory = run.inventory
     signed_only = inventory.requires_signatures
-    now = datetime.now(timezone.utc)
+    # a controller whose clock is behind the fleet's still records the release after every other
+    now, clock_warning = planning.fleet_clock(states, datetime.now(timezone.utc))
     release = release_id or planning.choose_release_id(states, artifact.digest, now, signed_only)
     copies = host_signers.host_copies(inventory, states)
     plan = planning.plan_deploy(
@@ -92,6 +93,9 @@ def run_deploy(
         run.revisions[release] = artifact.revision
     show_plan(plan, run.progress)
     report = OperationReport("deploy", release, plan=plan_data(plan), revision=artifact.revision.as_dict())
+    if clock_warning:
+        run.progress.say(f"warning: {clock_warning}")
+        report.warnings.append(clock_warning)
     if artifact.signer is not None:
         report.signature = artifact.signer.as_dict()
         report.notes.append(f"signed by {artifact.signer.principal} ({artifact.signer.fingerprint})")
@@ -101,6 +105,7 @@ def run_deploy(
     if refused_or_dry_run(report, plan, options.dry_run):
         return report
     rollout = _Rollout(run, plan, report, release, final, None if options.no_watch else inventory.watch)
+    rollout.staged_at = now
     if not rollout.stage(artifact, copies) or not rollout.migrate():
         return report
     attempted, failure = rollout.switch_in_batches(options.unpin)
@@ -126,6 +131,7 @@ class _Rollout:
     ) -> None:
         self.run = run
         self.watch = watch
+        self.staged_at: datetime | None = None  # when the release is recorded as staged (plan.fleet_clock)
         self.plan = plan
         self.report = report
         self.release = release
@@ -154,7 +160,7 @@ class _Rollout:
         self.run.progress.say(
             f"staging {self.release} on {len(to_stage)} host(s) ({artifact.size} bytes, sha256 {artifact.digest[:12]})"
         )
-        failed = stage(self.run, artifact, self.release, to_stage, copies)
+        failed = stage(self.run, artifact, self.release, to_stage, copies, self.staged_at)
         self.report.phases.append(Phase("stage", time.monotonic() - started, not failed))
         if failed:
             self.stop_before_switching("staged but not switched: another host failed", failed)

@@ -31,16 +31,22 @@ log = logging.getLogger(__name__)
 
 
 def stage(
-    run: Run, artifact: Artifact, release: str, hosts: list[HostPlan], copies: Mapping[str, host_signers.HostCopy]
+    run: Run,
+    artifact: Artifact,
+    release: str,
+    hosts: list[HostPlan],
+    copies: Mapping[str, host_signers.HostCopy],
+    staged_at: datetime | None = None,
 ) -> dict[str, HostError]:
     """Upload (or reuse the cached tarball), unpack, link shared paths, validate: one session per host.
 
-    `copies`: what each host's own copy of who may sign must be (`host_signers.host_copies`, as planned).
+    `copies`: what each host's own copy of who may sign must be (`host_signers.host_copies`, as planned);
+    `staged_at`: the time the release is recorded at (`plan.fleet_clock`; default: now).
     """
     inventory = run.inventory
     sources = {host_plan.host: host_plan.source for host_plan in hosts}
     placing = {host_plan.host for host_plan in hosts if host_plan.place_signers}
-    meta = release_meta(artifact)
+    meta = release_meta(artifact, staged_at)
     mapped = MappedArtifact(artifact.path) if artifact.path else None
     environment = run.environment
     fetching = env_block(inventory, artifact.url) if artifact.url else b""
@@ -106,13 +112,14 @@ def stage(
     return failures
 
 
-def release_meta(artifact: Artifact) -> str:
-    """The release's `meta` record: when it was staged (by this controller's clock; it orders
-    releases, never mtimes), the manifest's schema bounds, the revision's version and commit."""
+def release_meta(artifact: Artifact, staged_at: datetime | None = None) -> str:
+    """The release's `meta` record: when it was staged (by this controller's clock, or the time the
+    planner chose when the fleet holds a later one: it orders releases, never mtimes), the
+    manifest's schema bounds, the revision's version and commit."""
     manifest = artifact.manifest
     return " ".join(
         [
-            datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            (staged_at or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             str(manifest.schema_version) if manifest else "-",
             str(manifest.min_schema) if manifest else "-",
             artifact.revision.version or "-",

@@ -19,6 +19,7 @@ from deployer.plan.facts import (
     describe_pin,
     describe_releases,
     describe_split,
+    fleet_clock,
     fleet_pin,
     fleet_schema,
     manifest_of,
@@ -42,6 +43,7 @@ from deployer.plan.prune import plan_prune, protected_releases, prune_list
 from deployer.plan.rollback import choose_rollback_target, plan_rollback
 
 __all__ = [
+    "fleet_clock",
     "CACHE",
     "FETCH",
     "KEEP",

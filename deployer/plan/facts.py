@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from deployer.release import Manifest
@@ -139,3 +140,43 @@ def describe_releases(states: Mapping[str, HostState], limit: int = 10) -> str:
 def digest_of(states: Mapping[str, HostState], release_id: str) -> str:
     info = release_anywhere(states, release_id)
     return info.digest if info else ""
+
+
+CLOCK_SLACK = timedelta(seconds=60)  # clocks a minute apart are not worth a warning
+
+
+def fleet_clock(states: Mapping[str, HostState], now: datetime) -> tuple[datetime, str]:
+    """The time a deploy records its release at: `now`, unless a host holds a release staged later
+    (this machine's clock is behind the one that staged it: a CI runner restored from a snapshot).
+    Then just after that release, so the new one still sorts after every release the hosts hold
+    (release order, rollback's targets and bad marks follow it); with a warning when the gap is
+    more than a minute."""
+    newest: datetime | None = None
+    where = ""
+    for name, state in sorted(states.items()):
+        for info in state.releases.values():
+            staged = _utc(info.staged_at)
+            if staged is not None and (newest is None or staged > newest):
+                newest, where = staged, name
+    if newest is None or newest < now:
+        return now, ""
+    warning = ""
+    if newest - now > CLOCK_SLACK:
+        behind = newest - now
+        hours = behind.total_seconds() / 3600
+        gap = f"{hours / 24:.1f} days" if hours >= 24 else f"{hours:.1f} hours" if hours >= 1 else f"{behind.seconds} s"
+        warning = (
+            f"this machine's clock ({now:%Y-%m-%dT%H:%M:%SZ}) is {gap} behind the fleet: {where} holds a release "
+            f"staged at {newest:%Y-%m-%dT%H:%M:%SZ}; the new release is recorded just after it, so it still sorts "
+            "last, but times written from here are wrong until this clock is set right (NTP)"
+        )
+    return newest + timedelta(seconds=1), warning
+
+
+def _utc(text: str) -> datetime | None:
+    for layout in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return datetime.strptime(text, layout).replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+    return None

@@ -5,6 +5,7 @@ commit prefix, and names that mean nothing or more than one release refused, cha
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -170,3 +171,37 @@ def test_the_drill_runs_on_a_commit_and_the_pin_names_the_commit(repo, make_inve
     run_inv("rollback", "-i", inventory)  # back to v1.0.0, pinned there
     status = run_inv("status", "-i", inventory).stdout
     assert f"tracking commit {commits[0][:8]} (v1.0.0)" in status, status
+
+
+def test_a_controller_whose_clock_is_behind_still_records_its_release_last(make_inventory, views, artifacts, deploy_to):
+    """The fleet holds a release staged two days ahead of this machine's clock (staged by another
+    controller whose clock was right; this one was restored from a snapshot). Before, the new
+    release sorted before it: `releases` showed it below, and a rollback from it was taken for a
+    step forward and marked nothing bad. Now it is recorded just after the fleet's newest, with a
+    warning naming the gap."""
+    inventory = make_inventory(hosts=["web1", "web2"])
+    first = json.loads(run_inv("deploy", "-i", inventory, "-a", artifacts["v1"], "--json").stdout)["target"]
+    ahead = json.loads(run_inv("deploy", "-i", inventory, "-a", artifacts["v2"], "--json").stdout)["target"]
+    future = (datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    for name in ("web1", "web2"):
+        path = f"{deploy_to}/.deployer/meta/{ahead}"
+        fields = views[name].sh("cat %s", path).split(" ")
+        fields[2] = future  # status digest staged_at ...
+        views[name].sh("printf '%%s\\n' %s > %s", " ".join(fields), path)
+
+    result = run_inv("deploy", "-i", inventory, "-a", artifacts["v3"], "--json")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    new = report["target"]
+    assert any("behind the fleet" in warning and "days" in warning for warning in report["warnings"])
+    assert "behind the fleet" in result.stderr
+    assert new > ahead  # its id sorts after the fleet's newest
+    listed = json.loads(run_inv("releases", "-i", inventory, "--json").stdout)
+    order = [row["id"] for row in listed["releases"]]
+    assert order.index(new) < order.index(ahead) < order.index(first)  # newest first
+    back = run_inv("rollback", "-i", inventory, "--json")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert json.loads(back.stdout)["target"] == ahead
+    for name in ("web1", "web2"):  # a rollback from it, not a step forward: it is marked bad
+        assert views[name].host.run("test -f %s", f"{deploy_to}/.deployer/bad/{new}").rc == 0
