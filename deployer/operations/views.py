@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from deployer import host_signers
 from deployer import plan as planning
@@ -15,6 +17,8 @@ from deployer.report import (
     Progress,
 )
 from deployer.state import HostState, LockState, ReleaseInfo
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -127,13 +131,18 @@ def status_exit_code(view: FleetView) -> int:
 
 
 def history_entries(view: FleetView, limit: int) -> list[dict[str, Any]]:
-    """The fleet's history, newest first: identical events on several hosts are shown once, with their hosts."""
+    """The fleet's history, newest first: identical events on several hosts are shown once, with their hosts.
+
+    Ordered by what the hosts saw (each host's history is appended in the order things happened
+    there), not by the controllers' clocks: a controller whose clock was behind wrote an earlier
+    time on a later switch. Times only break ties between events no host orders."""
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
-    position: dict[tuple[Any, ...], int] = {}
+    chains: list[list[tuple[Any, ...]]] = []
     fields = ("op", "from", "to", "release", "user", "result")
     for name, state in view.states.items():
         seen: dict[tuple[str, ...], int] = {}
-        for index, entry in enumerate(state.history):
+        chain: list[tuple[Any, ...]] = []
+        for entry in state.history:
             # One operation's event on several hosts is one line: keyed by its run id (not by the
             # second it happened in, which differs between hosts); old entries without one by time.
             event = (str(entry.get("run") or entry.get("time", "")), *(str(entry.get(f, "")) for f in fields))
@@ -142,10 +151,9 @@ def history_entries(view: FleetView, limit: int) -> list[dict[str, Any]]:
             item = merged.setdefault(key, {**entry, "hosts": []})
             item["hosts"].append(name)
             item["time"] = min(str(item.get("time", "")), str(entry.get("time", "")))
-            position[key] = max(position.get(key, -(10**9)), index - len(state.history))
-    ordered = [
-        merged[key] for key in sorted(merged, key=lambda key: (merged[key]["time"], position[key]), reverse=True)
-    ]
+            chain.append(key)
+        chains.append(chain)
+    ordered = [merged[key] for key in reversed(in_host_order(chains, lambda key: str(merged[key]["time"])))]
     known = known_releases(view.states)
     for item in ordered:
         item["hosts"].sort()
@@ -156,6 +164,39 @@ def history_entries(view: FleetView, limit: int) -> list[dict[str, Any]]:
         if info is not None and item.get("op") in ("deploy", "rollback", "revert"):
             item["signed_by"] = signed_by(info)
     return _drills_as_one(ordered)[:limit]
+
+
+def in_host_order(chains: list[list[K]], time: Callable[[K], str]) -> list[K]:
+    """Every event once, oldest first, in an order that keeps each host's own order (`chains`: each
+    host's events as it recorded them); among events no host orders, the earlier `time` first. Hosts
+    that disagree (a cycle: only hand-edited histories) are resolved by time."""
+    after: dict[K, set[K]] = {}
+    waiting: dict[K, int] = {}
+    for chain in chains:
+        for key in chain:
+            after.setdefault(key, set())
+            waiting.setdefault(key, 0)
+        for earlier, later in zip(chain, chain[1:], strict=False):
+            if earlier != later and later not in after[earlier]:
+                after[earlier].add(later)
+                waiting[later] += 1
+    first_seen = {key: index for index, key in enumerate(waiting)}  # ties: the order they were read in
+    ready = [(time(key), first_seen[key], key) for key, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    order: list[K] = []
+    while len(order) < len(waiting):
+        if not ready:  # a cycle: take the earliest event still waiting
+            key = min((key for key in waiting if waiting[key] > 0), key=lambda key: (time(key), first_seen[key]))
+            waiting[key] = 0
+            ready.append((time(key), first_seen[key], key))
+        key = heapq.heappop(ready)[2]
+        order.append(key)
+        for later in after[key]:
+            if waiting[later] > 0:
+                waiting[later] -= 1
+                if waiting[later] == 0:
+                    heapq.heappush(ready, (time(later), first_seen[later], later))
+    return order
 
 
 def _drills_as_one(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
