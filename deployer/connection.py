@@ -228,7 +228,8 @@ class HostConnection:
                 if stdout.overflow:
                     return
             while channel.recv_stderr_ready():
-                stderr.add(channel.recv_stderr(65536))
+                # NUL bytes are the watchdog's heartbeat (lib.sh run_bounded), not diagnostics
+                stderr.add(channel.recv_stderr(65536).replace(b"\0", b""))
             if channel.eof_received or channel.closed:
                 if not channel.recv_ready() and not channel.recv_stderr_ready():
                     return

@@ -17,6 +17,11 @@ LC_ALL=C
 export LC_ALL
 umask 022
 
+# The session's own stderr, kept on fd 9 for the watchdog's heartbeat (run_bounded): a write there
+# fails once the session is gone (the controller closed its channel, died or lost the host), even
+# while the step's own output goes to a log. Nothing the script starts inherits it.
+exec 9>&2 2>/dev/null || exec 9>/dev/null
+
 # A newline and a tab, for the field escaping in emit (literal, so no process is started for them).
 NL='
 '
@@ -575,23 +580,37 @@ run_bounded() {
     # run_bounded SECONDS COMMAND...: COMMAND with its standard input, stopped after SECONDS (TERM,
     # then KILL 5 s later) with exit status 124, with every process it started. A watchdog in POSIX
     # sh on every host: timeout(1) is missing (macOS) or differs (-k, exit status) between hosts.
+    # The watchdog also stops it, and this whole script, as soon as the session is gone: every
+    # second it writes one NUL byte to the session's stderr (fd 9; the controller drops NULs), and
+    # that write fails once the channel is closed (a controller that gave up on the step, was
+    # killed or lost the host), instead of the step running on until its next write to stdout.
     rb_seconds=$1
     shift
     exec 3<&0  # an asynchronous command would otherwise read /dev/null
-    "$@" <&3 3<&- &
+    "$@" <&3 3<&- 9>&- &
     rb_pid=$!
     exec 3<&-
-    # The watchdog says whether it fired by its own exit status (124), not by a file: a file at a
-    # known path could be made by anyone on the host to fake a timeout.
+    # The watchdog says whether it fired by its own exit status (124 timed out, 129 session gone),
+    # not by a file: a file at a known path could be made by anyone on the host to fake a timeout.
     # Once it fired it finishes its work whatever the command does: the top process may exit on
     # TERM while what it started ignores TERM (and, orphaned, is no longer its descendant), so the
     # tree is the one taken when it fired, and the caller's TERM is ignored from then on; anything
     # of that tree (and what it started since) still there after 5 s gets KILL.
     (
         trap 'kill "$rb_sleep" 2>/dev/null; exit 0' TERM
-        sleep "$rb_seconds" &
-        rb_sleep=$!
-        wait "$rb_sleep"
+        trap '' PIPE  # a write to the closed session fails (status) rather than ending the watchdog
+        rb_left=$rb_seconds
+        rb_code=124
+        while [ "$rb_left" -gt 0 ]; do
+            sleep 1 &
+            rb_sleep=$!
+            wait "$rb_sleep"
+            rb_left=$((rb_left - 1))
+            if ! printf '\000' >&9; then
+                rb_code=129
+                break
+            fi
+        done
         trap '' TERM
         rb_tree="$rb_pid $(descendants "$rb_pid")"
         # shellcheck disable=SC2086  # the pids, one word each
@@ -604,7 +623,9 @@ run_bounded() {
         done
         # shellcheck disable=SC2086
         kill_tree $rb_tree
-        exit 124
+        # Nobody is left to read what this script would say or do next: it ends too ($$ is its pid).
+        [ "$rb_code" != 129 ] || kill -KILL "$$"
+        exit "$rb_code"
     ) > /dev/null 2>&1 < /dev/null &
     rb_watchdog=$!
     wait "$rb_pid"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -523,3 +524,37 @@ def test_the_watchdogs_kill_leaves_no_parent_time_to_act_on_its_childs_death(tmp
         except FileNotFoundError:
             continue
         assert state == "Z", f"sleep {pid} still runs ({state})"
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox sh", "bash --posix"])
+def test_a_step_stops_with_everything_it_started_when_its_session_goes_away(tmp_path, shell):
+    """The session's stderr is closed (sshd does so when the controller closes the channel or dies)
+    while a step runs under the watchdog. Before, the step ran on to its limit (and its script on to
+    its next write); now the step's tree and the script itself are gone within seconds, and the
+    script does nothing more."""
+    if shutil.which(shell.split()[0]) is None:
+        pytest.fail(f"{shell} is not installed (./dev.sh setup installs it)")
+    pid_file, after = tmp_path / "step.pid", tmp_path / "after"
+    step = f"sh -c 'echo $$ > {pid_file}; exec sleep 60' & wait"
+    script = f'. "{LIB}"; run_bounded 120 sh -c "$1" > /dev/null 2>&1; echo after > {after}'
+    with open(tmp_path / "stdout", "wb") as stdout:
+        process = subprocess.Popen([*shell.split(), "-c", script, "sh", step], stdout=stdout, stderr=subprocess.PIPE)
+    try:
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            assert process.poll() is None
+            time.sleep(0.05)
+        assert process.stderr is not None
+        assert select.select([process.stderr], [], [], 10)[0], "no heartbeat on the session's stderr"
+        assert os.read(process.stderr.fileno(), 1) == b"\0"  # the heartbeat: the controller drops it
+        process.stderr.close()  # the session is gone
+        status = process.wait(timeout=30)  # bounded: the step's own limit is 120 s
+    finally:
+        process.kill()
+    assert status == -9  # the script was ended, not left to run its next command
+    assert not after.exists()
+    pid = int(pid_file.read_text())
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("gone", "Z"), f"the step's sleep still runs ({state})"

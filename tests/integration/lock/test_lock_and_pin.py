@@ -174,10 +174,10 @@ def running(marker: str) -> list[int]:
 def test_a_controller_killed_during_a_hook_leaves_nothing_acting_once_the_next_run_starts(
     make_inventory, views, artifacts, deploy_to
 ):
-    """SIGKILL while a slow before_switch hook runs on every host, then another deploy at once.
-    Before, the old hooks ran on beside the new run (and would have gone on to switch had their
-    sessions not lost stdout); now the new run, clearing the stale lock, stops the old sessions
-    and everything they started before it acts."""
+    """SIGKILL while a slow before_switch hook runs on every host, then another deploy. Before, the
+    old hooks ran on beside the new run (and would have gone on to switch had their sessions not
+    lost stdout); now each host's script stops its hook, and itself, within seconds of its session
+    going away, and the next run clears the lock they left."""
     marker = "slow-hook-marker"  # the hook's own shell carries it (BusyBox's sh sleeps without a process)
     started = f"{deploy_to}-hook-started"
     hook = f"touch {started}; sh -c 'sleep 31; true' {marker}"
@@ -191,7 +191,14 @@ def test_a_controller_killed_during_a_hook_leaves_nothing_acting_once_the_next_r
         time.sleep(0.05)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait(timeout=30)
-    assert len(running(marker)) == len(views)  # the hooks run on without their controller
+    # Each host's script sees its session gone (the watchdog's heartbeat fails) and stops its hook
+    # with everything it started. Before, the hooks ran on to their 31 s end; this wait is bounded.
+    deadline = time.monotonic() + 20
+    while running(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert running(marker) == [], "the hooks ran on without their controller"
+    for view in views.values():  # nothing released the lock: the next run proves it stale
+        assert view.host.run("test -d %s", f"{deploy_to}/.deployer/lock").rc == 0
     next_run = run_inv("deploy", "-i", plain, "--artifact", artifacts["v3"])
     assert next_run.returncode == 0, next_run.stdout + next_run.stderr
     assert "removing a stale lock" in next_run.stdout + next_run.stderr
