@@ -201,6 +201,41 @@ def _machines_exist() -> bool:
     return bool(_machines())
 
 
+def _known_ids() -> set[str]:
+    return {
+        path.read_text().strip()
+        for path in (VAGRANT_DIR / ".vagrant" / "machines").glob("*/libvirt/id")
+        if path.read_text().strip()
+    }
+
+
+def clear_orphans() -> list[str]:
+    """Remove the fleet's VMs that a killed run of another checkout left defined and shut off.
+
+    vagrant-libvirt names a VM `<folder>_<name>` (`vagrant_web1`); a run killed before `vagrant destroy`
+    (a session that ended, CI cancelled) leaves it defined, and the next `vagrant up` from a fresh clone
+    then fails with "Name `vagrant_web1` of domain about to create is already taken". A shut-off VM of
+    that name this checkout does not know is such a leftover: it and its own disk go (the box stays).
+    One that runs belongs to a fleet that is up elsewhere: refused, never touched.
+    """
+    pattern = re.compile(rf"{re.escape(VAGRANT_DIR.name)}_web[0-9]+")
+    ours = _known_ids()
+    removed: list[str] = []
+    for name in _virsh("list", "--all", "--name").stdout.split():
+        if not pattern.fullmatch(name) or _virsh("domuuid", name, check=False).stdout.strip() in ours:
+            continue
+        state = _virsh("domstate", name, check=False).stdout.strip()
+        if state != "shut off":
+            raise FleetError(
+                f"a VM named {name} is {state or 'in an unknown state'} but belongs to no fleet of this "
+                f"checkout: another VM fleet is up on this machine (they share the 192.168.56.0/24 network); "
+                f"take it down from its own checkout (`{command('vm-fleet-down')}`) first"
+            )
+        _virsh("undefine", "--remove-all-storage", name)
+        removed.append(name)
+    return removed
+
+
 def _stamp_box(box: Path, stamp: str) -> None:
     """Write the build stamp into the box's own Vagrantfile (read back from Vagrant's box folder)."""
     work = box.parent / "stamp.tmp"
@@ -267,6 +302,8 @@ def up(settings: VmFleetSettings, log_file: Path) -> None:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     ensure_libvirt()
     ensure_box(log_file)
+    for name in clear_orphans():
+        _log(f"removed the VM {name}, left shut off by a run that was killed before taking its fleet down")
     console_dir().mkdir(exist_ok=True)
     env = vagrant_env(settings)
     kind = "KVM" if env["DEPLOYER_VM_DRIVER"] == "kvm" else "QEMU without KVM (TCG): a minute or more per VM pair"

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +29,7 @@ import yaml
 
 from deployer.locate import SAMPLE_APP
 from deployer.playground.handlers import write_manifest
+from deployer.playground.vmfleet import ensure_libvirt
 from deployer.release import pack_directory
 from tests.conftest import REPO
 from tests.conftest import run_inv as inv
@@ -182,6 +184,36 @@ def build_artifact(folder: Path, version: str, payload_kb: int = 2048) -> str:
     return str(out)
 
 
+def virsh(*args: str) -> str:
+    return subprocess.run(["virsh", "-c", LIBVIRT, *args], capture_output=True, text=True, check=True).stdout
+
+
+def leave_what_a_killed_run_leaves() -> list[str]:
+    """Define, shut off, the VMs a run killed before `vm-fleet-down` leaves (vagrant_web1.. with their
+    disks), as a CI run cancelled beside this one did: unless this checkout's own fleet is up
+    (DEPLOYER_VM_KEEP), where those names are its own."""
+    if any((REPO / "vagrant" / ".vagrant" / "machines").glob("*/libvirt/id")):
+        return []
+    ensure_libvirt()
+    if subprocess.run(["virsh", "-c", LIBVIRT, "pool-info", "default"], capture_output=True).returncode != 0:
+        virsh("pool-define-as", "default", "dir", "--target", "/var/lib/libvirt/images")
+        virsh("pool-start", "default")
+    names = [f"vagrant_{name}" for name in VMS]
+    for name in names:
+        virsh("vol-create-as", "default", f"{name}.img", "1M", "--format", "qcow2")
+        xml = (
+            f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>"
+            "<os><type arch='x86_64'>hvm</type></os><devices><disk type='volume' device='disk'>"
+            f"<driver name='qemu' type='qcow2'/><source pool='default' volume='{name}.img'/>"
+            "<target dev='vda' bus='virtio'/></disk></devices></domain>"
+        )
+        with tempfile.NamedTemporaryFile("w", suffix=".xml") as handle:
+            handle.write(xml)
+            handle.flush()
+            virsh("define", handle.name)
+    return names
+
+
 @pytest.fixture(scope="session")
 def vm_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmFleet]:
     if os.geteuid() != 0:
@@ -189,11 +221,17 @@ def vm_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmFleet]:
     folder = tmp_path_factory.mktemp("vms")
     inventory = folder / "vagrant.yml"
     started = time.monotonic()
+    orphans = leave_what_a_killed_run_leaves()
     up = inv("vm-fleet-up", "--count", str(len(VMS)), "--out", str(inventory), timeout=1800)
     if up.returncode != 0:
         inv("vm-fleet-down", timeout=300)
         pytest.fail(f"the VM fleet did not come up (exit {up.returncode}):\n{up.stdout}\n{up.stderr}")
     print(f"\nVM fleet up in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    for name in orphans:
+        # vm-fleet-up said so, and the VM of that name is now this checkout's (its uuid is Vagrant's id)
+        assert f"removed the VM {name}, left shut off by a run that was killed" in up.stdout + up.stderr
+        machine = REPO / "vagrant" / ".vagrant" / "machines" / name.removeprefix("vagrant_") / "libvirt" / "id"
+        assert virsh("domuuid", name).strip() == machine.read_text().strip()
     try:
         yield VmFleet(folder, inventory)
     finally:
