@@ -134,7 +134,8 @@ def parse_manifest(text: bytes, source: str) -> tuple[Manifest | None, Revision]
 
 @dataclass(frozen=True)
 class Artifact:
-    """A checked `.tar.gz` ready to send: `path` is read by the uploader, `digest` is its sha256."""
+    """A checked `.tar.gz` ready to send: `path` (a private copy, see PreparedArtifact) is read by the
+    uploader, `digest` is its sha256, `source` what the user named."""
 
     path: str
     digest: str
@@ -225,8 +226,21 @@ def sha256_file(path: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def copy_and_hash(source: str, destination: str) -> tuple[str, int]:
+    """Copy `source` to `destination` (a new file), a chunk at a time, hashing what was copied."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(source, "rb") as reading, open(destination, "xb") as writing:
+        while chunk := reading.read(1 << 20):
+            digest.update(chunk)
+            writing.write(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
 class PreparedArtifact:
-    """Context manager yielding an `Artifact`; removes the temporary tarball made from a folder."""
+    """Context manager yielding an `Artifact` whose `path` is a private copy of the source (a folder
+    packed, a file copied), removed on exit."""
 
     def __init__(
         self,
@@ -255,23 +269,27 @@ class PreparedArtifact:
             check_url(self.pull, "--pull")
             if os.path.isdir(source):
                 raise InputError("--pull: the artifact must be the .tar.gz file the URL serves, not a folder")
-        if os.path.isdir(source):
-            self._tempdir = tempfile.mkdtemp(prefix="deployer-artifact-")
-            path = os.path.join(self._tempdir, "release.tar.gz")
-            try:
-                pack_directory(source, path)
-            except OSError as exc:
-                self.__exit__()
-                raise ArtifactError(f"artifact {source}: cannot pack the folder ({exc})") from None
-        elif os.path.isfile(source):
-            if not source.endswith((".tar.gz", ".tgz")):
-                raise ArtifactError(f"artifact {source}: expected a .tar.gz (or .tgz) file or a folder")
-            path = source
-        else:
+        if os.path.isfile(source) and not source.endswith((".tar.gz", ".tgz")):
+            raise ArtifactError(f"artifact {source}: expected a .tar.gz (or .tgz) file or a folder")
+        if not os.path.isdir(source) and not os.path.isfile(source):
             raise ArtifactError(f"artifact {source}: no such file or folder")
+        # What is checked, digested, signature-checked and sent is one private copy, read from the
+        # source once: a build writing the file again meanwhile changes nothing of this deploy (and
+        # cannot pull the mapped pages from under the upload: SIGBUS).
+        self._tempdir = tempfile.mkdtemp(prefix="deployer-artifact-")
+        path = os.path.join(self._tempdir, "release.tar.gz")
+        try:
+            if os.path.isdir(source):
+                pack_directory(source, path)
+                digest, size = sha256_file(path)
+            else:
+                digest, size = copy_and_hash(source, path)
+        except OSError as exc:
+            self.__exit__()
+            doing = "pack the folder" if os.path.isdir(source) else "copy it to a private place"
+            raise ArtifactError(f"artifact {source}: cannot {doing} ({exc})") from None
         try:
             manifest, declared = check_tarball(path, source)
-            digest, size = sha256_file(path)
             signature = check_artifact(self.signatures, path, source, self.signature)
         except BaseException:
             self.__exit__()

@@ -67,10 +67,15 @@ def signature_path(artifact: str) -> str:
     return artifact + ".sig"
 
 
-def _keygen(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def _keygen(*args: str, data: str | None = None) -> subprocess.CompletedProcess[bytes]:
+    """ssh-keygen with the file `data` as its stdin: it reads the file itself (an artifact of any size
+    costs this process no memory)."""
     try:
-        return subprocess.run(["ssh-keygen", *args], input=stdin, capture_output=True, timeout=TIMEOUT, check=False)
-    except FileNotFoundError:
+        with open(data or os.devnull, "rb") as stdin:
+            return subprocess.run(["ssh-keygen", *args], stdin=stdin, capture_output=True, timeout=TIMEOUT, check=False)
+    except FileNotFoundError as error:
+        if data and error.filename == data:
+            raise InputError(f"cannot read {data}: {error.strerror}") from None
         raise InputError("ssh-keygen is not installed here (Debian: apt-get install openssh-client)") from None
 
 
@@ -78,11 +83,12 @@ def sign(artifact: str, key: str, namespace: str = NAMESPACE, out: str | None = 
     """Sign `artifact` with `key` (a private key file, or the public key of one held by ssh-agent);
     the signature goes to `out` (default ARTIFACT.sig), written whole or not at all."""
     out = out or signature_path(artifact)
+    if not os.path.isfile(artifact):
+        raise InputError(f"cannot read {artifact}: not a file")
     try:
-        data = Path(artifact).read_bytes()
-    except OSError as error:
+        done = _keygen("-Y", "sign", "-f", key, "-n", namespace, data=artifact)
+    except PermissionError as error:
         raise InputError(f"cannot read {artifact}: {error.strerror}") from None
-    done = _keygen("-Y", "sign", "-f", key, "-n", namespace, stdin=data)
     if done.returncode != 0 or b"BEGIN SSH SIGNATURE" not in done.stdout:
         why = done.stderr.decode(errors="replace").strip().splitlines()
         raise InputError(f"ssh-keygen could not sign {artifact} with {key}: {why[-1] if why else 'no signature'}")
@@ -153,8 +159,7 @@ def verify(
     """Who signed `artifact`, checked against `allowed_signers` (and `revoked`); SignatureRefused otherwise."""
     if not os.path.isfile(signature):
         raise SignatureRefused(f"{artifact} is not signed: no {signature}")
-    data = Path(artifact).read_bytes()
-    checked = _keygen("-Y", "check-novalidate", "-n", namespace, "-s", signature, stdin=data)
+    checked = _keygen("-Y", "check-novalidate", "-n", namespace, "-s", signature, data=artifact)
     said = (checked.stdout + checked.stderr).decode(errors="replace")
     if checked.returncode != 0:
         if "namespace does not match" in said:
@@ -173,7 +178,7 @@ def verify(
 
     def verified(principal: str, revocations: bool) -> bool:
         args = ["-Y", "verify", "-f", allowed_signers, "-I", principal, "-n", namespace, "-s", signature]
-        return _keygen(*args, *(["-r", revoked] if revocations and revoked else []), stdin=data).returncode == 0
+        return _keygen(*args, *(["-r", revoked] if revocations and revoked else []), data=artifact).returncode == 0
 
     # One ssh-keygen per principal, revoked keys included; only a refusal is looked at again
     # without them, to tell a revoked key from one that was never allowed.

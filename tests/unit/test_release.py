@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import tarfile
 from datetime import datetime, timezone
 
@@ -196,3 +198,32 @@ def _tree(tmp_path):
     tree.mkdir(exist_ok=True)
     (tree / "VERSION").write_text("v1\n")
     return tree
+
+
+def test_what_is_sent_is_what_was_checked_when_the_file_is_written_again(tmp_path):
+    """A build writing the artifact again while a deploy uploads it: the upload reads the private
+    copy that was checked and digested (the source was mapped before, and a shorter rewrite killed
+    the controller with SIGBUS). Run in a process of its own, where that SIGBUS would show."""
+    tree = tmp_path / "app"
+    tree.mkdir()
+    (tree / "payload.bin").write_bytes(bytes(range(256)) * 8192)
+    source = tmp_path / "app.tar.gz"
+    pack_directory(str(tree), str(source))
+    original = sha256_file(str(source))[0]
+    program = (
+        "import hashlib, sys\n"
+        "from deployer.phases.stage import MappedArtifact\n"
+        "from deployer.release import PreparedArtifact\n"
+        "with PreparedArtifact(sys.argv[1]) as artifact:\n"
+        "    mapped = MappedArtifact(artifact.path)\n"
+        "    with open(sys.argv[1], 'wb') as rewriting:\n"  # truncated, then something else
+        "        rewriting.write(b'a new build, shorter')\n"
+        "    sent = hashlib.sha256(bytes(mapped.view)).hexdigest()\n"
+        "    mapped.close()\n"
+        "    print(sent == artifact.digest, artifact.digest)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program, str(source)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr}"
+    same, digest = done.stdout.split()
+    assert same == "True" and digest == original  # the bytes checked, digested and sent: the original
+    assert source.read_bytes() == b"a new build, shorter"

@@ -4,6 +4,7 @@ can fail to be acceptable is refused with its own reason, and a good one names i
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,30 @@ def test_a_line_ssh_keygen_cannot_parse_is_skipped_in_the_explanations(release):
     assert signing.still_trusted(Signatures(release["allowed"]), "ci@example.org", ci) == ""
     laptop = fingerprint(release["other"] + ".pub")
     assert "is no longer in" in signing.still_trusted(Signatures(release["allowed"]), "ops@example.org", laptop)
+
+
+def test_a_large_artifact_is_signed_and_checked_without_holding_it_in_memory(release):
+    """ssh-keygen reads the artifact itself: signing and checking 256 MB costs this process a few MB
+    (it held the whole file before: a multi-GB artifact needed GBs of controller memory)."""
+    big = Path(release["folder"]) / "big.tar.gz"
+    with open(big, "wb") as handle:
+        handle.truncate(256 * 1024 * 1024)  # sparse: read back as zeros, no disk
+    program = (
+        "import resource, sys\n"
+        "from deployer import signing\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "signature = signing.sign(sys.argv[1], sys.argv[2])\n"
+        "signer = signing.verify(sys.argv[1], signature, sys.argv[3])\n"
+        "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "print(signer.principal, grown)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program, str(big), release["ci"], release["allowed"]],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    principal, grown_kb = done.stdout.split()
+    assert principal == "ci@example.org"
+    assert int(grown_kb) < 32 * 1024, f"the process grew by {int(grown_kb) // 1024} MB"
