@@ -31,9 +31,18 @@ FLEET_SIZE = 4
 # One host of each kind (deployer/userlands.py): web1 GNU/dash, web2 BusyBox, web3 posix-strict
 # (the FreeBSD/macOS class), web4 GNU with tcsh as the deploy user's login shell.
 FLEET_USERLANDS = MIXED
-# apart from `inv fleet-up`'s 127.0.1, so tests and a demo can coexist; another checkout's run
-# beside this one takes another (DEPLOYER_TEST_SUBNET=127.0.9)
-FLEET_SUBNET = os.environ.get("DEPLOYER_TEST_SUBNET", "127.0.2")
+
+
+def _fleet_subnet() -> str:
+    """127.0.2: apart from `deployer fleet-up`'s 127.0.1, so tests and a demo can coexist; another
+    checkout's run beside this one takes another (DEPLOYER_TEST_SUBNET=127.0.9). Each pytest-xdist
+    worker (gw0, gw1, ...) runs a fleet of its own, ten subnets apart (127.0.2, 127.0.12, ...)."""
+    first, second, third = os.environ.get("DEPLOYER_TEST_SUBNET", "127.0.2").split(".")
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    return f"{first}.{second}.{int(third) + 10 * worker}"
+
+
+FLEET_SUBNET = _fleet_subnet()
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ running inside that host's mount namespace.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -82,12 +83,20 @@ def ensure_prerequisites() -> None:
                 raise FleetError(f"installing openssh-server failed: {done.stderr.strip()[-500:]}")
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     os.makedirs("/srv", exist_ok=True)
-    try:
-        pwd.getpwnam(DEPLOY_USER)
-    except KeyError:
-        _run("useradd", "--create-home", "--shell", "/bin/sh", DEPLOY_USER)
-    # A user without a password is "locked" ('!') for sshd; '*' means no password but not locked.
-    _run("usermod", "-p", "*", DEPLOY_USER)
+    # Fleets started at once (a suite's workers) take turns: useradd and usermod refuse to run while
+    # another holds /etc/passwd's lock.
+    with open("/run/deployer-localfleet-user.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            pwd.getpwnam(DEPLOY_USER)
+        except KeyError:
+            _run("useradd", "--create-home", "--shell", "/bin/sh", DEPLOY_USER)
+        # A user without a password is "locked" ('!') for sshd; '*' means no password but not locked.
+        # A password set meanwhile (the sudo tests, while another fleet starts) is left as it is.
+        shadow = subprocess.run(["getent", "shadow", DEPLOY_USER], capture_output=True, text=True, check=False)
+        password = shadow.stdout.split(":")[1] if shadow.stdout.count(":") > 1 else ""
+        if password == "" or password.startswith("!"):
+            _run("usermod", "-p", "*", DEPLOY_USER)
 
 
 def host_address(subnet: str, index: int) -> str:

@@ -210,14 +210,31 @@ def setup_script(kind: str, folder: str, fleet: str = "") -> str:
     return "true"
 
 
+def _building(target: Path) -> Path:
+    """A folder of this process's own to build `target` in: two fleets may start at once (a suite's
+    workers), each building the same shared userland."""
+    building = target.with_name(f"{target.name}.new-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    return building
+
+
+def _publish(building: Path, target: Path) -> None:
+    """Rename the built folder into place; if another process got there first, its copy (the same) stays."""
+    try:
+        building.rename(target)
+    except OSError:
+        if not target.is_dir():
+            raise
+        shutil.rmtree(building, ignore_errors=True)
+
+
 def _prepare_busybox(target: Path) -> None:
     if not os.path.exists(BUSYBOX):
         raise FleetError("the busybox userland needs Debian's busybox-static (./dev.sh setup installs it)")
     if target.exists():
         return
-    building = target.with_name(target.name + ".new")
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
+    building = _building(target)
     shutil.copy2(BUSYBOX, building / "busybox")
     applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
     for applet in applets:
@@ -227,16 +244,14 @@ def _prepare_busybox(target: Path) -> None:
     keygen = shutil.which("ssh-keygen")
     if keygen:  # Alpine's openssh brings it along with sshd: signed releases are checked with it
         shutil.copy2(keygen, building / "ssh-keygen")
-    building.rename(target)
+    _publish(building, target)
 
 
 def _prepare_strict(target: Path, real_bin: Path) -> None:
     real_bin.mkdir(parents=True, exist_ok=True)  # the mount point for the machine's own /usr/bin
     if target.exists():
         return
-    building = target.with_name(target.name + ".new")
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
+    building = _building(target)
     for tool, options in POSIX_OPTIONS.items():
         if not os.path.exists(f"/usr/bin/{tool}"):
             continue  # not on this machine: absent on the host too (sudo, python3 are optional)
@@ -257,7 +272,7 @@ def _prepare_strict(target: Path, real_bin: Path) -> None:
             (building / tool).chmod(0o755)
     (building / "shasum").write_text(SHASUM.replace("REAL", str(real_bin)))  # sha256sum: no alternatives
     (building / "shasum").chmod(0o755)
-    building.rename(target)
+    _publish(building, target)
 
 
 def _prepare_etc(target: Path, shell: str) -> None:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import run_inv
+from tests.conftest import FLEET_SUBNET, run_inv
 
 pytestmark = pytest.mark.fleet
 
@@ -22,14 +22,14 @@ def test_unknown_host_key_is_refused_and_nothing_changes(
 ):
     known = tmp_path / "known_hosts"
     lines = open(local_fleet.known_hosts).read().splitlines()
-    known.write_text("\n".join(line for line in lines if "127.0.2.3" not in line) + "\n")
+    known.write_text("\n".join(line for line in lines if f"{FLEET_SUBNET}.3" not in line) + "\n")
     inventory = make_inventory(known_hosts=str(known))
     result = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts["v1"])
     assert result.returncode == 3  # refused as a whole: nothing changed anywhere
     assert "web3" in result.stdout and "not in known_hosts" in result.stdout
     assert "Traceback" not in result.stderr
     assert all(view.current_link(deploy_to) is None for view in views.values())
-    assert known.read_text().count("127.0.2.3") == 0  # not silently added
+    assert known.read_text().count(f"{FLEET_SUBNET}.3") == 0  # not silently added
 
 
 def test_changed_host_key_is_refused(local_fleet, make_inventory, views, artifacts, deploy_to, tmp_path):
@@ -38,7 +38,8 @@ def test_changed_host_key_is_refused(local_fleet, make_inventory, views, artifac
     other_key = lines[0].split()[2]  # web1's key, claimed for web2
     known.write_text(
         "\n".join(
-            " ".join([line.split()[0], line.split()[1], other_key]) if "127.0.2.2" in line else line for line in lines
+            " ".join([line.split()[0], line.split()[1], other_key]) if f"{FLEET_SUBNET}.2" in line else line
+            for line in lines
         )
         + "\n"
     )

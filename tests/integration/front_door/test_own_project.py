@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from deployer.playground.localfleet import LocalFleet
-from tests.conftest import HostView, fleet_fingerprints, run_on_a_terminal
+from tests.conftest import FLEET_SUBNET, HostView, fleet_fingerprints, run_on_a_terminal
 
 pytestmark = pytest.mark.fleet
 
@@ -156,14 +156,14 @@ def test_init_refuses_keys_nobody_confirmed(venv: Path, project: Path, local_fle
         "deployer",
         "init",
         "--hosts",
-        "ghost=127.0.2.250:2222",
+        f"ghost={FLEET_SUBNET}.250:2222",
         "--identity-file",
         local_fleet.identity_file,
         "--accept-fingerprints",
         "fingerprints.txt",
         ok=False,
     )
-    assert silent.returncode == 2 and "no host key from ghost (127.0.2.250:2222)" in silent.stderr
+    assert silent.returncode == 2 and f"no host key from ghost ({FLEET_SUBNET}.250:2222)" in silent.stderr
     assert not (project / "deploy.yml").exists()
 
 
@@ -173,7 +173,7 @@ def test_check_names_what_would_stop_a_deploy(
     init(venv, project, local_fleet, "/cannot-be-made/app", "--accept-fingerprints", "fingerprints.txt")
     inventory = (project / "deploy.yml").read_text()
     (project / "deploy.yml").write_text(
-        inventory.replace('address: "127.0.2.4", port: 2222', 'address: "127.0.2.4", port: 2299')
+        inventory.replace(f'address: "{FLEET_SUBNET}.4", port: 2222', f'address: "{FLEET_SUBNET}.4", port: 2299')
     )
     checked = run(venv, project, "deployer", "check", ok=False)
     assert checked.returncode == 1
