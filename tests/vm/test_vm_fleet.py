@@ -202,12 +202,21 @@ def test_locks_left_by_another_machine_and_by_a_dead_process(vms, artifacts, tmp
     clone = ["unshare", "--mount", "sh", "-c", 'mount -t tmpfs none /dev/shm && exec "$@"', "-"]
 
     def killed_while_staging(artifact: str, prefix: list[str] | None = None) -> None:
-        """A deploy killed (SIGKILL, no clean-up) while it holds the lock; its remote step then ends."""
+        """A deploy killed (SIGKILL, no clean-up) while it holds the lock; the host then stops its
+        step by itself (its session is gone), the hold still in place: within 20 s."""
         vms.sh("web1", f"touch {DEPLOY_TO}/hold-stage")
         run = inv_background("deploy", "-i", held, "--artifact", artifact, prefix=prefix)
         wait_for_marker(vms, "web1", "stage", run)
         kill_group(run)
-        vms.sh("web1", f"rm -f {DEPLOY_TO}/hold-stage; while [ -e {DEPLOY_TO}/in-stage ]; do sleep 0.2; done")
+        # no process left whose command line holds the hold (grep's own pattern does not match itself)
+        stopped = vms.sh(
+            "web1",
+            "n=0; while grep -l 'hold-[s]tage' /proc/[0-9]*/cmdline >/dev/null 2>&1; do "
+            "n=$((n + 1)); [ $n -lt 100 ] || exit 1; sleep 0.2; done; "
+            f"test -e {DEPLOY_TO}/hold-stage && rm -f {DEPLOY_TO}/hold-stage {DEPLOY_TO}/in-stage",
+            check=False,
+        )
+        assert stopped.returncode == 0, "the step of the killed run still ran on web1 after 20 s"
 
     killed_while_staging(artifacts["v2"], prefix=clone)
     refused = inv("deploy", "-i", str(vms.inventory), "--artifact", artifacts["v2"])

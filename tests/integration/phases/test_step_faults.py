@@ -262,10 +262,16 @@ def test_deploy_and_rollback_started_at_the_same_moment(make_inventory, views, a
 
 
 def test_ctrl_c_reports_where_each_host_is(make_inventory, views, artifacts, deploy_to):
+    """Ctrl-C while hosts validate: the validation waits for a file made only after the SIGINT (a
+    `sleep 3` lost the race to the test's lock polling on a loaded machine: exit 0, no Ctrl-C)."""
     base = deploy(make_inventory(), artifacts["v1"]).target
-    process = inv_process("deploy", "--inventory", make_inventory(validate="sleep 3"), "--artifact", artifacts["v2"])
+    go = f"{deploy_to}-go"
+    inventory = make_inventory(validate=f"while [ ! -e {go} ]; do sleep 1; done")
+    process = inv_process("deploy", "--inventory", inventory, "--artifact", artifacts["v2"])
     wait_for_lock(views, deploy_to, process)
     os.killpg(process.pid, signal.SIGINT)
+    for view in views.values():
+        view.sh("touch %s", go)
     assert process.wait(timeout=60) == 130
     _out, err = process.communicate()
     for name in views:

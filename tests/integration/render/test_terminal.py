@@ -176,9 +176,13 @@ def test_ctrl_c_on_a_real_terminal_leaves_where_each_host_is_on_the_screen(
     )
     before = {name: view.current_release(deploy_to) for name, view in views.items()}
     window = terminal(100, 30)
-    window.start("deploy", "--inventory", make_inventory(validate="sleep 5"), "--artifact", artifacts["v2"])
+    go = f"{deploy_to}-go"  # validation ends only after the Ctrl-C (a `sleep 5` could end first on a loaded machine)
+    inventory = make_inventory(validate=f"while [ ! -e {go} ]; do sleep 1; done")
+    window.start("deploy", "--inventory", inventory, "--artifact", artifacts["v2"])
     window.watch(until=lambda screen: validating_for(screen, "web1") is not None)
     window.tmux("send-keys", "C-c")
+    for view in views.values():
+        view.sh("touch %s", go)
     final = window.wait_for(r"EXIT=\d+")
     assert "EXIT=130" in final, final
     assert {name: view.current_release(deploy_to) for name, view in views.items()} == before  # over OpenSSH
