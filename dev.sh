@@ -71,31 +71,26 @@ case "${1:-}" in
         if [ "$#" -gt 0 ]; then
             exec .venv/bin/python -m pytest "$@"
         fi
-        # The whole suite: the local fleet's tests (mostly waiting on sshd hosts) in two processes,
-        # each with a fleet of its own on its own subnet (tests/conftest.py) and whole files at a time
-        # (a file's fixtures are set up once), and beside them the unit tests (4 processes) then the
-        # VM suite (mostly waiting for VMs to boot); they share nothing but the machine. The side's
-        # report follows the rest's.
+        # The whole suite. Beside the rest, from the start, the VM suite (its VMs boot under TCG: the
+        # longest part, so it starts first); meanwhile the unit tests (4 processes), then the local
+        # fleet's tests (mostly waiting on sshd hosts) in two processes, each with a fleet of its own
+        # on its own subnet (tests/conftest.py) and whole files at a time (a file's fixtures are set
+        # up once). They share nothing but the machine. The VM suite's report follows the rest's.
         vm_log=$(mktemp /tmp/deployer-vm-tests.XXXXXX)
         set -m  # the side runs as a job of its own: Ctrl-C (SIGINT) reaches it only through the trap below
-        (
-            trap 'exit 130' INT  # interrupted: the VM suite does not start
-            side=0
-            .venv/bin/python -m pytest -n 4 tests/unit -p no:cacheprovider --basetemp=/tmp/deployer-unit-tests || side=$?
-            .venv/bin/python -m pytest tests/vm -p no:cacheprovider --basetemp=/tmp/deployer-vm-tests || side=$?
-            exit "$side"
-        ) > "$vm_log" 2>&1 &
+        .venv/bin/python -m pytest tests/vm -p no:cacheprovider --basetemp=/tmp/deployer-vm-tests > "$vm_log" 2>&1 &
         vm_pid=$!
         set +m
         # stopped like the rest: SIGINT, so pytest tears its fleets and VMs down
         trap 'kill -INT -- "-$vm_pid" 2>/dev/null; wait "$vm_pid"; cat "$vm_log"; rm -f "$vm_log"; exit 130' INT TERM
         rest=0
+        .venv/bin/python -m pytest -n 4 tests/unit -p no:cacheprovider --basetemp=/tmp/deployer-unit-tests || rest=$?
         .venv/bin/python -m pytest -n 2 --dist loadfile tests/integration tests/soak || rest=$?
         vm=0
         wait "$vm_pid" || vm=$?
         trap - INT TERM
         echo
-        echo "=== the unit tests and the VM suite (tests/unit, tests/vm), run beside the rest ==="
+        echo "=== the VM suite (tests/vm), run beside the rest ==="
         cat "$vm_log"
         rm -f "$vm_log"
         [ "$rest" = 0 ] && [ "$vm" = 0 ] ;;
