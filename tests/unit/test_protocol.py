@@ -245,12 +245,30 @@ def test_every_script_is_known():
     assert {path.stem for path in REMOTE.glob("*.sh")} - {"lib"} == set(SCRIPT_NAMES)
 
 
-def test_sessions_send_scripts_without_their_comment_lines():
+def test_sessions_send_scripts_without_comment_lines_or_helpers_they_never_call():
     from deployer.scripts import SCRIPT_NAMES, _without_comment_lines, sent_source
 
     text = "a='\n# inside a string\n'\n# a comment\n  # another\necho \"x\n# inside too\n\" # trailing\nb=$#\n"
     assert _without_comment_lines(text) == "a='\n# inside a string\n'\necho \"x\n# inside too\n\" # trailing\nb=$#\n"
+    indented = "if x; then\n    y='\n    kept'\n\tz \\\n    w\nfi\n"
+    assert _without_comment_lines(indented) == "if x; then\ny='\n    kept'\nz \\\nw\nfi\n"
+    for script in REMOTE.glob("*.sh"):  # what makes dropping indentation safe
+        text = script.read_text()
+        assert "<<" not in text and not re.search(r"[^ ]\\$", text, re.MULTILINE), script.name
+    helpers = set(re.findall(r"^([a-z_][a-z_0-9]*)\(\) \{$", (REMOTE / "lib.sh").read_text(), re.MULTILINE))
+    assert len(helpers) > 40
     for name in SCRIPT_NAMES:
         full = script_source(name)
-        assert sent_source(name).split("\n") == [line for line in full.split("\n") if not line.lstrip().startswith("#")]
-        assert len(sent_source(name)) < 0.85 * len(full)
+        sent = sent_source(name)
+        code = _without_comment_lines(full).split("\n")
+        assert is_subsequence(sent.split("\n"), code)  # lines only left out, none changed or moved
+        # every helper the sent text names (as any word, in a string or a trap too) is defined in it
+        named = helpers & set(re.split(r"[^A-Za-z0-9_]+", sent))
+        assert {helper for helper in named if f"\n{helper}() {{\n" in sent} == named, name
+        assert len(sent) < 0.85 * len(full)
+    assert len(sent_source("gather")) < 0.45 * len(script_source("gather"))  # gather calls a third of lib.sh
+
+
+def is_subsequence(part: list[str], whole: list[str]) -> bool:
+    remaining = iter(whole)
+    return all(any(line == candidate for candidate in remaining) for line in part)
