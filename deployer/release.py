@@ -7,6 +7,7 @@ folder), checked member by member, and hashed exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -217,23 +218,19 @@ def pack_directory(directory: str, destination: str) -> None:
 
 
 def sha256_file(path: str) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+    return copy_and_hash(path, None)
 
 
-def copy_and_hash(source: str, destination: str) -> tuple[str, int]:
-    """Copy `source` to `destination` (a new file), a chunk at a time, hashing what was copied."""
+def copy_and_hash(source: str, destination: str | None) -> tuple[str, int]:
+    """The sha256 and size of `source`, read a chunk at a time; copied as read to `destination` (a
+    new file) when one is given."""
     digest = hashlib.sha256()
     size = 0
-    with open(source, "rb") as reading, open(destination, "xb") as writing:
+    with open(source, "rb") as reading, open(destination, "xb") if destination else contextlib.nullcontext() as writing:
         while chunk := reading.read(1 << 20):
             digest.update(chunk)
-            writing.write(chunk)
+            if writing is not None:
+                writing.write(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
 
@@ -269,24 +266,25 @@ class PreparedArtifact:
             check_url(self.pull, "--pull")
             if os.path.isdir(source):
                 raise InputError("--pull: the artifact must be the .tar.gz file the URL serves, not a folder")
-        if os.path.isfile(source) and not source.endswith((".tar.gz", ".tgz")):
-            raise ArtifactError(f"artifact {source}: expected a .tar.gz (or .tgz) file or a folder")
-        if not os.path.isdir(source) and not os.path.isfile(source):
+        folder = os.path.isdir(source)
+        if not folder and not os.path.isfile(source):
             raise ArtifactError(f"artifact {source}: no such file or folder")
+        if not folder and not source.endswith((".tar.gz", ".tgz")):
+            raise ArtifactError(f"artifact {source}: expected a .tar.gz (or .tgz) file or a folder")
         # What is checked, digested, signature-checked and sent is one private copy, read from the
         # source once: a build writing the file again meanwhile changes nothing of this deploy (and
         # cannot pull the mapped pages from under the upload: SIGBUS).
         self._tempdir = tempfile.mkdtemp(prefix="deployer-artifact-")
         path = os.path.join(self._tempdir, "release.tar.gz")
         try:
-            if os.path.isdir(source):
+            if folder:
                 pack_directory(source, path)
                 digest, size = sha256_file(path)
             else:
                 digest, size = copy_and_hash(source, path)
         except OSError as exc:
             self.__exit__()
-            doing = "pack the folder" if os.path.isdir(source) else "copy it to a private place"
+            doing = "pack the folder" if folder else "copy it to a private place"
             raise ArtifactError(f"artifact {source}: cannot {doing} ({exc})") from None
         try:
             manifest, declared = check_tarball(path, source)

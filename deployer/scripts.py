@@ -55,20 +55,22 @@ def script_source(name: str) -> str:
     """The full text of remote script `name`, with the shared helpers in front."""
     if name not in SCRIPT_NAMES:
         raise ValueError(f"no remote script {name!r}")
-    folder = resources.files("deployer") / "remote"
-    return (folder / "lib.sh").read_text("utf-8") + "\n" + (folder / f"{name}.sh").read_text("utf-8")
+    return _remote_file("lib") + "\n" + _remote_file(name)
+
+
+def _remote_file(stem: str) -> str:
+    return (resources.files("deployer") / "remote" / f"{stem}.sh").read_text("utf-8")
 
 
 @cache
 def sent_source(name: str) -> str:
     """What a session sends of script `name`: the helpers of lib.sh it calls (directly or through
-    another helper) and its own text, without comment-only lines. Every session carries its script,
-    octal-escaped, in the exec request, and every host's shell parses all of it: gather sends 9.7 KB
-    instead of 25 KB."""
-    folder = resources.files("deployer") / "remote"
-    lib = _without_comment_lines((folder / "lib.sh").read_text("utf-8"))
-    body = _without_comment_lines((folder / f"{name}.sh").read_text("utf-8"))
-    return _only_what_is_called(lib, body) + "\n" + body
+    another helper) and its own text, without comment-only lines or indentation. Every session
+    carries its script, octal-escaped, in the exec request, and every host's shell parses all of it:
+    gather sends 8.3 KB instead of 25 KB."""
+    script_source(name)  # checks the name
+    body = _without_comment_lines(_remote_file(name))
+    return _only_what_is_called(_without_comment_lines(_remote_file("lib")), body) + "\n" + body
 
 
 FUNCTION_START = re.compile(r"([a-z_][a-z_0-9]*)\(\) *\{ *")

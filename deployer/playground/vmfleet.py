@@ -202,11 +202,9 @@ def _machines_exist() -> bool:
 
 
 def _known_ids() -> set[str]:
-    return {
-        path.read_text().strip()
-        for path in (VAGRANT_DIR / ".vagrant" / "machines").glob("*/libvirt/id")
-        if path.read_text().strip()
-    }
+    """The libvirt ids (uuids) of this checkout's VMs, as Vagrant keeps them."""
+    ids = {path.read_text().strip() for path in (VAGRANT_DIR / ".vagrant" / "machines").glob("*/libvirt/id")}
+    return ids - {""}
 
 
 def clear_orphans() -> list[str]:
