@@ -13,9 +13,7 @@ import hashlib
 import os
 import posixpath
 import re
-import shutil
 import tarfile
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,6 +24,7 @@ import yaml
 from deployer import revision
 from deployer.errors import ArtifactError, InputError
 from deployer.revision import Revision
+from deployer.scratch import Scratch
 from deployer.signing import Signature, Signer, check_artifact, check_remote_signature
 
 if TYPE_CHECKING:
@@ -254,7 +253,7 @@ class PreparedArtifact:
         self.signature = signature  # --signature (default: the artifact's .sig beside it)
         self.pull = pull  # --pull URL: hosts fetch the (local, checked) artifact's bytes from there
         self.sha256 = sha256  # --sha256: the digest of an artifact given only as a URL
-        self._tempdir: str | None = None
+        self._scratch: Scratch | None = None
 
     def __enter__(self) -> Artifact:
         source = self.source
@@ -274,8 +273,8 @@ class PreparedArtifact:
         # What is checked, digested, signature-checked and sent is one private copy, read from the
         # source once: a build writing the file again meanwhile changes nothing of this deploy (and
         # cannot pull the mapped pages from under the upload: SIGBUS).
-        self._tempdir = tempfile.mkdtemp(prefix="deployer-artifact-")
-        path = os.path.join(self._tempdir, "release.tar.gz")
+        self._scratch = Scratch("artifact")
+        path = os.path.join(self._scratch.__enter__(), "release.tar.gz")
         try:
             if folder:
                 pack_directory(source, path)
@@ -311,6 +310,6 @@ class PreparedArtifact:
         return Artifact("", self.sha256, 0, shown_url(url), None, Revision(), found, signature, url)
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._tempdir is not None:
-            shutil.rmtree(self._tempdir, ignore_errors=True)
-            self._tempdir = None
+        if self._scratch is not None:
+            self._scratch.__exit__()
+            self._scratch = None

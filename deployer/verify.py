@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from deployer.inventory import Inventory
+from deployer.scratch import Scratch
 
 CHECKS = Path(__file__).resolve().parent / "checks" / "test_release.py"
 
@@ -69,58 +68,57 @@ def verify(
     """Run the checks on every host for `release`; the pytest output is returned (and shown unless quiet)."""
     # testinfra does not pass --ssh-extra-args on in every version; an ssh_config file always works.
     # One Host block per inventory host (its resolved address, port, user, key and gateway).
-    control_dir = tempfile.mkdtemp(prefix="deployer-verify-")
-    config = os.path.join(control_dir, "ssh_config")
-    Path(config).write_text(ssh_config_text(inventory, control_dir))
-    hosts = ",".join(f"ssh://{host.name}" for host in inventory.hosts)
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        str(CHECKS),
-        "-p",
-        "no:cacheprovider",
-        "--rootdir",
-        str(CHECKS.parent),
-        "--hosts",
-        hosts,
-        "--ssh-config",
-        config,
-        "-q",
-        "-rfE",
-        "--no-header",
-    ]
-    if junit:
-        command += ["--junitxml", junit]
-    env = {
-        **os.environ,
-        "DEPLOYER_VERIFY_DEPLOY_TO": inventory.deploy_to,
-        "DEPLOYER_VERIFY_DEPLOY_TO_OF": json.dumps(
-            {f"{host.name}": inventory.deploy_to_of(host) for host in inventory.hosts}
-        ),
-        "DEPLOYER_VERIFY_RELEASE": release,
-        "DEPLOYER_VERIFY_SHARED": "\n".join(inventory.shared),
-        "DEPLOYER_VERIFY_HEALTH": inventory.health_check.command if inventory.health_check else "",
-        "DEPLOYER_VERIFY_LOCK_FREE": "1" if lock_free else "0",
-    }
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
-    finally:
-        for host in inventory.hosts:  # close the multiplexed connections now, not after ControlPersist
-            subprocess.run(
-                [
-                    "ssh",
-                    "-F",
-                    config,
-                    "-O",
-                    "exit",
-                    f"{host.name}",
-                ],
-                capture_output=True,
-                timeout=30,
-                check=False,
-            )
-        shutil.rmtree(control_dir, ignore_errors=True)
+    with Scratch("verify") as control_dir:
+        config = os.path.join(control_dir, "ssh_config")
+        Path(config).write_text(ssh_config_text(inventory, control_dir))
+        hosts = ",".join(f"ssh://{host.name}" for host in inventory.hosts)
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(CHECKS),
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(CHECKS.parent),
+            "--hosts",
+            hosts,
+            "--ssh-config",
+            config,
+            "-q",
+            "-rfE",
+            "--no-header",
+        ]
+        if junit:
+            command += ["--junitxml", junit]
+        env = {
+            **os.environ,
+            "DEPLOYER_VERIFY_DEPLOY_TO": inventory.deploy_to,
+            "DEPLOYER_VERIFY_DEPLOY_TO_OF": json.dumps(
+                {f"{host.name}": inventory.deploy_to_of(host) for host in inventory.hosts}
+            ),
+            "DEPLOYER_VERIFY_RELEASE": release,
+            "DEPLOYER_VERIFY_SHARED": "\n".join(inventory.shared),
+            "DEPLOYER_VERIFY_HEALTH": inventory.health_check.command if inventory.health_check else "",
+            "DEPLOYER_VERIFY_LOCK_FREE": "1" if lock_free else "0",
+        }
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+        finally:
+            for host in inventory.hosts:  # close the multiplexed connections now, not after ControlPersist
+                subprocess.run(
+                    [
+                        "ssh",
+                        "-F",
+                        config,
+                        "-O",
+                        "exit",
+                        f"{host.name}",
+                    ],
+                    capture_output=True,
+                    timeout=30,
+                    check=False,
+                )
     output = done.stdout + done.stderr
     if not quiet:
         print(output.rstrip())
