@@ -82,7 +82,14 @@ if [ "$opt_source" = upload ]; then
     upload_log=".deployer/logs/$release_id.upload.log"
     unpack_log=".deployer/logs/$release_id.unpack.log"
     # gzip and tar separately, tar inside the folder: tar -z and -C are not in every tar.
-    tee "$part" 2> "$upload_log" | gzip -dc 2> "$unpack_log.gzip" | (cd "$staging" && tar -xof -) 2> "$unpack_log"
+    # When the unpacking stops early (not gzip, not tar), cat drains the rest so tee still keeps
+    # the whole upload: its digest is checked as sent, and the verdict names the unpacking.
+    tee "$part" 2> "$upload_log" | (
+        gzip -dc 2> "$unpack_log.gzip" | (cd "$staging" && tar -xof -) 2> "$unpack_log"
+        status=$?
+        cat > /dev/null
+        exit "$status"
+    )
     unpacked=$?
     cat "$unpack_log.gzip" >> "$unpack_log" 2>/dev/null
     rm -f "$unpack_log.gzip"
