@@ -88,10 +88,12 @@ def monitoring(folder: Path, targets: list[str], prometheus: str, alertmanager: 
 
 
 class Load:
-    """Requests to each of `urls` in turn, every 20 ms, until stopped; the answers counted by status."""
+    """Requests to each of `urls` in turn, every `interval` seconds, until stopped; the answers
+    counted by status."""
 
-    def __init__(self, urls: list[str]) -> None:
+    def __init__(self, urls: list[str], interval: float = 0.02) -> None:
         self.urls = urls
+        self.interval = interval
         self.stopping = threading.Event()
         self.answers: dict[int, int] = {}
         self.thread = threading.Thread(target=self._send, daemon=True)
@@ -110,7 +112,7 @@ class Load:
                 except OSError:
                     code = 0
                 self.answers[code] = self.answers.get(code, 0) + 1
-            time.sleep(0.02)
+            time.sleep(self.interval)
 
     def stop(self) -> None:
         self.stopping.set()
