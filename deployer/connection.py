@@ -170,7 +170,7 @@ class HostConnection:
         if transport is None or not transport.is_active():
             raise HostUnreachable(self.host.name, "the SSH connection was lost")
         with transport_errors(self.host.name, "cannot open a session"):
-            channel = transport.open_session(timeout=min(limit, self.timeouts.connect))
+            channel = self._open_session(transport, min(limit, self.timeouts.connect))
         self.sessions += 1
         self.tell("step", step)
         stdout = _Collected(MAX_OUTPUT_BYTES)
@@ -238,6 +238,31 @@ class HostConnection:
             if left <= 0:
                 raise TimeoutError()
             wake.wait(min(left, 1.0))
+
+    def _open_session(self, transport: paramiko.Transport, timeout: float) -> paramiko.Channel:
+        """A new session channel. A host that allows few sessions per connection (sshd's
+        `MaxSessions 1`) refuses one while it still counts the session just closed: sshd frees a
+        closed channel on a later turn of its loop (a CLOSE and the next OPEN read together are
+        handled in one turn), or only once the old session's last output is drained. Seen in CI:
+        "open failed: Connect failed" right after a session ended. So after a refusal on a
+        connection that has run a session, each retry follows a round trip (a keepalive sshd
+        answers in order, on a later turn) and a short pause, for at most 3 s; a refusal after
+        that is the host's answer."""
+        try:
+            return transport.open_session(timeout=timeout)
+        except paramiko.ChannelException:
+            if self.sessions == 0:
+                raise
+        give_up = time.monotonic() + 3.0
+        while True:
+            transport.global_request("keepalive@openssh.com", wait=True)
+            try:
+                return transport.open_session(timeout=timeout)
+            except paramiko.ChannelException:
+                if time.monotonic() >= give_up:
+                    raise
+                log.debug("%s: a new session was refused right after the last one; asking again", self.host.name)
+                time.sleep(0.2)
 
     def _send(self, channel: paramiko.Channel, parts: Sequence[bytes | memoryview], deadline: float) -> None:
         """Stream `parts` to the channel, in order; stop quietly if the remote side exits early.
