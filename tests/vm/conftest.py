@@ -2,9 +2,8 @@
 
 What the tests read on a VM they read over the OpenSSH client as the `vagrant` admin user, with
 the host keys `vm-fleet-up` checked against each VM's serial console: never through the tool.
-One OpenSSH master connection per VM and boot carries those reads: under QEMU's TCG a new SSH
-connection costs the VM about 2 s of CPU (key exchange, sshd's re-exec, PAM), a new session on an
-open connection about 0.3 s, and the tests poll.
+Under QEMU's TCG a new SSH connection costs a VM about 2 s of CPU (key exchange, sshd's re-exec,
+PAM, sudo): the tests wait on the VM itself (a loop in one session) rather than polling from here.
 Power is cut with `virsh destroy` (the QEMU process is killed: what the guest had not flushed is
 lost) and given back with `virsh start`.
 
@@ -70,7 +69,6 @@ class VmFleet:
         self.identity = str((base / self.settings["ssh"]["identity_file"]).resolve())
         self.addresses = {name: host["address"] for name, host in self.settings["hosts"].items()}
         self.ssh_config = folder / "ssh_config"
-        self.boots = dict.fromkeys(self.addresses, 0)  # the master connection of each VM's boot
         self.refresh_ssh_config()
 
     def refresh_ssh_config(self) -> None:
@@ -80,45 +78,19 @@ class VmFleet:
         self.ssh_config.write_text(done.stdout)
 
     # -- the admin's view of a VM (OpenSSH client, vagrant user, sudo) --------------------------
-    def _ssh(self, name: str, *options: str) -> list[str]:
-        return [
-            "ssh", "-F", str(self.ssh_config), "-o", f"UserKnownHostsFile={self.known_hosts}",
-            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
-            "-o", f"ControlPath={self.folder}/cm-{name}-{self.boots[name]}", *options, name,
-        ]  # fmt: skip
-
-    def _master(self, name: str) -> bool:
-        """The master connection to `name` for its current boot, opened if missing (False when the
-        VM does not answer: a session then tries a connection of its own). It goes by itself
-        within 15 s of the VM going silent, and `forget` closes it when the tests cut the power."""
-        if (self.folder / f"cm-{name}-{self.boots[name]}").exists():
-            return True
-        opened = subprocess.run(
-            self._ssh(name, "-M", "-N", "-f", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
-        )  # fmt: skip
-        return opened.returncode == 0
-
-    def forget(self, name: str) -> None:
-        """Close `name`'s master connection (its VM is about to lose power or reboot): the next
-        session opens one to the new boot rather than writing into a dead connection."""
-        subprocess.run(self._ssh(name, "-O", "exit"), capture_output=True, timeout=30)
-        self.boots[name] += 1
-
-    def close(self) -> None:
-        for name in self.boots:
-            self.forget(name)
-
     def sh(self, name: str, script: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run `script` as root on VM `name` (sh on stdin) over the OpenSSH client."""
-        self._master(name)
         done = subprocess.run(
-            [*self._ssh(name, "-o", "ControlMaster=no"), "sudo", "sh", "-s"],
+            [
+                "ssh", "-F", str(self.ssh_config), "-o", f"UserKnownHostsFile={self.known_hosts}",
+                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+                name, "sudo", "sh", "-s",
+            ],
             input=script,
             capture_output=True,
             text=True,
             timeout=timeout,
-        )
+        )  # fmt: skip
         if check and done.returncode != 0:
             raise AssertionError(f"on {name}: exit {done.returncode}\n{script}\n{done.stdout}\n{done.stderr}")
         return done
@@ -155,7 +127,6 @@ class VmFleet:
     # -- power ------------------------------------------------------------------------------------
     def power_cut(self, *names: str) -> None:
         for name in names:
-            self.forget(name)
             subprocess.run(["virsh", "-c", LIBVIRT, "destroy", f"vagrant_{name}"], check=True, capture_output=True)
 
     def power_on(self, *names: str, wait: bool = True) -> None:
@@ -170,19 +141,16 @@ class VmFleet:
     def reboot(self, name: str) -> None:
         """A clean reboot, a second from now (the session that asks for it ends first)."""
         self.sh(name, "systemd-run --on-active=1 systemctl reboot")
-        self.forget(name)
 
     def wait_up(self, name: str, timeout: float = 300, not_boot: str | None = None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if self._master(name):
-                    done = self.sh(name, "cat /proc/sys/kernel/random/boot_id", check=False, timeout=15)
-                    if done.returncode == 0 and done.stdout.strip() != not_boot:
-                        return
-                    self.forget(name)  # the old boot's connection, still open as it shuts down
+                done = self.sh(name, "cat /proc/sys/kernel/random/boot_id", check=False, timeout=15)
             except subprocess.TimeoutExpired:
-                self.forget(name)
+                continue
+            if done.returncode == 0 and done.stdout.strip() != not_boot:
+                return
             time.sleep(1)
         raise AssertionError(f"{name} did not come back within {timeout} s")
 
@@ -270,11 +238,9 @@ def vm_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmFleet]:
         assert f"removed the VM {name}, left shut off by a run that was killed" in up.stdout + up.stderr
         machine = REPO / "vagrant" / ".vagrant" / "machines" / name.removeprefix("vagrant_") / "libvirt" / "id"
         assert virsh("domuuid", name).strip() == machine.read_text().strip()
-    fleet = VmFleet(folder, inventory)
     try:
-        yield fleet
+        yield VmFleet(folder, inventory)
     finally:
-        fleet.close()
         if os.environ.get("DEPLOYER_VM_KEEP") != "1":
             down = inv("vm-fleet-down", timeout=300)
             assert down.returncode == 0, down.stdout + down.stderr
