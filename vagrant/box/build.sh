@@ -10,15 +10,6 @@
 # `vagrant` user with that key and passwordless sudo, an empty /etc/machine-id and no
 # SSH host keys: each VM makes its own at first boot and prints their fingerprints on the serial
 # console, so they can be checked out of band. About a minute with a warm package cache.
-#
-# Made to boot cheaply under QEMU's TCG, where every guest instruction is emulated and a boot is
-# CPU-bound (about 54 s of a host CPU for Debian's defaults, 30-34 s for this box): an initrd of
-# its own (busybox, the virtio modules, a 20-line /init: no udev to settle before the disk and the
-# network cards exist), busybox's DHCP client (isc-dhcp-client's scripts fork for seconds), host
-# keys of the two types the fleet's inventory scans (no RSA key to make at first boot), the
-# journal in memory, no gettys and no mounts nobody uses, and `mitigations=off` (page-table
-# isolation alone turns every system call into TLB flushes QEMU emulates; these VMs are test
-# machines on a private network).
 set -eu
 out=${1:?usage: build.sh OUT_DIR}
 boot_dir=${DEPLOYER_VM_BOOT_DIR:-/var/lib/libvirt/boot}
@@ -34,7 +25,7 @@ pub="$out/vagrant_key.pub"
 
 echo "build.sh: debootstrapping bookworm (mmdebstrap)" >&2
 mmdebstrap --quiet --variant=minbase \
-    --include=openssh-server,systemd-sysv,udev,ifupdown,udhcpc,busybox-static,linux-image-cloud-amd64,python3,iproute2,sudo,curl,ca-certificates,procps,less \
+    --include=openssh-server,systemd-sysv,udev,ifupdown,isc-dhcp-client,linux-image-cloud-amd64,python3,iproute2,sudo,curl,ca-certificates,procps,less \
     bookworm "$work/root"
 
 root="$work/root"
@@ -55,7 +46,6 @@ printf '127.0.0.1 localhost\n' > "$root/etc/hosts"
 : > "$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id" "$root"/etc/ssh/ssh_host_*
 echo 'UseDNS no' > "$root/etc/ssh/sshd_config.d/vagrant.conf"
-printf 'HostKey /etc/ssh/ssh_host_ed25519_key\nHostKey /etc/ssh/ssh_host_ecdsa_key\n' > "$root/etc/ssh/sshd_config.d/host-keys.conf"
 
 cat > "$root/etc/systemd/system/host-keys.service" <<'UNIT'
 [Unit]
@@ -65,8 +55,7 @@ ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/ssh-keygen -q -N "" -t ed25519 -f /etc/ssh/ssh_host_ed25519_key
-ExecStart=/usr/bin/ssh-keygen -q -N "" -t ecdsa -f /etc/ssh/ssh_host_ecdsa_key
+ExecStart=/usr/bin/ssh-keygen -A
 ExecStart=/bin/sh -c 'for k in /etc/ssh/ssh_host_*_key.pub; do echo "host-key-fingerprint: $(ssh-keygen -l -f "$k")"; done > /dev/ttyS0'
 
 [Install]
@@ -87,58 +76,15 @@ ExecStart=/bin/sh -c 'for k in /etc/ssh/ssh_host_*_key.pub; do echo "host-key-fi
 WantedBy=multi-user.target
 UNIT
 chroot "$root" systemctl enable host-keys-console.service >/dev/null 2>&1
+chroot "$root" systemctl enable serial-getty@ttyS0.service >/dev/null 2>&1 || true
 # No periodic jobs that compete with the tests for the CPU under QEMU's TCG (every instruction
-# emulated): e2scrub_reap alone took 30 s of a boot. No gettys (the serial console is a log), no
-# mounts nothing here uses, and no wait for udev to settle before ifupdown (the initrd loaded the
-# network cards' driver: eth0 and eth1 exist before systemd starts).
+# emulated): e2scrub_reap alone took 30 s of a boot.
 chroot "$root" systemctl mask apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer \
-    e2scrub_reap.service fstrim.timer getty-static.service getty@tty1.service ifupdown-pre.service \
-    systemd-pstore.service sys-kernel-debug.mount sys-kernel-tracing.mount sys-kernel-config.mount \
-    sys-fs-fuse-connections.mount dev-hugepages.mount dev-mqueue.mount >/dev/null 2>&1
-mkdir -p "$root/etc/systemd/journald.conf.d"
-printf '[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\n' > "$root/etc/systemd/journald.conf.d/volatile.conf"
+    e2scrub_reap.service fstrim.timer >/dev/null 2>&1
 rm -rf "$root/var/cache/apt/archives"/*.deb "$root/var/lib/apt/lists"/*
 
 cp "$root"/boot/vmlinuz-* "$work/vmlinuz"
-# The initrd: the guest's static busybox, the modules the virtio disk and network cards need (in
-# dependency order), and an /init that mounts the root file system named by root= and hands over
-# to systemd. Debian's initrd (udev, klibc, every storage driver) cost 10 s of a TCG boot.
-echo "build.sh: making the initrd" >&2
-kernel=$(ls "$root/lib/modules")
-early="$work/initrd.d"
-mkdir -p "$early/bin" "$early/dev" "$early/proc" "$early/root" "$early/modules"
-cp "$root/bin/busybox" "$early/bin/busybox"
-mknod -m 600 "$early/dev/console" c 5 1
-modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net"
-for module in $modules; do
-    found=$(find "$root/lib/modules/$kernel/kernel" -name "$module.ko" | head -n 1)
-    [ -n "$found" ] || { echo "build.sh: no module $module.ko in the guest's kernel $kernel" >&2; exit 1; }
-    cp "$found" "$early/modules/"
-done
-cat > "$early/init" <<INIT
-#!/bin/busybox sh
-# The VM's early boot: the virtio drivers, the root file system named by root=, then systemd.
-/bin/busybox mount -t devtmpfs devtmpfs /dev
-/bin/busybox mount -t proc proc /proc
-for module in $modules; do
-    /bin/busybox insmod "/modules/\$module.ko" || echo "init: cannot load \$module"
-done
-root=/dev/vda
-for word in \$(/bin/busybox cat /proc/cmdline); do
-    case \$word in root=*) root=\${word#root=} ;; esac
-done
-waited=0
-while [ ! -b "\$root" ] && [ \$waited -lt 300 ]; do /bin/busybox usleep 100000; waited=\$((waited + 1)); done
-if ! /bin/busybox mount -t ext4 -o rw "\$root" /root; then
-    echo "init: cannot mount \$root; a shell on the console" >&2
-    exec /bin/busybox sh
-fi
-/bin/busybox umount /proc
-/bin/busybox mount --move /dev /root/dev
-exec /bin/busybox switch_root /root /sbin/init
-INIT
-chmod 755 "$early/init"
-(cd "$early" && find . | "$root/bin/busybox" cpio -o -H newc 2>/dev/null) > "$work/initrd"
+cp "$root"/boot/initrd.img-* "$work/initrd"
 chmod 644 "$work/vmlinuz" "$work/initrd"
 
 echo "build.sh: making the disk image" >&2
@@ -154,7 +100,7 @@ Vagrant.configure("2") do |config|
   config.vm.provider "libvirt" do |lv|
     lv.kernel = "$boot_dir/deployer-bookworm-vmlinuz"
     lv.initrd = "$boot_dir/deployer-bookworm-initrd"
-    lv.cmd_line = "root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet mitigations=off"
+    lv.cmd_line = "root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet"
   end
   config.ssh.private_key_path = "$out/vagrant_key"
   config.ssh.insert_key = false
