@@ -22,7 +22,6 @@ import getpass
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -34,6 +33,7 @@ from deployer.locate import find_inventory
 from deployer.operations import Options
 from deployer.report import HostResult, OperationReport, Phase, Progress
 from deployer.revision import from_flags, pack_git
+from deployer.scratch import Scratch
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -165,7 +165,7 @@ def artifact_source(
         raise InputError("give --artifact or --git, not both")
     if not artifact and not git:
         raise InputError("no artifact given: pass --artifact PATH (a .tar.gz or a folder) or --git REF")
-    with tempfile.TemporaryDirectory(prefix="deployer-git-") as folder:
+    with Scratch("git") as folder:
         source = os.fspath(artifact) if artifact else os.path.join(folder, "release.tar.gz")
         if git:
             built = pack_git(os.fspath(repo or "."), git, source)
