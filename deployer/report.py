@@ -94,6 +94,15 @@ class OperationReport:
     watches: list[dict[str, Any]] = field(default_factory=list)  # each watch after a switch, with every sample
     cut_short: str = ""  # Ctrl-C ended a watch: the fleet was left as it was (exit 130)
 
+    def __repr__(self) -> str:
+        """What went wrong first (a failed assertion on `.ok` shows this, cut at a few hundred
+        characters), then the verdict: not the whole record."""
+        bad = [result for result in self.hosts if result.status not in GOOD_STATUSES]
+        wrong = [f"{result.host} {result.status}: {result.message}" for result in bad]
+        wrong += [f"problem: {problem}" for problem in self.problems]
+        wrong += [f"phase {phase.name} failed: {phase.detail}" for phase in self.phases if not phase.ok]
+        return f"<OperationReport {'; '.join([*wrong, self.verdict()])}>"
+
     @property
     def ok(self) -> bool:
         return (

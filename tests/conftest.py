@@ -190,6 +190,20 @@ def views(local_fleet: LocalFleet) -> dict[str, HostView]:
     return {host.name: HostView(local_fleet, host.name) for host in local_fleet.hosts()}
 
 
+def in_host_namespace(fleet: LocalFleet, name: str, command: str) -> None:
+    """Run `command` as root in host `name`'s own mount namespace (what it mounts there, only that
+    host sees: the other fleets' hosts share this machine's folders), with the machine's own sh and
+    tools: the host's /usr/bin may hold only BusyBox or posix-strict tools."""
+    machine = f"/proc/{os.getpid()}/root"
+    tools = {"PATH": f"{machine}/usr/sbin:{machine}/usr/bin"}
+    subprocess.run(
+        ["nsenter", "-t", str(fleet.pid(name)), "-m", f"{machine}/bin/sh", "-c", command],
+        env=tools,
+        check=True,
+        timeout=30,
+    )
+
+
 def run_inv(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """The CLI as a user runs it, from the repository root."""
     return subprocess.run(

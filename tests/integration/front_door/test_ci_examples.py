@@ -112,13 +112,16 @@ class Project:
 
     def deploy_by_hand(self, fleet: str, commit: str) -> None:
         """A deploy outside the pipeline (the integration fleet's baseline before its first drill)."""
-        subprocess.run(
+        done = subprocess.run(
             ["deployer", "deploy", "--git", commit, "--inventory", f"deploy/{fleet}.yml"],
             cwd=self.root,
             env=self.environment({}),
             capture_output=True,
-            check=True,
+            text=True,
+            check=False,
         )
+        logs = sorted((self.root.parent / "runs").glob("*.log"), key=lambda log: log.stat().st_mtime)
+        assert done.returncode == 0, done.stdout + done.stderr + (logs[-1].read_text()[-4000:] if logs else "")
 
     def versions(self, fleet: str) -> set[str]:
         return {HostView(self.fleet, host.name).version(self.deploy_to[fleet]) for host in self.fleet.hosts()}

@@ -17,7 +17,7 @@ from deployer import operations
 from deployer.inventory import load_inventory
 from deployer.release import pack_directory
 from deployer.report import Progress
-from tests.conftest import inv_process, lock_folders, run_inv, wait_for_lock
+from tests.conftest import in_host_namespace, inv_process, lock_folders, run_inv, wait_for_lock
 
 pytestmark = pytest.mark.fleet
 QUIET = Progress(quiet=True)
@@ -150,22 +150,11 @@ def test_host_freezing_mid_command_is_cut_off_by_the_step_timeout(
 @pytest.fixture
 def full_disk_on_web3(local_fleet, deploy_to):
     """A 1 MiB tmpfs as web3's deploy folder, mounted inside that host's own namespace."""
-    pid = str(local_fleet.pid("web3"))
-
-    # The machine's own sh, through our root in the machine's namespace: the host's /usr/bin
-    # may hold only BusyBox or posix-strict tools.
-    machine = f"/proc/{os.getpid()}/root"
-    tools = {"PATH": f"{machine}/usr/sbin:{machine}/usr/bin"}
-
-    def in_host(command):
-        subprocess.run(
-            ["nsenter", "-t", pid, "-m", f"{machine}/bin/sh", "-c", command], env=tools, check=True, timeout=30
-        )
-
     owner = "uid=$(id -u deploy),gid=$(id -g deploy)"
-    in_host(f"mkdir -p '{deploy_to}' && mount -t tmpfs -o size=1m,{owner} tmpfs '{deploy_to}'")
+    mount = f"mkdir -p '{deploy_to}' && mount -t tmpfs -o size=1m,{owner} tmpfs '{deploy_to}'"
+    in_host_namespace(local_fleet, "web3", mount)
     yield
-    in_host(f"umount '{deploy_to}'")
+    in_host_namespace(local_fleet, "web3", f"umount '{deploy_to}'")
 
 
 def test_disk_full_on_one_host_fails_cleanly_and_switches_nobody(

@@ -4,14 +4,16 @@ and a host that lacks a required tool is named and left alone before anything ch
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from deployer.playground.localfleet import LocalFleet
 from deployer.playground.userlands import ROOT
-from tests.conftest import run_inv
+from tests.conftest import in_host_namespace, run_inv
 
 
 def raw(fleet: LocalFleet, name: str, command: str) -> subprocess.CompletedProcess[str]:
@@ -36,15 +38,19 @@ def test_each_host_has_the_userland_it_claims(local_fleet):
 
 
 @pytest.fixture
-def gzip_gone_from_web3() -> Iterator[None]:
-    """web3 (posix-strict) loses gzip for one test (the folder is mounted as its /usr/bin). Not web2:
+def gzip_gone_from_web3(local_fleet: LocalFleet, tmp_path: Path) -> Iterator[None]:
+    """web3 (posix-strict) loses gzip for one test: in its own mount namespace its /usr/bin is
+    covered by a copy of the userland without gzip. The shared userland folder stays as it is (the
+    other test process's fleet has a posix-strict web3 of its own, deploying meanwhile). Not web2:
     BusyBox ash runs its own applets even when their links are gone."""
-    applet = os.path.join(ROOT, "posix-strict", "gzip")
-    os.rename(applet, applet + ".away")
+    copy = tmp_path / "usr-bin"
+    shutil.copytree(os.path.join(ROOT, "posix-strict"), copy, symlinks=True)
+    (copy / "gzip").unlink()
+    in_host_namespace(local_fleet, "web3", f"mount --bind '{copy}' /usr/bin")
     try:
         yield
     finally:
-        os.rename(applet + ".away", applet)
+        in_host_namespace(local_fleet, "web3", "umount /usr/bin")
 
 
 def test_a_host_without_a_required_tool_is_named_and_nothing_changes(
