@@ -89,8 +89,8 @@ class _Drill:
         fresh, _unreachable, problems = verify_phase(self.run, {n: release for n in states})
         if result.refusal:
             return self.phase(name, f"refused: {result.refusal}", False, started, [], ""), fresh
+        detail = f"release {release}" + _problem_text(problems, result)
         merged = _merge(result, problems)
-        detail = f"release {release}" + _problem_text(problems)
         if result.problems or result.cut_short:
             detail += "; " + "; ".join([*result.problems, result.cut_short]).strip("; ")
         return self.phase(name, detail, result.ok and not problems, started, merged.hosts, release), fresh
@@ -103,8 +103,8 @@ class _Drill:
         fresh, _unreachable, problems = verify_phase(self.run, {n: target for n in states})
         if back.refusal:
             return self.phase("rollback", f"refused: {back.refusal}", False, started, [], ""), fresh
+        detail = f"back to {target}" + _problem_text(problems, back)
         back = _merge(back, problems)
-        detail = f"back to {target}" + _problem_text(problems)
         return self.phase("rollback", detail, back.ok and not problems, started, back.hosts, target), fresh
 
     def restore(self, baseline: str, states: dict[str, HostState]) -> dict[str, HostState]:
@@ -215,8 +215,12 @@ def _with(options: Options, **changes: Any) -> Options:
     return Options(**{**options.__dict__, **changes})
 
 
-def _problem_text(problems: Mapping[str, str]) -> str:
-    return "".join(f"; {name}: {problem}" for name, problem in sorted(problems.items()))
+def _problem_text(problems: Mapping[str, str], result: OperationReport | None = None) -> str:
+    """Why a phase failed: first what each failed host said (a staging failure leaves every host
+    where it was, so the read-back alone would only list `current is X, expected Y`), then the
+    read-back's disagreements."""
+    said = [f"; {r.host}: {r.message}" for r in (result.hosts if result else []) if r.status == FAILED and r.message]
+    return "".join(said) + "".join(f"; {name}: {problem}" for name, problem in sorted(problems.items()))
 
 
 def _merge(result: OperationReport, problems: Mapping[str, str]) -> OperationReport:

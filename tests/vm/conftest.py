@@ -31,8 +31,9 @@ import yaml
 
 from deployer.locate import SAMPLE_APP
 from deployer.playground.handlers import write_manifest
-from deployer.playground.vmfleet import ensure_libvirt
+from deployer.playground.vmfleet import console_dir, ensure_libvirt
 from deployer.release import pack_directory
+from deployer.sanitize import sanitize
 from tests.conftest import REPO
 from tests.conftest import run_inv as inv
 
@@ -92,8 +93,21 @@ class VmFleet:
             timeout=timeout,
         )  # fmt: skip
         if check and done.returncode != 0:
-            raise AssertionError(f"on {name}: exit {done.returncode}\n{script}\n{done.stdout}\n{done.stderr}")
+            seen = self.seen_from_outside(name) if done.returncode == 255 else ""  # ssh itself failed
+            raise AssertionError(f"on {name}: exit {done.returncode}\n{script}\n{done.stdout}\n{done.stderr}{seen}")
         return done
+
+    def seen_from_outside(self, name: str) -> str:
+        """What libvirt and the VM's serial console say, for a VM ssh cannot reach (the console's
+        last lines show a kernel stall, an OOM kill or a boot stuck before sshd)."""
+        state = subprocess.run(
+            ["virsh", "-c", LIBVIRT, "domstate", "--reason", f"vagrant_{name}"], capture_output=True, text=True
+        )
+        console = console_dir() / f"{name}.log"
+        lines = console.read_bytes().decode("utf-8", "replace").splitlines()[-25:] if console.exists() else []
+        tail = "\n".join(sanitize(line) for line in lines)  # the guest's text: no escapes reach a terminal
+        said = state.stdout.strip() or state.stderr.strip()
+        return f"\nlibvirt: {said}\nits console ({console}), last lines:\n{tail}"
 
     def complete_release(self, name: str) -> str:
         """The release `current` points at on `name`, after checking every file against its manifest."""
@@ -121,8 +135,11 @@ class VmFleet:
     def clean(self) -> None:
         """Empty deploy folders on every VM (the service waits, retrying, for a first release)."""
         for name in VMS:
-            self.sh(name, f"systemctl stop sample-app; rm -rf {DEPLOY_TO}; install -d -o deploy -g deploy {DEPLOY_TO}")
-            self.sh(name, "systemctl start --no-block sample-app")  # it fails until a release is there
+            self.sh(
+                name,
+                f"systemctl stop sample-app; rm -rf {DEPLOY_TO}; install -d -o deploy -g deploy {DEPLOY_TO}"
+                " && systemctl start --no-block sample-app",  # it fails until a release is there
+            )
 
     # -- power ------------------------------------------------------------------------------------
     def power_cut(self, *names: str) -> None:
@@ -152,7 +169,7 @@ class VmFleet:
             if done.returncode == 0 and done.stdout.strip() != not_boot:
                 return
             time.sleep(1)
-        raise AssertionError(f"{name} did not come back within {timeout} s")
+        raise AssertionError(f"{name} did not come back within {timeout} s{self.seen_from_outside(name)}")
 
     # -- inventories and artifacts --------------------------------------------------------------
     def make_inventory(self, path: Path, **changes: Any) -> str:
@@ -255,6 +272,8 @@ def vms(vm_fleet: VmFleet) -> VmFleet:
         )
         if state.stdout.strip() != "running":
             vm_fleet.power_on(name)
+        else:
+            vm_fleet.wait_up(name)  # a TCG guest starved of this machine's CPU can answer late
     vm_fleet.clean()
     return vm_fleet
 

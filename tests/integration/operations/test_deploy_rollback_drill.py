@@ -186,6 +186,13 @@ def test_validation_failing_on_one_host_switches_no_host(make_inventory, views, 
     assert meta.startswith("failed ")
     assert failing.target in views["web1"].releases(deploy_to)
 
+    # a drill failing the same way says why, not only that no host moved
+    drill = operations.drill(load_inventory(inventory), artifacts["v3"], progress=QUIET)
+    verdict = drill.verdict()
+    assert not drill.ok and "FAIL in phase deploy" in verdict and "web3 is not ready" in verdict, verdict
+    assert verdict.index("web3 is not ready") < verdict.index("expected"), verdict  # the cause comes first
+    assert on_each(views, deploy_to) == {name: (base, "v1") for name in views}
+
 
 def test_nothing_to_roll_back_to(make_inventory, views, artifacts, deploy_to):
     inventory = make_inventory()
