@@ -65,6 +65,7 @@ from benchmarks.harness import (  # noqa: E402
     table,
     tool,
 )
+from benchmarks.receive import bench_receive  # noqa: E402
 
 
 def bench(hosts: int, runs: int, megabytes: float, latency_ms: float) -> list[Row]:
@@ -334,6 +335,9 @@ def main() -> int:
     parser.add_argument(
         "--targets", action="store_true", help="every case of the performance targets in one run (about 45 min)"
     )
+    parser.add_argument(
+        "--receive", action="store_true", help="a host's CPU receiving --artifact-mb by sender (benchmarks/receive.py)"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("the benchmark starts real sshd hosts: run it as root", file=sys.stderr)
@@ -341,6 +345,8 @@ def main() -> int:
     result = ""
     if args.round_trips:
         result = f"{machine()}\n{bench_round_trips(args.runs, args.latency_ms or 100)}\n"
+    elif args.receive:
+        result = f"{machine()}\n{bench_receive(args.runs, args.artifact_mb)}\n"
     elif args.targets:
         result = f"{machine()}\nmedian of {args.runs} interleaved runs\n\n{bench_targets(args.runs)}\n"
     if result:
