@@ -116,6 +116,8 @@ def write_inventory(hosts: list[SshHost], out: str, known_hosts: str, deploy_to:
         "ssh:",
         f"  identity_file: {os.path.relpath(hosts[0].identity_file, folder)}",
         f"  known_hosts: {os.path.relpath(known_hosts, folder)}",
+        "# QEMU without KVM on a busy machine can take longer than the default 10 s to answer a connection",
+        "timeouts: {connect: 30}",
         'validate: "sh bin/check"',
         "# the service serves the release just switched to (the sample app's bin/health)",
         f'health_check: {{command: "{HEALTH}", timeout: 5, retries: 10, interval: 1, expect: release}}',

@@ -79,12 +79,15 @@ class VmFleet:
         self.ssh_config.write_text(done.stdout)
 
     # -- the admin's view of a VM (OpenSSH client, vagrant user, sudo) --------------------------
-    def sh(self, name: str, script: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run `script` as root on VM `name` (sh on stdin) over the OpenSSH client."""
+    def sh(self, name: str, script: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """Run `script` as root on VM `name` (sh on stdin) over the OpenSSH client.
+
+        Patient: under QEMU's TCG, beside the rest of the suite on two CPUs, a VM starved of CPU has
+        taken over 15 s to send its SSH banner and a minute for a five-second loop (two CI runs)."""
         done = subprocess.run(
             [
                 "ssh", "-F", str(self.ssh_config), "-o", f"UserKnownHostsFile={self.known_hosts}",
-                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=30",
                 name, "sudo", "sh", "-s",
             ],
             input=script,
@@ -163,7 +166,7 @@ class VmFleet:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                done = self.sh(name, "cat /proc/sys/kernel/random/boot_id", check=False, timeout=15)
+                done = self.sh(name, "cat /proc/sys/kernel/random/boot_id", check=False, timeout=60)
             except subprocess.TimeoutExpired:
                 continue
             if done.returncode == 0 and done.stdout.strip() != not_boot:
