@@ -111,20 +111,24 @@ def bench_receive(runs: int, megabytes: float) -> str:
                     before = hosts_cpu(fleet)
                     senders[name](payload)
                     samples.setdefault((name, bool(payload)), []).append(_settled(fleet, before))
-        lines = [
-            f"hosts' CPU receiving {megabytes:g} MB into `{SINK}` over one connection (median of {runs}, ms)",
-            "",
-            "| sender | whole connection | connection sending nothing | receiving the bytes |",
-            "|---|---|---|---|",
-        ]
-        for name in senders:
-            full = statistics.median(samples[(name, True)]) * 1000
-            empty = statistics.median(samples[(name, False)]) * 1000
-            lines.append(f"| {name} | {full:.0f} | {empty:.0f} | {full - empty:.0f} |")
-        return "\n".join(lines)
+        return _table(samples, list(senders), runs, megabytes)
     finally:
         fleet.down()
         shutil.rmtree(state, ignore_errors=True)
+
+
+def _table(samples: dict[tuple[str, bool], list[float]], senders: list[str], runs: int, megabytes: float) -> str:
+    lines = [
+        f"hosts' CPU receiving {megabytes:g} MB into `{SINK}` over one connection (median of {runs}, ms)",
+        "",
+        "| sender | whole connection | connection sending nothing | receiving the bytes |",
+        "|---|---|---|---|",
+    ]
+    for name in senders:
+        full = statistics.median(samples[(name, True)]) * 1000
+        empty = statistics.median(samples[(name, False)]) * 1000
+        lines.append(f"| {name} | {full:.0f} | {empty:.0f} | {full - empty:.0f} |")
+    return "\n".join(lines)
 
 
 def _settled(fleet: LocalFleet, before: float) -> float:
