@@ -4,7 +4,7 @@ starting point. Its releases and preconditions come from `plan.plan_drill`."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -89,7 +89,7 @@ class _Drill:
         fresh, _unreachable, problems = verify_phase(self.run, {n: release for n in states})
         if result.refusal:
             return self.phase(name, f"refused: {result.refusal}", False, started, [], ""), fresh
-        detail = f"release {release}" + _problem_text(problems, result)
+        detail = f"release {release}" + _problem_text(problems, result.hosts)
         merged = _merge(result, problems)
         if result.problems or result.cut_short:
             detail += "; " + "; ".join([*result.problems, result.cut_short]).strip("; ")
@@ -103,7 +103,7 @@ class _Drill:
         fresh, _unreachable, problems = verify_phase(self.run, {n: target for n in states})
         if back.refusal:
             return self.phase("rollback", f"refused: {back.refusal}", False, started, [], ""), fresh
-        detail = f"back to {target}" + _problem_text(problems, back)
+        detail = f"back to {target}" + _problem_text(problems, back.hosts)
         back = _merge(back, problems)
         return self.phase("rollback", detail, back.ok and not problems, started, back.hosts, target), fresh
 
@@ -124,7 +124,7 @@ class _Drill:
         outcomes = switch(self.run, away, SwitchRequest(mode="revert", operation="revert"))
         results = [switch_result(host_plan, outcomes[host_plan.host]) for host_plan in away]
         fresh, _unreachable, problems = verify_phase(self.run, {n: baseline for n in states})
-        detail = f"back on {baseline}" + _problem_text(problems)
+        detail = f"back on {baseline}" + _problem_text(problems, results)
         seconds = time.monotonic() - started
         self.report.phases.append(Phase("restore", seconds, not problems, detail, results))
         self.run.progress.say(f"drill restore: {'done' if not problems else 'INCOMPLETE'} {detail}")
@@ -215,11 +215,11 @@ def _with(options: Options, **changes: Any) -> Options:
     return Options(**{**options.__dict__, **changes})
 
 
-def _problem_text(problems: Mapping[str, str], result: OperationReport | None = None) -> str:
+def _problem_text(problems: Mapping[str, str], hosts: Sequence[HostResult]) -> str:
     """Why a phase failed: first what each failed host said (a staging failure leaves every host
     where it was, so the read-back alone would only list `current is X, expected Y`), then the
     read-back's disagreements."""
-    said = [f"; {r.host}: {r.message}" for r in (result.hosts if result else []) if r.status == FAILED and r.message]
+    said = [f"; {r.host}: {r.message}" for r in hosts if r.status == FAILED and r.message]
     return "".join(said) + "".join(f"; {name}: {problem}" for name, problem in sorted(problems.items()))
 
 
