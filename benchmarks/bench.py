@@ -18,8 +18,9 @@ to show that round trips, not loopback speed, are what is saved.
 
     .venv/bin/python benchmarks/bench.py --targets --runs 3 --out /tmp/targets.md
 
-`--targets` runs every case of issue 18's performance targets (20, 50 and 1,000 hosts, +25 ms,
-pull against push) and writes target against measured, then each case's own table.
+`--targets` runs every row of the performance targets (issue 30: 20, 50 and 1,000 hosts, +25 ms,
+the hosts' CPU, control bytes, round trips, pull against push behind a 1 Gbit/s controller uplink)
+and writes goal, measured and met, then each case's own table.
 
 `--round-trips` counts the round trips each operation waits for on one host: its time with the
 delay minus its time without, over one added round trip.
@@ -32,6 +33,7 @@ the controller sends each host over SSH are counted by a pass-through proxy in f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -57,6 +59,7 @@ from benchmarks.harness import (  # noqa: E402
     measured,
     median,
     ratio,
+    shaped_uplink,
     ssh_base,
     ssh_deploy_command,
     ssh_rollback_command,
@@ -123,10 +126,11 @@ def bench(hosts: int, runs: int, megabytes: float, latency_ms: float) -> list[Ro
         shutil.rmtree(state, ignore_errors=True)
 
 
-def bench_pull(hosts: int, runs: int, megabytes: float) -> list[Row]:
+def bench_pull(hosts: int, runs: int, megabytes: float, uplink_mbit: float = 0.0) -> list[Row]:
     """Push (upload to every host) against pull (every host fetches from nginx), both by the tool,
     interleaved; controller bytes per host counted by a pass-through proxy. Row.tool is push,
-    Row.ssh is pull (the table's columns say so)."""
+    Row.ssh is pull (the table's columns say so). `uplink_mbit`: the controller's traffic to the
+    hosts shares a link of that many Mbit/s (`shaped_uplink`); the origin stays unshaped."""
     state = tempfile.mkdtemp(prefix=f"bench-pull-{hosts}-")
     fleet = LocalFleet(state)
     print(f"starting {hosts} sshd hosts ...", file=sys.stderr)
@@ -143,7 +147,8 @@ def bench_pull(hosts: int, runs: int, megabytes: float) -> list[Row]:
         for path in artifacts:
             os.link(path, os.path.join(state, "files", os.path.basename(path)))
         tool("deploy", "-i", inventory_path, "--artifact", artifacts[0], hosts=hosts, kind="deploy push")
-        row = Row(hosts, f"deploy {megabytes:g} MB: push (tool column) vs pull (OpenSSH column)")
+        link = f", controller uplink {uplink_mbit:g} Mbit/s" if uplink_mbit else ""
+        row = Row(hosts, f"deploy {megabytes:g} MB{link}: push (tool column) vs pull (OpenSSH column)")
         per_host: dict[str, list[float]] = {"push": [], "pull": []}
 
         def counted(kind: str, action) -> Sample:  # type: ignore[no-untyped-def]
@@ -152,28 +157,9 @@ def bench_pull(hosts: int, runs: int, megabytes: float) -> list[Row]:
             per_host[kind].append((sum(sent[:]) - before) / hosts)
             return sample
 
-        for run in range(runs):
-            push_artifact, pull_artifact = artifacts[2 * run + 1], artifacts[2 * run + 2]
-            pull_url = f"{url}/{os.path.basename(pull_artifact)}"
-            pairs = [
-                (
-                    row.tool,
-                    "push",
-                    lambda a=push_artifact: tool(
-                        "deploy", "-i", inventory_path, "--artifact", a, hosts=hosts, kind="deploy push"
-                    ),
-                ),
-                (
-                    row.ssh,
-                    "pull",
-                    lambda a=pull_artifact, u=pull_url: tool(
-                        "deploy", "-i", inventory_path, "--artifact", a, "--pull", u, hosts=hosts, kind="deploy pull"
-                    ),
-                ),
-            ]
-            for target, kind, action in pairs if run % 2 == 0 else reversed(pairs):
-                target.append(counted(kind, action))
-            print(f"  {hosts} hosts: run {run + 1}/{runs} done", file=sys.stderr)
+        shaping = shaped_uplink(uplink_mbit) if uplink_mbit else contextlib.nullcontext()
+        with shaping:
+            _push_against_pull(runs, artifacts, url, inventory_path, hosts, row, counted)
         for kind, values in per_host.items():
             row.sent_per_host[kind] = statistics.median(values)
             print(f"controller bytes sent per host over SSH, {kind}: median {row.sent_per_host[kind]:,.0f}")
@@ -188,7 +174,33 @@ def bench_pull(hosts: int, runs: int, megabytes: float) -> list[Row]:
         shutil.rmtree(state, ignore_errors=True)
 
 
-def bench_round_trips(runs: int, delay_ms: float) -> str:
+def _push_against_pull(runs, artifacts, url, inventory_path, hosts, row, counted) -> None:  # type: ignore[no-untyped-def]
+    """The measured runs of `bench_pull`, alternating which goes first."""
+    for run in range(runs):
+        push_artifact, pull_artifact = artifacts[2 * run + 1], artifacts[2 * run + 2]
+        pull_url = f"{url}/{os.path.basename(pull_artifact)}"
+        pairs = [
+            (
+                row.tool,
+                "push",
+                lambda a=push_artifact: tool(
+                    "deploy", "-i", inventory_path, "--artifact", a, hosts=hosts, kind="deploy push"
+                ),
+            ),
+            (
+                row.ssh,
+                "pull",
+                lambda a=pull_artifact, u=pull_url: tool(
+                    "deploy", "-i", inventory_path, "--artifact", a, "--pull", u, hosts=hosts, kind="deploy pull"
+                ),
+            ),
+        ]
+        for target, kind, action in pairs if run % 2 == 0 else reversed(pairs):
+            target.append(counted(kind, action))
+        print(f"  {hosts} hosts: run {run + 1}/{runs} done", file=sys.stderr)
+
+
+def bench_round_trips(runs: int, delay_ms: float) -> tuple[str, dict[str, float]]:
     """Round trips per host of each operation, measured: one host behind the proxy, each operation
     timed with no added delay and with `delay_ms` each way (interleaved); the difference over one
     added round trip (2 x delay) is how many round trips the operation waits for, whatever the
@@ -240,11 +252,12 @@ def bench_round_trips(runs: int, delay_ms: float) -> str:
             "| operation | s at +0 | s at +delay | round trips |",
             "|---|---|---|---|",
         ]
+        trips = {}
         for name in ("deploy", "rollback", "status", "OpenSSH deploy", "OpenSSH rollback"):
             base_s, slow_s = statistics.median(times[(name, 0.0)]), statistics.median(times[(name, delay_ms)])
-            trips = (slow_s - base_s) / (2 * delay_ms / 1000)
-            lines.append(f"| {name} | {base_s:.2f} | {slow_s:.2f} | {trips:.1f} |")
-        return "\n".join(lines)
+            trips[name] = (slow_s - base_s) / (2 * delay_ms / 1000)
+            lines.append(f"| {name} | {base_s:.2f} | {slow_s:.2f} | {trips[name]:.1f} |")
+        return "\n".join(lines), trips
     finally:
         for process in proxies:
             process.terminate()
@@ -264,20 +277,26 @@ def peaks_text() -> str:
 
 
 def bench_targets(runs: int) -> str:
-    """Every case of issue 18's targets, each measured as its own mode would, in one run: the
-    table of target against measured, then each mode's full table."""
-    cases: list[tuple[str, str, str, bool]] = []  # case, target, measured, met
+    """Every row of issue 30's targets, each measured as its own mode would, in one run: the table
+    of goal, measured and met, then each case's full table (hosts' CPU and bytes beside the time)."""
+    cases: list[tuple[str, str, str, bool]] = []  # case, goal, measured, met
     tables = []
 
     def add(label: str, rows: list[Row], latency_ms: float = 0.0) -> dict[str, Row]:
         tables.append(f"{label}\n\n{table(rows, latency_ms)}")
         return {row.operation.split()[0]: row for row in rows}
 
+    small20 = add("20 hosts, 0.8 MB", bench(20, runs, 0.8, 0.0))
     plain20 = add("20 hosts, 4 MB", bench(20, runs, 4.0, 0.0))
     plain50 = add("50 hosts, 4 MB", bench(50, runs, 4.0, 0.0))
     slow20 = add("20 hosts, 4 MB, +25 ms each way", bench(20, runs, 4.0, 25.0), 25.0)
     large = add("1,000 hosts, 0.8 MB", bench(1000, runs, 0.8, 0.0))
-    pull = add("50 hosts, 50 MB: push (tool column) against pull (OpenSSH column)", bench_pull(50, runs, 50.0))
+    pull = add(
+        "50 hosts, 50 MB, controller uplink 1 Gbit/s: push (tool column) against pull (OpenSSH column)",
+        bench_pull(50, runs, 50.0, uplink_mbit=1000),
+    )
+    trips_text, trips = bench_round_trips(runs, 100)
+    tables.append(trips_text)
 
     def versus(case: str, row: Row, limit: float) -> None:
         measured = ratio(row)
@@ -286,39 +305,54 @@ def bench_targets(runs: int) -> str:
              f"vs {median(row.ssh, 'seconds'):.1f} s)", measured <= limit)
         )  # fmt: skip
 
-    versus("rollback, 50 hosts, no added latency", plain50["rollback"], 0.7)
-    versus("deploy 4 MB, 20 hosts, no added latency", plain20["deploy"], 0.9)
+    def cpu(case: str, row: Row, limit: float) -> None:
+        tool_ms, ssh_ms = (1000 * median(samples, "host_cpu") / row.hosts for samples in (row.tool, row.ssh))
+        cases.append(
+            (case, f"<= {limit}x the fan-out's", f"{tool_ms / ssh_ms:.1f}x ({tool_ms:.0f} ms vs {ssh_ms:.0f} ms)",
+             tool_ms <= limit * ssh_ms)
+        )  # fmt: skip
+
+    versus("deploy 0.8 MB, 20 hosts", small20["deploy"], 0.9)
+    versus("deploy 4 MB, 20 hosts", plain20["deploy"], 0.9)
+    versus("rollback, 50 hosts", plain50["rollback"], 0.7)
     versus("rollback, 20 hosts, +25 ms each way", slow20["rollback"], 0.8)
     versus("deploy 4 MB, 20 hosts, +25 ms each way", slow20["deploy"], 1.0)
-    versus("rollback, 1,000 hosts", large["rollback"], 0.7)
-    rss = max(p[0] for operation in ("deploy", "rollback") for p in PEAKS[(1000, operation)])
-    cases.append(
-        ("1,000 hosts: client memory (peak of deploy and rollback)", "<= 256 KB per host",
-         f"{rss / 1000:.0f} KB per host (peak RSS {rss / 1024:.0f} MB, all of it)", rss / 1000 <= 256)
-    )  # fmt: skip
-    versus("deploy 0.8 MB, 1,000 hosts", large["deploy"], 0.9)
+    cpu("hosts' CPU per host, deploy 4 MB (20 hosts)", plain20["deploy"], 2.0)
+    cpu("hosts' CPU per host, rollback (20 hosts)", plain20["rollback"], 1.5)
     row = pull["deploy"]
+    sent = row.sent_per_host["pull"]
+    cases.append(("control bytes per host (pull deploy)", "< 10 KB", f"{sent / 1024:.1f} KB", sent < 10 * 1024))
+    for operation, limit in (("deploy", 5), ("rollback", 4)):
+        measured = trips[operation]
+        cases.append(
+            (f"round trips per host (1 host, +100 ms): {operation}", f"<= {limit}",
+             f"{measured:.1f} (OpenSSH {trips['OpenSSH ' + operation]:.1f})", measured <= limit)
+        )  # fmt: skip
+    versus("rollback, 1,000 hosts", large["rollback"], 0.5)
+    versus("deploy 0.8 MB, 1,000 hosts", large["deploy"], 0.7)
     cases.append(
-        ("deploy 50 MB, 50 hosts: pull from a local HTTP origin against push", "pull <= 0.5x push",
+        ("deploy 50 MB, 50 hosts, 1 Gbit/s controller uplink: pull against push", "pull <= 0.5x push",
          f"{1 / ratio(row):.2f}x ({median(row.ssh, 'seconds'):.1f} s vs {median(row.tool, 'seconds'):.1f} s)",
          1 / ratio(row) <= 0.5)
     )  # fmt: skip
-    sent = row.sent_per_host["pull"]
-    cases.append(("pull: controller bytes sent per host", "< 10 KB", f"{sent / 1024:.1f} KB", sent < 10 * 1024))
-    # the tool's own samples: every row's tool column, and the pull row's other column (also the tool)
-    runs_of_the_tool = [(op, r.tool) for group in (plain20, plain50, slow20, large) for op, r in group.items()]
-    runs_of_the_tool += [("deploy", row.tool), ("deploy", row.ssh)]
+    cases.append(_budgets([small20, plain20, plain50, slow20, large], row))
+    lines = ["| case | goal | measured | met |", "|---|---|---|---|"]
+    lines += [f"| {case} | {goal} | {value} | {'yes' if met else '**no**'} |" for case, goal, value, met in cases]
+    return "\n".join(lines) + "\n\n" + "\n\n".join(tables) + "\n\n" + peaks_text()
+
+
+def _budgets(groups: list[dict[str, Row]], pull: Row) -> tuple[str, str, str, bool]:
+    """Connections and sessions per host over every case's tool runs (both columns of the pull row)."""
+    runs_of_the_tool = [(op, r.tool) for group in groups for op, r in group.items()]
+    runs_of_the_tool += [("deploy", pull.tool), ("deploy", pull.ssh)]
     connections = max(median(samples, "connections") for _, samples in runs_of_the_tool)
     deploy_sessions = max(median(samples, "sessions") for op, samples in runs_of_the_tool if op == "deploy")
     rollback_sessions = max(median(samples, "sessions") for op, samples in runs_of_the_tool if op == "rollback")
-    cases.append(
-        ("connections and sessions per host (every case above, pull included)", "1 and <= 3 / <= 2",
-         f"{connections:g} and {deploy_sessions:g} (deploy) / {rollback_sessions:g} (rollback)",
-         connections == 1 and deploy_sessions <= 3 and rollback_sessions <= 2)
+    return (
+        "connections and sessions per host (every case above, pull included)", "1 and <= 3 / <= 2",
+        f"{connections:g} and {deploy_sessions:g} (deploy) / {rollback_sessions:g} (rollback)",
+        connections == 1 and deploy_sessions <= 3 and rollback_sessions <= 2,
     )  # fmt: skip
-    lines = ["| case | target | measured | met |", "|---|---|---|---|"]
-    lines += [f"| {case} | {target} | {value} | {'yes' if met else '**no**'} |" for case, target, value, met in cases]
-    return "\n".join(lines) + "\n\n" + "\n\n".join(tables) + "\n\n" + peaks_text()
 
 
 def main() -> int:
@@ -333,7 +367,7 @@ def main() -> int:
         "--round-trips", action="store_true", help="round trips per host of each operation (one host, --latency-ms)"
     )
     parser.add_argument(
-        "--targets", action="store_true", help="every case of the performance targets in one run (about 45 min)"
+        "--targets", action="store_true", help="every row of the performance targets in one run (about an hour)"
     )
     parser.add_argument(
         "--receive", action="store_true", help="a host's CPU receiving --artifact-mb by sender (benchmarks/receive.py)"
@@ -344,7 +378,7 @@ def main() -> int:
         return 2
     result = ""
     if args.round_trips:
-        result = f"{machine()}\n{bench_round_trips(args.runs, args.latency_ms or 100)}\n"
+        result = f"{machine()}\n{bench_round_trips(args.runs, args.latency_ms or 100)[0]}\n"
     elif args.receive:
         result = f"{machine()}\n{bench_receive(args.runs, args.artifact_mb)}\n"
     elif args.targets:

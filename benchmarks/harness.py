@@ -6,6 +6,7 @@ in benchmarks/bench.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import platform
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,9 +95,6 @@ def measured(fleet: LocalFleet, hosts: int, action) -> Sample:  # type: ignore[n
 PEAKS: dict[tuple[int, str], list[list[int]]] = {}  # (hosts, kind) -> [peak RSS KB, threads, fds] per run
 
 
-PEAKS: dict[tuple[int, str], list[list[int]]] = {}  # (hosts, kind) -> [peak RSS KB, threads, fds] per run
-
-
 def tool(*args: str, hosts: int, kind: str = "") -> None:
     """The CLI, as a user runs it on `hosts` hosts; its peak memory, threads and open files are
     sampled from /proc and kept under (hosts, `kind`, by default the operation)."""
@@ -119,6 +118,33 @@ def tool(*args: str, hosts: int, kind: str = "") -> None:
         if process.returncode != 0:
             out.seek(0)
             raise SystemExit(f"tool failed: {' '.join(args)}\n{out.read().decode(errors='replace')}")
+
+
+# --- a controller uplink of limited bandwidth ---
+
+
+@contextlib.contextmanager
+def shaped_uplink(mbit: float, subnet: str = "127.0.5") -> Iterator[None]:
+    """Everything this machine sends to the hosts' sshd (`subnet`.0/24, port 2222) shares one
+    `mbit` Mbit/s link, as a controller's uplink would: an HTB class on the loopback device for
+    those packets only, so an HTTP origin on another address or port (pull deploys) stays
+    unshaped, as an object store or CDN scales. Loopback had no qdisc before; it has none after."""
+    shown = subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True, check=True).stdout
+    if "htb" in shown:
+        raise SystemExit(f"loopback already has an HTB qdisc (another benchmark?): {shown.strip()}")
+    commands = [
+        ["tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "r2q", "1000"],
+        ["tc", "class", "add", "dev", "lo", "parent", "1:", "classid", "1:1", "htb", "rate", f"{mbit:g}mbit",
+         "burst", "256k", "cburst", "256k"],
+        ["tc", "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "u32",
+         "match", "ip", "dst", f"{subnet}.0/24", "match", "ip", "dport", "2222", "0xffff", "flowid", "1:1"],
+    ]  # fmt: skip
+    try:
+        for command in commands:
+            subprocess.run(command, check=True, capture_output=True)
+        yield
+    finally:
+        subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], capture_output=True)
 
 
 # --- the plain OpenSSH fan-out ---

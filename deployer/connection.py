@@ -131,6 +131,7 @@ class HostConnection:
         self.connection = connection
         self.timeouts = inventory.timeouts
         self.sessions = 0
+        self.kept: set[str] = set()  # the file names of the scripts' copies this host keeps (deployer.scripts)
         self.observer = observer
         self.stopping = stopping or threading.Event()  # set on Ctrl-C: uploads stop at the next packet
 
@@ -147,6 +148,7 @@ class HostConnection:
         step: str = "command",
         gate: threading.Semaphore | None = None,
         verdict: Verdict | None = None,
+        offer: bytes | None = None,
     ) -> ExecResult:
         """Run `command` (remote script `step`) in one exec session, optionally streaming `upload` to its stdin.
 
@@ -162,6 +164,10 @@ class HostConnection:
         With `verdict` (a switch whose lock and pruning wait for its batch's verdict), stdin also stays
         open: at `@progress verdict-wait` the verdict is asked for (waiting for the other hosts of
         the batch; the time waited is added to the deadline) and "commit" or "hold" goes on stdin.
+
+        With `offer` (the script's own text, for a host that may have no copy of it), stdin stays
+        open until the script says `@progress need-script` (then `offer` goes on stdin, and its
+        end) or `@progress have-script` (then only the end).
         """
         limit = timeout if timeout is not None else self.timeouts.command
         started = time.monotonic()
@@ -181,13 +187,14 @@ class HostConnection:
                 _exec_without_waiting(transport, channel, command)
                 if upload:
                     self._send(channel, upload, deadline)
-                if gate is None and verdict is None:
+                if gate is None and verdict is None and offer is None:
                     channel.shutdown_write()
-                records = _Records(self, channel, deadline, gate, step, verdict)
+                records = _Records(self, channel, deadline, gate, step, verdict, offer)
                 try:
                     self._read(channel, stdout, stderr, records)
                 finally:
                     records.give_back()
+                records.end_input()
                 if stdout.overflow:
                     raise ProtocolError(self.host.name, step, f"more than {MAX_OUTPUT_BYTES} bytes on stdout")
                 if not transport.is_active() and not channel.status_event.is_set():
@@ -325,8 +332,10 @@ class _Records:
         gate: threading.Semaphore | None,
         step: str,
         verdict: Verdict | None = None,
+        offer: bytes | None = None,
     ) -> None:
         self.connection = connection
+        self.offer = offer
         self.verdict = verdict
         self.channel = channel
         self.deadline = deadline
@@ -344,7 +353,15 @@ class _Records:
                 self.record(line[len(PROGRESS_RECORD) :][:64].decode("ascii", "replace"))
 
     def record(self, name: str) -> None:
-        if self.gate is not None and name == "fetch-wait":
+        if name == "need-script":
+            if self.offer is None:
+                raise ProtocolError(self.connection.host.name, self.step, "it asked for a script it was not offered")
+            self.answer(self.offer)
+            self.offer = None  # asked once
+        elif name == "have-script" and self.offer is not None:
+            self.offer = None
+            self.channel.shutdown_write()  # nothing more will be asked
+        elif self.gate is not None and name == "fetch-wait":
             if self.asked:
                 raise ProtocolError(self.connection.host.name, self.step, "it asked for a fetch slot twice")
             self.asked = True
@@ -364,14 +381,25 @@ class _Records:
             self.connection.tell("progress", name)
 
     def answer(self, line: bytes) -> None:
-        """One line on the session's stdin, then its end; bounded by the step's deadline. paramiko's
-        `sendall` would spin forever on a channel whose write side is already shut (`send` returns 0)."""
+        """One line (or a script's text) on the session's stdin, then its end; bounded by the step's
+        deadline. paramiko's `sendall` would spin forever on a channel whose write side is already
+        shut (`send` returns 0)."""
         if self.channel.closed or self.channel.eof_sent:
             raise ProtocolError(self.connection.host.name, self.step, "it asked for an answer after its input ended")
-        self.channel.settimeout(max(0.01, self.deadline - time.monotonic()))
-        if self.channel.send(line) != len(line):
-            raise ProtocolError(self.connection.host.name, self.step, "it stopped reading before its answer")
+        data = memoryview(line)
+        while data:
+            self.channel.settimeout(max(0.01, self.deadline - time.monotonic()))
+            sent = self.channel.send(data)  # type: ignore[arg-type]  # buffer protocol suffices
+            if sent <= 0:
+                raise ProtocolError(self.connection.host.name, self.step, "it stopped reading before its answer")
+            data = data[sent:]
         self.channel.shutdown_write()
+
+    def end_input(self) -> None:
+        """End stdin if it was kept open for an answer never asked for: sshd closes the session
+        only then (a host with `MaxSessions 1` refuses the next one until it has)."""
+        if not self.channel.eof_sent and not self.channel.closed:
+            self.channel.shutdown_write()
 
     def take_slot(self, gate: threading.Semaphore) -> None:
         """Wait for a slot of the fetch gate, within its own bound (`timeouts.fetch_wait`): the time

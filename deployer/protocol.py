@@ -46,6 +46,7 @@ RECORDS: dict[str, tuple[str, ...]] = {
     "last_op": ("json",),
     "history": ("json",),
     "cached": ("digest",),
+    "kept": ("file", "sum*"),  # a copy of a script this host keeps, and what cksum or sha256sum says of it
     "free_kb": ("kb",),
     "writable": ("answer", "folder"),  # can the deploy user write deploy_to (or the folder that would hold it)
     "missing": ("tool",),

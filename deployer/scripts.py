@@ -11,10 +11,23 @@ printable ASCII, and every backslash, quote and `!`, written as a `\\0ooo` octal
 the builtin `printf %b`, POSIX). So the login shell sees no newline, backslash sequence, history
 `!` or quote to mangle, and only POSIX `sh` ever interprets the script.
 Scripts answer in records on stdout (`deployer.protocol`); stderr is for humans.
+
+A host keeps a copy of each script it has run (`<deploy_to>/.deployer/scripts/NAME-DIGEST.sh`,
+named by the sha256 of its text): a session then sends a few hundred bytes that check the copy
+(POSIX `cksum`, else `sha256sum`: a torn or edited copy is never run) and source it, instead of
+the whole script (10 to 25 KB, every session). Gather, the first session of every operation, asks
+for its text on stdin when its copy is missing or damaged (`@progress need-script`) and reports
+each copy the host keeps with its sum (`@kept`); a later session goes by copy only when that gather
+showed it whole, and otherwise sends the script whole and keeps it. A copy that vanished in between
+(someone emptied `.deployer`) ends that session with EXIT_KEPT_MISSING before anything changed.
+Copies are written only where `.deployer` exists (a read of a host that was never deployed leaves
+no trace), to a temporary name renamed into place; keeping one removes the same script's other
+versions not stored in 30 days.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 import threading
@@ -38,6 +51,7 @@ EXIT_DIGEST = 31
 EXIT_FENCED = 35  # the run no longer holds this host's lock (or a later session took over): nothing more changed
 EXIT_SIGNATURE = 32
 EXIT_FETCH = 33
+EXIT_KEPT_MISSING = 36  # the host's copy of a script vanished since its gather: nothing was changed
 EXIT_VALIDATE = 40
 EXIT_VERIFY = 50
 EXIT_BEFORE_SWITCH = 60
@@ -163,11 +177,9 @@ def exec_request(name: str, program: str, args: Sequence[str]) -> str:
     return f"exec {REMOTE_SHELL} -c 'eval \"$(printf %b \"$1\")\"' deployer-{name} '{octal_escaped(text)}'"
 
 
-def command_line(script: str, deploy_to: str, /, **options: str | int | float | None) -> str:
-    """The exec request for `script`; every argument is quoted, so none can inject.
-
-    Options that are None or "" are left out (the scripts default them to empty).
-    """
+def script_arguments(script: str, deploy_to: str, options: dict[str, str | int | float | None]) -> list[str]:
+    """`deploy_to` then `key=value` for each option; options that are None or "" are left out
+    (the scripts default them to empty)."""
     args = [deploy_to]
     for key, value in options.items():
         if not key or not set(key) <= OPTION_NAME_CHARS:
@@ -175,7 +187,142 @@ def command_line(script: str, deploy_to: str, /, **options: str | int | float | 
         if value is None or value == "":
             continue
         args.append(f"{key}={value}")
-    return exec_request(script, sent_source(script), args)
+    return args
+
+
+def command_line(script: str, deploy_to: str, /, **options: str | int | float | None) -> str:
+    """The exec request carrying all of `script` (no copy kept); every argument is quoted, so none can inject."""
+    return exec_request(script, sent_source(script), script_arguments(script, deploy_to, options))
+
+
+KEPT_FOLDER = ".deployer/scripts"  # under deploy_to: the host's copies of the scripts
+
+
+@cache
+def kept_text(name: str) -> str:
+    """The text of the host's copy of script `name`: what a session sends, ended by one newline."""
+    return sent_source(name).rstrip("\n") + "\n"
+
+
+@cache
+def kept_name(name: str) -> str:
+    """The file name of the host's copy of script `name` (its sha256 names it: one file per version)."""
+    return f"{name}-{hashlib.sha256(kept_text(name).encode('utf-8')).hexdigest()[:16]}.sh"
+
+
+def posix_cksum(data: bytes) -> str:
+    """What POSIX `cksum` prints for `data` read from stdin: its CRC (polynomial 0x04C11DB7, the
+    length appended, complemented) and its size."""
+    crc = 0
+    length = len(data)
+    tail = b""
+    while length:
+        tail += bytes([length & 0xFF])
+        length >>= 8
+    for byte in data + tail:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else crc << 1
+            crc &= 0xFFFFFFFF
+    return f"{crc ^ 0xFFFFFFFF} {len(data)}"
+
+
+def _whole(name: str) -> str:
+    """sh lines defining `deployer_whole`: true when stdin is exactly the text of `name`, as
+    `cksum` (POSIX) or, where it is missing (Debian's BusyBox), `sha256sum` prints it."""
+    text = kept_text(name).encode("utf-8")
+    sums = shlex.quote(posix_cksum(text)) + "|" + shlex.quote(hashlib.sha256(text).hexdigest() + "  -")
+    return f"deployer_whole() {{ case $( (cksum || sha256sum) 2>/dev/null) in {sums}) return 0;; esac; return 1; }}\n"
+
+
+CAN_CHECK = "{ command -v cksum || command -v sha256sum; } >/dev/null 2>&1"  # else nothing is kept
+
+
+def _record(name: str, *fields: str) -> str:
+    """An sh line printing one protocol record whose fields are fixed text (no tab, newline or quote)."""
+    return "printf '%s\\n' " + shlex.quote("\t".join((f"@{name}", *fields))) + "\n"
+
+
+def _keep_lines(name: str) -> str:
+    """sh lines writing `$deployer_body` as the host's copy (only where .deployer exists and a
+    copy can be checked), saying so, and removing this script's other versions not stored in 30 days."""
+    return (
+        f'if {CAN_CHECK} && [ -d "$1/.deployer" ] && mkdir -p "$1/{KEPT_FOLDER}" 2>/dev/null &&'
+        ' printf \'%s\\n\' "$deployer_body" >"$deployer_kept.$$" 2>/dev/null &&'
+        ' mv -f "$deployer_kept.$$" "$deployer_kept" 2>/dev/null; then\n'
+        + _record("kept", kept_name(name))
+        + f"find \"$1/{KEPT_FOLDER}\" -type f -name '{name}-*' ! -name {kept_name(name)} -mtime +30"
+        " -exec rm -f {} + 2>/dev/null\n"
+        'else rm -f "$deployer_kept.$$" 2>/dev/null; fi\n'
+    )
+
+
+def _by_copy(name: str, on_missing: str, asking: bool = False) -> str:
+    """The program of a session that runs the host's copy of `name` when it is whole, else
+    `on_missing`. `asking`: its stdin waits for the script's text, unless `have-script` is said
+    (the controller then ends stdin, which lets sshd close the session when the script ends)."""
+    have = _record("progress", "have-script") if asking else ""
+    stdin = " </dev/null" if asking else ""
+    return (
+        _whole(name) + f'deployer_kept="$1/{KEPT_FOLDER}/{kept_name(name)}"\n'
+        'if [ -f "$deployer_kept" ] && deployer_whole <"$deployer_kept"; then\n'
+        f'{have}. "$deployer_kept"{stdin}\nexit $?\nfi\n'
+        'rm -f "$deployer_kept" 2>/dev/null\n' + on_missing
+    )
+
+
+@cache
+def _sums_by_file() -> dict[str, tuple[str, str]]:
+    """file name of each script's copy -> what cksum and sha256sum print of its text."""
+    sums = {}
+    for name in SCRIPT_NAMES:
+        text = kept_text(name).encode("utf-8")
+        sums[kept_name(name)] = (posix_cksum(text), hashlib.sha256(text).hexdigest())
+    return sums
+
+
+def whole_copies(records: list[list[str]]) -> set[str]:
+    """The copies of this version's scripts that `@kept` records show whole: just written by the
+    session (no sum), or with the sum gather read (cksum's or sha256sum's) of the script's text."""
+    sums = _sums_by_file()
+    return {file for file, *sum_ in records if file in sums and (not sum_ or sum_[0] in sums[file])}
+
+
+@cache
+def asking_program(name: str) -> str:
+    """Run the host's copy of `name`, or ask for its text on stdin, keep a copy and run that
+    (gather: the first session of an operation, whose stdin carries nothing else)."""
+    incomplete = f"the text of the {name} script arrived incomplete"
+    return _by_copy(
+        name,
+        _record("progress", "need-script")
+        + "deployer_body=$(cat)\n"
+        + f"if {CAN_CHECK}; then\n"  # else the text is run, unchecked, and nothing is kept
+        + "if ! printf '%s\\n' \"$deployer_body\" | deployer_whole; then\n"
+        + _record("error", str(EXIT_KEPT_MISSING), incomplete)
+        + f"exit {EXIT_KEPT_MISSING}\nfi\n"
+        + _keep_lines(name)
+        + "fi\n"
+        + 'eval "$deployer_body" </dev/null\n',
+        asking=True,
+    )
+
+
+@cache
+def kept_program(name: str) -> str:
+    """Run the host's copy of `name`, which its last gather reported; if it vanished since, stop
+    with EXIT_KEPT_MISSING having changed nothing (the next run's gather sees it gone)."""
+    vanished = f"its copy of the deployer's {name} script ({KEPT_FOLDER}) vanished during the run; nothing was changed"
+    return _by_copy(name, _record("error", str(EXIT_KEPT_MISSING), vanished) + f"exit {EXIT_KEPT_MISSING}\n")
+
+
+@cache
+def keeping_program(name: str) -> str:
+    """All of `name`, run and kept as the host's copy (for the next operation's sessions)."""
+    return (
+        f"deployer_body={shlex.quote(kept_text(name)[:-1])}\n"  # printf adds the newline back
+        f'deployer_kept="$1/{KEPT_FOLDER}/{kept_name(name)}"\n' + _keep_lines(name) + 'eval "$deployer_body"\n'
+    )
 
 
 @dataclass(frozen=True)
@@ -203,7 +350,24 @@ def run_script(
     `gate`: see `HostConnection.run` (stage's cap on hosts fetching at once, with fetch_gate=1).
     Raises a HostError (unreachable, timeout, ProtocolError) when there is no valid answer.
     """
-    command = command_line(script, deploy_to, **options)
-    result = connection.run(command, timeout=session_timeout, upload=upload, step=script, gate=gate, verdict=verdict)
+    args = script_arguments(script, deploy_to, options)
+    offer = None
+    if script == "gather":
+        program, offer = asking_program(script), kept_text(script).encode("utf-8")
+    elif kept_name(script) in connection.kept:
+        program = kept_program(script)
+    else:
+        program = keeping_program(script)
+    result = connection.run(
+        exec_request(script, program, args),
+        timeout=session_timeout,
+        upload=upload,
+        step=script,
+        gate=gate,
+        verdict=verdict,
+        offer=offer,
+    )
     output = parse_output(result.stdout, result.stderr, connection.host.name, script)
+    kept = whole_copies(output.all("kept"))
+    connection.kept = kept if script == "gather" else connection.kept | kept
     return ScriptResult(result.exit_status, output, result.seconds)

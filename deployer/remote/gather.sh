@@ -128,4 +128,20 @@ for cached in .deployer/artifacts/*.tar.gz; do
     name=${cached#.deployer/artifacts/}
     emit cached "${name%.tar.gz}"
 done
+if [ -d .deployer/scripts ]; then
+    # the deployer's copies of its scripts, each with its sum (one process for all): the
+    # controller counts on a copy only when the sum is the script's own
+    (cd .deployer/scripts && { cksum ./*.sh 2>/dev/null || sha256sum ./*.sh 2>/dev/null; }) |
+        while read -r kept_sum kept_size kept_file; do
+            case ${kept_file:-$kept_size} in
+                ./*.sh) ;;
+                *) continue ;;
+            esac
+            if [ -n "$kept_file" ]; then
+                emit kept "${kept_file#./}" "$kept_sum $kept_size"
+            else
+                emit kept "${kept_size#./}" "$kept_sum"
+            fi
+        done
+fi
 emit free_kb "$(free_kb)"
