@@ -6,6 +6,7 @@ in benchmarks/bench.py."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import multiprocessing
 import os
@@ -37,6 +38,7 @@ class Sample:
     connections: float  # per host, from sshd logs
     sessions: float
     host_cpu: float = 0.0  # CPU seconds of all hosts' sshd children (connections, sessions, the scripts)
+    sent: float = 0.0  # bytes this machine sent the hosts' sshd, per host (the kernel's count, headers included)
 
 
 @dataclass
@@ -74,9 +76,58 @@ def hosts_cpu(fleet: LocalFleet) -> float:
     return total / ticks
 
 
+class WireCounter:
+    """What this machine sends the fleet's sshd, counted by the kernel: one iptables rule matching
+    the hosts' address range and port that only counts (into an empty chain of its own). Whoever
+    sends (the tool, `ssh`, a latency proxy's leg to the host) is counted alike, once."""
+
+    def __init__(self, fleet: LocalFleet) -> None:
+        hosts = fleet.hosts()
+        addresses = sorted(hosts, key=lambda host: tuple(int(part) for part in host.address.split(".")))
+        self.chain = f"bench-sent-{os.getpid()}-{len(COUNTERS)}"
+        self.rule = [
+            "-m", "iprange", "--dst-range", f"{addresses[0].address}-{addresses[-1].address}",
+            "-p", "tcp", "--dport", str(hosts[0].port), "-j", self.chain,
+        ]  # fmt: skip
+        subprocess.run(["iptables", "-N", self.chain], check=True)
+        subprocess.run(["iptables", "-I", "OUTPUT", *self.rule], check=True)
+
+    def read(self) -> int:
+        listed = subprocess.run(
+            ["iptables", "-L", "OUTPUT", "-v", "-x", "-n"], capture_output=True, text=True, check=True
+        )
+        for line in listed.stdout.splitlines():
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == self.chain:
+                return int(fields[1])
+        raise RuntimeError(f"the counting rule {self.chain} is gone")
+
+    def remove(self) -> None:
+        subprocess.run(["iptables", "-D", "OUTPUT", *self.rule], capture_output=True)
+        subprocess.run(["iptables", "-X", self.chain], capture_output=True)
+
+
+COUNTERS: dict[str, WireCounter] = {}  # by fleet state folder; removed when the benchmark exits
+
+
+@atexit.register
+def _remove_counters() -> None:
+    for counter in COUNTERS.values():
+        counter.remove()
+    COUNTERS.clear()
+
+
+def wire_counter(fleet: LocalFleet) -> WireCounter:
+    if fleet.state_dir not in COUNTERS:
+        COUNTERS[fleet.state_dir] = WireCounter(fleet)
+    return COUNTERS[fleet.state_dir]
+
+
 def measured(fleet: LocalFleet, hosts: int, action) -> Sample:  # type: ignore[no-untyped-def]
+    counter = wire_counter(fleet)
     before_counts = fleet.ssh_counts()
     before_hosts = hosts_cpu(fleet)
+    before_sent = counter.read()
     cpu = children_cpu()
     started = time.perf_counter()
     action()
@@ -86,7 +137,8 @@ def measured(fleet: LocalFleet, hosts: int, action) -> Sample:  # type: ignore[n
     after_counts = fleet.ssh_counts()
     connections = sum(after_counts[n][0] - before_counts[n][0] for n in after_counts) / hosts
     sessions = sum(after_counts[n][1] - before_counts[n][1] for n in after_counts) / hosts
-    return Sample(seconds, cpu, connections, sessions, hosts_cpu(fleet) - before_hosts)
+    sent = (counter.read() - before_sent) / hosts
+    return Sample(seconds, cpu, connections, sessions, hosts_cpu(fleet) - before_hosts, sent)
 
 
 # --- the tool ---
@@ -322,9 +374,9 @@ def table(rows: list[Row], latency_ms: float) -> str:
     header = (
         "| hosts | operation | tool s | OpenSSH s | tool/OpenSSH | connections/host | sessions/host "
         "| client CPU ms/host (tool) | client CPU ms/host (OpenSSH) | hosts' CPU ms/host (tool) "
-        "| hosts' CPU ms/host (OpenSSH) |"
+        "| hosts' CPU ms/host (OpenSSH) | sent KB/host (tool) | sent KB/host (OpenSSH) |"
     )
-    lines = [header, "|" + "---|" * 11]
+    lines = [header, "|" + "---|" * 13]
     for row in rows:
         tool_s, ssh_s = median(row.tool, "seconds"), median(row.ssh, "seconds")
         lines.append(
@@ -334,7 +386,8 @@ def table(rows: list[Row], latency_ms: float) -> str:
             f"| {median(row.tool, 'sessions'):.1f} (OpenSSH {median(row.ssh, 'sessions'):.1f}) "
             f"| {median(row.tool, 'cpu') * 1000 / row.hosts:.1f} | {median(row.ssh, 'cpu') * 1000 / row.hosts:.1f} "
             f"| {median(row.tool, 'host_cpu') * 1000 / row.hosts:.1f} "
-            f"| {median(row.ssh, 'host_cpu') * 1000 / row.hosts:.1f} |"
+            f"| {median(row.ssh, 'host_cpu') * 1000 / row.hosts:.1f} "
+            f"| {median(row.tool, 'sent') / 1024:.1f} | {median(row.ssh, 'sent') / 1024:.1f} |"
         )
     return "\n".join(lines)
 
