@@ -13,12 +13,13 @@ the builtin `printf %b`, POSIX). So the login shell sees no newline, backslash s
 Scripts answer in records on stdout (`deployer.protocol`); stderr is for humans.
 
 A host keeps a copy of each script it has run (`<deploy_to>/.deployer/scripts/NAME-DIGEST.sh`,
-named by the sha256 of its text): a session then sends a few hundred bytes that check the copy
-(POSIX `cksum`, else `sha256sum`: a torn or edited copy is never run) and source it, instead of
-the whole script (10 to 25 KB, every session). Gather, the first session of every operation, asks
-for its text on stdin when its copy is missing or damaged (`@progress need-script`) and reports
-each copy the host keeps with its sum (`@kept`); a later session goes by copy only when that gather
-showed it whole, and otherwise sends the script whole and keeps it. A copy that vanished in between
+named by the sha256 of its text): a session then sends a few hundred bytes that source the copy
+instead of the whole script (10 to 25 KB, every session). Gather, the first session of every
+operation, checks its own copy (POSIX `cksum`, else `sha256sum`: a torn or edited copy is never
+run), asks for its text on stdin when that copy is missing or damaged (`@progress need-script`),
+and reports each copy the host keeps with its sum (`@kept`, one `cksum` for all); a later session
+of the operation goes by copy only when that gather showed it whole, and otherwise sends the
+script whole and keeps it. A copy that vanished in between
 (someone emptied `.deployer`) ends that session with EXIT_KEPT_MISSING before anything changed.
 Copies are written only where `.deployer` exists (a read of a host that was never deployed leaves
 no trace), to a temporary name renamed into place; keeping one removes the same script's other
@@ -310,10 +311,16 @@ def asking_program(name: str) -> str:
 
 @cache
 def kept_program(name: str) -> str:
-    """Run the host's copy of `name`, which its last gather reported; if it vanished since, stop
-    with EXIT_KEPT_MISSING having changed nothing (the next run's gather sees it gone)."""
+    """Run the host's copy of `name`, which this operation's gather showed whole (its sum read
+    moments ago: checking it again would cost every session a process); if it vanished since,
+    stop with EXIT_KEPT_MISSING having changed nothing (the next run's gather sees it gone)."""
     vanished = f"its copy of the deployer's {name} script ({KEPT_FOLDER}) vanished during the run; nothing was changed"
-    return _by_copy(name, _record("error", str(EXIT_KEPT_MISSING), vanished) + f"exit {EXIT_KEPT_MISSING}\n")
+    return (
+        f'deployer_kept="$1/{KEPT_FOLDER}/{kept_name(name)}"\n'
+        'if [ -f "$deployer_kept" ]; then\n. "$deployer_kept"\nexit $?\nfi\n'
+        + _record("error", str(EXIT_KEPT_MISSING), vanished)
+        + f"exit {EXIT_KEPT_MISSING}\n"
+    )
 
 
 @cache
