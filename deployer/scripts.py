@@ -206,9 +206,29 @@ def kept_text(name: str) -> str:
 
 
 @cache
+def kept_sums(name: str) -> tuple[str, str]:
+    """What `cksum` and `sha256sum` print of the text of script `name` (computed once per run)."""
+    text = kept_text(name).encode("utf-8")
+    return posix_cksum(text), hashlib.sha256(text).hexdigest()
+
+
+@cache
 def kept_name(name: str) -> str:
     """The file name of the host's copy of script `name` (its sha256 names it: one file per version)."""
-    return f"{name}-{hashlib.sha256(kept_text(name).encode('utf-8')).hexdigest()[:16]}.sh"
+    return f"{name}-{kept_sums(name)[1][:16]}.sh"
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for index in range(256):
+        crc = index << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else crc << 1
+        table.append(crc & 0xFFFFFFFF)
+    return table
+
+
+CRC_TABLE = _crc_table()
 
 
 def posix_cksum(data: bytes) -> str:
@@ -221,18 +241,15 @@ def posix_cksum(data: bytes) -> str:
         tail += bytes([length & 0xFF])
         length >>= 8
     for byte in data + tail:
-        crc ^= byte << 24
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else crc << 1
-            crc &= 0xFFFFFFFF
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ CRC_TABLE[(crc >> 24) ^ byte]
     return f"{crc ^ 0xFFFFFFFF} {len(data)}"
 
 
 def _whole(name: str) -> str:
     """sh lines defining `deployer_whole`: true when stdin is exactly the text of `name`, as
     `cksum` (POSIX) or, where it is missing (Debian's BusyBox), `sha256sum` prints it."""
-    text = kept_text(name).encode("utf-8")
-    sums = shlex.quote(posix_cksum(text)) + "|" + shlex.quote(hashlib.sha256(text).hexdigest() + "  -")
+    cksum, sha256 = kept_sums(name)
+    sums = shlex.quote(cksum) + "|" + shlex.quote(sha256 + "  -")
     return f"deployer_whole() {{ case $( (cksum || sha256sum) 2>/dev/null) in {sums}) return 0;; esac; return 1; }}\n"
 
 
@@ -258,28 +275,10 @@ def _keep_lines(name: str) -> str:
     )
 
 
-def _by_copy(name: str, on_missing: str, asking: bool = False) -> str:
-    """The program of a session that runs the host's copy of `name` when it is whole, else
-    `on_missing`. `asking`: its stdin waits for the script's text, unless `have-script` is said
-    (the controller then ends stdin, which lets sshd close the session when the script ends)."""
-    have = _record("progress", "have-script") if asking else ""
-    stdin = " </dev/null" if asking else ""
-    return (
-        _whole(name) + f'deployer_kept="$1/{KEPT_FOLDER}/{kept_name(name)}"\n'
-        'if [ -f "$deployer_kept" ] && deployer_whole <"$deployer_kept"; then\n'
-        f'{have}. "$deployer_kept"{stdin}\nexit $?\nfi\n'
-        'rm -f "$deployer_kept" 2>/dev/null\n' + on_missing
-    )
-
-
 @cache
 def _sums_by_file() -> dict[str, tuple[str, str]]:
     """file name of each script's copy -> what cksum and sha256sum print of its text."""
-    sums = {}
-    for name in SCRIPT_NAMES:
-        text = kept_text(name).encode("utf-8")
-        sums[kept_name(name)] = (posix_cksum(text), hashlib.sha256(text).hexdigest())
-    return sums
+    return {kept_name(name): kept_sums(name) for name in SCRIPT_NAMES}
 
 
 def whole_copies(records: list[list[str]]) -> set[str]:
@@ -291,12 +290,18 @@ def whole_copies(records: list[list[str]]) -> set[str]:
 
 @cache
 def asking_program(name: str) -> str:
-    """Run the host's copy of `name`, or ask for its text on stdin, keep a copy and run that
-    (gather: the first session of an operation, whose stdin carries nothing else)."""
+    """Run the host's copy of `name` when it is whole (saying `have-script`: the controller then
+    ends stdin, which lets sshd close the session when the script ends), or ask for its text on
+    stdin, keep a copy and run that (gather: the first session of an operation, whose stdin
+    carries nothing else)."""
     incomplete = f"the text of the {name} script arrived incomplete"
-    return _by_copy(
-        name,
-        _record("progress", "need-script")
+    return (
+        _whole(name) + f'deployer_kept="$1/{KEPT_FOLDER}/{kept_name(name)}"\n'
+        'if [ -f "$deployer_kept" ] && deployer_whole <"$deployer_kept"; then\n'
+        + _record("progress", "have-script")
+        + '. "$deployer_kept" </dev/null\nexit $?\nfi\n'
+        'rm -f "$deployer_kept" 2>/dev/null\n'
+        + _record("progress", "need-script")
         + "deployer_body=$(cat)\n"
         + f"if {CAN_CHECK}; then\n"  # else the text is run, unchecked, and nothing is kept
         + "if ! printf '%s\\n' \"$deployer_body\" | deployer_whole; then\n"
@@ -304,8 +309,7 @@ def asking_program(name: str) -> str:
         + f"exit {EXIT_KEPT_MISSING}\nfi\n"
         + _keep_lines(name)
         + "fi\n"
-        + 'eval "$deployer_body" </dev/null\n',
-        asking=True,
+        + 'eval "$deployer_body" </dev/null\n'
     )
 
 
