@@ -28,9 +28,6 @@ Observer = Callable[[str, str, str], None]
 PROGRESS_RECORD = b"@progress\t"  # see deployer/protocol.py: told to the observer as it arrives
 UPLOAD_REPORT_BYTES = 256 * 1024  # how often an upload's progress is told to the observer
 IN_FLIGHT = 1024 * 1024  # unconsumed upload bytes allowed at a host's sshd; see HostConnection._send
-# (host name, the session's deadline) -> whether the host's whole batch passed: asked by a switch
-# session at `@progress verdict-wait` (see HostConnection.run and phases.switch.BatchVerdict).
-Verdict = Callable[[str, float], bool]
 STDERR_TAIL_BYTES = 64 * 1024  # what is kept of a session's stderr (its end: where the errors are)
 
 
@@ -147,7 +144,6 @@ class HostConnection:
         upload: Sequence[bytes | memoryview] | None = None,
         step: str = "command",
         gate: threading.Semaphore | None = None,
-        verdict: Verdict | None = None,
         offer: bytes | None = None,
     ) -> ExecResult:
         """Run `command` (remote script `step`) in one exec session, optionally streaming `upload` to its stdin.
@@ -161,17 +157,28 @@ class HostConnection:
         for one), then "go" on stdin; the slot is given back at `@progress fetched` or when the
         session ends.
 
-        With `verdict` (a switch whose lock and pruning wait for its batch's verdict), stdin also stays
-        open: at `@progress verdict-wait` the verdict is asked for (waiting for the other hosts of
-        the batch; the time waited is added to the deadline) and "commit" or "hold" goes on stdin.
-
         With `offer` (the script's own text, for a host that may have no copy of it), stdin stays
         open until the script says `@progress need-script` (then `offer` goes on stdin, and its
         end) or `@progress have-script` (then only the end).
         """
+        return self.start(command, timeout, upload, step, gate, offer).finish()
+
+    def start(
+        self,
+        command: str,
+        timeout: float | None = None,
+        upload: Sequence[bytes | memoryview] | None = None,
+        step: str = "command",
+        gate: threading.Semaphore | None = None,
+        offer: bytes | None = None,
+        verdict: bool = False,
+    ) -> Session:
+        """Open the session, start `command` and send `upload` (see `run`); the caller reads it to its
+        end with `Session.finish`. With `verdict` (a switch whose lock and pruning wait for its
+        batch's verdict), stdin also stays open: `Session.wait` returns at `@progress verdict-wait`,
+        with no thread held while the host waits, and `Session.answer` gives the verdict."""
         limit = timeout if timeout is not None else self.timeouts.command
         started = time.monotonic()
-        deadline = started + limit
         transport = self.connection.client.get_transport()
         if transport is None or not transport.is_active():
             raise HostUnreachable(self.host.name, "the SSH connection was lost")
@@ -179,72 +186,16 @@ class HostConnection:
             channel = self._open_session(transport, min(limit, self.timeouts.connect))
         self.sessions += 1
         self.tell("step", step)
-        stdout = _Collected(MAX_OUTPUT_BYTES)
-        stderr = _Collected(STDERR_TAIL_BYTES, keep_tail=True)
-        try:
-            with transport_errors(self.host.name, "connection lost during a remote step"):
-                channel.settimeout(limit)
-                _exec_without_waiting(transport, channel, command)
-                if upload:
-                    self._send(channel, upload, deadline)
-                if gate is None and verdict is None and offer is None:
-                    channel.shutdown_write()
-                records = _Records(self, channel, deadline, gate, step, verdict, offer)
-                try:
-                    self._read(channel, stdout, stderr, records)
-                finally:
-                    records.give_back()
-                records.end_input()
-                if stdout.overflow:
-                    raise ProtocolError(self.host.name, step, f"more than {MAX_OUTPUT_BYTES} bytes on stdout")
-                if not transport.is_active() and not channel.status_event.is_set():
-                    raise HostUnreachable(self.host.name, f"the SSH connection was lost during {step}")
-                if not channel.status_event.wait(max(0.01, records.deadline - time.monotonic())):
-                    raise TimeoutError()
-                status = channel.exit_status
-                if status == -1 and not transport.is_active():  # no exit status: the connection died
-                    raise HostUnreachable(self.host.name, f"the SSH connection was lost during {step}")
-        except TimeoutError:
-            self.tell("step-failed", f"{step} timeout")
-            raise CommandTimeout(self.host.name, f"remote step did not finish within {limit:g}s") from None
-        except Interrupted as stopped:
-            self.tell("step-failed", f"{step} interrupted")
-            raise HostError(self.host.name, f"{step}: stopped by Ctrl-C {stopped or 'during the upload'}") from None
-        except HostUnreachable:
-            self.tell("step-failed", f"{step} lost")
-            raise
-        finally:
-            channel.close()
-        seconds = time.monotonic() - started
-        self.tell("step-ok" if status == 0 else "step-failed", f"{step} {status}")
-        log.debug("%s: %s exited %s in %.3fs (%d bytes out)", self.host.name, step, status, seconds, stdout.size)
-        return ExecResult(status, stdout.text(), stderr.text(), seconds)
-
-    @staticmethod
-    def _read(channel: paramiko.Channel, stdout: _Collected, stderr: _Collected, records: _Records) -> None:
-        """Read both streams until the remote side's EOF, waking when either has data or closes;
-        `records` reads stdout's records as they come, and holds the deadline (a fetch slot's
-        wait moves it: waiting and working have their own bounds)."""
-        wake = _Wakeup(channel)
-        while True:
-            wake.arm()
-            while channel.recv_ready():
-                data = channel.recv(65536)
-                stdout.add(data)
-                records.read(data)
-                if stdout.overflow:
-                    return
-            while channel.recv_stderr_ready():
-                # NUL bytes are the watchdog's heartbeat (lib.sh run_bounded), not diagnostics
-                stderr.add(channel.recv_stderr(65536).replace(b"\0", b""))
-            if channel.eof_received or channel.closed:
-                if not channel.recv_ready() and not channel.recv_stderr_ready():
-                    return
-                continue
-            left = records.deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError()
-            wake.wait(min(left, 1.0))
+        records = _Records(self, channel, started + limit, gate, step, verdict, offer)
+        session = Session(self, transport, channel, step, (started, limit), records)
+        with session.mapped():
+            channel.settimeout(limit)
+            _exec_without_waiting(transport, channel, command)
+            if upload:
+                self._send(channel, upload, session.records.deadline)
+            if gate is None and not verdict and offer is None:
+                channel.shutdown_write()
+        return session
 
     def _open_session(self, transport: paramiko.Transport, timeout: float) -> paramiko.Channel:
         """A new session channel. A host that allows few sessions per connection (sshd's
@@ -319,6 +270,124 @@ class HostConnection:
         self.connection.close()
 
 
+class Session:
+    """One exec session started by `HostConnection.start`: read to its end (`finish`), or, for a
+    switch awaiting its batch's verdict, to where its host waits (`wait`), answered (`answer`), then
+    finished. A session that waits holds no thread: a batch of any size waits at once, with the pool
+    free for the hosts still switching. Every error ends as a `HostError` and closes the channel
+    (the host's script then sees its stdin end: a switch waiting for its verdict holds)."""
+
+    def __init__(
+        self,
+        connection: HostConnection,
+        transport: paramiko.Transport,
+        channel: paramiko.Channel,
+        step: str,
+        bounds: tuple[float, float],  # when it started, and its limit in seconds
+        records: _Records,
+    ) -> None:
+        self.connection = connection
+        self.transport = transport
+        self.channel = channel
+        self.step = step
+        self.started, self.limit = bounds
+        self.records = records
+        self.stdout = _Collected(MAX_OUTPUT_BYTES)
+        self.stderr = _Collected(STDERR_TAIL_BYTES, keep_tail=True)
+
+    @contextmanager
+    def mapped(self) -> Iterator[None]:
+        """The one place a session's errors become `HostError`s (told to the observer); the channel
+        is closed on any error."""
+        host, step = self.connection.host.name, self.step
+        try:
+            with transport_errors(host, "connection lost during a remote step"):
+                yield
+        except TimeoutError:
+            self.close()
+            self.connection.tell("step-failed", f"{step} timeout")
+            raise CommandTimeout(host, f"remote step did not finish within {self.limit:g}s") from None
+        except Interrupted as stopped:
+            self.close()
+            self.connection.tell("step-failed", f"{step} interrupted")
+            raise HostError(host, f"{step}: stopped by Ctrl-C {stopped or 'during the upload'}") from None
+        except HostUnreachable:
+            self.close()
+            self.connection.tell("step-failed", f"{step} lost")
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def wait(self) -> bool:
+        """Read until the command ends or waits for its verdict: whether it waits."""
+        with self.mapped():
+            self._read()
+        return self.records.waiting_since > 0
+
+    def answer(self, commit: bool) -> None:
+        """Give a waiting session its batch's verdict ("commit" or "hold" on its stdin); the time it
+        waited is added to its deadline."""
+        with self.mapped():
+            self.records.resume(b"commit\n" if commit else b"hold\n")
+
+    def finish(self) -> ExecResult:
+        """Read the session to its end: its exit status and output."""
+        channel, host = self.channel, self.connection.host.name
+        with self.mapped():
+            if self.records.waiting_since:
+                raise ProtocolError(host, self.step, "its verdict was never given")  # a caller's mistake
+            try:
+                self._read()
+            finally:
+                self.records.give_back()
+            self.records.end_input()
+            if self.stdout.overflow:
+                raise ProtocolError(host, self.step, f"more than {MAX_OUTPUT_BYTES} bytes on stdout")
+            if not self.transport.is_active() and not channel.status_event.is_set():
+                raise HostUnreachable(host, f"the SSH connection was lost during {self.step}")
+            if not channel.status_event.wait(max(0.01, self.records.deadline - time.monotonic())):
+                raise TimeoutError()
+            status = channel.exit_status
+            if status == -1 and not self.transport.is_active():  # no exit status: the connection died
+                raise HostUnreachable(host, f"the SSH connection was lost during {self.step}")
+        self.close()
+        seconds = time.monotonic() - self.started
+        self.connection.tell("step-ok" if status == 0 else "step-failed", f"{self.step} {status}")
+        log.debug("%s: %s exited %s in %.3fs (%d bytes out)", host, self.step, status, seconds, self.stdout.size)
+        return ExecResult(status, self.stdout.text(), self.stderr.text(), seconds)
+
+    def close(self) -> None:
+        self.records.give_back()
+        self.channel.close()
+
+    def _read(self) -> None:
+        """Read both streams until the remote side's EOF (or until it waits for its verdict), waking
+        when either has data or closes; the records are read as they come, and hold the deadline (a
+        fetch slot's wait moves it: waiting and working have their own bounds)."""
+        channel, records = self.channel, self.records
+        wake = _Wakeup(channel)
+        while True:
+            wake.arm()
+            while channel.recv_ready():
+                data = channel.recv(65536)
+                self.stdout.add(data)
+                records.read(data)
+                if self.stdout.overflow or records.waiting_since:
+                    return
+            while channel.recv_stderr_ready():
+                # NUL bytes are the watchdog's heartbeat (lib.sh run_bounded), not diagnostics
+                self.stderr.add(channel.recv_stderr(65536).replace(b"\0", b""))
+            if channel.eof_received or channel.closed:
+                if not channel.recv_ready() and not channel.recv_stderr_ready():
+                    return
+                continue
+            left = records.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError()
+            wake.wait(min(left, 1.0))
+
+
 class _Records:
     """Reads a session's stdout as it arrives for its `@progress` records (the step a script is on:
     validating, a hook, the health check): each is told to the observer, and a fetch gate's
@@ -331,12 +400,13 @@ class _Records:
         deadline: float,
         gate: threading.Semaphore | None,
         step: str,
-        verdict: Verdict | None = None,
+        verdict: bool = False,
         offer: bytes | None = None,
     ) -> None:
         self.connection = connection
         self.offer = offer
         self.verdict = verdict
+        self.waiting_since = 0.0  # when the host began waiting for its verdict (0: it does not wait)
         self.channel = channel
         self.deadline = deadline
         self.gate = gate
@@ -370,15 +440,18 @@ class _Records:
             self.answer(b"go\n")
         elif self.gate is not None and name == "fetched":
             self.give_back()
-        elif self.verdict is not None and name == "verdict-wait":
+        elif self.verdict and name == "verdict-wait":
             self.connection.tell("progress", name)
-            started = time.monotonic()
-            commit = self.verdict(self.connection.host.name, self.deadline)
-            self.deadline += time.monotonic() - started
-            self.answer(b"commit\n" if commit else b"hold\n")
-            self.verdict = None  # asked once
+            self.waiting_since = time.monotonic()  # the reading stops here until `resume`
+            self.verdict = False  # asked once
         else:
             self.connection.tell("progress", name)
+
+    def resume(self, line: bytes) -> None:
+        """The verdict the host waits for; the time it waited does not count against its deadline."""
+        self.deadline += time.monotonic() - self.waiting_since
+        self.waiting_since = 0.0
+        self.answer(line)
 
     def answer(self, line: bytes) -> None:
         """One line (or a script's text) on the session's stdin, then its end; bounded by the step's

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 from deployer.protocol import ScriptOutput, parse_output
 
 if TYPE_CHECKING:
-    from deployer.connection import HostConnection, Verdict
+    from deployer.connection import HostConnection, Session
 
 EXIT_USAGE = 10
 EXIT_REFUSED = 20
@@ -353,7 +353,6 @@ def run_script(
     session_timeout: float | None = None,
     upload: Sequence[bytes | memoryview] | None = None,
     gate: threading.Semaphore | None = None,
-    verdict: Verdict | None = None,
     **options: str | int | float | None,
 ) -> ScriptResult:
     """Run remote script `script` on one host in one session; its answer parsed by the protocol.
@@ -361,6 +360,33 @@ def run_script(
     `gate`: see `HostConnection.run` (stage's cap on hosts fetching at once, with fetch_gate=1).
     Raises a HostError (unreachable, timeout, ProtocolError) when there is no valid answer.
     """
+    return _start(connection, script, deploy_to, (session_timeout, upload, gate, False), options).result()
+
+
+def start_script(
+    connection: HostConnection,
+    script: str,
+    deploy_to: str,
+    /,
+    session_timeout: float | None = None,
+    upload: Sequence[bytes | memoryview] | None = None,
+    gate: threading.Semaphore | None = None,
+    verdict: bool = False,
+    **options: str | int | float | None,
+) -> RunningScript:
+    """Start remote script `script` on one host (see `run_script`); with `verdict`, the session can
+    wait for its batch's verdict (`RunningScript.waits`, `HostConnection.start`)."""
+    return _start(connection, script, deploy_to, (session_timeout, upload, gate, verdict), options)
+
+
+def _start(
+    connection: HostConnection,
+    script: str,
+    deploy_to: str,
+    session: tuple[float | None, Sequence[bytes | memoryview] | None, threading.Semaphore | None, bool],
+    options: dict[str, str | int | float | None],
+) -> RunningScript:
+    session_timeout, upload, gate, verdict = session
     args = script_arguments(script, deploy_to, options)
     offer = None
     if script == "gather":
@@ -369,16 +395,41 @@ def run_script(
         program = kept_program(script)
     else:
         program = keeping_program(script)
-    result = connection.run(
+    started = connection.start(
         exec_request(script, program, args),
         timeout=session_timeout,
         upload=upload,
         step=script,
         gate=gate,
-        verdict=verdict,
         offer=offer,
+        verdict=verdict,
     )
-    output = parse_output(result.stdout, result.stderr, connection.host.name, script)
-    kept = whole_copies(output.all("kept"))
-    connection.kept = kept if script == "gather" else connection.kept | kept
-    return ScriptResult(result.exit_status, output, result.seconds)
+    return RunningScript(connection, script, started)
+
+
+class RunningScript:
+    """A remote script's session in progress; `result` reads it to its end and parses its answer."""
+
+    def __init__(self, connection: HostConnection, script: str, session: Session) -> None:
+        self.connection = connection
+        self.script = script
+        self.session = session
+
+    def waits(self) -> bool:
+        """Read until the script ends or waits for its batch's verdict: whether it waits."""
+        return self.session.wait()
+
+    def answer(self, commit: bool) -> None:
+        self.session.answer(commit)
+
+    def close(self) -> None:
+        """Give up on it (its host sees its stdin end)."""
+        self.session.close()
+
+    def result(self) -> ScriptResult:
+        connection, script = self.connection, self.script
+        result = self.session.finish()
+        output = parse_output(result.stdout, result.stderr, connection.host.name, script)
+        kept = whole_copies(output.all("kept"))
+        connection.kept = kept if script == "gather" else connection.kept | kept
+        return ScriptResult(result.exit_status, output, result.seconds)

@@ -37,9 +37,7 @@ def run_once(
 
     def work(connection: HostConnection) -> ScriptResult:
         limit = inventory.timeouts.migrate + 10
-        return run_script(
-            connection, "run", deploy_to, session_timeout=limit, upload=environment, gate=None, verdict=None, **options
-        )
+        return run_script(connection, "run", deploy_to, session_timeout=limit, upload=environment, gate=None, **options)
 
     for _host, outcome in run.fleet.map(work, [inventory.host(host)]):
         if isinstance(outcome, HostError):

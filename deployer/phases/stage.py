@@ -73,7 +73,6 @@ def stage(
             session_timeout=inventory.timeouts.stage,
             upload=upload,
             gate=gated,
-            verdict=None,
             release=release,
             digest=artifact.digest,
             source=source,

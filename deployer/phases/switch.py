@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import posixpath
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +21,9 @@ from deployer.scripts import (
     EXIT_AFTER_SWITCH,
     EXIT_BEFORE_SWITCH,
     EXIT_HEALTH,
-    run_script,
+    RunningScript,
+    ScriptResult,
+    start_script,
 )
 from deployer.state import SchemaRecord
 
@@ -65,7 +65,7 @@ class SwitchRequest:
     bad_info: str = ""
     prune: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # the lock's release and the pruning wait for the whole batch's verdict (a deploy's last batch:
-    # a revert may follow); where the batch cannot wait in its sessions, they are left to the finish
+    # a revert may follow), the hosts waiting for it in their sessions
     verdict: bool = False
 
 
@@ -121,28 +121,31 @@ def _switch_options(run: Run, host_plan: HostPlan, request: SwitchRequest) -> tu
     return options, timeout
 
 
-def switch_host(
-    connection: HostConnection,
-    run: Run,
-    host_plan: HostPlan,
-    request: SwitchRequest,
-    verdict: BatchVerdict | None = None,
-) -> Switched:
+def switch_host(connection: HostConnection, run: Run, host_plan: HostPlan, request: SwitchRequest) -> Switched:
     """Run the shared switch helper on one host and check its read-back against the plan."""
-    target = host_plan.target or ""
+    return switched(connection, run, host_plan, start_switch(connection, run, host_plan, request).result())
+
+
+def start_switch(connection: HostConnection, run: Run, host_plan: HostPlan, request: SwitchRequest) -> RunningScript:
+    """Start the switch helper on one host; with `request.verdict`, its session waits for the batch's
+    verdict once the host passed its checks (`RunningScript.waits`)."""
     options, timeout = _switch_options(run, host_plan, request)
-    if verdict is not None:
+    if request.verdict:
         options["await_verdict"] = "1"
-    deploy_to = run.inventory.deploy_to_of(connection.host)
-    result = run_script(
+    return start_script(
         connection,
         "switch",
-        deploy_to,
+        run.inventory.deploy_to_of(connection.host),
         session_timeout=timeout,
         upload=[run.environment],
-        verdict=verdict.ready if verdict is not None else None,
+        verdict=request.verdict,
         **options,
     )
+
+
+def switched(connection: HostConnection, run: Run, host_plan: HostPlan, result: ScriptResult) -> Switched:
+    """One host's switch, judged from its answer: its read-back against the plan, its checks."""
+    target = host_plan.target or ""
     output = result.output
     status = result.exit_status
     name = connection.host.name
@@ -186,71 +189,86 @@ def switch_host(
     return switched
 
 
-class BatchVerdict:
-    """The verdict of one batch, given to its hosts' switch sessions while they wait for it (their
-    lock and pruning depend on it): "commit" once every host of the batch passed its checks,
-    "hold" as soon as one failed (or its session ended without passing). Every session of the batch
-    must be able to wait at once: used only when the batch fits in the fleet's pool."""
-
-    def __init__(self, hosts: list[str]) -> None:
-        self.expected = set(hosts)
-        self.passed: set[str] = set()
-        self.ended: set[str] = set()
-        self.abandoned = False
-        self.changed = threading.Condition()
-
-    def ready(self, host: str, deadline: float) -> bool:
-        """`host` passed and waits: whether the whole batch passed (False when the deadline comes first)."""
-        with self.changed:
-            self.passed.add(host)
-            self.ended.add(host)
-            self.changed.notify_all()
-            self.changed.wait_for(
-                lambda: self.abandoned or self.ended >= self.expected or self.ended - self.passed,
-                timeout=max(0.0, deadline - time.monotonic()),
-            )
-            return self.passed >= self.expected and not self.abandoned
-
-    def abandon(self) -> None:
-        """The operation stopped (Ctrl-C) before every session of the batch ran: the ones waiting
-        hold at once (a host whose session never started would otherwise keep them waiting to
-        their limit)."""
-        with self.changed:
-            self.abandoned = True
-            self.changed.notify_all()
-
-    def end(self, host: str) -> None:
-        """`host`'s session ended: if it never said it passed, the batch did not."""
-        with self.changed:
-            self.ended.add(host)
-            self.changed.notify_all()
-
-
 def switch(run: Run, hosts: list[HostPlan], request: SwitchRequest) -> dict[str, Switched | HostError]:
-    """The switch phase on `hosts`, in parallel; outcomes per host."""
+    """The switch phase on `hosts`, in parallel; outcomes per host.
+
+    With `request.verdict` (a deploy's last batch), each host that passed its checks waits in its
+    session, holding no worker, until every session of the batch ended or waits: the verdict is
+    "commit" when all wait (they prune and release the lock), else "hold" (they keep both, for the
+    revert). The verdict is given to every waiting host at once, then their sessions are read to
+    their ends."""
     by_name = {host_plan.host: host_plan for host_plan in hosts}
     outcomes: dict[str, Switched | HostError] = {}
-    verdict = BatchVerdict(list(by_name)) if request.verdict and len(by_name) <= run.fleet.parallel else None
-    if request.verdict and verdict is None:  # too many to wait at once: the finish releases and prunes
-        request = dataclasses.replace(request, unlock=False, prune={}, verdict=False)
 
-    def work(connection: HostConnection) -> Switched:
-        try:
-            return switch_host(connection, run, by_name[connection.host.name], request, verdict)
-        finally:
-            if verdict is not None:
-                verdict.end(connection.host.name)
+    def shown(name: str, outcome: Switched | HostError) -> None:
+        _shown(run, name, outcome)
+        outcomes[name] = outcome
 
-    targets = [run.inventory.host(name) for name in by_name]
+    if not request.verdict:
+        for host, outcome in run.fleet.map(
+            lambda c: switch_host(c, run, by_name[c.host.name], request), [run.inventory.host(n) for n in by_name]
+        ):
+            shown(host.name, outcome)
+        return outcomes
+    waiting = _Waiting()
+
+    def begin(connection: HostConnection) -> Switched | None:
+        session = start_switch(connection, run, by_name[connection.host.name], request)
+        if waiting.keep(connection.host.name, session):
+            return None
+        return switched(connection, run, by_name[connection.host.name], session.result())
+
+    def end(connection: HostConnection) -> Switched:
+        return switched(connection, run, by_name[connection.host.name], waiting.take(connection.host.name).result())
+
     try:
-        for host, outcome in run.fleet.map(work, targets):
-            _shown(run, host.name, outcome)
-            outcomes[host.name] = outcome
-    except BaseException:
-        if verdict is not None:
-            verdict.abandon()
-        raise
+        for host, begun in run.fleet.map(begin, [run.inventory.host(name) for name in by_name]):
+            if begun is not None:
+                shown(host.name, begun)
+        commit = len(waiting.sessions) == len(by_name)
+        for name, session in list(waiting.sessions.items()):
+            try:
+                session.answer(commit)
+            except HostError as error:
+                waiting.take(name)
+                shown(name, error)
+        for host, result in run.fleet.map(end, [run.inventory.host(name) for name in waiting.sessions]):
+            shown(host.name, result)
+    finally:
+        waiting.close()
     return outcomes
+
+
+class _Waiting:
+    """The switch sessions of a batch waiting for its verdict, by host. Whatever is still here when
+    the phase ends (Ctrl-C, an error) is closed: its host sees its stdin end and holds."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, RunningScript] = {}
+        self.closed = False
+        self.lock = threading.Lock()
+
+    def keep(self, name: str, session: RunningScript) -> bool:
+        """Read `name`'s session until it ends or waits; whether it waits (then it is kept here)."""
+        if not session.waits():
+            return False
+        with self.lock:
+            if not self.closed:
+                self.sessions[name] = session
+                return True
+        session.close()
+        raise HostError(name, "the switch phase stopped before its batch's verdict (the host holds)")
+
+    def take(self, name: str) -> RunningScript:
+        with self.lock:
+            return self.sessions.pop(name)
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            left, self.sessions = list(self.sessions.values()), {}
+        for session in left:
+            session.close()
 
 
 def _shown(run: Run, name: str, outcome: Switched | HostError) -> None:

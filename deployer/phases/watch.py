@@ -143,7 +143,6 @@ def _on_each_host(run: Run | None, check: WatchCheck, release: str, hosts: list[
             session_timeout=limit,
             upload=[run.environment],
             gate=None,
-            verdict=None,
             **options,
         )
 

@@ -435,3 +435,30 @@ def test_known_hosts_hashed_by_openssh_with_markers(local_fleet, make_inventory,
     assert revoked.returncode == 3, revoked.stdout + revoked.stderr  # refused as a whole
     assert "REVOKED" in revoked.stdout and "Traceback" not in revoked.stderr
     assert {view.version(deploy_to) for view in views.values()} == {"v1"}  # nothing changed anywhere
+
+
+def test_ctrl_c_while_a_batch_larger_than_the_pool_waits_for_its_verdict(
+    local_fleet, make_inventory, views, artifacts, deploy_to
+):
+    """`parallel: 2` for four hosts: web1-web3 passed their checks and wait for the batch's verdict,
+    holding no worker, while web4's health check runs. Ctrl-C then: the waiting hosts hold (nothing
+    pruned), web4's check ends and passes, and the run says what is true: every host is on the new
+    release, no lock is left, and nothing was pruned before a verdict that never came."""
+    base = deploy(make_inventory(extra="keep_releases: 1\n"), artifacts["v1"]).target
+    deploy(make_inventory(extra="keep_releases: 1\n"), artifacts["v3"])
+    before = {name: view.releases(deploy_to) for name, view in views.items()}
+    check = f'if [ "$(hostname)" = web4 ]; then {MARK}; fi'
+    health = f"health_check: {{command: {json.dumps(check)}, timeout: 10}}\n"
+    inventory = make_inventory(extra=f"parallel: 2\nkeep_releases: 1\n{health}")
+    process = inv_process("deploy", "--inventory", inventory, "--artifact", artifacts["v2"])
+    interrupt_when(process, lambda: os.path.exists(host_path(local_fleet, "web4", deploy_to, ".deployer", "reached")))
+    code = process.wait(timeout=120)
+    out, err = process.communicate()
+    assert code == 0, out + err
+    assert "deploy: interrupted after every host switched and passed its checks: 4/4 host(s)" in err, err
+    assert "cut short: pruning old releases" in err, err
+    (new,) = {view.current_release(deploy_to) for view in views.values()}  # read over OpenSSH
+    assert new not in before["web1"] and {view.version(deploy_to) for view in views.values()} == {"v2"}
+    for name, view in views.items():  # keep_releases: 1 would have pruned one: nothing before a verdict
+        assert view.releases(deploy_to) == sorted([*before[name], new]), name
+    assert base in before["web1"] and not any(lock_folders(views, deploy_to).values())

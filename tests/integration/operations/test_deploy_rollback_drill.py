@@ -12,7 +12,7 @@ import pytest
 from deployer import operations
 from deployer.inventory import load_inventory
 from deployer.report import Progress
-from tests.conftest import run_inv
+from tests.conftest import lock_folders, run_inv
 
 pytestmark = pytest.mark.fleet
 QUIET = Progress(quiet=True)
@@ -63,10 +63,16 @@ EVERYTHING_ON = (
 )
 
 
-@pytest.mark.parametrize("extra", ["", EVERYTHING_ON], ids=["plain", "hooks-shared-health"])
-def test_one_connection_per_host_and_session_budgets(local_fleet, make_inventory, artifacts, extra):
+@pytest.mark.parametrize(
+    "extra",
+    ["", EVERYTHING_ON, "parallel: 2\nkeep_releases: 1\n"],
+    ids=["plain", "hooks-shared-health", "fewer-workers-than-hosts"],
+)
+def test_one_connection_per_host_and_session_budgets(local_fleet, make_inventory, artifacts, views, deploy_to, extra):
     """Issue 6's budgets, as counts read from each sshd's own log: deploy 1 connection and 3 exec
-    sessions per host, rollback 1 and 2, however many hooks and shared paths there are."""
+    sessions per host, rollback 1 and 2, however many hooks and shared paths there are, and with
+    fewer workers than hosts (the last batch's hosts wait for its verdict without holding one:
+    before, a batch larger than `parallel` took a fourth session per host to prune and unlock)."""
     inventory = load_inventory(make_inventory(extra=extra))
     names = [host.name for host in inventory.hosts]
 
@@ -80,11 +86,16 @@ def test_one_connection_per_host_and_session_budgets(local_fleet, make_inventory
         assert report.sessions == {n: sessions for n, (_c, sessions) in from_logs.items()}
         return from_logs
 
+    if "keep_releases: 1" in extra:  # a third release, so that the measured deploys prune one
+        assert operations.deploy(inventory, artifacts["v3"], progress=QUIET).ok
     first = measured(lambda: operations.deploy(inventory, artifacts["v1"], progress=QUIET))
     second = measured(lambda: operations.deploy(inventory, artifacts["v2"], progress=QUIET))
     back = measured(lambda: operations.rollback(inventory, progress=QUIET))
     assert first == second == {n: (1, 3) for n in names}
     assert back == {n: (1, 2) for n in names}
+    assert not any(lock_folders(views, deploy_to).values())
+    if "keep_releases: 1" in extra:  # pruned after the verdict, in those same sessions (3 without)
+        assert {name: len(view.releases(deploy_to)) for name, view in views.items()} == {n: 2 for n in names}
 
 
 def test_a_host_that_allows_one_session_at_a_time(local_fleet, make_inventory, views, artifacts, deploy_to):

@@ -138,8 +138,9 @@ def test_hooks_run_on_hosts_and_locally_with_the_release_in_their_environment(
     assert log.read_text().splitlines()[-1] == f"rolled back to {first.target}"
 
 
+@pytest.mark.parametrize("pool", ["", "parallel: 2\n"], ids=["all-at-once", "fewer-workers-than-hosts"])
 def test_a_failed_last_batch_is_reverted_under_the_lock_with_nothing_pruned(
-    make_inventory, views, artifacts, deploy_to
+    make_inventory, views, artifacts, deploy_to, pool
 ):
     """One batch of four; web2's health check fails (slowly). Before, the three healthy hosts pruned
     their oldest release and released their lock inside their switch sessions, before the batch's
@@ -148,7 +149,7 @@ def test_a_failed_last_batch_is_reverted_under_the_lock_with_nothing_pruned(
     is locked, and after the revert every host still has every release it had."""
     marker = f"{deploy_to}-web2-checking"
     check = f'if [ "$(hostname)" = web2 ]; then touch {marker}; sleep 3; exit 1; fi'
-    extra = f"health_check: {{command: {json.dumps(check)}, timeout: 10, retries: 0}}\nkeep_releases: 2\n"
+    extra = f"{pool}health_check: {{command: {json.dumps(check)}, timeout: 10, retries: 0}}\nkeep_releases: 2\n"
     inventory = make_inventory(extra=extra)
     calm = make_inventory(extra="keep_releases: 2\n")
     for version in ("v1", "v2"):
