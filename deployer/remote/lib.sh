@@ -491,13 +491,7 @@ lock_release() {
         emit lock_changed "$lr_have"
         return 0
     fi
-    if [ -f .deployer/lock/session ]; then  # a session still acting under this lock stops first
-        first_line .deployer/lock/session
-        case $line in
-            '' | *[!0-9]* | "$$") ;;
-            *) stop_session "$line" ;;
-        esac
-    fi
+    stop_recorded_session  # a session still acting under this lock stops first
     [ ! -e .deployer/lock.gone ] || rm -rf .deployer/lock.gone
     if mv .deployer/lock .deployer/lock.gone && rm -rf .deployer/lock.gone; then
         unflushed=.deployer
@@ -516,17 +510,12 @@ fence_enter() {
     # started, before this one acts; then records this session as the one acting.
     [ -n "${opt_fence:-}" ] || return 0
     fence
-    if [ -f .deployer/lock/session ]; then
-        first_line .deployer/lock/session
-        case $line in
-            '' | *[!0-9]* | "$$") ;;
-            *) stop_session "$line" ;;
-        esac
-    fi
-    if ! { printf '%s\n' "$$" > ".deployer/lock/session.$$" && mv -f ".deployer/lock/session.$$" .deployer/lock/session; }; then
+    stop_recorded_session
+    process_start $$
+    fence_me=$$${ps_start:+ $ps_start}
+    if ! { printf '%s\n' "$fence_me" > ".deployer/lock/session.$$" && mv -f ".deployer/lock/session.$$" .deployer/lock/session; }; then
         fail 30 "cannot record this session in $(pwd)/.deployer/lock"
     fi
-    fence_me=$$
 }
 
 fence() {
@@ -543,10 +532,50 @@ fence() {
     fi
 }
 
+stop_recorded_session() {
+    # stop_recorded_session: the session recorded under the lock (.deployer/lock/session: its pid
+    # and start time), if it is not this one, stops (stop_session).
+    [ -f .deployer/lock/session ] || return 0
+    first_line .deployer/lock/session
+    sr_pid=${line%% *}
+    sr_start=${line#"$sr_pid"}
+    case $sr_pid in
+        '' | *[!0-9]* | "$$") return 0 ;;
+    esac
+    stop_session "$sr_pid" "${sr_start# }"
+}
+
+process_start() {
+    # process_start PID: when process PID started, in $ps_start ("" when this host cannot tell): the
+    # kernel's start time (/proc/PID/stat, field 22, read without a process), else ps's `lstart`
+    # (BSD, macOS). A pid and its start time name one process: a pid alone is reused.
+    ps_start=
+    if [ -r "/proc/$1/stat" ]; then
+        IFS= read -r ps_rest < "/proc/$1/stat" 2>/dev/null || return 0
+        ps_rest=${ps_rest##*) }  # after the command name, which may hold spaces and parentheses
+        ps_field=3
+        while [ "$ps_field" -lt 22 ]; do
+            ps_rest=${ps_rest#* }
+            ps_field=$((ps_field + 1))
+        done
+        ps_start=${ps_rest%% *}
+        case $ps_start in
+            '' | *[!0-9]*) ps_start= ;;
+        esac
+    elif [ ! -d /proc/self ]; then
+        ps_start=$(ps -o lstart= -p "$1" 2>/dev/null) || ps_start=
+    fi
+}
+
 stop_session() {
-    # stop_session PID: stop an earlier session of the tool (its process group: sshd makes each
-    # session's shell a group leader) if it still runs and is one (its command line names a
-    # deployer script), and wait until it is gone (at most 10 s).
+    # stop_session PID [START]: stop an earlier session of the tool (its process group: sshd makes
+    # each session's shell a group leader) if it still runs and is the one recorded: the same start
+    # time (when one was recorded: pids are reused, and many hosts of a test fleet share one kernel
+    # and its pids) and a command line naming a deployer script; wait until it is gone (at most 10 s).
+    if [ -n "${2:-}" ]; then
+        process_start "$1"
+        [ "$ps_start" = "$2" ] || return 0  # that session ended; its pid is another process's now
+    fi
     if [ -r "/proc/$1/cmdline" ]; then
         ss_args=$(tr '\000' ' ' < "/proc/$1/cmdline" 2>/dev/null)
     else  # BusyBox's ps has no -p: the whole list, this pid's line

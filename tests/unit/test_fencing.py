@@ -125,3 +125,44 @@ def test_a_switch_given_up_on_in_a_slow_sync_never_goes_live_after_the_revert(ho
     time.sleep(0.2)
     assert os.readlink(Path(deploy_to, "current")) == "releases/r1"
     assert not Path(deploy_to, "releases", "r2", "previousVersion").exists()
+
+
+def _recorded_session(deploy_to: str) -> str:
+    return Path(deploy_to, ".deployer", "lock", "session").read_text()
+
+
+def test_a_recorded_pid_now_used_by_another_hosts_session_is_left_alone(host):
+    """Seen at 1,000 hosts on one kernel: a session recorded under one host's lock had ended and its
+    pid went to another host's switch session (waiting for its batch's verdict); the next session
+    here killed it as "an earlier session of this run". A session is named by its pid and its start
+    time: a pid alone is reused (every host of the test fleet shares one kernel's pids, a real host
+    reuses them too)."""
+    deploy_to = host
+    other = subprocess.Popen(  # another host's session: a deployer script by its command line
+        ["sh", "-c", "sleep 30", "deployer-switch"], start_new_session=True
+    )
+    try:
+        pid, start = _recorded_session(deploy_to).split()
+        assert pid.isdigit() and start.isdigit()  # what the last session here recorded
+        Path(deploy_to, ".deployer", "lock", "session").write_text(f"{other.pid} {start}\n")
+        code, out = run(command_line("finish", deploy_to, unlock=TOKEN, fence=TOKEN))
+        assert code == 0 and out.has("unlocked"), out.error_message()
+        assert not any("stopping an earlier session" in warning[0] for warning in out.all("warning"))
+        assert other.poll() is None  # still running
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_session_records_its_pid_and_its_start_time(host):
+    deploy_to = host
+    recorder = subprocess.Popen(["sh", "-c", command_line("finish", deploy_to, fence=TOKEN, prune="r2")])
+    try:
+        os.waitid(os.P_PID, recorder.pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped: its /proc stays
+        assert not Path(deploy_to, "releases", "r2").exists()
+        pid, start = _recorded_session(deploy_to).split()
+        assert int(pid) == recorder.pid  # the session's shell (`exec sh -c`)
+        with open(f"/proc/{pid}/stat") as stat_file:  # the kernel's own start time of that process
+            assert stat_file.read().rsplit(")", 1)[1].split()[19] == start
+    finally:
+        recorder.wait()
