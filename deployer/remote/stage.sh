@@ -132,8 +132,12 @@ fi
 
 # What the controller could not check (a pull deploy's artifact never reaches it), the host checks
 # in what it unpacked (without the archive's owners: tar -o): no device files, FIFOs or sockets, no
-# file of the deployer's own shipped at the top, and no set-id bits (removed, and said).
-odd=$(find "$staging" \( -type b -o -type c -o -type p -o -type s \) -print 2>/dev/null | head -n 1)
+# file of the deployer's own shipped at the top, and no set-id bits (removed, and said). One walk
+# of the tree finds either; only a release that has one is walked again to tell which.
+suspect=$(find "$staging" \( -type b -o -type c -o -type p -o -type s -o \
+    \( -type f \( -perm -4000 -o -perm -2000 \) \) \) -print 2>/dev/null | head -n 1)
+odd=
+[ -z "$suspect" ] || odd=$(find "$staging" \( -type b -o -type c -o -type p -o -type s \) -print 2>/dev/null | head -n 1)
 if [ -n "$odd" ]; then
     rm -rf "$staging"
     fail 20 "the artifact holds a device file, FIFO or socket (${odd#"$staging"/}): not allowed in a release"
@@ -144,7 +148,8 @@ for reserved in "$staging"/previousVersion "$staging"/previousVersion.*; do
         fail 20 "the artifact ships ${reserved#"$staging"/}: previousVersion is written by the deployer"
     fi
 done
-setid=$(find "$staging" -type f \( -perm -4000 -o -perm -2000 \) -print 2>/dev/null | head -n 1)
+setid=
+[ -z "$suspect" ] || setid=$(find "$staging" -type f \( -perm -4000 -o -perm -2000 \) -print 2>/dev/null | head -n 1)
 if [ -n "$setid" ]; then
     find "$staging" -type f \( -perm -4000 -o -perm -2000 \) -exec chmod ug-s {} + ||
         { rm -rf "$staging"; fail 30 "cannot remove set-id bits in the release"; }
