@@ -451,6 +451,9 @@ class _Records:
         """The verdict the host waits for; the time it waited does not count against its deadline."""
         self.deadline += time.monotonic() - self.waiting_since
         self.waiting_since = 0.0
+        if self.channel.closed or self.channel.eof_received:
+            name = self.connection.host.name
+            raise HostError(name, f"{self.step}: its session ended while it waited for its batch's verdict")
         self.answer(line)
 
     def answer(self, line: bytes) -> None:

@@ -422,6 +422,11 @@ class RunningScript:
     def answer(self, commit: bool) -> None:
         self.session.answer(commit)
 
+    def still_waiting(self) -> bool:
+        """Whether its host still waits for the verdict (its session has not ended meanwhile)."""
+        channel = self.session.channel
+        return not (channel.closed or channel.eof_received)
+
     def close(self) -> None:
         """Give up on it (its host sees its stdin end)."""
         self.session.close()

@@ -225,7 +225,9 @@ def switch(run: Run, hosts: list[HostPlan], request: SwitchRequest) -> dict[str,
         for host, begun in run.fleet.map(begin, [run.inventory.host(name) for name in by_name]):
             if begun is not None:
                 shown(host.name, begun)
-        commit = len(waiting.sessions) == len(by_name)
+        # commit only if every host waits, and still does: a session that ended while it waited
+        # (killed, its connection lost) holds the whole batch
+        commit = len(waiting.sessions) == len(by_name) and all(s.still_waiting() for s in waiting.sessions.values())
         for name, session in list(waiting.sessions.items()):
             try:
                 session.answer(commit)

@@ -171,3 +171,39 @@ def test_a_failed_last_batch_is_reverted_under_the_lock_with_nothing_pruned(
         assert set(before[name]) <= set(releases), (name, releases)  # nothing pruned
         assert view.version(deploy_to) == "v2"
     assert not any(lock_folders(views, deploy_to).values())
+
+
+def test_a_host_whose_session_ends_while_it_waits_for_the_verdict_holds_the_batch(
+    make_inventory, views, artifacts, deploy_to
+):
+    """`parallel: 2` for four hosts: web1 passed its checks and waits for the batch's verdict while
+    web4's health check runs; web1's session is then killed on the host (an OOM kill, a reboot of
+    sshd). Every host had passed, but web1 can no longer prune, unlock or hear a verdict: the batch
+    holds, the deploy fails naming web1, and the fleet is reverted under the lock with nothing pruned."""
+    marker, go = f"{deploy_to}-web4-checking", f"{deploy_to}-web4-go"
+    # web4's check passes once the test says so (after web1's session is gone), within its 20 s
+    check = f'if [ "$(hostname)" = web4 ]; then touch {marker}; while [ ! -e {go} ]; do sleep 0.1; done; fi'
+    calm = make_inventory(extra="keep_releases: 2\n")
+    for version in ("v1", "v3"):
+        assert run_inv("deploy", "-i", calm, "--artifact", artifacts[version]).returncode == 0
+    before = {name: sorted(view.sh("ls %s", f"{deploy_to}/releases").split()) for name, view in views.items()}
+    extra = f"parallel: 2\nkeep_releases: 2\nhealth_check: {{command: {json.dumps(check)}, timeout: 20}}\n"
+    deploying = inv_process("deploy", "-i", make_inventory(extra=extra), "--artifact", artifacts["v2"], "--json")
+    deadline = time.monotonic() + 60
+    while views["web4"].host.run("test -e %s", marker).rc != 0:
+        assert deploying.poll() is None and time.monotonic() < deadline, deploying.communicate()
+        time.sleep(0.05)
+    session = views["web1"].sh("cat %s", f"{deploy_to}/.deployer/lock/session").split()[0]
+    assert views["web1"].host.run("kill -KILL -%s", session).rc == 0  # its process group, as sshd made it
+    while views["web1"].host.run("kill -0 %s", session).rc == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert views["web4"].host.run("touch %s", go).rc == 0
+    out, err = deploying.communicate(timeout=120)
+    assert deploying.returncode == 1, out + err
+    by_host = {host["host"]: host for host in json.loads(out)["hosts"]}
+    assert "its session ended while it waited for its batch's verdict" in by_host["web1"]["message"], by_host
+    for name, view in views.items():
+        assert view.version(deploy_to) == "v3", name  # reverted
+        assert set(before[name]) <= set(view.sh("ls %s", f"{deploy_to}/releases").split()), name  # nothing pruned
+    assert not any(lock_folders(views, deploy_to).values())
