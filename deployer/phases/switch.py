@@ -161,7 +161,7 @@ def switched(connection: HostConnection, run: Run, host_plan: HostPlan, result: 
         raise StepFailed(name, "verification", 0, f"current reads back as {link!r} ({resolved!r}), not {target}")
     if not output.has("switched") and not output.has("already"):
         raise ProtocolError(name, "switch", "neither a switched nor an already record")
-    switched = Switched(
+    outcome = Switched(
         link,
         resolved,
         result.seconds,
@@ -171,11 +171,11 @@ def switched(connection: HostConnection, run: Run, host_plan: HostPlan, result: 
         confirmed=frozenset(key for key in ("pinned", "marked_bad", "history_written") if output.has(key)),
         warnings=output.warnings(),
     )
-    if switched.switched and "history_written" not in switched.confirmed and not switched.warnings:
-        switched.warnings.append("the host did not confirm writing its history line")
+    if outcome.switched and "history_written" not in outcome.confirmed and not outcome.warnings:
+        outcome.warnings.append("the host did not confirm writing its history line")
     health = output.first("health")
     if health and health[0] == "ok":
-        switched.health = f"healthy (attempt {health[1] if len(health) > 1 else '?'})"
+        outcome.health = f"healthy (attempt {health[1] if len(health) > 1 else '?'})"
     if status in SWITCHED_BUT_FAILING:
         what = SWITCHED_BUT_FAILING[status]
         detail = ""
@@ -185,8 +185,8 @@ def switched(connection: HostConnection, run: Run, host_plan: HostPlan, result: 
             hook = next((fields for fields in output.all("hook") if len(fields) > 1 and fields[1] == "failed"), None)
             if hook:
                 detail = f" (exit {hook[2]})" + (f": {hook[3]}" if len(hook) > 3 and hook[3] else "")
-        switched.failing = f"{what} failed{detail}"
-    return switched
+        outcome.failing = f"{what} failed{detail}"
+    return outcome
 
 
 def switch(run: Run, hosts: list[HostPlan], request: SwitchRequest) -> dict[str, Switched | HostError]:
