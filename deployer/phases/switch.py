@@ -263,7 +263,10 @@ class _Waiting:
 
     def take(self, name: str) -> RunningScript:
         with self.lock:
-            return self.sessions.pop(name)
+            session = self.sessions.pop(name, None)
+        if session is None:  # closed meanwhile (Ctrl-C)
+            raise HostError(name, "the switch phase stopped before this host's end was read")
+        return session
 
     def close(self) -> None:
         with self.lock:
