@@ -20,7 +20,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -85,8 +85,7 @@ def ensure_prerequisites() -> None:
     os.makedirs("/srv", exist_ok=True)
     # Fleets started at once (a suite's workers) take turns: useradd and usermod refuse to run while
     # another holds /etc/passwd's lock.
-    with open("/run/deployer-localfleet-user.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with users_lock():
         try:
             pwd.getpwnam(DEPLOY_USER)
         except KeyError:
@@ -180,7 +179,7 @@ class LocalFleet:
                 "-f",
                 self.identity_file,
             )
-        _authorize(Path(self.identity_file + ".pub").read_text())
+        authorize(Path(self.identity_file + ".pub").read_text())
         hosts = [
             LocalHost(
                 f"{prefix}{i}",
@@ -422,19 +421,52 @@ class LocalFleet:
         ]
 
 
-def _authorize(public_key: str) -> None:
-    """Add the fleet's key to the deploy user's authorized_keys (sshd reads it as that user)."""
+USERS_LOCK = "/run/deployer-localfleet-user.lock"
+
+
+@contextlib.contextmanager
+def users_lock() -> Iterator[None]:
+    """Fleets and tests on this machine take turns with the deploy user's account and its keys."""
+    with open(USERS_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _edit_authorized_keys(change: Callable[[list[str]], list[str]]) -> None:
+    """Rewrite the deploy user's authorized_keys with change(lines), under the lock, atomically.
+
+    Every fleet on this machine (a suite's workers, the soak, a benchmark) logs in through this one
+    file, so it is never rewritten from a copy read earlier (that dropped keys added meanwhile and
+    locked a running fleet out) and never seen half-written by an sshd reading it: the new text goes
+    to a file beside it, renamed over it.
+    """
     deploy = pwd.getpwnam(DEPLOY_USER)
     ssh_dir = Path(deploy.pw_dir, ".ssh")
-    ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    keys = ssh_dir / "authorized_keys"
-    existing = keys.read_text() if keys.exists() else ""
-    if public_key.strip() not in existing:
-        with keys.open("a") as handle:
-            handle.write(public_key.strip() + "\n")
-    for path in (ssh_dir, keys):
-        os.chown(path, deploy.pw_uid, deploy.pw_gid)
-    keys.chmod(0o600)
+    with users_lock():
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chown(ssh_dir, deploy.pw_uid, deploy.pw_gid)
+        keys = ssh_dir / "authorized_keys"
+        lines = keys.read_text().splitlines() if keys.exists() else []
+        changed = change(lines)
+        if changed == lines and keys.exists():
+            return
+        fresh = ssh_dir / ".authorized_keys.new"
+        fresh.write_text("".join(line + "\n" for line in changed))
+        os.chown(fresh, deploy.pw_uid, deploy.pw_gid)
+        fresh.chmod(0o600)
+        os.replace(fresh, keys)
+
+
+def authorize(public_key: str) -> None:
+    """Let `public_key` log in as the deploy user (kept if already there)."""
+    key = public_key.strip()
+    _edit_authorized_keys(lambda lines: lines if key in lines else [*lines, key])
+
+
+def revoke(public_key: str) -> None:
+    """Remove exactly `public_key` from the deploy user's keys; every other key stays."""
+    key = public_key.strip()
+    _edit_authorized_keys(lambda lines: [line for line in lines if line.strip() != key])
 
 
 def _listening(address: str, port: int) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.playground.localfleet import DEPLOY_USER, LocalFleet
+from deployer.playground.localfleet import DEPLOY_USER, LocalFleet, users_lock
 from tests.conftest import run_inv, run_on_a_terminal
 
 SUDOERS = "/etc/sudoers.d/zz-deployer-tests"
@@ -38,7 +38,8 @@ def sudo_for_deploy() -> Iterator[None]:
     old_hash = saved.stdout.split(":")[1]
     if os.path.exists(SUDOERS):  # a run killed before its teardown: that hash is its test password
         old_hash = "*"
-    subprocess.run(["chpasswd"], input=f"{DEPLOY_USER}:{PASSWORD}\n", text=True, check=True)
+    with users_lock():  # another worker's fleet may be running useradd/usermod right now
+        subprocess.run(["chpasswd"], input=f"{DEPLOY_USER}:{PASSWORD}\n", text=True, check=True)
     Path(SUDOERS).write_text(f"Defaults:{DEPLOY_USER} timestamp_timeout=0, !lecture\n{DEPLOY_USER} ALL=(root) ALL\n")
     os.chmod(SUDOERS, 0o440)
     subprocess.run(["visudo", "-cf", SUDOERS], check=True, capture_output=True)
@@ -46,7 +47,8 @@ def sudo_for_deploy() -> Iterator[None]:
         yield
     finally:
         os.remove(SUDOERS)
-        subprocess.run(["usermod", "-p", old_hash, DEPLOY_USER], check=True)
+        with users_lock():
+            subprocess.run(["usermod", "-p", old_hash, DEPLOY_USER], check=True)
 
 
 def sudo_inventory(make_inventory, hosts=None, password_line="sudo_password_env: TEST_SUDO_PASSWORD", hooks=None):  # type: ignore[no-untyped-def]

@@ -4,7 +4,6 @@ the JSON, the history, the host's process list; an encrypted key is opened with 
 from __future__ import annotations
 
 import os
-import pwd
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from deployer.playground.localfleet import authorize, revoke
 from tests.conftest import REPO, run_inv
 
 pytestmark = pytest.mark.fleet
@@ -66,12 +66,13 @@ def encrypted_key(tmp_path):
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "correct horse", "-f", str(key), "-C", "encrypted-test"], check=True
     )
-    public = key.with_suffix(".pub").read_text().strip()
-    authorized = Path(pwd.getpwnam("deploy").pw_dir, ".ssh", "authorized_keys")
-    original = authorized.read_text()
-    authorized.write_text(original + public + "\n")
-    yield str(key)
-    authorized.write_text(original)
+    public = key.with_suffix(".pub").read_text()
+    # Only this key is added and then removed: the file is every running fleet's (the soak's too).
+    authorize(public)
+    try:
+        yield str(key)
+    finally:
+        revoke(public)
 
 
 def test_encrypted_identity_file_with_passphrase_from_the_environment(

@@ -1,10 +1,15 @@
 """The local fleet itself: separate hosts with their own identity and filesystem."""
 
 import json
+import pwd
 import socket
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from deployer.playground.localfleet import DEPLOY_USER, authorize, revoke
 from tests.conftest import run_inv
 
 pytestmark = pytest.mark.fleet
@@ -35,3 +40,45 @@ def test_fleet_up_and_down_report_as_json(tmp_path):
     assert down.returncode == 0 and json.loads(down.stdout) == {"stopped": ["web1", "web2"]}
     with pytest.raises(OSError):
         socket.create_connection((data["hosts"][0]["address"], data["hosts"][0]["port"]), timeout=2)
+
+
+def _login(fleet, key: str) -> int:
+    """Exit status of `true` on the fleet's first host, logging in with `key` only."""
+    command = fleet.ssh_command(fleet.hosts()[0].name, "true")
+    command[command.index("-i") + 1] = key
+    return subprocess.run(command, capture_output=True, timeout=30).returncode
+
+
+def test_a_key_taken_back_leaves_the_keys_added_meanwhile(local_fleet, tmp_path):
+    """Every fleet on the machine logs in through one authorized_keys: a test's key removed at its end
+    takes nothing else with it (restoring a copy read earlier locked the soak's fleet out, mid-run)."""
+    keys = {}
+    for name in ("borrowed", "meanwhile"):
+        path = tmp_path / name
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True)
+        keys[name] = str(path)
+    authorize(Path(keys["borrowed"] + ".pub").read_text())
+    assert _login(local_fleet, keys["borrowed"]) == 0
+    authorize(Path(keys["meanwhile"] + ".pub").read_text())  # another fleet starting on the machine
+    revoke(Path(keys["borrowed"] + ".pub").read_text())
+    try:
+        assert _login(local_fleet, keys["borrowed"]) != 0
+        assert _login(local_fleet, keys["meanwhile"]) == 0
+        assert _login(local_fleet, local_fleet.identity_file) == 0
+    finally:
+        revoke(Path(keys["meanwhile"] + ".pub").read_text())
+    assert _login(local_fleet, local_fleet.identity_file) == 0
+
+
+def test_fleets_starting_at_once_all_keep_their_keys():
+    keys = [f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{i:038d} concurrent-{i}" for i in range(24)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(authorize, keys))
+    try:
+        lines = Path(pwd.getpwnam(DEPLOY_USER).pw_dir, ".ssh", "authorized_keys").read_text().splitlines()
+        assert all(lines.count(key) == 1 for key in keys)
+    finally:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(revoke, keys))
+    lines = Path(pwd.getpwnam(DEPLOY_USER).pw_dir, ".ssh", "authorized_keys").read_text().splitlines()
+    assert not any(key in lines for key in keys)
