@@ -32,7 +32,8 @@ import paramiko
 from benchmarks.harness import hosts_cpu
 from deployer.fleet import Fleet
 from deployer.inventory import load_inventory
-from deployer.playground.localfleet import DEPLOY_USER, LocalFleet
+from deployer.playground.deploy_user import DEPLOY_USER
+from deployer.playground.localfleet import LocalFleet
 
 SINK = "cat >/dev/null"
 Send = Callable[[bytes], None]

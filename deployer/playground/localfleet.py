@@ -11,7 +11,6 @@ running inside that host's mount namespace.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import pwd
@@ -20,17 +19,17 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deployer.errors import FleetError
+from deployer.playground.deploy_user import DEPLOY_USER, authorize, ensure_deploy_user, run_command
 from deployer.playground.userlands import ROOT as USERLAND_ROOT
 from deployer.playground.userlands import discard as discard_userland
 from deployer.playground.userlands import prepare as prepare_userland
 from deployer.playground.userlands import setup_script as userland_setup
 
-DEPLOY_USER = "deploy"
 SSHD = "/usr/sbin/sshd"
 DEFAULT_PORT = 2222
 
@@ -60,15 +59,6 @@ class LocalHost:
         return os.path.join(self.root, "sshd.pid")
 
 
-def _run(*command: str) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(command, check=True, capture_output=True, text=True)
-    except subprocess.CalledProcessError as exc:
-        raise FleetError(f"{' '.join(command)} failed: {exc.stderr.strip() or exc.stdout.strip()}") from None
-    except FileNotFoundError:
-        raise FleetError(f"{command[0]} is not installed") from None
-
-
 def ensure_prerequisites() -> None:
     """Root, unshare, openssh-server (installed when missing) and the deploy user."""
     if os.geteuid() != 0:
@@ -83,19 +73,7 @@ def ensure_prerequisites() -> None:
                 raise FleetError(f"installing openssh-server failed: {done.stderr.strip()[-500:]}")
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     os.makedirs("/srv", exist_ok=True)
-    # Fleets started at once (a suite's workers) take turns: useradd and usermod refuse to run while
-    # another holds /etc/passwd's lock.
-    with users_lock():
-        try:
-            pwd.getpwnam(DEPLOY_USER)
-        except KeyError:
-            _run("useradd", "--create-home", "--shell", "/bin/sh", DEPLOY_USER)
-        # A user without a password is "locked" ('!') for sshd; '*' means no password but not locked.
-        # A password set meanwhile (the sudo tests, while another fleet starts) is left as it is.
-        shadow = subprocess.run(["getent", "shadow", DEPLOY_USER], capture_output=True, text=True, check=False)
-        password = shadow.stdout.split(":")[1] if shadow.stdout.count(":") > 1 else ""
-        if password == "" or password.startswith("!"):
-            _run("usermod", "-p", "*", DEPLOY_USER)
+    ensure_deploy_user()
 
 
 def host_address(subnet: str, index: int) -> str:
@@ -167,7 +145,7 @@ class LocalFleet:
             prepare_userland(kind, self.userland_dir, self.state_dir)
         os.makedirs(self.state_dir, exist_ok=True)
         if not os.path.exists(self.identity_file):
-            _run(
+            run_command(
                 "ssh-keygen",
                 "-q",
                 "-t",
@@ -210,7 +188,7 @@ class LocalFleet:
         os.chown(host.srv, deploy.pw_uid, deploy.pw_gid)
         key = os.path.join(host.root, "ssh_host_ed25519_key")
         if not os.path.exists(key):
-            _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", key)
+            run_command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", key)
         Path(host.config).write_text(
             SSHD_CONFIG.format(
                 address=host.address,
@@ -419,54 +397,6 @@ class LocalFleet:
             f"{DEPLOY_USER}@{host.address}",
             *remote,
         ]
-
-
-USERS_LOCK = "/run/deployer-localfleet-user.lock"
-
-
-@contextlib.contextmanager
-def users_lock() -> Iterator[None]:
-    """Fleets and tests on this machine take turns with the deploy user's account and its keys."""
-    with open(USERS_LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def _edit_authorized_keys(change: Callable[[list[str]], list[str]]) -> None:
-    """Rewrite the deploy user's authorized_keys with change(lines), under the lock, atomically.
-
-    Every fleet on this machine (a suite's workers, the soak, a benchmark) logs in through this one
-    file, so it is never rewritten from a copy read earlier (that dropped keys added meanwhile and
-    locked a running fleet out) and never seen half-written by an sshd reading it: the new text goes
-    to a file beside it, renamed over it.
-    """
-    deploy = pwd.getpwnam(DEPLOY_USER)
-    ssh_dir = Path(deploy.pw_dir, ".ssh")
-    with users_lock():
-        ssh_dir.mkdir(mode=0o700, exist_ok=True)
-        os.chown(ssh_dir, deploy.pw_uid, deploy.pw_gid)
-        keys = ssh_dir / "authorized_keys"
-        lines = keys.read_text().splitlines() if keys.exists() else []
-        changed = change(lines)
-        if changed == lines and keys.exists():
-            return
-        fresh = ssh_dir / ".authorized_keys.new"
-        fresh.write_text("".join(line + "\n" for line in changed))
-        os.chown(fresh, deploy.pw_uid, deploy.pw_gid)
-        fresh.chmod(0o600)
-        os.replace(fresh, keys)
-
-
-def authorize(public_key: str) -> None:
-    """Let `public_key` log in as the deploy user (kept if already there)."""
-    key = public_key.strip()
-    _edit_authorized_keys(lambda lines: lines if key in lines else [*lines, key])
-
-
-def revoke(public_key: str) -> None:
-    """Remove exactly `public_key` from the deploy user's keys; every other key stays."""
-    key = public_key.strip()
-    _edit_authorized_keys(lambda lines: [line for line in lines if line.strip() != key])
 
 
 def _listening(address: str, port: int) -> bool:

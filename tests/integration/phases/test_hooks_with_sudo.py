@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from deployer.playground.localfleet import DEPLOY_USER, LocalFleet, users_lock
+from deployer.playground.deploy_user import DEPLOY_USER, users_lock
+from deployer.playground.localfleet import LocalFleet
 from tests.conftest import run_inv, run_on_a_terminal
 
 SUDOERS = "/etc/sudoers.d/zz-deployer-tests"

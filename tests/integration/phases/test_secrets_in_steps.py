@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.playground.localfleet import authorize, revoke
+from deployer.playground.deploy_user import authorize, revoke
 from tests.conftest import REPO, run_inv
 
 pytestmark = pytest.mark.fleet

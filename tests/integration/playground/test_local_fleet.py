@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.playground.localfleet import DEPLOY_USER, authorize, revoke
+from deployer.playground.deploy_user import DEPLOY_USER, authorize, revoke
 from tests.conftest import run_inv
 
 pytestmark = pytest.mark.fleet
