@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import paramiko
 from fabric import Connection
 
+from deployer.channel import Wakeup, end_stdin, exec_without_waiting
 from deployer.errors import CommandTimeout, HostError, HostUnreachable
 from deployer.inventory import Host, Inventory
 from deployer.protocol import MAX_OUTPUT_BYTES, ProtocolError
@@ -76,41 +77,6 @@ class _Collected:
 
     def text(self) -> str:
         return b"".join(self.chunks).decode("utf-8", errors="replace")
-
-
-def _exec_without_waiting(transport: paramiko.Transport, channel: paramiko.Channel, command: str) -> None:
-    """`channel.exec_command(command)` without waiting for sshd's reply: what follows (stdin, then
-    reading) goes out at once, one round trip less per session. sshd handles the channel's messages
-    in order, so the command has started when the stdin data reaches it. The reply still comes: a
-    refusal makes paramiko close the channel (`Channel._request_failed`), which ends the step with
-    no exit status (-1), as a command killed by a signal does. Built as paramiko's own
-    `exec_command` builds it (3.4 to 5.x)."""
-    message = paramiko.Message()
-    message.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
-    message.add_int(channel.remote_chanid)
-    message.add_string("exec")
-    message.add_boolean(True)
-    message.add_string(command)
-    transport._send_user_message(message)  # type: ignore[attr-defined]  # noqa: SLF001 - see the docstring
-
-
-class _Wakeup(threading.Event):
-    """Set when either stream of a channel has data or is closed, with no file descriptor:
-    Channel.fileno() makes a pipe pair per channel, and select() refuses a descriptor past 1023,
-    which a fleet of a few hundred hosts passes. paramiko clears a stream's event when that
-    stream is drained; here only the reader clears it (`arm`, before it looks at both streams),
-    so data on one stream is never hidden by draining the other."""
-
-    def __init__(self, channel: paramiko.Channel) -> None:
-        super().__init__()
-        channel.in_buffer.set_event(self)
-        channel.in_stderr_buffer.set_event(self)
-
-    def clear(self) -> None:
-        """paramiko's call when one stream is drained: ignored (see the class)."""
-
-    def arm(self) -> None:
-        super().clear()
 
 
 class HostConnection:
@@ -190,11 +156,11 @@ class HostConnection:
         session = Session(self, transport, channel, step, (started, limit), records)
         with session.mapped():
             channel.settimeout(limit)
-            _exec_without_waiting(transport, channel, command)
+            exec_without_waiting(transport, channel, command)
             if upload:
                 self._send(channel, upload, session.records.deadline)
             if gate is None and not verdict and offer is None:
-                channel.shutdown_write()
+                end_stdin(channel)
         return session
 
     def _open_session(self, transport: paramiko.Transport, timeout: float) -> paramiko.Channel:
@@ -366,7 +332,7 @@ class Session:
         when either has data or closes; the records are read as they come, and hold the deadline (a
         fetch slot's wait moves it: waiting and working have their own bounds)."""
         channel, records = self.channel, self.records
-        wake = _Wakeup(channel)
+        wake = Wakeup(channel)
         while True:
             wake.arm()
             while channel.recv_ready():
@@ -430,7 +396,7 @@ class _Records:
             self.offer = None  # asked once
         elif name == "have-script" and self.offer is not None:
             self.offer = None
-            self.channel.shutdown_write()  # nothing more will be asked
+            end_stdin(self.channel)  # nothing more will be asked
         elif self.gate is not None and name == "fetch-wait":
             if self.asked:
                 raise ProtocolError(self.connection.host.name, self.step, "it asked for a fetch slot twice")
@@ -469,13 +435,12 @@ class _Records:
             if sent <= 0:
                 raise ProtocolError(self.connection.host.name, self.step, "it stopped reading before its answer")
             data = data[sent:]
-        self.channel.shutdown_write()
+        end_stdin(self.channel)
 
     def end_input(self) -> None:
         """End stdin if it was kept open for an answer never asked for: sshd closes the session
         only then (a host with `MaxSessions 1` refuses the next one until it has)."""
-        if not self.channel.eof_sent and not self.channel.closed:
-            self.channel.shutdown_write()
+        end_stdin(self.channel)
 
     def take_slot(self, gate: threading.Semaphore) -> None:
         """Wait for a slot of the fetch gate, within its own bound (`timeouts.fetch_wait`): the time

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from paramiko.common import MSG_CHANNEL_EOF
 
 from deployer.connection import HostConnection
 from deployer.fleet import Fleet
@@ -34,3 +35,30 @@ def test_a_host_asking_for_a_fetch_slot_twice_fails_at_once(connection: HostConn
         connection.run(script, timeout=30, upload=[b""], gate=gate, step="stage")
     assert time.monotonic() - started < 10
     assert gate.acquire(blocking=False)  # the slot it held was given back
+
+
+def test_a_session_whose_script_ends_as_its_input_ends_keeps_the_connection(connection: HostConnection):
+    """The host's CLOSE handled between paramiko marking our EOF sent and sending it: paramiko's CLOSE
+    went first, sshd freed the channel, our EOF then named a channel that no longer existed and sshd
+    dropped the connection ("ieof packet referred to nonexistent channel"; the soak lost a host so, 1
+    run in 10). The gap is widened here: a session's EOF leaves this thread 0.5 s late, long after the
+    script (`true`) ended. The next session on the same connection must still run."""
+    transport = connection.connection.client.get_transport()
+    assert transport is not None
+    send = transport._send_user_message
+    delayed = []
+
+    def late_eof(message):  # type: ignore[no-untyped-def]
+        if threading.current_thread() is not transport and message.asbytes()[:1] == bytes([MSG_CHANNEL_EOF]):
+            delayed.append(message)
+            time.sleep(0.5)
+        return send(message)
+
+    transport._send_user_message = late_eof  # type: ignore[method-assign]
+    try:
+        assert connection.run("true", timeout=30, step="first").exit_status == 0
+    finally:
+        transport._send_user_message = send  # type: ignore[method-assign]
+    assert len(delayed) == 1  # the gap was really there
+    assert connection.run("echo second", timeout=30, step="second").stdout.strip() == "second"
+    assert transport.is_active()
