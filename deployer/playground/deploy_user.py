@@ -30,7 +30,8 @@ def users_lock() -> Iterator[None]:
 
 
 def _edit_authorized_keys(change: Callable[[list[str]], list[str]]) -> None:
-    """Rewrite the deploy user's authorized_keys with change(lines), under the lock, atomically.
+    """Rewrite the deploy user's authorized_keys with change(lines) (its lines, stripped), under the
+    lock, atomically.
 
     Every fleet on this machine (a suite's workers, the soak, a benchmark) logs in through this one
     file, so it is never rewritten from a copy read earlier (that dropped keys added meanwhile and
@@ -43,9 +44,10 @@ def _edit_authorized_keys(change: Callable[[list[str]], list[str]]) -> None:
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
         os.chown(ssh_dir, deploy.pw_uid, deploy.pw_gid)
         keys = ssh_dir / "authorized_keys"
-        lines = keys.read_text().splitlines() if keys.exists() else []
+        present = keys.exists()
+        lines = [line.strip() for line in keys.read_text().splitlines()] if present else []
         changed = change(lines)
-        if changed == lines and keys.exists():
+        if present and changed == lines:
             return
         fresh = ssh_dir / ".authorized_keys.new"
         fresh.write_text("".join(line + "\n" for line in changed))
@@ -63,7 +65,7 @@ def authorize(public_key: str) -> None:
 def revoke(public_key: str) -> None:
     """Remove exactly `public_key` from the deploy user's keys; every other key stays."""
     key = public_key.strip()
-    _edit_authorized_keys(lambda lines: [line for line in lines if line.strip() != key])
+    _edit_authorized_keys(lambda lines: [line for line in lines if line != key])
 
 
 def ensure_deploy_user() -> None:

@@ -72,13 +72,14 @@ def test_a_key_taken_back_leaves_the_keys_added_meanwhile(local_fleet, tmp_path)
 
 def test_fleets_starting_at_once_all_keep_their_keys():
     keys = [f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{i:038d} concurrent-{i}" for i in range(24)]
+    authorized = Path(pwd.getpwnam(DEPLOY_USER).pw_dir, ".ssh", "authorized_keys")
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(authorize, keys))
     try:
-        lines = Path(pwd.getpwnam(DEPLOY_USER).pw_dir, ".ssh", "authorized_keys").read_text().splitlines()
+        lines = authorized.read_text().splitlines()
         assert all(lines.count(key) == 1 for key in keys)
     finally:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(revoke, keys))
-    lines = Path(pwd.getpwnam(DEPLOY_USER).pw_dir, ".ssh", "authorized_keys").read_text().splitlines()
+    lines = authorized.read_text().splitlines()
     assert not any(key in lines for key in keys)
