@@ -1,13 +1,62 @@
 """What the tool does on a paramiko channel below paramiko's public API, each for a reason its
-docstring gives: the exec request sent without waiting for its reply, the session's stdin ended in
-order with the host's CLOSE, and a reader woken without a file descriptor per channel. Checked
-against paramiko 3.4 to 5.x."""
+docstring gives: a session's channel asked for before it is needed, the exec request sent without
+waiting for its reply, the session's stdin ended in order with the host's CLOSE, and a reader woken
+without a file descriptor per channel. Checked against paramiko 3.4 to 5.x."""
 
 from __future__ import annotations
 
 import threading
+import time
+from typing import Any
 
 import paramiko
+
+
+class ChannelAhead:
+    """A session channel asked for before the step that uses it. `Transport.open_session` sends
+    the open and blocks for sshd's confirmation, a round trip per session; asked for while the
+    current step runs (or as soon as the host is connected), the confirmation is in by the time the
+    next step starts. Built as paramiko's own `open_channel` builds it, without its wait, on the
+    calling thread (no thread per host; a background `open_session` beside the worker's own use of
+    the transport was what the first version did). A channel asked for and never taken runs nothing
+    on the host (sshd starts a command only on exec) and goes with its connection."""
+
+    def __init__(self, transport: paramiko.Transport) -> None:
+        self.transport = transport
+        t: Any = transport  # paramiko's internals, see the docstring
+        with t.lock:
+            window = t._sanitize_window_size(None)  # noqa: SLF001
+            packet = t._sanitize_packet_size(None)  # noqa: SLF001
+            self.chanid: int = t._next_channel()  # noqa: SLF001
+            message = paramiko.Message()
+            message.add_byte(paramiko.common.cMSG_CHANNEL_OPEN)
+            message.add_string("session")
+            message.add_int(self.chanid)
+            message.add_int(window)
+            message.add_int(packet)
+            # held here: paramiko's map of channels keeps only weak references
+            self.channel = channel = paramiko.Channel(self.chanid)
+            t._channels.put(self.chanid, channel)  # noqa: SLF001
+            self.confirmed = threading.Event()
+            t.channel_events[self.chanid] = self.confirmed
+            t.channels_seen[self.chanid] = True
+            channel._set_transport(transport)  # type: ignore[attr-defined]  # noqa: SLF001
+            channel._set_window(window, packet)  # type: ignore[attr-defined]  # noqa: SLF001
+        t._send_user_message(message)  # noqa: SLF001
+
+    def take(self, timeout: float) -> paramiko.Channel | None:
+        """The channel once sshd confirmed it (waiting at most `timeout`), or None: refused (a host
+        whose sshd allows one session at a time, `MaxSessions 1`), not confirmed in time, or the
+        connection gone. The caller then opens one itself, and reports what that one meets."""
+        transport: Any = self.transport
+        deadline = time.monotonic() + timeout
+        while not self.confirmed.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if not transport.is_active() or time.monotonic() >= deadline:
+                return None
+        if transport._channels.get(self.chanid) is not self.channel:  # noqa: SLF001
+            transport.get_exception()  # refused: paramiko kept the refusal for open_channel's caller, i.e. us
+            return None
+        return self.channel
 
 
 def exec_without_waiting(transport: paramiko.Transport, channel: paramiko.Channel, command: str) -> None:

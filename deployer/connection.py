@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import paramiko
 from fabric import Connection
 
-from deployer.channel import Wakeup, end_stdin, exec_without_waiting
+from deployer.channel import ChannelAhead, Wakeup, end_stdin, exec_without_waiting
 from deployer.errors import CommandTimeout, HostError, HostUnreachable
 from deployer.inventory import Host, Inventory
 from deployer.protocol import MAX_OUTPUT_BYTES, ProtocolError
@@ -97,6 +97,25 @@ class HostConnection:
         self.kept: set[str] = set()  # the file names of the scripts' copies this host keeps (deployer.scripts)
         self.observer = observer
         self.stopping = stopping or threading.Event()  # set on Ctrl-C: uploads stop at the next packet
+        # Sessions the operation runs here when all goes well (its budget): up to that many, the
+        # next session's channel is asked for while the current one runs (`ask_ahead`), so the next
+        # step starts a round trip sooner. 0 once a host refused one (sshd's MaxSessions 1).
+        self.sessions_expected = 1
+        self._ahead: ChannelAhead | None = None
+
+    def ask_ahead(self) -> None:
+        """Ask for the next session's channel now, if the operation's budget has one more session
+        (see `sessions_expected`); the next `start` takes it. Failing here costs nothing: that step
+        opens its own and reports what it meets."""
+        if self._ahead is not None or self.sessions >= self.sessions_expected:
+            return
+        transport = self.connection.client.get_transport()
+        if transport is None or not transport.is_active():
+            return
+        try:
+            self._ahead = ChannelAhead(transport)
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            log.debug("%s: asking for a session's channel ahead failed: %s", self.host.name, error)
 
     def tell(self, event: str, detail: str = "") -> None:
         """Tell the observer (the live view, the timeline) what this host is doing."""
@@ -149,7 +168,7 @@ class HostConnection:
         if transport is None or not transport.is_active():
             raise HostUnreachable(self.host.name, "the SSH connection was lost")
         with transport_errors(self.host.name, "cannot open a session"):
-            channel = self._open_session(transport, min(limit, self.timeouts.connect))
+            channel = self._channel(transport, min(limit, self.timeouts.connect))
         self.sessions += 1
         self.tell("step", step)
         records = _Records(self, channel, started + limit, gate, step, verdict, offer)
@@ -157,11 +176,24 @@ class HostConnection:
         with session.mapped():
             channel.settimeout(limit)
             exec_without_waiting(transport, channel, command)
+            self.ask_ahead()
             if upload:
                 self._send(channel, upload, session.records.deadline)
             if gate is None and not verdict and offer is None:
                 end_stdin(channel)
         return session
+
+    def _channel(self, transport: paramiko.Transport, timeout: float) -> paramiko.Channel:
+        """The channel asked for ahead if sshd confirmed it, else a new one. A host that refused
+        one asked ahead (it allows one session at a time) is asked no more ahead on this
+        connection: each refusal is an error line in its sshd's log."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            channel = ahead.take(timeout)
+            if channel is not None:
+                return channel
+            self.sessions_expected = 0
+        return self._open_session(transport, timeout)
 
     def _open_session(self, transport: paramiko.Transport, timeout: float) -> paramiko.Channel:
         """A new session channel. A host that allows few sessions per connection (sshd's

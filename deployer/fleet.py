@@ -171,9 +171,11 @@ class Fleet:
         accept_new_host_keys: bool = False,
         parallel: int | None = None,
         observer: Observer | None = None,
+        sessions_expected: int = 1,
     ) -> None:
         self.inventory = inventory
         self.observer = observer
+        self.sessions_expected = sessions_expected  # per host: see HostConnection.sessions_expected
         ensure_open_files(len(inventory.hosts))
         self.parallel = max(1, parallel or inventory.parallel)
         self.known_hosts = load_known_hosts(inventory.known_hosts)
@@ -236,6 +238,8 @@ class Fleet:
             self._tell(host, "connect-failed", "unreachable")
             raise
         handle.observer = self.observer
+        handle.sessions_expected = self.sessions_expected
+        handle.ask_ahead()  # for the operation's first step here
         seconds = time.monotonic() - started
         self._tell(host, "connected", f"{seconds:.2f}")
         via = f" through {host.gateway}" if host.gateway else ""

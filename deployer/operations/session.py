@@ -61,13 +61,20 @@ def prepared_artifact(inventory: Inventory, source: str, options: Options) -> Pr
     )
 
 
-def open_fleet(inventory: Inventory, options: Options, progress: Progress | None = None) -> Fleet:
+# Exec sessions per host an operation runs when all goes well (deploy's and rollback's are the
+# budgets the tests assert): the fleet asks for each next session's channel while the current one
+# runs, up to this many (deployer.connection, HostConnection.sessions_expected).
+SESSIONS_EXPECTED = {"deploy": 3, "rollback": 2, "rollback-drill": 9, "unpin": 2, "prune": 2, "place-signers": 2}
+
+
+def open_fleet(inventory: Inventory, options: Options, progress: Progress | None = None, operation: str = "") -> Fleet:
     set_secrets(inventory.secrets())
     return Fleet(
         inventory,
         accept_new_host_keys=options.accept_new_host_keys,
         parallel=options.parallel,
         observer=progress.observe if progress is not None else None,
+        sessions_expected=SESSIONS_EXPECTED.get(operation, 1),
     )
 
 
@@ -76,7 +83,7 @@ def locked_run(
     inventory: Inventory, operation: str, options: Options, progress: Progress
 ) -> Iterator[tuple[Run, dict[str, HostState], Unreachable, Phase]]:
     """Open the fleet, take the lock while reading state; release whatever is still held on the way out."""
-    with open_fleet(inventory, options, progress) as fleet:
+    with open_fleet(inventory, options, progress, operation) as fleet:
         lock = FleetLock(operation, options.message, pull=bool(options.pull or options.sha256))
         run = Run(fleet, lock, progress, options.message)
         started = time.monotonic()

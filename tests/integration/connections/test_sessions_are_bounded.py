@@ -3,11 +3,12 @@ connection code): a host that breaks the fetch protocol fails that host at once,
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 
 import pytest
-from paramiko.common import MSG_CHANNEL_EOF
+from paramiko.common import MSG_CHANNEL_EOF, MSG_CHANNEL_OPEN
 
 from deployer.connection import HostConnection
 from deployer.fleet import Fleet
@@ -62,3 +63,37 @@ def test_a_session_whose_script_ends_as_its_input_ends_keeps_the_connection(conn
     assert len(delayed) == 1  # the gap was really there
     assert connection.run("echo second", timeout=30, step="second").stdout.strip() == "second"
     assert transport.is_active()
+
+
+def test_each_next_sessions_channel_is_asked_for_while_the_current_one_runs(make_inventory, local_fleet):
+    """Issue 30's round trips: an operation that expects 3 sessions on a host asks for the first
+    channel as soon as the host is connected and for each next one while the current session runs,
+    so no session after the first waits a round trip for its channel; no channel is asked for
+    beyond the budget, and sshd starts exactly the 3 sessions (a channel asked for and taken is
+    the one the session runs on: paramiko keeps channels by weak reference, and a channel asked
+    for but lost would be opened again, after the last session ended)."""
+    inventory = load_inventory(make_inventory(hosts=["web1"]))
+    host = local_fleet.host("web1")
+    started_before = local_fleet.ssh_counts()["web1"][1]
+    events: list[str] = []
+    with Fleet(inventory, sessions_expected=3) as fleet:
+        transport_of = {}
+
+        def counting(message):  # type: ignore[no-untyped-def]
+            if message.asbytes()[:1] == bytes([MSG_CHANNEL_OPEN]):
+                events.append("open")
+            return transport_of["send"](message)
+
+        connection = fleet.connect(inventory.host("web1"))
+        transport = connection.connection.client.get_transport()
+        assert transport is not None
+        events.extend(["open"] * transport._channel_counter)  # asked for at connect, before this wrapper
+        transport_of["send"] = transport._send_user_message
+        transport._send_user_message = counting  # type: ignore[method-assign]
+        for number in (1, 2, 3):
+            gc.collect()
+            events.append(f"start {number}")
+            assert connection.run("sleep 0.2", timeout=30, step=f"step{number}").exit_status == 0
+            events.append(f"end {number}")
+    assert events == ["open", "start 1", "open", "end 1", "start 2", "open", "end 2", "start 3", "end 3"]
+    assert local_fleet.ssh_counts()["web1"][1] - started_before == 3, host.log
