@@ -3,6 +3,7 @@ and a host that lacks a required tool is named and left alone before anything ch
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -64,3 +65,45 @@ def test_a_host_without_a_required_tool_is_named_and_nothing_changes(
         assert view.current_link(deploy_to) is None, name
         assert view.releases(deploy_to) == [], name
         assert view.host.run("test -e %s/.deployer/lock", deploy_to).rc != 0, f"{name}: lock left behind"
+
+
+@pytest.fixture
+def cdpath_in_every_session(local_fleet: LocalFleet) -> Iterator[None]:
+    """Every host's sessions get CDPATH in their environment, as a deploy user's shell start-up
+    file or sshd's SetEnv can give them (bash reads ~/.bashrc even for `ssh host command`). With
+    CDPATH set, POSIX `cd` prints the folder it entered: a script's `$(cd releases && pwd -P)`
+    then holds that path twice."""
+    originals = {host.name: Path(host.config).read_text() for host in local_fleet.hosts()}
+    try:
+        for host in local_fleet.hosts():
+            local_fleet.stop_host(host.name)
+            Path(host.config).write_text(originals[host.name] + "SetEnv CDPATH=.:/tmp\n")
+            local_fleet.start_host(host.name)
+            local_fleet.wait_ready(host)
+        yield
+    finally:
+        for host in local_fleet.hosts():
+            local_fleet.stop_host(host.name)
+            Path(host.config).write_text(originals[host.name])
+            local_fleet.start_host(host.name)
+            local_fleet.wait_ready(host)
+
+
+def test_a_deploy_users_cdpath_changes_nothing(
+    local_fleet, make_inventory, views, artifacts, deploy_to, cdpath_in_every_session
+):
+    for host in local_fleet.hosts():  # the variable reaches every userland's sessions, tcsh's too
+        assert raw(local_fleet, host.name, "echo $CDPATH").stdout.strip() == ".:/tmp", host.name
+    inventory = make_inventory()
+    for version in ("v1", "v2"):
+        done = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts[version])
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert {name: view.version(deploy_to) for name, view in views.items()} == dict.fromkeys(views, version)
+    status = json.loads(run_inv("status", "--inventory", inventory, "--json").stdout)
+    live = {name: view.current_release(deploy_to) for name, view in views.items()}
+    assert {host["host"]: (host["current"], host["problems"]) for host in status["hosts"]} == {
+        name: (release, []) for name, release in live.items()
+    }
+    back = run_inv("rollback", "--inventory", inventory)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert {name: view.version(deploy_to) for name, view in views.items()} == dict.fromkeys(views, "v1")
