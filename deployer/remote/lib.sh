@@ -15,10 +15,11 @@
 set -u
 LC_ALL=C
 export LC_ALL
-# A CDPATH from the deploy user's environment (a shell's start-up file, sshd's SetEnv) makes `cd`
-# print the folder it entered, into whatever captures the output: `$(cd releases && pwd -P)` would
-# hold it twice. Unset, cd is silent and goes only where it is told.
-unset CDPATH
+# Variables of the deploy user's environment (a shell's start-up file, sshd's SetEnv) that change
+# what the tools these scripts call do: CDPATH makes `cd` print the folder it entered, into whatever
+# captures the output (`$(cd releases && pwd -P)` would hold it twice); GNU tar takes options from
+# TAR_OPTIONS (--to-stdout unpacked every release as an empty folder) and gzip from GZIP.
+unset CDPATH TAR_OPTIONS GZIP
 umask 022
 
 # The session's own stderr, kept on fd 9 for the watchdog's heartbeat (run_bounded): a write there

@@ -69,15 +69,17 @@ def test_a_host_without_a_required_tool_is_named_and_nothing_changes(
 
 @pytest.fixture
 def cdpath_in_every_session(local_fleet: LocalFleet) -> Iterator[None]:
-    """Every host's sessions get CDPATH in their environment, as a deploy user's shell start-up
-    file or sshd's SetEnv can give them (bash reads ~/.bashrc even for `ssh host command`). With
-    CDPATH set, POSIX `cd` prints the folder it entered: a script's `$(cd releases && pwd -P)`
-    then holds that path twice."""
+    """Every host's sessions get CDPATH and TAR_OPTIONS in their environment, as a deploy user's
+    shell start-up file or sshd's SetEnv can give them (bash reads ~/.bashrc even for `ssh host
+    command`). With CDPATH set, POSIX `cd` prints the folder it entered: a script's
+    `$(cd releases && pwd -P)` then held that path twice (every switch failed its verification);
+    GNU tar's TAR_OPTIONS=--to-stdout unpacked each release as an empty folder, and the deploy
+    said it succeeded."""
     originals = {host.name: Path(host.config).read_text() for host in local_fleet.hosts()}
     try:
         for host in local_fleet.hosts():
             local_fleet.stop_host(host.name)
-            Path(host.config).write_text(originals[host.name] + "SetEnv CDPATH=.:/tmp\n")
+            Path(host.config).write_text(originals[host.name] + "SetEnv CDPATH=.:/tmp TAR_OPTIONS=--to-stdout\n")
             local_fleet.start_host(host.name)
             local_fleet.wait_ready(host)
         yield
@@ -89,11 +91,12 @@ def cdpath_in_every_session(local_fleet: LocalFleet) -> Iterator[None]:
             local_fleet.wait_ready(host)
 
 
-def test_a_deploy_users_cdpath_changes_nothing(
+def test_a_deploy_users_cdpath_and_tar_options_change_nothing(
     local_fleet, make_inventory, views, artifacts, deploy_to, cdpath_in_every_session
 ):
     for host in local_fleet.hosts():  # the variable reaches every userland's sessions, tcsh's too
-        assert raw(local_fleet, host.name, "echo $CDPATH").stdout.strip() == ".:/tmp", host.name
+        said = raw(local_fleet, host.name, "echo $CDPATH $TAR_OPTIONS").stdout.strip()
+        assert said == ".:/tmp --to-stdout", host.name
     inventory = make_inventory()
     for version in ("v1", "v2"):
         done = run_inv("deploy", "--inventory", inventory, "--artifact", artifacts[version])
