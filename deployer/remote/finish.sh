@@ -10,7 +10,7 @@ opt_unlock='' opt_pin='' opt_unpin=0 opt_mark_bad='' opt_bad_info='' opt_prune='
 opt_signers='' opt_signers_place='' opt_revoked_place='' opt_policy_place=''
 parse_options "$@"
 [ -d "$deploy_to" ] || { emit deploy_to missing; exit 0; }
-cd "$deploy_to" || fail 30 "cannot enter $deploy_to"
+cd -P "$deploy_to" || fail 30 "cannot enter $deploy_to"
 fence_enter
 mark_bad "$opt_mark_bad" "$opt_bad_info"
 if [ -n "$opt_pin" ]; then

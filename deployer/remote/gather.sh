@@ -32,25 +32,28 @@ if [ ! -d "$deploy_to" ]; then
     if [ -w "${parent:-/}" ]; then emit writable yes "${parent:-/}"; else emit writable no "${parent:-/}"; fi
     exit 0
 fi
-cd "$deploy_to" || fail 30 "cannot enter $deploy_to"
+cd -P "$deploy_to" || fail 30 "cannot enter $deploy_to"
 if [ "$opt_lock" = take ]; then
     lock_take "$opt_lock_token" "$opt_lock_info"
 elif [ -d .deployer/lock ]; then
     emit_lock_held
 fi
-emit deploy_to present "$(pwd -P)"
+emit deploy_to present "$PWD"
 if [ -w . ]; then emit writable yes "$deploy_to"; else emit writable no "$deploy_to"; fi
 if [ -d .deployer/signers ]; then
     signers_state
     emit signers "$signers"
 fi
 if [ -d releases ]; then
-    emit releases_dir "$(cd releases && pwd -P)"
+    physical_dir releases
+    emit releases_dir "$physical"
 fi
 if [ -L current ]; then
-    emit current link "$(link_text current)"
+    link_text current
+    emit current link "$link"
     if [ -d current/ ]; then
-        emit current_resolved "$(cd current/ && pwd -P)"
+        physical_dir current/
+        emit current_resolved "$physical"
         if [ -f current/previousVersion ]; then
             first_line current/previousVersion
             if [ "$line_ok" = 1 ]; then
@@ -144,4 +147,5 @@ if [ -d .deployer/scripts ]; then
             fi
         done
 fi
-emit free_kb "$(free_kb)"
+free_kb
+emit free_kb "$free"

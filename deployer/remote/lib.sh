@@ -111,31 +111,34 @@ read_env() {
 }
 
 
-sha256_stream() {
-    # sha256_stream < DATA: the hex digest of standard input (GNU/BusyBox sha256sum, macOS and
-    # Perl shasum, BSD sha256, OpenSSL: the first one the host has).
-    if command -v sha256sum >/dev/null 2>&1; then
-        sha256sum | first_field
-    elif command -v shasum >/dev/null 2>&1; then
-        shasum -a 256 | first_field
-    elif command -v sha256 >/dev/null 2>&1; then
-        sha256 | first_field
-    else
-        openssl dgst -sha256 -r | first_field
-    fi
-}
-
 link_text() {
-    # link_text PATH: the text of symbolic link PATH (readlink where the host has one, else ls -l).
+    # link_text PATH: the text of symbolic link PATH in $link (readlink where the host has one, else
+    # ls -l); status 1 and "" when it cannot be read. A variable, not output: `$(link_text ...)`
+    # would start a subshell beside readlink.
+    link=
     if command -v readlink >/dev/null 2>&1; then
-        readlink "$1"
+        link=$(readlink "$1")
         return
     fi
     lt_long=$(ls -ld "$1") || return 1
     case $lt_long in
-        l*" -> "*) printf '%s\n' "${lt_long#* -> }" ;;
+        l*" -> "*) link=${lt_long#* -> } ;;
         *) return 1 ;;
     esac
+}
+
+# shellcheck disable=SC2034  # physical is read by the scripts (gather, switch)
+physical_dir() {
+    # physical_dir DIR: DIR's path with every link resolved in $physical ("" when DIR cannot be
+    # entered), by the shell's own cd, which then returns: no process (`$(cd DIR && pwd -P)` is a
+    # subshell). The scripts enter DEPLOY_TO with `cd -P`, so $PWD is physical (as `pwd -P` prints it)
+    # and so is the way back.
+    pd_back=$PWD
+    physical=
+    if cd -P "$1" 2>/dev/null; then
+        physical=$PWD
+        cd -P "$pd_back" || fail 30 "cannot return to $pd_back"
+    fi
 }
 
 pause() {
@@ -157,15 +160,20 @@ missing_tools() {
     done
 }
 
-first_field() {
-    # first_field < LINE: its first space-separated field (the shell's read: no process started).
-    IFS=' ' read -r ff_first _ || true
-    printf '%s\n' "$ff_first"
-}
-
 sha256_of() {
-    # sha256_of FILE: the hex digest of FILE.
-    sha256_stream < "$1"
+    # sha256_of FILE: the hex digest of FILE in $sha256 (GNU/BusyBox sha256sum, macOS and Perl
+    # shasum, BSD sha256, OpenSSL: the first one the host has); "" when it cannot be read. One
+    # process: the tool's output cut to its first field by the shell.
+    if command -v sha256sum >/dev/null 2>&1; then
+        sha256=$(sha256sum < "$1")
+    elif command -v shasum >/dev/null 2>&1; then
+        sha256=$(shasum -a 256 < "$1")
+    elif command -v sha256 >/dev/null 2>&1; then
+        sha256=$(sha256 < "$1")
+    else
+        sha256=$(openssl dgst -sha256 -r < "$1")
+    fi
+    sha256=${sha256%%[ *]*}
 }
 
 # shellcheck disable=SC2034  # line_ok is read by the scripts that judge damage (gather)
@@ -224,6 +232,20 @@ write_bytes() {
     replace_file '%b' "$1" "$2"
 }
 
+exclusive_write() {
+    # exclusive_write PATH FORMAT TEXT: printf FORMAT TEXT into PATH, created anew (set -C: the
+    # shell's O_EXCL, so a link planted at PATH cannot redirect the write); fails if PATH exists.
+    # noclobber is set around the builtin printf in this shell (a subshell costs a process) and
+    # cleared whatever printf did; printf is not a special built-in, so a failed redirection only
+    # fails it.
+    set -C
+    # shellcheck disable=SC2059  # FORMAT is one of the callers' fixed formats
+    printf "$2" "$3" > "$1"
+    ew_status=$?
+    set +C
+    return "$ew_status"
+}
+
 replace_file() {
     # replace_file FORMAT PATH TEXT: printf FORMAT TEXT into a temp file, flushed, renamed over PATH.
     wf_tmp="$2.tmp.$$"
@@ -231,7 +253,7 @@ replace_file() {
     # (set -C: the shell's O_EXCL), so a link planted there cannot redirect the write.
     rm -f "$wf_tmp"
     # shellcheck disable=SC2059  # FORMAT is one of the two fixed formats above
-    if (set -C && printf "$1" "$3" > "$wf_tmp") && flush "$wf_tmp" && mv -f "$wf_tmp" "$2"; then
+    if exclusive_write "$wf_tmp" "$1" "$3" && flush "$wf_tmp" && mv -f "$wf_tmp" "$2"; then
         unflushed=$2
         return 0
     fi
@@ -246,7 +268,8 @@ signers_state() {
     ss_state=
     for ss_file in allowed_signers revoked policy; do
         if [ -f ".deployer/signers/$ss_file" ]; then
-            ss_state="$ss_state $(sha256_of ".deployer/signers/$ss_file")"
+            sha256_of ".deployer/signers/$ss_file"
+            ss_state="$ss_state $sha256"
         else
             ss_state="$ss_state -"
         fi
@@ -366,12 +389,13 @@ read_meta() {
     fi
 }
 
+# shellcheck disable=SC2034  # free is read by gather and stage
 free_kb() {
-    # free_kb: KiB available on the current folder's file system (POSIX df -P: a header line, then
+    # free_kb: in $free, KiB available on the current folder's file system (POSIX df -P: a header line, then
     # device, size, used, available, ...).
     # shellcheck disable=SC2046  # the fields of df's output become positional parameters
     set -- $(df -Pk . 2>/dev/null)
-    printf '%s\n' "${11:-}"
+    free=${11:-}
 }
 
 HISTORY_MAX_BYTES=1048576
@@ -412,18 +436,19 @@ json_text() {
 # stops its run from acting again (its token is no longer the lock's); the next run clears it.
 
 host_boot_id() {
-    # host_boot_id: this boot's id (Linux); "" where the host has none (then no lock is judged by it).
+    # host_boot_id: this boot's id (Linux) in $boot_id; "" where the host has none (then no lock is
+    # judged by it).
     line=
     [ ! -r /proc/sys/kernel/random/boot_id ] || first_line /proc/sys/kernel/random/boot_id
-    printf '%s\n' "$line"
+    boot_id=$line
 }
 
 lock_before_boot() {
     # lock_before_boot: whether the lock records a boot of this host other than the current one.
     [ -f .deployer/lock/boot ] || return 1
+    host_boot_id
     first_line .deployer/lock/boot
-    lb_now=$(host_boot_id)
-    [ -n "$line" ] && [ -n "$lb_now" ] && [ "$line" != "$lb_now" ]
+    [ -n "$line" ] && [ -n "$boot_id" ] && [ "$line" != "$boot_id" ]
 }
 
 emit_lock_held() {
@@ -440,16 +465,18 @@ emit_lock_held() {
 }
 
 lock_token() {
+    # lock_token: the token the lock holds in $token ("" for none), read by the shell itself.
     line=
     [ ! -f .deployer/lock/info ] || first_line .deployer/lock/info
-    printf '%s\n' "$line"
+    token=$line
 }
 
 lock_take() {
     # lock_take TOKEN INFO: take the lock (or find it already ours); otherwise report who holds it.
     [ -d .deployer ] || mkdir -p .deployer || fail 30 "cannot create $(pwd)/.deployer"
     if [ -d .deployer/lock ]; then
-        if [ "$(lock_token)" = "$1" ]; then
+        lock_token
+        if [ "$token" = "$1" ]; then
             emit lock taken
             return 0
         fi
@@ -464,15 +491,17 @@ lock_take() {
     fi
     lt_new=.deployer/lock.new.$$
     rm -rf "$lt_new"
-    lt_boot=$(host_boot_id)
-    if ! { mkdir "$lt_new" && (set -C && printf '%s\n%s\n' "$1" "$2" > "$lt_new/info") \
-        && (set -C && printf '%s\n' "$lt_boot" > "$lt_new/boot") && flush "$lt_new/info"; }; then
+    host_boot_id
+    if ! { mkdir "$lt_new" && exclusive_write "$lt_new/info" '%s\n' "$1
+$2" \
+        && exclusive_write "$lt_new/boot" '%s\n' "$boot_id" && flush "$lt_new/info"; }; then
         rm -rf "$lt_new"
         fail 30 "cannot write the lock in $(pwd)/.deployer (disk full?)"
     fi
     # Onto a lock another run published meanwhile, mv puts ours inside it: then it is theirs.
     mv "$lt_new" .deployer/lock 2>/dev/null
-    if [ "$(lock_token)" = "$1" ]; then
+    lock_token
+    if [ "$token" = "$1" ]; then
         unflushed=.deployer/lock
         emit lock taken
     else
@@ -491,7 +520,8 @@ lock_release() {
     fi
     lr_want=$1
     [ "$lr_want" != - ] || lr_want=
-    lr_have=$(lock_token)
+    lock_token
+    lr_have=$token
     if [ "$lr_have" != "$lr_want" ]; then
         emit lock_changed "$lr_have"
         return 0
@@ -527,7 +557,8 @@ fence() {
     # fence: immediately before each change to the host: the lock still holds this run's token and
     # no later session took over from this one; otherwise stop, changing nothing more.
     [ -n "${opt_fence:-}" ] || return 0
-    if [ "$(lock_token)" != "$opt_fence" ]; then
+    lock_token
+    if [ "$token" != "$opt_fence" ]; then
         fail 35 "this run no longer holds the lock on this host; nothing more was changed here"
     fi
     if [ -n "${fence_me:-}" ]; then
@@ -757,7 +788,7 @@ run_as_root() {
             printf '%s %s\n' "$name" "$(octal_escaped "$value")"
         done
     } > "$sudo_env"
-    sudo_env="$(pwd -P)/$sudo_env"
+    sudo_env="$PWD/$sudo_env"
     if [ -n "${sudo_password:-}" ]; then
         printf '%s\n' "$sudo_password" |
             run_bounded "$2" sudo -S -p '' -- sh -c "$SUDO_WRAPPER" deployer-sudo "$sudo_env" "$1" "$4" > "$3" 2>&1
@@ -782,7 +813,7 @@ run_hook() {
     [ -n "$5" ] || return 0
     emit progress "$1"
     mkdir -p .deployer/logs
-    hook_log="$(pwd -P)/.deployer/logs/$4.$1.log"
+    hook_log="$PWD/.deployer/logs/$4.$1.log"
     if run_command "$2" "$3" "$hook_log" "$5" ${opt_sudo:+sudo}; then
         emit hook "$1" ok 0
         return 0
@@ -799,7 +830,7 @@ health_check() {
     # (and, with EXPECT, its output contains EXPECT: the server runs the release just switched to).
     [ -n "$2" ] || return 0
     emit progress health_check
-    health_log="$(pwd -P)/.deployer/logs/$1.health.log"
+    health_log="$PWD/.deployer/logs/$1.health.log"
     attempt=1
     while :; do
         if run_command current/ "$3" "$health_log" "$2"; then
@@ -858,7 +889,8 @@ set_pin() {
 prune_releases() {
     # prune_releases "ID ID ...": remove these releases (never current), their metadata, and unused cached artifacts.
     [ -n "$1" ] || return 0
-    keep_current=$(link_text current 2>/dev/null || true)
+    link_text current 2>/dev/null || true
+    keep_current=$link
     [ -d .deployer/trash ] || mkdir -p .deployer/trash
     for id in $1; do
         case $id in

@@ -8,11 +8,11 @@ opt_release='' opt_name=command opt_command='' opt_timeout=600 opt_schema_from='
 opt_run='' opt_record=yes
 parse_options "$@"
 read_env
-cd "$deploy_to" || fail 20 "cannot enter $deploy_to"
+cd -P "$deploy_to" || fail 20 "cannot enter $deploy_to"
 fence_enter
 [ -d "releases/$opt_release" ] || fail 20 "release $opt_release is not present in $deploy_to/releases"
 mkdir -p .deployer/logs
-log="$(pwd -P)/.deployer/logs/$opt_release.$opt_name.log"
+log="$PWD/.deployer/logs/$opt_release.$opt_name.log"
 export DEPLOYER_RELEASE="$opt_release" DEPLOYER_DEPLOY_TO="$deploy_to"
 export DEPLOYER_SCHEMA_FROM="$opt_schema_from" DEPLOYER_SCHEMA_TO="$opt_schema_to"
 fence

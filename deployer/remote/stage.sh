@@ -37,8 +37,8 @@ if [ ! -d "$deploy_to/.deployer/staging" ] || [ ! -d "$deploy_to/releases" ]; th
         fail 30 "cannot create folders in $deploy_to: $reason"
     fi
 fi
-cd "$deploy_to" || fail 30 "cannot enter $deploy_to"
-deploy_abs=$(pwd -P)
+cd -P "$deploy_to" || fail 30 "cannot enter $deploy_to"
+deploy_abs=$PWD
 fence_enter
 if [ -e "releases/$release_id" ] || [ -L "releases/$release_id" ]; then
     fail 20 "release $release_id already exists on this host; release folders are never reused"
@@ -65,7 +65,8 @@ if [ "$opt_source" = fetch ]; then
         fail 33 "could not fetch the artifact: $fetch_reason"
     fi
     if [ "$opt_fetch_gate" = 1 ]; then emit progress fetched; fi
-    actual=$(sha256_of "$part")
+    sha256_of "$part"
+    actual=$sha256
     if [ "$actual" != "$digest" ]; then
         rm -rf "$staging" "$part"
         fail 31 "artifact digest mismatch: expected $digest, the URL served $actual"
@@ -100,10 +101,12 @@ if [ "$opt_source" = upload ]; then
         case $reason in
             *"No space left"* | *"Disk quota"* | *"File too large"* | "")
                 rm -rf "$staging" "$part"
-                fail 30 "could not store the artifact in $deploy_to (disk full?): $(free_kb) KiB free; $reason" ;;
+                free_kb
+                fail 30 "could not store the artifact in $deploy_to (disk full?): $free KiB free; $reason" ;;
         esac
     fi
-    actual=$(sha256_of "$part")
+    sha256_of "$part"
+    actual=$sha256
     if [ "$actual" != "$digest" ]; then
         rm -rf "$staging" "$part"
         fail 31 "artifact digest mismatch: expected $digest, got $actual"
@@ -115,7 +118,7 @@ if [ "$opt_source" = upload ]; then
     mv -f "$part" "$cached" || fail 30 "could not store the artifact"
 else
     [ -f "$cached" ] || fail 20 "no cached artifact $digest on this host"
-    [ "$fetched" = 1 ] || actual=$(sha256_of "$cached")
+    [ "$fetched" = 1 ] || { sha256_of "$cached"; actual=$sha256; }
     if [ "$actual" != "$digest" ]; then
         rm -f "$cached"
         rm -rf "$staging"

@@ -26,7 +26,7 @@ target=$opt_target
 mode=$opt_mode
 [ -n "$target" ] || fail 10 "switch needs target="
 
-cd "$deploy_to" || fail 20 "cannot enter $deploy_to"
+cd -P "$deploy_to" || fail 20 "cannot enter $deploy_to"
 fence_enter
 if [ ! -d "releases/$target" ] || [ -L "releases/$target" ]; then
     fail 20 "release $target is not present in $deploy_to/releases"
@@ -37,7 +37,8 @@ case $meta in
     *) fail 20 "release $target is not usable (status: ${meta%% *})" ;;
 esac
 if [ -L current ]; then
-    before=$(link_text current)
+    link_text current
+    before=$link
 elif [ -e current ]; then
     fail 21 "$deploy_to/current is not a symlink; refusing to replace it"
 else
@@ -49,7 +50,8 @@ export DEPLOYER_PREVIOUS="${before#releases/}"
 if [ "$mode" = revert ]; then emit progress reverting; fi
 
 if [ "$mode" = revert ] && [ "$before" = "releases/$target" ]; then
-    emit after "$before" "$(cd current/ 2>/dev/null && pwd -P)"
+    physical_dir current/
+    emit after "$before" "$physical"
     emit already "$before"
 else
     if [ "$before" != "$opt_expected" ]; then
@@ -80,9 +82,12 @@ else
 
     # The folder holding `current` is flushed: a verified switch stays switched after a power cut.
     flush . || emit warning "the switch could not be flushed to disk"
-    after=$(link_text current)
-    resolved=$(cd current/ 2>/dev/null && pwd -P)
-    expected_dir=$(cd "releases/$target" && pwd -P)
+    link_text current
+    after=$link
+    physical_dir current/
+    resolved=$physical
+    physical_dir "releases/$target"
+    expected_dir=$physical
     emit after "$after" "$resolved"
     if [ "$after" != "releases/$target" ] || [ "$resolved" != "$expected_dir" ]; then
         fail 50 "verification failed: current is '$after' ($resolved), expected releases/$target"
