@@ -85,14 +85,20 @@ def end_stdin(channel: paramiko.Channel) -> None:
     lock, so the transport's thread handles that CLOSE only after our EOF is out. During a key
     exchange the lock is not held while sending (paramiko's reason for releasing it: a send waits
     for the exchange, which may need the lock), as paramiko does."""
-    transport = channel.get_transport()
+    transport: Any = channel.get_transport()
     with channel.lock:
         if channel.closed or channel.eof_sent:
             return
-        if transport is not None and transport.clear_to_send.is_set():
-            message = channel._send_eof()  # type: ignore[attr-defined]  # noqa: SLF001 - see the docstring
-            transport._send_user_message(message)  # type: ignore[attr-defined]  # noqa: SLF001
-            return
+        if transport is not None:
+            # The transport's clear-to-send lock, as its own _send_user_message takes it: a key
+            # exchange cannot start between the check and the send (a send that then waited for
+            # it here, holding the channel's lock, would stall the transport's thread on it).
+            with transport.clear_to_send_lock:
+                if transport.is_active() and transport.clear_to_send.is_set():
+                    message = channel._send_eof()  # type: ignore[attr-defined]  # noqa: SLF001 - see the docstring
+                    if message is not None:
+                        transport._send_message(message)  # noqa: SLF001
+                    return
     channel.shutdown_write()
 
 

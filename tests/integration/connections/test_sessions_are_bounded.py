@@ -43,23 +43,32 @@ def test_a_session_whose_script_ends_as_its_input_ends_keeps_the_connection(conn
     went first, sshd freed the channel, our EOF then named a channel that no longer existed and sshd
     dropped the connection ("ieof packet referred to nonexistent channel"; the soak lost a host so, 1
     run in 10). The gap is widened here: a session's EOF leaves this thread 0.5 s late, long after the
-    script (`true`) ended. The next session on the same connection must still run."""
+    script (`true`) ended. The next session on the same connection must still run. The EOF is
+    delayed wherever it first enters the transport (`_send_user_message`, paramiko's own path, or
+    `_send_message`, where every message reaches the wire), so the test holds for either way of
+    sending it."""
     transport = connection.connection.client.get_transport()
     assert transport is not None
-    send = transport._send_user_message
-    delayed = []
+    originals = {name: getattr(transport, name) for name in ("_send_user_message", "_send_message")}
+    delayed: list[object] = []
 
-    def late_eof(message):  # type: ignore[no-untyped-def]
-        if threading.current_thread() is not transport and message.asbytes()[:1] == bytes([MSG_CHANNEL_EOF]):
-            delayed.append(message)
-            time.sleep(0.5)
-        return send(message)
+    def late(name):  # type: ignore[no-untyped-def]
+        def send(message):  # type: ignore[no-untyped-def]
+            is_eof = message.asbytes()[:1] == bytes([MSG_CHANNEL_EOF])
+            if threading.current_thread() is not transport and is_eof and not any(m is message for m in delayed):
+                delayed.append(message)
+                time.sleep(0.5)
+            return originals[name](message)
 
-    transport._send_user_message = late_eof  # type: ignore[method-assign]
+        return send
+
+    for name in originals:
+        setattr(transport, name, late(name))
     try:
         assert connection.run("true", timeout=30, step="first").exit_status == 0
     finally:
-        transport._send_user_message = send  # type: ignore[method-assign]
+        for name, original in originals.items():
+            setattr(transport, name, original)
     assert len(delayed) == 1  # the gap was really there
     assert connection.run("echo second", timeout=30, step="second").stdout.strip() == "second"
     assert transport.is_active()
