@@ -186,14 +186,16 @@ class HostConnection:
     def _channel(self, transport: paramiko.Transport, timeout: float) -> paramiko.Channel:
         """The channel asked for ahead if sshd confirmed it, else a new one. A host that refused
         one asked ahead (it allows one session at a time) is asked no more ahead on this
-        connection: each refusal is an error line in its sshd's log."""
+        connection: each refusal is an error line in its sshd's log. Both waits together are
+        bounded by `timeout` (a host that never confirmed the first is not given a second)."""
+        deadline = time.monotonic() + timeout
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
             channel = ahead.take(timeout)
             if channel is not None:
                 return channel
             self.sessions_expected = 0
-        return self._open_session(transport, timeout)
+        return self._open_session(transport, max(0.1, deadline - time.monotonic()))
 
     def _open_session(self, transport: paramiko.Transport, timeout: float) -> paramiko.Channel:
         """A new session channel. A host that allows few sessions per connection (sshd's
