@@ -86,18 +86,17 @@ def test_each_next_sessions_channel_is_asked_for_while_the_current_one_runs(make
     started_before = local_fleet.ssh_counts()["web1"][1]
     events: list[str] = []
     with Fleet(inventory, sessions_expected=3) as fleet:
-        transport_of = {}
+        connection = fleet.connect(inventory.host("web1"))
+        transport = connection.connection.client.get_transport()
+        assert transport is not None
+        events.extend(["open"] * transport._channel_counter)  # asked for at connect, before the wrapper below
+        send = transport._send_user_message
 
         def counting(message):  # type: ignore[no-untyped-def]
             if message.asbytes()[:1] == bytes([MSG_CHANNEL_OPEN]):
                 events.append("open")
-            return transport_of["send"](message)
+            return send(message)
 
-        connection = fleet.connect(inventory.host("web1"))
-        transport = connection.connection.client.get_transport()
-        assert transport is not None
-        events.extend(["open"] * transport._channel_counter)  # asked for at connect, before this wrapper
-        transport_of["send"] = transport._send_user_message
         transport._send_user_message = counting  # type: ignore[method-assign]
         for number in (1, 2, 3):
             gc.collect()
