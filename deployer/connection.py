@@ -212,14 +212,14 @@ class HostConnection:
             if self.sessions == 0:
                 raise
         give_up = time.monotonic() + 3.0
-        while True:
+        while True:  # one debug line per refusal retried (each is a "no more sessions" in sshd's log)
+            log.debug("%s: a new session was refused right after the last one; asking again", self.host.name)
             transport.global_request("keepalive@openssh.com", wait=True)
             try:
                 return transport.open_session(timeout=timeout)
             except paramiko.ChannelException:
                 if time.monotonic() >= give_up:
                     raise
-                log.debug("%s: a new session was refused right after the last one; asking again", self.host.name)
                 time.sleep(0.2)
 
     def _send(self, channel: paramiko.Channel, parts: Sequence[bytes | memoryview], deadline: float) -> None:
