@@ -91,18 +91,33 @@ def test_a_reader_that_stops_reading_times_the_upload_out():
     assert channel.peak_unconsumed <= connection.IN_FLIGHT + PACKET
 
 
+class StoppedMidway(WindowedChannel):
+    """Sets `stopping` (as Fleet.settle does on Ctrl-C) from inside the send that crosses `after`
+    bytes: the moment is fixed by the data, not by a timer racing the sender."""
+
+    def __init__(self, after: int, stopping: threading.Event) -> None:
+        super().__init__(consume_per_tick=64 * 1024)
+        self.after = after
+        self.stopping = stopping
+        self.stopped_at: int | None = None
+
+    def sendall(self, data: memoryview) -> None:
+        super().sendall(data)
+        if self.stopped_at is None and len(self.received) >= self.after:
+            self.stopping.set()
+            self.stopped_at = len(self.received)
+
+
 def test_ctrl_c_stops_an_upload_at_the_next_packet():
     """Fleet.settle (after Ctrl-C) sets `stopping`: the sender stops before touching the data again,
     so the artifact's memory map can be closed safely once the workers are done."""
-    channel = WindowedChannel(consume_per_tick=64 * 1024)
     host = sender()
+    channel = StoppedMidway(after=1024 * 1024, stopping=host.stopping)
     payload = b"y" * (8 * 1024 * 1024)
-    stopper = threading.Timer(0.05, host.stopping.set)
-    stopper.start()
     try:
         with pytest.raises(connection.Interrupted):
             host._send(channel, [payload], time.monotonic() + 30)  # type: ignore[arg-type]
     finally:
         channel.stop.set()
-        stopper.cancel()
-    assert 0 < len(channel.received) < len(payload)
+    assert channel.stopped_at is not None and channel.stopped_at < len(payload)
+    assert len(channel.received) == channel.stopped_at  # not one packet more
