@@ -250,8 +250,10 @@ replace_file() {
     # replace_file FORMAT PATH TEXT: printf FORMAT TEXT into a temp file, flushed, renamed over PATH.
     wf_tmp="$2.tmp.$$"
     # Never through a link: whatever is at the temp name goes, and the file is created anew
-    # (set -C: the shell's O_EXCL), so a link planted there cannot redirect the write.
-    rm -f "$wf_tmp"
+    # (set -C: the shell's O_EXCL), so a link planted there cannot redirect the write. Tested
+    # first: nothing is there in the usual case, and rm is a process (one planted after the test
+    # makes the O_EXCL write fail).
+    if [ -e "$wf_tmp" ] || [ -h "$wf_tmp" ]; then rm -f "$wf_tmp"; fi
     # shellcheck disable=SC2059  # FORMAT is one of the two fixed formats above
     if exclusive_write "$wf_tmp" "$1" "$3" && flush "$wf_tmp" && mv -f "$wf_tmp" "$2"; then
         unflushed=$2
@@ -490,7 +492,7 @@ lock_take() {
         mv .deployer/lock .deployer/lock.stale && rm -rf .deployer/lock.stale
     fi
     lt_new=.deployer/lock.new.$$
-    rm -rf "$lt_new"
+    if [ -e "$lt_new" ] || [ -h "$lt_new" ]; then rm -rf "$lt_new"; fi
     host_boot_id
     if ! { mkdir "$lt_new" && exclusive_write "$lt_new/info" '%s\n' "$1
 $2" \
@@ -859,7 +861,7 @@ mark_bad() {
     # mark_bad ID JSON: record why release ID is known to be bad (kept with the release, removed with it).
     [ -n "$1" ] || return 0
     [ -d "releases/$1" ] || return 0
-    if mkdir -p .deployer/bad && write_file ".deployer/bad/$1" "$2"; then
+    if { [ -d .deployer/bad ] || mkdir -p .deployer/bad; } && write_file ".deployer/bad/$1" "$2"; then
         emit marked_bad "$1"
     else
         emit warning "could not mark $1 bad"
@@ -869,7 +871,7 @@ mark_bad() {
 set_pin() {
     # set_pin JSON | set_pin "": pin the fleet to a release, or remove the pin.
     if [ -n "$1" ]; then
-        if mkdir -p .deployer && write_file .deployer/pin "$1"; then
+        if { [ -d .deployer ] || mkdir -p .deployer; } && write_file .deployer/pin "$1"; then
             emit pinned
         else
             emit warning "could not write the pin (disk full?)"

@@ -92,7 +92,7 @@ if [ "$opt_source" = upload ]; then
         exit "$status"
     )
     unpacked=$?
-    cat "$unpack_log.gzip" >> "$unpack_log" 2>/dev/null
+    [ ! -s "$unpack_log.gzip" ] || cat "$unpack_log.gzip" >> "$unpack_log" 2>/dev/null
     rm -f "$unpack_log.gzip"
     reason=
     if [ "$unpacked" != 0 ] || [ -s "$upload_log" ] || [ ! -f "$part" ]; then

@@ -70,7 +70,7 @@ else
     # scratch folder on the same file system, is moved into the folder holding `current`: one
     # rename(2) replaces the old link (Capistrano's form); readers see the old or the new, never none.
     scratch=".deployer/switch.$$"
-    rm -rf "$scratch"
+    if [ -e "$scratch" ] || [ -h "$scratch" ]; then rm -rf "$scratch"; fi
     mkdir -p "$scratch" || fail 30 "cannot create $deploy_to/$scratch"
     ln -s "releases/$target" "$scratch/current" || { rm -rf "$scratch"; fail 30 "cannot create the new link"; }
     fence
