@@ -132,20 +132,29 @@ for cached in .deployer/artifacts/*.tar.gz; do
     emit cached "${name%.tar.gz}"
 done
 if [ -d .deployer/scripts ]; then
-    # the deployer's copies of its scripts, each with its sum (one process for all): the
-    # controller counts on a copy only when the sum is the script's own
-    (cd .deployer/scripts && { cksum ./*.sh 2>/dev/null || sha256sum ./*.sh 2>/dev/null; }) |
-        while read -r kept_sum kept_size kept_file; do
-            case ${kept_file:-$kept_size} in
-                ./*.sh) ;;
-                *) continue ;;
-            esac
-            if [ -n "$kept_file" ]; then
-                emit kept "${kept_file#./}" "$kept_sum $kept_size"
-            else
-                emit kept "${kept_size#./}" "$kept_sum"
-            fi
-        done
+    # the deployer's copies of its scripts, each with its sum (one process for all, read by this
+    # shell: no subshell): the controller counts on a copy only when the sum is the script's own
+    if command -v cksum >/dev/null 2>&1; then
+        kept_sums=$(cksum .deployer/scripts/*.sh 2>/dev/null)
+    else
+        kept_sums=$(sha256sum .deployer/scripts/*.sh 2>/dev/null)
+    fi
+    kept_rest=$kept_sums
+    while [ -n "$kept_rest" ]; do
+        kept_line=${kept_rest%%"$NL"*}
+        case $kept_rest in
+            *"$NL"*) kept_rest=${kept_rest#*"$NL"} ;;
+            *) kept_rest= ;;
+        esac
+        set -f
+        # shellcheck disable=SC2086  # split into the tool's fields (sum, size, file; or sum, file), never globbed
+        set -- $kept_line
+        set +f
+        case $#:${3:-${2:-}} in
+            3:.deployer/scripts/*.sh) emit kept "${3#.deployer/scripts/}" "$1 $2" ;;
+            2:.deployer/scripts/*.sh) emit kept "${2#.deployer/scripts/}" "$1" ;;
+        esac
+    done
 fi
 free_kb
 emit free_kb "$free"
