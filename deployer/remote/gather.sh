@@ -113,10 +113,11 @@ if [ -f .deployer/schema ]; then
 fi
 if [ -f .deployer/history.jsonl ]; then
     # The history is bounded (rotated at 1 MiB, each rotation starting with a switch): its tail
-    # holds the last switch; lines are cut at 16 KiB so no line can flood this answer. The pattern
-    # accepts any JSON spacing; tests/unit/test_scripts.py ties it to phases.history_line.
-    last=$(tail -n 2000 .deployer/history.jsonl | cut -b 1-16384 |
-        awk '/"op"[ ]*:[ ]*"(deploy|rollback|revert)"/ { last = $0 } END { print last }')
+    # holds the last switch; lines are cut at 16 KiB (bytes: LC_ALL=C) so no line can flood this
+    # answer. The pattern accepts any JSON spacing; tests/unit/test_scripts.py ties it to
+    # phases.history_line.
+    last=$(tail -n 2000 .deployer/history.jsonl |
+        awk '{ $0 = substr($0, 1, 16384) } /"op"[ ]*:[ ]*"(deploy|rollback|revert)"/ { last = $0 } END { print last }')
     if [ -n "$last" ]; then
         emit last_op "$last"
     fi

@@ -376,6 +376,20 @@ def test_the_last_switch_is_found_however_history_lines_are_spaced(tmp_path, art
     assert state.last_op is not None and (state.last_op["op"], state.last_op["to"]) == ("rollback", "r1")
 
 
+def test_a_history_line_of_any_length_reaches_the_controller_cut_at_16_kib(tmp_path, artifact):
+    """A damaged or planted history line (here 300 KB that looks like a switch) is data: gather
+    reports at most its first 16 KiB, and the line before it is not taken for the last switch."""
+    deploy_to = str(tmp_path / "app")
+    stage(deploy_to, "r1", artifact)
+    switch(deploy_to, "r1", "")
+    huge = '{"op": "rollback", "to": "' + "x" * 300_000 + '"}'
+    with open(os.path.join(deploy_to, ".deployer", "history.jsonl"), "a") as handle:
+        handle.write(huge + "\n")
+    code, output = run(command_line("gather", deploy_to))
+    assert code == 0, output.error_message()
+    assert output.first("last_op") == [huge[:16384]]
+
+
 LOGIN_SHELLS = ["sh", "bash", "tcsh", "fish", "busybox sh"]
 
 
