@@ -69,16 +69,17 @@ else
     # The atomic switch, portable (no GNU mv -T): a new link already named `current`, made in a
     # scratch folder on the same file system, is moved into the folder holding `current`: one
     # rename(2) replaces the old link (Capistrano's form); readers see the old or the new, never none.
-    scratch=".deployer/switch.$$"
-    if [ -e "$scratch" ] || [ -h "$scratch" ]; then rm -rf "$scratch"; fi
-    mkdir -p "$scratch" || fail 30 "cannot create $deploy_to/$scratch"
-    ln -s "releases/$target" "$scratch/current" || { rm -rf "$scratch"; fail 30 "cannot create the new link"; }
+    # The scratch folder stays between switches (two processes fewer each time): only the lock's
+    # holder switches, and a link a crash left in it is removed first.
+    scratch=.deployer/switch
+    [ -d "$scratch" ] || mkdir -p "$scratch" || fail 30 "cannot create $deploy_to/$scratch"
+    if [ -e "$scratch/current" ] || [ -h "$scratch/current" ]; then rm -rf "$scratch/current"; fi
+    ln -s "releases/$target" "$scratch/current" || fail 30 "cannot create the new link"
     fence
     if ! mv -f "$scratch/current" .; then
-        rm -rf "$scratch"
+        rm -f "$scratch/current"
         fail 30 "cannot move the new link over current"
     fi
-    rmdir "$scratch" 2>/dev/null || true
 
     # The folder holding `current` is flushed: a verified switch stays switched after a power cut.
     flush . || emit warning "the switch could not be flushed to disk"

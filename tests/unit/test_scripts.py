@@ -129,6 +129,27 @@ def test_switch_refuses_real_directory(tmp_path, artifact):
     assert os.path.isdir(os.path.join(deploy_to, "current")) and not os.path.islink(os.path.join(deploy_to, "current"))
 
 
+@pytest.mark.parametrize("left", ["link", "folder"])
+def test_what_a_crash_left_in_the_switchs_scratch_folder_changes_nothing(tmp_path, artifact, left):
+    """The switch makes its new link in .deployer/switch, kept between switches. A link (to
+    anywhere) or a folder a power cut left there under the name `current` is removed first: the
+    switch goes to the release asked for, and nothing is left in the scratch folder."""
+    deploy_to = str(tmp_path / "app")
+    stage(deploy_to, "r1", artifact)
+    stage(deploy_to, "r2", artifact)
+    assert switch(deploy_to, "r1", "")[0] == 0
+    stale = os.path.join(deploy_to, ".deployer", "switch", "current")
+    if left == "link":
+        os.symlink(str(tmp_path), stale)
+    else:
+        os.makedirs(os.path.join(stale, "inside"))
+    code, out = switch(deploy_to, "r2", "releases/r1")
+    assert code == 0, out.error_message()
+    assert os.readlink(os.path.join(deploy_to, "current")) == "releases/r2"
+    assert os.listdir(os.path.join(deploy_to, ".deployer", "switch")) == []
+    assert os.path.isdir(tmp_path / "app" / "releases" / "r1")  # a link's target is never followed
+
+
 def test_validation_failure_marks_release_failed(tmp_path, artifact):
     deploy_to = str(tmp_path / "app")
     code, out = stage(deploy_to, "r1", artifact, validate="echo broken >&2; exit 7")
