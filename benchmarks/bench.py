@@ -47,6 +47,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.costs import bench_costs  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     PEAKS,
     TOOL_DIR,
@@ -372,6 +373,9 @@ def main() -> int:
     parser.add_argument(
         "--receive", action="store_true", help="a host's CPU receiving --artifact-mb by sender (benchmarks/receive.py)"
     )
+    parser.add_argument(
+        "--costs", action="store_true", help="a host's CPU per session and per program (benchmarks/costs.py)"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("the benchmark starts real sshd hosts: run it as root", file=sys.stderr)
@@ -381,6 +385,8 @@ def main() -> int:
         result = f"{machine()}\n{bench_round_trips(args.runs, args.latency_ms or 100)[0]}\n"
     elif args.receive:
         result = f"{machine()}\n{bench_receive(args.runs, args.artifact_mb)}\n"
+    elif args.costs:
+        result = f"{machine()}\n{bench_costs(args.runs)}\n"
     elif args.targets:
         result = f"{machine()}\nmedian of {args.runs} interleaved runs\n\n{bench_targets(args.runs)}\n"
     if result:

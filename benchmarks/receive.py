@@ -69,19 +69,8 @@ def bench_receive(runs: int, megabytes: float) -> str:
 
     def unpaced(*ciphers: str) -> Send:
         def send(payload: bytes) -> None:
-            client = paramiko.SSHClient()
-            client.load_host_keys(fleet.known_hosts)
             others = [c for c in paramiko.Transport._preferred_ciphers if c not in ciphers]  # noqa: SLF001
-            disabled = {"ciphers": others} if ciphers else {}
-            client.connect(
-                host.address,
-                port=host.port,
-                username=DEPLOY_USER,
-                key_filename=fleet.identity_file,
-                allow_agent=False,
-                look_for_keys=False,
-                disabled_algorithms=disabled,
-            )
+            client = paramiko_client(fleet, {"ciphers": others} if ciphers else {})
             try:
                 channel = client.get_transport().open_session()  # type: ignore[union-attr]
                 channel.exec_command(SINK if payload else "true")
@@ -111,11 +100,28 @@ def bench_receive(runs: int, megabytes: float) -> str:
                 for payload in (data, b""):
                     before = hosts_cpu(fleet)
                     senders[name](payload)
-                    samples.setdefault((name, bool(payload)), []).append(_settled(fleet, before))
+                    samples.setdefault((name, bool(payload)), []).append(settled(fleet, before))
         return _table(samples, list(senders), runs, megabytes)
     finally:
         fleet.down()
         shutil.rmtree(state, ignore_errors=True)
+
+
+def paramiko_client(fleet: LocalFleet, disabled: dict[str, list[str]] | None = None) -> paramiko.SSHClient:
+    """A paramiko connection to the fleet's only host as the deploy user (the tool's own library)."""
+    (host,) = fleet.hosts()
+    client = paramiko.SSHClient()
+    client.load_host_keys(fleet.known_hosts)
+    client.connect(
+        host.address,
+        port=host.port,
+        username=DEPLOY_USER,
+        key_filename=fleet.identity_file,
+        allow_agent=False,
+        look_for_keys=False,
+        disabled_algorithms=disabled or {},
+    )
+    return client
 
 
 def _table(samples: dict[tuple[str, bool], list[float]], senders: list[str], runs: int, megabytes: float) -> str:
@@ -132,7 +138,7 @@ def _table(samples: dict[tuple[str, bool], list[float]], senders: list[str], run
     return "\n".join(lines)
 
 
-def _settled(fleet: LocalFleet, before: float) -> float:
+def settled(fleet: LocalFleet, before: float) -> float:
     """The hosts' CPU since `before`, once the connection's sshd has been reaped (it counts only then)."""
     deadline = time.monotonic() + 5
     used = hosts_cpu(fleet) - before
