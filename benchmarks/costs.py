@@ -7,7 +7,7 @@ cstime, as in the main benchmark), so a sample counts the connection's whole lif
 running one session of `true` is measured the same way and subtracted, then divided by the count:
 
 - a session: SESSIONS sessions of `true`, one after the other (what a session costs beside its work);
-- a program: one session whose shell runs PROGRAMS times `true` (a builtin: the loop's own cost),
+- a program: one session whose shell runs PROGRAMS times `:` (a builtin: the loop's own cost),
   `sync -f .`, or `mv -f` of a file onto itself (the scripts' flush and rename).
 
     ./dev.sh bench --costs [--runs 5]
