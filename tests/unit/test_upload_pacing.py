@@ -8,22 +8,24 @@ from __future__ import annotations
 
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 
-from deployer import connection
-from deployer.inventory import Host
+from deployer import upload
 
 WINDOW = 2 * 1024 * 1024
 PACKET = 32768
 
 
 class WindowedChannel:
-    def __init__(self, consume_per_tick: int) -> None:
+    """`opened_after`: like OpenSSH's sshd, the channel starts with a window of 0, opened to WINDOW
+    that many seconds later (once sshd has handled the exec request the sender did not wait for)."""
+
+    def __init__(self, consume_per_tick: int, opened_after: float | None = None) -> None:
         self.lock = threading.Lock()
         self.out_buffer_cv = threading.Condition(self.lock)
-        self.out_window_size = WINDOW
+        self.out_window_size = WINDOW if opened_after is None else 0
+        self.opened_after = opened_after
         self.out_max_packet_size = PACKET
         self.closed = False
         self.timeout = 5.0
@@ -51,6 +53,11 @@ class WindowedChannel:
             self.sizes.append(len(data))
 
     def _consume(self) -> None:
+        if self.opened_after is not None:
+            time.sleep(self.opened_after)
+            with self.lock:
+                self.out_window_size = WINDOW  # sshd's first window adjustment, after the exec
+                self.out_buffer_cv.notify_all()
         while not self.stop.is_set():
             time.sleep(0.001)
             with self.lock:
@@ -60,35 +67,44 @@ class WindowedChannel:
                 self.out_buffer_cv.notify_all()
 
 
-def sender() -> connection.HostConnection:
-    host = connection.HostConnection.__new__(connection.HostConnection)
-    host.host = Host("web1", "127.0.0.1")
-    host.timeouts = SimpleNamespace(command=5.0, connect=5.0)
-    host.observer = None
-    host.stopping = threading.Event()
-    return host
+def send(channel: WindowedChannel, parts: list[bytes], seconds: float, stopping: threading.Event | None = None) -> bool:
+    stopping = stopping or threading.Event()
+    return upload.send_paced(channel, parts, time.monotonic() + seconds, stopping)  # type: ignore[arg-type]
 
 
-def test_a_slow_reader_never_has_more_than_the_in_flight_limit_waiting():
-    channel = WindowedChannel(consume_per_tick=256 * 1024)
+@pytest.mark.parametrize("opened_after", [None, 0.05], ids=["window-open-at-once", "window-opened-after-exec"])
+def test_a_slow_reader_never_has_more_than_the_in_flight_limit_waiting(opened_after):
+    """Also when the window opens only after the sender started: OpenSSH's way (it confirms a
+    session with a window of 0), where pacing once measured from 0 and held nothing back."""
+    channel = WindowedChannel(consume_per_tick=256 * 1024, opened_after=opened_after)
     payload = bytes(range(256)) * (6 * 1024 * 1024 // 256)
     try:
-        sender()._send(channel, [payload[:1000], payload[1000:]], time.monotonic() + 30)  # type: ignore[arg-type]
+        assert send(channel, [payload[:1000], payload[1000:]], 30)
     finally:
         channel.stop.set()
     assert bytes(channel.received) == payload
-    assert channel.peak_unconsumed <= connection.IN_FLIGHT + PACKET
+    assert channel.peak_unconsumed <= upload.IN_FLIGHT + PACKET
     assert max(channel.sizes) <= PACKET - 64  # one SSH packet per send, never split by paramiko
+
+
+def test_a_window_that_never_opens_times_the_upload_out():
+    channel = WindowedChannel(consume_per_tick=0, opened_after=60)
+    try:
+        with pytest.raises(TimeoutError):
+            send(channel, [b"x" * 1024], 0.3)
+    finally:
+        channel.stop.set()
+    assert channel.received == b""
 
 
 def test_a_reader_that_stops_reading_times_the_upload_out():
     channel = WindowedChannel(consume_per_tick=0)
     try:
         with pytest.raises(TimeoutError):
-            sender()._send(channel, [b"x" * (4 * 1024 * 1024)], time.monotonic() + 0.3)  # type: ignore[arg-type]
+            send(channel, [b"x" * (4 * 1024 * 1024)], 0.3)
     finally:
         channel.stop.set()
-    assert channel.peak_unconsumed <= connection.IN_FLIGHT + PACKET
+    assert channel.peak_unconsumed <= upload.IN_FLIGHT + PACKET
 
 
 class StoppedMidway(WindowedChannel):
@@ -111,12 +127,12 @@ class StoppedMidway(WindowedChannel):
 def test_ctrl_c_stops_an_upload_at_the_next_packet():
     """Fleet.settle (after Ctrl-C) sets `stopping`: the sender stops before touching the data again,
     so the artifact's memory map can be closed safely once the workers are done."""
-    host = sender()
-    channel = StoppedMidway(after=1024 * 1024, stopping=host.stopping)
+    stopping = threading.Event()
+    channel = StoppedMidway(after=1024 * 1024, stopping=stopping)
     payload = b"y" * (8 * 1024 * 1024)
     try:
-        with pytest.raises(connection.Interrupted):
-            host._send(channel, [payload], time.monotonic() + 30)  # type: ignore[arg-type]
+        with pytest.raises(upload.Interrupted):
+            send(channel, [payload], 30, stopping)
     finally:
         channel.stop.set()
     assert channel.stopped_at is not None and channel.stopped_at < len(payload)

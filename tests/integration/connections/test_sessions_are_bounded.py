@@ -4,12 +4,16 @@ connection code): a host that breaks the fetch protocol fails that host at once,
 from __future__ import annotations
 
 import gc
+import os
+import re
+import subprocess
 import threading
 import time
 
 import pytest
 from paramiko.common import MSG_CHANNEL_EOF, MSG_CHANNEL_OPEN
 
+from deployer import upload
 from deployer.connection import HostConnection
 from deployer.fleet import Fleet
 from deployer.inventory import load_inventory
@@ -105,3 +109,45 @@ def test_each_next_sessions_channel_is_asked_for_while_the_current_one_runs(make
             events.append(f"end {number}")
     assert events == ["open", "start 1", "open", "end 1", "start 2", "open", "end 2", "start 3", "end 3"]
     assert local_fleet.ssh_counts()["web1"][1] - started_before == 3, host.log
+
+
+def _bytes_acked(local: tuple[str, int]) -> int:
+    """What the kernel says the host acknowledged on the controller's socket (`ss`'s tcp_info)."""
+    shown = subprocess.run(
+        ["ss", "-tinH", "state", "established", "src", f"{local[0]}:{local[1]}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = re.search(r"\bbytes_acked:(\d+)", shown)
+    assert found, shown
+    return int(found.group(1))
+
+
+def test_an_upload_waits_while_the_hosts_command_reads_nothing(connection: HostConnection):
+    """The upload is paced: sshd buffers what its command has not read yet, growing its buffer by
+    copying it packet by packet, so the tool keeps at most IN_FLIGHT unread bytes there. sshd
+    opens a session's window only once it handles the exec, which the tool does not wait for:
+    measured from the closed window, the pacing held nothing back and every upload filled the
+    whole 2 MiB window. Measured by the kernel on the controller's socket, while the host's
+    command sleeps before reading a byte."""
+    transport = connection.connection.client.get_transport()
+    assert transport is not None
+    local = transport.sock.getsockname()  # type: ignore[union-attr]
+    payload = os.urandom(4 * 1024 * 1024)
+    before = _bytes_acked(local)
+    results = []
+    started = time.monotonic()
+    worker = threading.Thread(
+        target=lambda: results.append(connection.run("sleep 6; wc -c", timeout=60, upload=[payload], step="upload"))
+    )
+    worker.start()
+    while _bytes_acked(local) - before < upload.IN_FLIGHT and time.monotonic() - started < 4:
+        time.sleep(0.05)
+    time.sleep(0.5)  # time to send more, were it not held back
+    waiting = _bytes_acked(local) - before
+    assert time.monotonic() - started < 5.5  # the host's command had not read anything yet
+    worker.join()
+    assert results[0].exit_status == 0 and results[0].stdout.split() == [str(len(payload))]
+    pipe, slack = 64 * 1024, 64 * 1024  # what sshd writes into the command's pipe; packet framing
+    assert upload.IN_FLIGHT <= waiting <= upload.IN_FLIGHT + pipe + slack
