@@ -2,8 +2,8 @@
 and whether one session per operation would be worth its redesign).
 
 One local host. Each sample is one connection (paramiko, as the tool connects) that runs what the
-case says and closes; the host's CPU is read from its sshd listener's reaped children (cutime +
-cstime, as in the main benchmark), so a sample counts the connection's whole life. A connection
+case says and closes; the host's CPU is read from the cgroup holding its sshd listener (as in the
+main benchmark), so a sample counts the connection's whole life. A connection
 running one session of `true` is measured the same way and subtracted, then divided by the count:
 
 - a session: SESSIONS sessions of `true`, one after the other (what a session costs beside its work);
@@ -61,8 +61,7 @@ def bench_costs(runs: int) -> str:
                 base = connection(["true"])
                 samples.setdefault(name, []).append((connection(commands) - base) / count)
         lines = [
-            f"hosts' CPU per session and per program, one host, over one connection (median of {runs}, ms;"
-            " 10 ms clock ticks spread over the count)",
+            f"hosts' CPU per session and per program, one host, over one connection (median of {runs}, ms)",
             "",
             "| what | ms each |",
             "|---|---|",

@@ -60,20 +60,70 @@ def children_cpu() -> float:
 
 
 def hosts_cpu(fleet: LocalFleet) -> float:
-    """CPU seconds used so far by the children each host's sshd has reaped: every connection's
-    sshd, its sessions and what they ran (the /proc/PID/stat cutime and cstime of each listener)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for host in fleet.hosts():
-        pid = fleet.pid(host.name)
-        if pid is None:
-            continue
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):  # gone since
-            continue
-        total += int(fields[13]) + int(fields[14])  # cutime, cstime (fields 16 and 17 of stat)
-    return total / ticks
+    """CPU seconds used so far by the fleet's hosts: each host's sshd listener and everything it
+    forked since it joined the fleet's cgroup (every connection's sshd, its sessions and what they
+    ran), counted by the kernel's CPU accounting in nanoseconds. Not the listeners' reaped-children
+    times (`cutime`), used until 2026-12-07: a connection whose client sends a DISCONNECT (OpenSSH's
+    `ssh` does, paramiko does not) ends sshd's session process on a path where its monitor exits
+    without waiting for it, so that process is reaped by init and its CPU never reaches the
+    listener. The OpenSSH fan-out's hosts' CPU was undercounted that way (its whole sshd receiving
+    an upload), the tool's was not."""
+    return cpu_group(fleet).read()
+
+
+class CpuGroup:
+    """One cgroup (cgroup v1 `cpuacct`, else cgroup v2) holding a fleet's sshd listeners, so that
+    what they fork is counted even after it is orphaned. Listeners started since (a host brought
+    back up) are moved in at every read; the group is removed when the benchmark exits."""
+
+    def __init__(self, fleet: LocalFleet) -> None:
+        self.fleet = fleet
+        v1 = Path("/sys/fs/cgroup/cpuacct")
+        if (v1 / "cpuacct.usage").exists():
+            self.root, self.usage = v1, "cpuacct.usage"
+        else:
+            mounts = Path("/proc/mounts").read_text().splitlines()
+            unified = next((Path(line.split()[1]) for line in mounts if " cgroup2 " in line), None)
+            if unified is None:
+                raise RuntimeError("no cgroup hierarchy to count the hosts' CPU in (cpuacct or cgroup2)")
+            self.root, self.usage = unified, "cpu.stat"
+        self.path = self.root / f"deployer-bench-{os.getpid()}-{len(CPU_GROUPS)}"
+        self.path.mkdir()
+
+    def read(self) -> float:
+        for host in self.fleet.hosts():
+            pid = self.fleet.pid(host.name)
+            if pid is not None:
+                with contextlib.suppress(OSError):  # gone since
+                    (self.path / "cgroup.procs").write_text(str(pid))
+        text = (self.path / self.usage).read_text()
+        if self.usage == "cpuacct.usage":
+            return int(text) / 1e9
+        fields = dict(line.split() for line in text.splitlines())
+        return int(fields["usage_usec"]) / 1e6
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            for pid in (self.path / "cgroup.procs").read_text().split():
+                with contextlib.suppress(OSError):
+                    (self.root / "cgroup.procs").write_text(pid)
+            self.path.rmdir()
+
+
+CPU_GROUPS: dict[str, CpuGroup] = {}  # by fleet state folder; removed when the benchmark exits
+
+
+def cpu_group(fleet: LocalFleet) -> CpuGroup:
+    if fleet.state_dir not in CPU_GROUPS:
+        CPU_GROUPS[fleet.state_dir] = CpuGroup(fleet)
+    return CPU_GROUPS[fleet.state_dir]
+
+
+@atexit.register
+def _remove_cpu_groups() -> None:
+    for group in CPU_GROUPS.values():
+        group.remove()
+    CPU_GROUPS.clear()
 
 
 class WireCounter:

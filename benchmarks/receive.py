@@ -1,15 +1,16 @@
-"""What a host's sshd spends receiving an upload, by sender (issue 30: the tool's deploy cost the
-hosts 7x the OpenSSH fan-out's CPU, most of it in the connection's sshd receiving the artifact).
+"""What a host's sshd spends receiving an upload, by sender (issue 30: the tool's deploy seemed to
+cost the hosts 7x the OpenSSH fan-out's CPU; it was the fan-out's that went uncounted, see
+`harness.hosts_cpu`).
 
 One local host; each sample is one connection that sends N MB of random bytes into `cat >/dev/null`
-and closes. The host's CPU is read from its sshd listener's reaped children (cutime + cstime, as in
-the main benchmark), so each sample counts the connection's whole life: handshake, authentication,
-the session and `cat`. A connection that sends nothing (`true`) is measured the same way and
+and closes. The host's CPU is read from the cgroup holding its sshd listener (as in the main
+benchmark), so each sample counts the connection's whole life: handshake, authentication, the
+session and `cat`. A connection that sends nothing (`true`) is measured the same way and
 subtracted, leaving what receiving the bytes cost. Senders:
 
 - OpenSSH's client with its default cipher (chacha20-poly1305) and with paramiko's (aes128-ctr +
   hmac-sha2-256), and AES-GCM;
-- the tool's own upload path (`HostConnection.run`, paced: IN_FLIGHT unconsumed bytes at most);
+- the tool's own upload path (`HostConnection.run`, paced: `upload.IN_FLIGHT` unread bytes at most);
 - paramiko sending everything at once (`sendall` of 32 KB packets, the window the only limit), with
   its default cipher and with AES-GCM forced.
 
@@ -139,7 +140,8 @@ def _table(samples: dict[tuple[str, bool], list[float]], senders: list[str], run
 
 
 def settled(fleet: LocalFleet, before: float) -> float:
-    """The hosts' CPU since `before`, once the connection's sshd has been reaped (it counts only then)."""
+    """The hosts' CPU since `before`, once it has stopped growing (the connection's last processes
+    exit a little after the client has closed)."""
     deadline = time.monotonic() + 5
     used = hosts_cpu(fleet) - before
     while time.monotonic() < deadline:
