@@ -250,7 +250,13 @@ def _whole(name: str) -> str:
     `cksum` (POSIX) or, where it is missing (Debian's BusyBox), `sha256sum` prints it."""
     cksum, sha256 = kept_sums(name)
     sums = shlex.quote(cksum) + "|" + shlex.quote(sha256 + "  -")
-    return f"deployer_whole() {{ case $( (cksum || sha256sum) 2>/dev/null) in {sums}) return 0;; esac; return 1; }}\n"
+    # the program chosen first (`command -v`, a builtin): the substitution's shell then execs it,
+    # one process instead of a list's two
+    return (
+        "deployer_whole() { if command -v cksum >/dev/null 2>&1; then deployer_sum=$(cksum 2>/dev/null);"
+        " else deployer_sum=$(sha256sum 2>/dev/null); fi;"
+        f" case $deployer_sum in {sums}) return 0;; esac; return 1; }}\n"
+    )
 
 
 CAN_CHECK = "{ command -v cksum || command -v sha256sum; } >/dev/null 2>&1"  # else nothing is kept
