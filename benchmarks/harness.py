@@ -103,11 +103,19 @@ class CpuGroup:
         return int(fields["usage_usec"]) / 1e6
 
     def remove(self) -> None:
-        with contextlib.suppress(OSError):
-            for pid in (self.path / "cgroup.procs").read_text().split():
-                with contextlib.suppress(OSError):
-                    (self.root / "cgroup.procs").write_text(pid)
-            self.path.rmdir()
+        """Moves what is left in the group out (processes of a stopped fleet may still be exiting),
+        then removes it; asks again for up to 3 s while the kernel still counts an exiting one."""
+        deadline = time.monotonic() + 3
+        while self.path.exists():
+            with contextlib.suppress(OSError):
+                for pid in (self.path / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(OSError):
+                        (self.root / "cgroup.procs").write_text(pid)
+                self.path.rmdir()
+            if time.monotonic() > deadline:
+                print(f"could not remove the cgroup {self.path}: rmdir it once its processes are gone", file=sys.stderr)
+                return
+            time.sleep(0.1)
 
 
 CPU_GROUPS: dict[str, CpuGroup] = {}  # by fleet state folder; removed when the benchmark exits
