@@ -14,16 +14,19 @@ from deployer.report import Progress
 pytestmark = pytest.mark.fleet
 QUIET = Progress(quiet=True)
 
-# Reads current/VERSION in a tight loop until a stop file appears; prints "reads failures".
+# Reads current/VERSION in a tight loop until a stop file appears; says "ready" once it runs, marks
+# every failed read in a file beside (saw-missing), and prints "reads failures" at the end.
 READER = (
-    'n=0; bad=0; while [ ! -e "$1/stop-reader" ]; do '
-    'if ! cat "$1/current/VERSION" >/dev/null 2>&1; then bad=$((bad+1)); fi; n=$((n+1)); done; '
+    'echo ready; n=0; bad=0; while [ ! -e "$1/stop-reader" ]; do '
+    'if ! cat "$1/current/VERSION" >/dev/null 2>&1; then bad=$((bad+1)); : > "$1/saw-missing"; fi; n=$((n+1)); done; '
     'echo "$n $bad"'
 )
 
 
 def start_readers(local_fleet, folder: str) -> dict[str, subprocess.Popen[str]]:
-    return {
+    """One reader per host, each reading before this returns (a reader still connecting would
+    miss what the test does to its host first)."""
+    readers = {
         host.name: subprocess.Popen(
             local_fleet.ssh_command(host.name, "sh", "-c", f"'{READER}'", "reader", f"'{folder}'"),
             stdout=subprocess.PIPE,
@@ -31,6 +34,11 @@ def start_readers(local_fleet, folder: str) -> dict[str, subprocess.Popen[str]]:
         )
         for host in local_fleet.hosts()
     }
+    for name, process in readers.items():
+        assert process.stdout is not None and process.stdout.readline() == "ready\n", (
+            f"{name}: the reader did not start"
+        )
+    return readers
 
 
 def stop_readers(views, readers, folder: str) -> dict[str, tuple[int, int]]:
@@ -61,7 +69,9 @@ def test_readers_never_see_current_missing(local_fleet, make_inventory, views, a
 
 
 def test_reader_detects_a_non_atomic_switch(local_fleet, make_inventory, views, artifacts, deploy_to):
-    """The detector itself works: `rm` then `ln` (what the tool never does) is caught."""
+    """The detector itself works: `rm` then `ln` (what the tool never does) is caught. `current`
+    stays missing until the host's reader has seen it so (bounded: 100 pauses), so the outcome does
+    not depend on whether a loaded machine ran the reader inside a fixed gap."""
     inventory = load_inventory(make_inventory())
     release = operations.deploy(inventory, artifacts["v1"], progress=QUIET).target
     readers = start_readers(local_fleet, deploy_to)
@@ -69,8 +79,9 @@ def test_reader_detects_a_non_atomic_switch(local_fleet, make_inventory, views, 
         for view in views.values():
             view.sh(
                 # whole seconds where sleep takes only those (the posix-strict host)
-                "cd %s && for i in 1 2 3; do rm current; sleep 0.05 2>/dev/null || sleep 1; "
-                "ln -s releases/%s current; sleep 0.05 2>/dev/null || sleep 1; done",
+                "cd %s && rm -f saw-missing && rm current && i=0; "
+                "while [ ! -e saw-missing ] && [ $i -lt 100 ]; do sleep 0.05 2>/dev/null || sleep 1; i=$((i+1)); done; "
+                "ln -s releases/%s current",
                 deploy_to,
                 release,
             )
