@@ -56,6 +56,11 @@ if [ ! -x .venv/bin/deployer ] || [ pyproject.toml -nt .venv/.installed ]; then
     .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
     touch .venv/.installed
 fi
+# The tool's own modules as bytecode, as a normal (non-editable) pip install leaves them: where
+# PYTHONDONTWRITEBYTECODE is set (this machine, many container images) every start of the tool
+# would compile all of them again (~60 ms of CPU per run). Only changed files are compiled; a file
+# edited since is compiled in memory at its next import, as before.
+.venv/bin/python -m compileall -q deployer tasks.py >/dev/null
 
 case "${1:-}" in
     demo) exec .venv/bin/deployer demo ;;
