@@ -4,14 +4,11 @@ artifact, a script kept on the host)."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 import paramiko
-
-log = logging.getLogger(__name__)
 
 UPLOAD_REPORT_BYTES = 256 * 1024  # how often an upload's progress is told (see `send_paced`)
 IN_FLIGHT = 1024 * 1024  # unconsumed upload bytes allowed at a host's sshd; see `send_paced`
@@ -59,12 +56,8 @@ def send_paced(
                     report(sent, total)
                     told = sent
                 sent += min(packet, len(data) - offset)
-                with channel.lock:
-                    while not channel.closed and window - channel.out_window_size > IN_FLIGHT:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            raise TimeoutError()
-                        channel.out_buffer_cv.wait(min(left, 1.0))
+                # `stopping` is not asked here: it is checked before every packet
+                _wait_while(channel, lambda: window - channel.out_window_size > IN_FLIGHT, deadline, None)
                 channel.settimeout(max(0.01, deadline - time.monotonic()))
                 channel.sendall(data[offset : offset + packet])  # type: ignore[arg-type]  # buffer protocol suffices
     except (TimeoutError, Interrupted):
@@ -82,12 +75,21 @@ def _window_opened(channel: paramiko.Channel, deadline: float, stopping: threadi
     has handled the exec request; the exec goes out without waiting for that (one round trip less
     per session), so the window read at once was 0 and the pacing never held anything back (from
     2026-12-02 to 2026-12-07: every upload filled sshd's whole window)."""
+    _wait_while(channel, lambda: channel.out_window_size == 0, deadline, stopping)
+    return int(channel.out_window_size)
+
+
+def _wait_while(
+    channel: paramiko.Channel, waiting: Callable[[], bool], deadline: float, stopping: threading.Event | None
+) -> None:
+    """Wait, under the channel's lock, while `waiting()` holds and the channel is open: woken by
+    paramiko at each window adjustment, `TimeoutError` at `deadline`, `Interrupted` once
+    `stopping` (if given) is set."""
     with channel.lock:
-        while not channel.closed and channel.out_window_size == 0:
-            if stopping.is_set():
+        while not channel.closed and waiting():
+            if stopping is not None and stopping.is_set():
                 raise Interrupted()
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError()
             channel.out_buffer_cv.wait(min(left, 0.1))
-        return int(channel.out_window_size)
