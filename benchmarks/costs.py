@@ -19,8 +19,7 @@ import shutil
 import statistics
 import tempfile
 
-from benchmarks.harness import hosts_cpu
-from benchmarks.receive import paramiko_client, settled
+from benchmarks.harness import hosts_cpu, paramiko_client, settled
 from deployer.playground.localfleet import LocalFleet
 
 SESSIONS = 40

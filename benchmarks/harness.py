@@ -24,6 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import paramiko  # noqa: E402
+
+from deployer.playground.deploy_user import DEPLOY_USER  # noqa: E402
 from deployer.playground.localfleet import LocalFleet  # noqa: E402
 from deployer.release import pack_directory  # noqa: E402
 
@@ -71,6 +74,37 @@ def hosts_cpu(fleet: LocalFleet) -> float:
     return cpu_group(fleet).read()
 
 
+def settled(fleet: LocalFleet, before: float) -> float:
+    """The hosts' CPU since `before`, once it has stopped growing (the connection's last processes
+    exit a little after the client has closed)."""
+    deadline = time.monotonic() + 5
+    used = hosts_cpu(fleet) - before
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        again = hosts_cpu(fleet) - before
+        if again == used and used > 0:
+            return used
+        used = again
+    return used
+
+
+def paramiko_client(fleet: LocalFleet, disabled: dict[str, list[str]] | None = None) -> paramiko.SSHClient:
+    """A paramiko connection to the fleet's only host as the deploy user (the tool's own library)."""
+    (host,) = fleet.hosts()
+    client = paramiko.SSHClient()
+    client.load_host_keys(fleet.known_hosts)
+    client.connect(
+        host.address,
+        port=host.port,
+        username=DEPLOY_USER,
+        key_filename=fleet.identity_file,
+        allow_agent=False,
+        look_for_keys=False,
+        disabled_algorithms=disabled or {},
+    )
+    return client
+
+
 class CpuGroup:
     """One cgroup (cgroup v1 `cpuacct`, else cgroup v2) holding a fleet's sshd listeners, so that
     what they fork is counted even after it is orphaned. Listeners started since (a host brought
@@ -106,12 +140,15 @@ class CpuGroup:
         """Moves what is left in the group out (processes of a stopped fleet may still be exiting),
         then removes it; asks again for up to 3 s while the kernel still counts an exiting one."""
         deadline = time.monotonic() + 3
-        while self.path.exists():
+        while True:
             with contextlib.suppress(OSError):
                 for pid in (self.path / "cgroup.procs").read_text().split():
                     with contextlib.suppress(OSError):
                         (self.root / "cgroup.procs").write_text(pid)
                 self.path.rmdir()
+                return
+            if not self.path.exists():
+                return
             if time.monotonic() > deadline:
                 print(f"could not remove the cgroup {self.path}: rmdir it once its processes are gone", file=sys.stderr)
                 return

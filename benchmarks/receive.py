@@ -24,16 +24,14 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import paramiko
 
-from benchmarks.harness import hosts_cpu
+from benchmarks.harness import hosts_cpu, paramiko_client, settled
 from deployer.fleet import Fleet
 from deployer.inventory import load_inventory
-from deployer.playground.deploy_user import DEPLOY_USER
 from deployer.playground.localfleet import LocalFleet
 
 SINK = "cat >/dev/null"
@@ -108,23 +106,6 @@ def bench_receive(runs: int, megabytes: float) -> str:
         shutil.rmtree(state, ignore_errors=True)
 
 
-def paramiko_client(fleet: LocalFleet, disabled: dict[str, list[str]] | None = None) -> paramiko.SSHClient:
-    """A paramiko connection to the fleet's only host as the deploy user (the tool's own library)."""
-    (host,) = fleet.hosts()
-    client = paramiko.SSHClient()
-    client.load_host_keys(fleet.known_hosts)
-    client.connect(
-        host.address,
-        port=host.port,
-        username=DEPLOY_USER,
-        key_filename=fleet.identity_file,
-        allow_agent=False,
-        look_for_keys=False,
-        disabled_algorithms=disabled or {},
-    )
-    return client
-
-
 def _table(samples: dict[tuple[str, bool], list[float]], senders: list[str], runs: int, megabytes: float) -> str:
     lines = [
         f"hosts' CPU receiving {megabytes:g} MB into `{SINK}` over one connection (median of {runs}, ms)",
@@ -137,17 +118,3 @@ def _table(samples: dict[tuple[str, bool], list[float]], senders: list[str], run
         empty = statistics.median(samples[(name, False)]) * 1000
         lines.append(f"| {name} | {full:.0f} | {empty:.0f} | {full - empty:.0f} |")
     return "\n".join(lines)
-
-
-def settled(fleet: LocalFleet, before: float) -> float:
-    """The hosts' CPU since `before`, once it has stopped growing (the connection's last processes
-    exit a little after the client has closed)."""
-    deadline = time.monotonic() + 5
-    used = hosts_cpu(fleet) - before
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        again = hosts_cpu(fleet) - before
-        if again == used and used > 0:
-            return used
-        used = again
-    return used
