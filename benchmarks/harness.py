@@ -260,7 +260,10 @@ def tool(*args: str, hosts: int, kind: str = "") -> None:
                 pass
             if time.monotonic() > deadline:
                 process.kill()
-            time.sleep(0.1)
+            # waiting, not sleeping: the run's end is seen the moment it comes (a sleep of 0.1 s
+            # added 0 to 0.1 s, 50 ms on average, to every time the tool was measured at)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=0.1)
         PEAKS.setdefault((hosts, kind or args[0]), []).append(peak)
         if process.returncode != 0:
             out.seek(0)
