@@ -157,5 +157,9 @@ if [ -d .deployer/scripts ]; then
         esac
     done
 fi
-free_kb
-emit free_kb "$free"
+# The free space is for the readouts (`deployer status`); an operation's gather (it takes the lock)
+# skips it, a process fewer: stage reports the space left when an artifact cannot be stored there.
+if [ "$opt_lock" != take ]; then
+    free_kb
+    emit free_kb "$free"
+fi

@@ -255,12 +255,70 @@ replace_file() {
     # makes the O_EXCL write fail).
     if [ -e "$wf_tmp" ] || [ -h "$wf_tmp" ]; then rm -f "$wf_tmp"; fi
     # shellcheck disable=SC2059  # FORMAT is one of the two fixed formats above
-    if exclusive_write "$wf_tmp" "$1" "$3" && flush "$wf_tmp" && mv -f "$wf_tmp" "$2"; then
+    if [ -n "$records_batched" ]; then
+        if exclusive_write "$wf_tmp" "$1" "$3"; then
+            records_queue="$records_queue$2$NL"  # flushed and renamed by records_commit
+            return 0
+        fi
+    elif exclusive_write "$wf_tmp" "$1" "$3" && flush "$wf_tmp" && mv -f "$wf_tmp" "$2"; then
         unflushed=$2
         return 0
     fi
     rm -f "$wf_tmp"
     return 1
+}
+
+# --- a switch's records, made durable together ---
+# Between records_begin and records_commit, write_file writes each record whole under its temporary
+# name and the history's line is appended, neither flushed; records_commit then flushes once for all
+# of them (they are all in .deployer: one file system) and renames each record into place. Each
+# record's confirmation (recorded_as) waits for its rename: nothing is reported that a failed flush
+# or rename undid. A rollback's history, pin and bad mark: one flush instead of three.
+records_batched=
+records_queue=
+records_history=
+
+records_begin() {
+    records_batched=1
+    records_queue=
+    records_history=
+}
+
+recorded_as() {
+    # recorded_as NAME FIELD...: the record just written is confirmed by this protocol record (at
+    # once, or once records_commit renamed it into place).
+    if [ -n "$records_batched" ]; then
+        records_queue="${records_queue%"$NL"} $*$NL"
+    else
+        emit "$@"
+    fi
+}
+
+records_commit() {
+    records_batched=
+    [ -n "$records_queue$records_history" ] || return 0
+    rc_flushed=1
+    flush .deployer || rc_flushed=
+    if [ -n "$records_history" ]; then
+        if [ -n "$rc_flushed" ]; then emit history_written; else emit warning "history not written (disk full?)"; fi
+    fi
+    while [ -n "$records_queue" ]; do
+        rc_line=${records_queue%%"$NL"*}
+        records_queue=${records_queue#*"$NL"}
+        set -f
+        # shellcheck disable=SC2086  # the path and its confirmation: words without blanks
+        set -- $rc_line
+        set +f
+        rc_path=$1
+        shift
+        if [ -n "$rc_flushed" ] && mv -f "$rc_path.tmp.$$" "$rc_path"; then
+            unflushed=$rc_path
+            [ "$#" = 0 ] || emit "$@"
+        else
+            rm -f "$rc_path.tmp.$$"
+            emit warning "$rc_path not recorded (disk full?)"
+        fi
+    done
 }
 
 # shellcheck disable=SC2034  # signers is read by gather and stage
@@ -414,7 +472,9 @@ record_history() {
             mv -f .deployer/history.jsonl .deployer/history.1.jsonl || emit warning "history not rotated"
         fi
     fi
-    if printf '%s\n' "$1" >> .deployer/history.jsonl && flush .deployer/history.jsonl; then
+    if [ -n "$records_batched" ] && printf '%s\n' "$1" >> .deployer/history.jsonl; then
+        [ "${2:-}" != rotate ] || records_history=1  # flushed and confirmed by records_commit
+    elif [ -z "$records_batched" ] && printf '%s\n' "$1" >> .deployer/history.jsonl && flush .deployer/history.jsonl; then
         [ "${2:-}" != rotate ] || emit history_written
     else
         emit warning "history not written (disk full?)"
@@ -504,7 +564,9 @@ $2" \
     mv "$lt_new" .deployer/lock 2>/dev/null
     lock_token
     if [ "$token" = "$1" ]; then
-        unflushed=.deployer/lock
+        # The rename is not flushed here (a process fewer in every operation): lost to a power cut,
+        # the lock is simply not there after the reboot, as a lock from before the reboot would be
+        # cleared (the run that took it cannot act again: fencing); the switch's flush keeps it.
         emit lock taken
     else
         rm -rf ".deployer/lock/lock.new.$$" "$lt_new"
@@ -862,7 +924,7 @@ mark_bad() {
     [ -n "$1" ] || return 0
     [ -d "releases/$1" ] || return 0
     if { [ -d .deployer/bad ] || mkdir -p .deployer/bad; } && write_file ".deployer/bad/$1" "$2"; then
-        emit marked_bad "$1"
+        recorded_as marked_bad "$1"
     else
         emit warning "could not mark $1 bad"
     fi
@@ -872,7 +934,7 @@ set_pin() {
     # set_pin JSON | set_pin "": pin the fleet to a release, or remove the pin.
     if [ -n "$1" ]; then
         if { [ -d .deployer ] || mkdir -p .deployer; } && write_file .deployer/pin "$1"; then
-            emit pinned
+            recorded_as pinned
         else
             emit warning "could not write the pin (disk full?)"
         fi

@@ -94,8 +94,10 @@ else
         fail 50 "verification failed: current is '$after' ($resolved), expected releases/$target"
     fi
     emit switched "$before" "$after"
-    # Records of the switch, written only by the session that switched (never for "already").
+    # Records of the switch, written only by the session that switched (never for "already"), and
+    # made durable together (records_commit: one flush for all of them).
     fence
+    records_begin
     [ -z "$opt_history" ] || record_history "$opt_history" rotate
     if [ -n "$opt_schema" ]; then
         write_file .deployer/schema "$opt_schema" || emit warning "schema version not recorded (disk full?)"
@@ -106,6 +108,7 @@ else
         set_pin ""
     fi
     mark_bad "$opt_mark_bad" "$opt_bad_info"
+    records_commit
 fi
 
 code=0

@@ -209,3 +209,69 @@ def test_removing_the_pin_and_the_lock_is_flushed_before_the_session_ends(artifa
     code, out = run(command_line("finish", deploy_to, unpin="1", unlock="t" * 32), env)
     assert code == 0 and out.has("unpinned") and out.has("unlocked")
     assert log.read_text().splitlines()[-1].endswith("pin=no bad= lock=no")
+
+
+RECORDS_SYNC = """#!/bin/sh
+# Record, at each call, which of the switch's records are written whole and which are in place.
+d="$DEPLOY_TO/.deployer"
+{
+    printf 'current=%s' "$(readlink "$DEPLOY_TO/current" 2>/dev/null)"
+    printf ' history=%s' "$(grep -c '"op": "rollback"' "$d/history.jsonl" 2>/dev/null)"
+    printf ' temporary=%s' "$(cd "$d" && ls pin.tmp.* bad/r2.tmp.* 2>/dev/null | sed 's/[.]tmp[.].*//' | tr '\\n' ,)"
+    printf ' pin=%s bad=%s' "$([ -e "$d/pin" ] && echo yes || echo no)" "$([ -e "$d/bad/r2" ] && echo yes || echo no)"
+    printf ' lock=%s\\n' "$([ -d "$d/lock" ] && echo yes || echo no)"
+} >> "$SYNC_LOG"
+exec REAL_SYNC "$@"
+"""
+
+
+def test_a_rollbacks_records_are_flushed_together_before_any_is_renamed_into_place(tmp_path, artifact, recorded):
+    """History, pin and bad mark: each written whole, one flush for the three, then the renames,
+    and the session's last flush once they are in place and the lock is released."""
+    env, log, _ = recorded
+    deploy_to = staged_host(tmp_path, artifact)
+    Path(env["PATH"].split(":")[0], "sync").write_text(
+        RECORDS_SYNC.replace("REAL_SYNC", shutil.which("sync") or "/bin/sync")
+    )
+    env["DEPLOY_TO"] = deploy_to
+    code, out = run(command_line("gather", deploy_to, lock="take", lock_token="t" * 32, lock_info="{}"), env)
+    assert code == 0 and out.first("lock") == ["taken"]
+    log.write_text("")
+    history = '{"op": "rollback", "release": "r1"}'
+    switched = command_line(
+        "switch", deploy_to, target="r1", expected="releases/r2", mode="rollback", history=history,
+        pin='{"release": "r1"}', mark_bad="r2", bad_info='{"why": "500s"}', unlock="t" * 32,
+    )  # fmt: skip
+    code, out = run(switched, env)
+    assert code == 0 and [name for name, _ in out.records if name in ("history_written", "pinned", "marked_bad")] == [
+        "history_written",
+        "pinned",
+        "marked_bad",
+    ]
+    assert log.read_text().splitlines() == [
+        # the switch itself, flushed before it is read back
+        "current=releases/r1 history=0 temporary= pin=no bad=no lock=yes",
+        # the three records at once: the history's line and both records whole, none in place yet
+        "current=releases/r1 history=1 temporary=bad/r2,pin, pin=no bad=no lock=yes",
+        # the renames and the lock's release, flushed before the session ends
+        "current=releases/r1 history=1 temporary= pin=yes bad=yes lock=no",
+    ]
+    assert Path(deploy_to, ".deployer", "pin").read_text() == '{"release": "r1"}\n'
+    assert Path(deploy_to, ".deployer", "bad", "r2").read_text() == '{"why": "500s"}\n'
+
+
+def test_an_operations_gather_takes_the_lock_with_one_flush_and_leaves_free_space_to_the_readouts(
+    tmp_path, artifact, recorded
+):
+    """The lock's details are flushed before it is renamed into place (never visible without them);
+    the rename itself is left to the next flush. `df` runs only for a gather that takes no lock."""
+    env, log, _ = recorded
+    deploy_to = staged_host(tmp_path, artifact)
+    env["DEPLOY_TO"] = deploy_to
+    log.write_text("")
+    code, out = run(command_line("gather", deploy_to, lock="take", lock_token="t" * 32, lock_info="{}"), env)
+    assert code == 0 and out.first("lock") == ["taken"] and not out.has("free_kb")
+    calls = log.read_text().splitlines()
+    assert len(calls) == 1 and calls[0].startswith("args=-f .deployer/lock.new."), calls
+    code, out = run(command_line("gather", deploy_to), env)
+    assert code == 0 and int(out.first("free_kb")[0]) > 0
