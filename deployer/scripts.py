@@ -15,9 +15,10 @@ Scripts answer in records on stdout (`deployer.protocol`); stderr is for humans.
 A host keeps a copy of each script it has run (`<deploy_to>/.deployer/scripts/NAME-DIGEST.sh`,
 named by the sha256 of its text): a session then sends a few hundred bytes that source the copy
 instead of the whole script (10 to 25 KB, every session). Gather, the first session of every
-operation, checks its own copy (POSIX `cksum`, else `sha256sum`: a torn or edited copy is never
-run), asks for its text on stdin when that copy is missing or damaged (`@progress need-script`),
-and reports each copy the host keeps with its sum (`@kept`, one `cksum` for all); a later session
+operation, sums every copy the host keeps with one process (POSIX `cksum`, else `sha256sum`),
+checks its own copy by that (a torn or edited copy is never run), asks for its text on stdin when
+that copy is missing or damaged (`@progress need-script`), and reports each copy with the same
+sums (`@kept`); a later session
 of the operation goes by copy only when that gather showed it whole, and otherwise sends the
 script whole and keeps it. A copy that vanished in between
 (someone emptied `.deployer`) ends that session with EXIT_KEPT_MISSING before anything changed.
@@ -294,6 +295,24 @@ def whole_copies(records: list[list[str]]) -> set[str]:
     return {file for file, *sum_ in records if file in sums and (not sum_ or sum_[0] in sums[file])}
 
 
+def _kept_whole(name: str) -> str:
+    """sh lines that sum every copy the host keeps, with one `cksum` (else `sha256sum`) run in
+    their folder, into `$deployer_sums` ("SUM ./FILE" lines: what gather reports in `@kept`, so it
+    sums nothing again), and that define `deployer_kept_whole`: true when the copy of `name` is
+    among them with the sum of its text."""
+    cksum, sha256 = kept_sums(name)
+    lines = shlex.quote(f"{cksum} ./{kept_name(name)}") + "|" + shlex.quote(f"{sha256}  ./{kept_name(name)}")
+    return (
+        f'deployer_sums=$(cd "$1/{KEPT_FOLDER}" 2>/dev/null && if command -v cksum >/dev/null 2>&1;'
+        " then exec cksum ./*.sh; else exec sha256sum ./*.sh; fi 2>/dev/null)\n"
+        "deployer_kept_whole() {\n"
+        'deployer_rest=$deployer_sums\nwhile [ -n "$deployer_rest" ]; do\n'
+        'case ${deployer_rest%%"$deployer_nl"*} in ' + lines + ") return 0;; esac\n"
+        'case $deployer_rest in *"$deployer_nl"*) deployer_rest=${deployer_rest#*"$deployer_nl"};;'
+        " *) deployer_rest=;; esac\ndone\nreturn 1\n}\n"
+    )
+
+
 @cache
 def asking_program(name: str) -> str:
     """Run the host's copy of `name` when it is whole (saying `have-script`: the controller then
@@ -303,10 +322,12 @@ def asking_program(name: str) -> str:
     incomplete = f"the text of the {name} script arrived incomplete"
     return (
         _whole(name) + f'deployer_kept="$1/{KEPT_FOLDER}/{kept_name(name)}"\n'
-        'if [ -f "$deployer_kept" ] && deployer_whole <"$deployer_kept"; then\n'
+        "deployer_nl='\n'\n"
+        + _kept_whole(name)
+        + 'if [ -f "$deployer_kept" ] && deployer_kept_whole; then\n'
         + _record("progress", "have-script")
         + '. "$deployer_kept" </dev/null\nexit $?\nfi\n'
-        'rm -f "$deployer_kept" 2>/dev/null\n'
+        'unset deployer_sums\nrm -f "$deployer_kept" 2>/dev/null\n'
         + _record("progress", "need-script")
         + "deployer_body=$(cat)\n"
         + f"if {CAN_CHECK}; then\n"  # else the text is run, unchecked, and nothing is kept

@@ -135,10 +135,12 @@ done
 if [ -d .deployer/scripts ]; then
     # the deployer's copies of its scripts, each with its sum (one process for all, read by this
     # shell: no subshell): the controller counts on a copy only when the sum is the script's own
-    if command -v cksum >/dev/null 2>&1; then
-        kept_sums=$(cksum .deployer/scripts/*.sh 2>/dev/null)
+    if [ -n "${deployer_sums+set}" ]; then
+        kept_sums=$deployer_sums  # summed by this session's start, which checked this copy by them
+    elif command -v cksum >/dev/null 2>&1; then
+        kept_sums=$(cd ./.deployer/scripts && exec cksum ./*.sh 2>/dev/null)
     else
-        kept_sums=$(sha256sum .deployer/scripts/*.sh 2>/dev/null)
+        kept_sums=$(cd ./.deployer/scripts && exec sha256sum ./*.sh 2>/dev/null)
     fi
     kept_rest=$kept_sums
     while [ -n "$kept_rest" ]; do
@@ -152,8 +154,8 @@ if [ -d .deployer/scripts ]; then
         set -- $kept_line
         set +f
         case $#:${3:-${2:-}} in
-            3:.deployer/scripts/*.sh) emit kept "${3#.deployer/scripts/}" "$1 $2" ;;
-            2:.deployer/scripts/*.sh) emit kept "${2#.deployer/scripts/}" "$1" ;;
+            3:./*.sh) emit kept "${3#./}" "$1 $2" ;;
+            2:./*.sh) emit kept "${2#./}" "$1" ;;
         esac
     done
 fi

@@ -193,3 +193,25 @@ def test_only_copies_whose_sum_is_the_scripts_own_count():
     ]
     assert whole_copies(records) == {kept_name("stage"), kept_name("finish"), kept_name("run")}
     assert sha != cksum
+
+
+def test_gather_sums_the_kept_copies_once_to_check_its_own_and_report_them(tmp_path, remote_shell_honouring_path):
+    """One `cksum` for both: the session's start checks gather's copy by the sums gather then
+    reports (before: one for the copy on stdin, one for all copies)."""
+    deploy_to = tmp_path / "app"
+    (deploy_to / ".deployer").mkdir(parents=True)
+    env = only_tools(tmp_path)
+    calls = tmp_path / "cksum-calls"
+    real = Path(env["PATH"], "cksum").resolve()
+    Path(env["PATH"], "cksum").unlink()
+    recording = Path(env["PATH"], "cksum")
+    recording.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {real} "$@"\n')
+    recording.chmod(0o755)
+    session(asking_program("gather"), deploy_to, kept_text("gather").encode(), env=env)
+    session(keeping_program("finish"), deploy_to, name="finish", env=env)
+    calls.write_text("")
+    code, output, stdout = session(asking_program("gather"), deploy_to, env=env)
+    assert code == 0 and not asked(stdout) and output.has("hostname")
+    assert calls.read_text().splitlines() == [f"./{kept_name('finish')} ./{kept_name('gather')}"]
+    assert whole_copies(output.all("kept")) == {kept_name("gather"), kept_name("finish")}
+    assert {file for file, *_ in output.all("kept")} == {kept_name("gather"), kept_name("finish")}
