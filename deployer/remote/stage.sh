@@ -85,15 +85,14 @@ if [ "$opt_source" = upload ]; then
     # gzip and tar separately, tar inside the folder: tar -z and -C are not in every tar.
     # When the unpacking stops early (not gzip, not tar), cat drains the rest so tee still keeps
     # the whole upload: its digest is checked as sent, and the verdict names the unpacking.
+    # Both write their complaints to one log, opened once (no second file to merge and remove).
     tee "$part" 2> "$upload_log" | (
-        gzip -dc 2> "$unpack_log.gzip" | (cd "$staging" && tar -xof -) 2> "$unpack_log"
+        { gzip -dc | (cd "$staging" && tar -xof -); } 2> "$unpack_log"
         status=$?
         cat > /dev/null
         exit "$status"
     )
     unpacked=$?
-    [ ! -s "$unpack_log.gzip" ] || cat "$unpack_log.gzip" >> "$unpack_log" 2>/dev/null
-    rm -f "$unpack_log.gzip"
     reason=
     if [ "$unpacked" != 0 ] || [ -s "$upload_log" ] || [ ! -f "$part" ]; then
         # Empty on a full disk: the tools' own error messages could not be written there either.
