@@ -296,20 +296,20 @@ def whole_copies(records: list[list[str]]) -> set[str]:
 
 
 def _kept_whole(name: str) -> str:
-    """sh lines that sum every copy the host keeps, with one `cksum` (else `sha256sum`) run in
-    their folder, into `$deployer_sums` ("SUM ./FILE" lines: what gather reports in `@kept`, so it
-    sums nothing again), and that define `deployer_kept_whole`: true when the copy of `name` is
-    among them with the sum of its text."""
+    """sh lines defining `deployer_kept_whole`: sums every copy the host keeps, with one `cksum`
+    (else `sha256sum`) run in their folder, into `$deployer_sums` ("SUM ./FILE" lines: what gather
+    reports in `@kept`, so it sums nothing again), and is true when the copy of `name` is among
+    them with the sum of its text."""
     cksum, sha256 = kept_sums(name)
-    lines = shlex.quote(f"{cksum} ./{kept_name(name)}") + "|" + shlex.quote(f"{sha256}  ./{kept_name(name)}")
+    patterns = " | ".join(
+        f'*"$deployer_nl"{shlex.quote(line)}"$deployer_nl"*'
+        for line in (f"{cksum} ./{kept_name(name)}", f"{sha256}  ./{kept_name(name)}")
+    )
     return (
-        f'deployer_sums=$(cd "$1/{KEPT_FOLDER}" 2>/dev/null && if command -v cksum >/dev/null 2>&1;'
-        " then exec cksum ./*.sh; else exec sha256sum ./*.sh; fi 2>/dev/null)\n"
         "deployer_kept_whole() {\n"
-        'deployer_rest=$deployer_sums\nwhile [ -n "$deployer_rest" ]; do\n'
-        'case ${deployer_rest%%"$deployer_nl"*} in ' + lines + ") return 0;; esac\n"
-        'case $deployer_rest in *"$deployer_nl"*) deployer_rest=${deployer_rest#*"$deployer_nl"};;'
-        " *) deployer_rest=;; esac\ndone\nreturn 1\n}\n"
+        'deployer_sums=$(cd "${deployer_kept%/*}" 2>/dev/null && if command -v cksum >/dev/null 2>&1;'
+        " then exec cksum ./*.sh; else exec sha256sum ./*.sh; fi 2>/dev/null)\n"
+        f'case "$deployer_nl$deployer_sums$deployer_nl" in {patterns}) return 0;; esac\nreturn 1\n}}\n'
     )
 
 
