@@ -472,10 +472,13 @@ record_history() {
             mv -f .deployer/history.jsonl .deployer/history.1.jsonl || emit warning "history not rotated"
         fi
     fi
-    if [ -n "$records_batched" ] && printf '%s\n' "$1" >> .deployer/history.jsonl; then
-        [ "${2:-}" != rotate ] || records_history=1  # flushed and confirmed by records_commit
-    elif [ -z "$records_batched" ] && printf '%s\n' "$1" >> .deployer/history.jsonl && flush .deployer/history.jsonl; then
-        [ "${2:-}" != rotate ] || emit history_written
+    # between records_begin and records_commit, the line is flushed and confirmed by records_commit
+    if printf '%s\n' "$1" >> .deployer/history.jsonl && { [ -n "$records_batched" ] || flush .deployer/history.jsonl; }; then
+        if [ "${2:-}" = rotate ] && [ -n "$records_batched" ]; then
+            records_history=1
+        elif [ "${2:-}" = rotate ]; then
+            emit history_written
+        fi
     else
         emit warning "history not written (disk full?)"
     fi
